@@ -1,0 +1,163 @@
+"""Documents: the author's signed header and the content, encrypted together.
+
+The plaintext of a document stream (:mod:`fedrecord.core.stream`) is::
+
+    u32 big-endian length of the signed header || signed DocumentHeader || content
+
+so that title, type, category, labels and author travel only inside the
+encryption (spec [DOC-2]).  The header's ``commit`` field must equal the key
+commitment in the stream header: the author vouches for this key, and a
+reader refuses a header re-encrypted under another (spec [DOC-4]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from .errors import Code, LocalProtocolError, RemoteProtocolError
+from .identity import SigningIdentity
+from .records import DocumentHeader
+from .signed import Signed, open_record, sign_record
+from .stream import MAGIC, PREFIX_SIZE, StreamDecryptor, StreamEncryptor, key_commitment
+
+__all__ = ["MAX_HEADER_SIZE", "DocumentWriter", "DocumentReader", "padded_size"]
+
+MAX_HEADER_SIZE: Final = 16_384
+_LENGTH_SIZE: Final = 4
+_STREAM_HEADER_SIZE: Final = len(MAGIC) + PREFIX_SIZE + 32
+
+
+def padded_size(size: int) -> int:
+    """The size class an opaque record entry shows: the next power of two, at least 1 KiB."""
+    return max(1024, 1 << max(0, size - 1).bit_length())
+
+
+class DocumentWriter:
+    """Encrypts one document: signs its header and streams header and content out.
+
+    Usage::
+
+        writer = DocumentWriter(author, header, key=key, prefix=prefix)
+        for piece in writer.encrypt(content_pieces): ...
+        writer.document_id   # once the iterator is exhausted
+    """
+
+    def __init__(self, author: SigningIdentity, header: DocumentHeader, *, key: bytes, prefix: bytes) -> None:
+        """Raises:
+        LocalProtocolError: ``bad-commitment`` when ``header.commitment`` is
+            not the commitment of ``key`` and ``prefix``.
+        """
+        if header.commitment != key_commitment(key, prefix):
+            raise LocalProtocolError(Code.BAD_COMMITMENT, "the header must commit to this key and prefix")
+        self.signed_header = sign_record(header, author)
+        self._stream = StreamEncryptor(key, prefix)
+
+    def encrypt(self, content: Iterable[bytes]) -> Iterator[bytes]:
+        """Yield the ciphertext stream of the header followed by ``content``.
+
+        Raises:
+            LocalProtocolError: ``invalid-record`` when the content length is
+                not the size the header states.
+        """
+        encoded = self.signed_header.encoded
+        header = self.signed_header.record
+
+        def plaintext() -> Iterator[bytes]:
+            yield len(encoded).to_bytes(_LENGTH_SIZE, "big") + encoded
+            total = 0
+            for piece in content:
+                total += len(piece)
+                yield piece
+            if total != header.size:
+                raise LocalProtocolError(
+                    Code.INVALID_RECORD, f"content is {total} bytes, header says {header.size}"
+                )
+
+        return self._stream.encrypt(plaintext())
+
+    @property
+    def document_id(self) -> bytes:
+        return self._stream.document_id
+
+
+class DocumentReader:
+    """Decrypts one document stream, verifying the author's header before any content.
+
+    ``header`` is set once the signed header has been read and checked,
+    before the first content byte is yielded.  Content yielded before the
+    iterator ends is not yet authenticated as a whole (see
+    :class:`~fedrecord.core.stream.StreamDecryptor`).
+    """
+
+    def __init__(
+        self, key: bytes, *, expected_author: str | None = None, expected_patient: str | None = None
+    ):
+        self._key = key
+        self._stream = StreamDecryptor(key)
+        self._expected_author = expected_author
+        self._expected_patient = expected_patient
+        self.header: Signed[DocumentHeader] | None = None
+
+    @property
+    def document_id(self) -> bytes:
+        return self._stream.document_id
+
+    def decrypt(self, ciphertext: Iterable[bytes]) -> Iterator[bytes]:
+        """Yield the content of the document.
+
+        Raises:
+            RemoteProtocolError: any stream error; ``bad-commitment`` when the
+                signed header commits to another key; ``invalid-record`` when
+                the header is unreadable, names another author or patient, or
+                the content length differs from the header's size; the codes
+                of :func:`~fedrecord.core.signed.open_record` for the header.
+        """
+        stream_header = bytearray()
+
+        def capture(pieces: Iterable[bytes]) -> Iterator[bytes]:
+            for piece in pieces:
+                if len(stream_header) < _STREAM_HEADER_SIZE:
+                    stream_header.extend(piece[: _STREAM_HEADER_SIZE - len(stream_header)])
+                yield piece
+
+        buffer = bytearray()
+        content_size = 0
+        for plaintext in self._stream.decrypt(capture(ciphertext)):
+            piece = plaintext
+            if self.header is None:
+                buffer.extend(plaintext)
+                if self._read_header(buffer, bytes(stream_header)) is None:
+                    continue
+                piece = bytes(buffer)
+                buffer.clear()
+            content_size += len(piece)
+            if piece:
+                yield piece
+        if self.header is None:
+            raise RemoteProtocolError(Code.TRUNCATED, "the document ends inside its header")
+        if content_size != self.header.record.size:
+            raise RemoteProtocolError(
+                Code.INVALID_RECORD, f"content is {content_size} bytes, header says {self.header.record.size}"
+            )
+
+    def _read_header(self, buffer: bytearray, stream_header: bytes) -> Signed[DocumentHeader] | None:
+        """Parse the header once ``buffer`` holds it; leave only content in ``buffer``."""
+        if len(buffer) < _LENGTH_SIZE:
+            return None
+        length = int.from_bytes(buffer[:_LENGTH_SIZE], "big")
+        if length > MAX_HEADER_SIZE:
+            raise RemoteProtocolError(Code.TOO_LARGE, f"document header of {length} bytes")
+        if len(buffer) < _LENGTH_SIZE + length:
+            return None
+        header = open_record(bytes(buffer[_LENGTH_SIZE : _LENGTH_SIZE + length]), DocumentHeader)
+        prefix = stream_header[len(MAGIC) : len(MAGIC) + PREFIX_SIZE]
+        if header.record.commitment != key_commitment(self._key, prefix):
+            raise RemoteProtocolError(Code.BAD_COMMITMENT, "the signed header commits to another key")
+        if self._expected_author is not None and header.signer != self._expected_author:
+            raise RemoteProtocolError(Code.INVALID_RECORD, "the document is signed by another author")
+        if self._expected_patient is not None and header.record.patient != self._expected_patient:
+            raise RemoteProtocolError(Code.INVALID_RECORD, "the document is about another patient")
+        del buffer[: _LENGTH_SIZE + length]
+        self.header = header
+        return header

@@ -1,0 +1,160 @@
+"""Replay one vector case against this implementation.
+
+:func:`replay` returns ``None`` when the implementation agrees that a case is
+valid and gives the expected outputs, or the error code it produced, so the
+caller compares that with the case's ``error``.  An output that differs from
+the vector raises :class:`Mismatch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedrecord.core import (
+    Deposit,
+    EncryptionKeyPair,
+    FedrecordError,
+    KeyWrap,
+    PrivateRestriction,
+    Revocation,
+    SigningIdentity,
+    cbor,
+    open_record,
+)
+from fedrecord.core.capabilities import RevocationSet, decide_from_bytes
+from fedrecord.core.documents import DocumentReader
+from fedrecord.core.identity import public_key_from_did
+from fedrecord.core.key_wraps import open_deposit_key, unwrap_key
+from fedrecord.core.records import RECORD_CLASSES, RecordType
+from fedrecord.core.sealed_box import open_sealed, seal
+from fedrecord.core.stream import CHUNK_SIZE, HEADER_SIZE, TAG_SIZE, StreamDecryptor, StreamEncryptor
+
+from .capability_cases import facts
+from .format import diag
+
+
+class Mismatch(AssertionError):
+    """The implementation produced an output other than the vector's."""
+
+
+def _expect(name: str, got: Any, want: Any) -> None:
+    if got != want:
+        raise Mismatch(f"{name}: got {got!r}, vector says {want!r}")
+
+
+def _cbor(group: dict[str, Any], test: dict[str, Any]) -> None:
+    value = cbor.decode(bytes.fromhex(test["input"]), max_size=group["maxSize"])
+    _expect("diag", diag(value), test["diag"])
+
+
+def _did(group: dict[str, Any], test: dict[str, Any]) -> None:
+    if "seed" in test:
+        identity = SigningIdentity.from_seed(bytes.fromhex(test["seed"]))
+        _expect("did", identity.did, test["did"])
+        _expect("publicKey", identity.public_key.hex(), test["publicKey"])
+    _expect("publicKey", public_key_from_did(test["did"]).hex(), test.get("publicKey", public_key_from_did(
+        test["did"]).hex()))
+
+
+def _record(group: dict[str, Any], test: dict[str, Any]) -> None:
+    record = bytes.fromhex(test["record"]) * test.get("recordRepeat", 1)
+    signed = open_record(record, RECORD_CLASSES[RecordType(test["expectedType"])])
+    _expect("signer", signed.signer, test["signer"])
+    _expect("id", signed.id.hex(), test["id"])
+
+
+def _capability(group: dict[str, Any], test: dict[str, Any]) -> str | None:
+    decision = decide_from_bytes(
+        [bytes.fromhex(link) for link in test["chain"]],
+        head=bytes.fromhex(test["head"]) if test["head"] else None,
+        highest_seq=test["highestSeq"],
+        max_head_age=test["maxHeadAge"],
+        patient=test["patient"],
+        requester=test["requester"],
+        action=test["action"],
+        now=test["now"],
+        revocations=RevocationSet.from_records(open_record(bytes.fromhex(r), Revocation) for r in test["revocations"]),
+        restrictions=[open_record(bytes.fromhex(r), PrivateRestriction) for r in test["restrictions"]],
+        document=facts(test["document"]) if test["document"] else None,
+    )
+    return None if decision.allowed else decision.reason.value if decision.reason else "denied"
+
+
+def _stream_ciphertext(group: dict[str, Any], test: dict[str, Any]) -> bytes:
+    if "ciphertext" in test:
+        return bytes.fromhex(test["ciphertext"])
+    source = bytes.fromhex(next(t for t in group["tests"] if t["tcId"] == test["ciphertextOf"])["ciphertext"])
+    header, body = source[:HEADER_SIZE], source[HEADER_SIZE:]
+    step = CHUNK_SIZE + TAG_SIZE
+    return header + b"".join(body[i * step : (i + 1) * step] for i in test["chunks"]) + bytes.fromhex(test["append"])
+
+
+def _stream(group: dict[str, Any], test: dict[str, Any]) -> None:
+    key = bytes.fromhex(test["key"])
+    ciphertext = _stream_ciphertext(group, test)
+    if test["result"] == "valid":
+        plaintext = bytes.fromhex(test["plaintextHex"]) * test["plaintextRepeat"]
+        encryptor = StreamEncryptor(key, bytes.fromhex(test["prefix"]))
+        _expect("ciphertext", b"".join(encryptor.encrypt([plaintext])).hex(), test["ciphertext"])
+        _expect("documentId", encryptor.document_id.hex(), test["documentId"])
+    decryptor = StreamDecryptor(key)
+    # Feed in odd-sized pieces: chunking of the input must not matter.
+    pieces = [ciphertext[i : i + 1000] for i in range(0, len(ciphertext), 1000)] or [b""]
+    plaintext = b"".join(decryptor.decrypt(pieces))
+    if test["result"] == "valid":
+        _expect("plaintext", plaintext, bytes.fromhex(test["plaintextHex"]) * test["plaintextRepeat"])
+
+
+def _sealed(group: dict[str, Any], test: dict[str, Any]) -> None:
+    if "ephemeralSeed" in test:
+        sealed = seal(bytes.fromhex(test["message"]), bytes.fromhex(test["recipientPublicKey"]),
+                      bytes.fromhex(test["ephemeralSeed"]))
+        _expect("sealed", sealed.hex(), test["sealed"])
+    keys = EncryptionKeyPair.from_seed(bytes.fromhex(test["recipientSeed"]))
+    _expect("message", open_sealed(bytes.fromhex(test["sealed"]), keys).hex(), test["message"])
+
+
+def _wrap(group: dict[str, Any], test: dict[str, Any]) -> None:
+    keys = EncryptionKeyPair.from_seed(bytes.fromhex(test["recipientSeed"]))
+    record = bytes.fromhex(test["record"])
+    if test["recordType"] == "fedrecord/deposit":
+        unwrapped = open_deposit_key(open_record(record, Deposit), patient=test["recipient"], keys=keys)
+        _expect("doc", unwrapped.secret.doc.hex(), test["doc"])
+    else:
+        unwrapped = unwrap_key(open_record(record, KeyWrap), recipient=test["recipient"], keys=keys,
+                               doc=bytes.fromhex(test["doc"]))
+    _expect("key", unwrapped.key.hex(), test["key"])
+
+
+def _document(group: dict[str, Any], test: dict[str, Any]) -> None:
+    reader = DocumentReader(bytes.fromhex(test["key"]), expected_author=test["author"],
+                            expected_patient=test["patient"])
+    content = b"".join(reader.decrypt([bytes.fromhex(test["ciphertext"])]))
+    _expect("content", content.hex(), test["content"])
+    if "documentId" in test:
+        _expect("documentId", reader.document_id.hex(), test["documentId"])
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str | None]] = {
+    "CborStrictDecode": _cbor,  # type: ignore[dict-item]
+    "DidKey": _did,  # type: ignore[dict-item]
+    "SignedRecordOpen": _record,  # type: ignore[dict-item]
+    "CapabilityDecision": _capability,
+    "StreamDecrypt": _stream,  # type: ignore[dict-item]
+    "SealedBox": _sealed,  # type: ignore[dict-item]
+    "KeyWrapOpen": _wrap,  # type: ignore[dict-item]
+    "DocumentDecrypt": _document,  # type: ignore[dict-item]
+}
+
+
+def replay(group: dict[str, Any], test: dict[str, Any]) -> str | None:
+    """Run ``test`` of ``group``; the error code produced, or None when it succeeded.
+
+    Raises:
+        Mismatch: a valid case produced other outputs than the vector's.
+    """
+    try:
+        return RUNNERS[group["type"]](group, test)
+    except FedrecordError as exc:
+        return exc.code.value
