@@ -42,8 +42,15 @@ def grant(issuer=PATIENT, audience=GP, parent=None, **changes):
 
 
 def check(chain, requester=GP, action="read", document=LAB_RESULT, **kwargs):
-    return decide(chain, patient=PATIENT.did, requester=requester.did, action=action, now=NOW,
-                  document=document, **kwargs)
+    return decide(
+        chain,
+        patient=PATIENT.did,
+        requester=requester.did,
+        action=action,
+        now=NOW,
+        document=document,
+        **kwargs,
+    )
 
 
 def test_patient_grant_allows_reading_a_document_in_scope():
@@ -161,9 +168,18 @@ def test_document_ids_scope():
 
 def test_state_head_freshness_and_rollback():
     def head(seq, iat, signer=PATIENT):
-        return sign_record(StateHead(seq=seq, iat=iat, revocations=bytes(32), revocation_count=0,
-                                     records=bytes(32), record_count=0,
-                                     prev=None if seq == 0 else bytes(32)), signer)
+        return sign_record(
+            StateHead(
+                seq=seq,
+                iat=iat,
+                revocations=bytes(32),
+                revocation_count=0,
+                records=bytes(32),
+                record_count=0,
+                prev=None if seq == 0 else bytes(32),
+            ),
+            signer,
+        )
 
     root = grant()
     fresh = Freshness(head=head(5, NOW - 10), highest_seq=5, max_age=60)
@@ -207,13 +223,19 @@ def documents(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(parent_scope=scopes(), child_scope=scopes(), document=documents(),
-       parent_iat=st.integers(0, 200), child_iat=st.integers(0, 200))
+@given(
+    parent_scope=scopes(),
+    child_scope=scopes(),
+    document=documents(),
+    parent_iat=st.integers(0, 200),
+    child_iat=st.integers(0, 200),
+)
 def test_delegation_never_widens(parent_scope, child_scope, document, parent_iat, child_iat):
     """Property: whatever a verified delegated chain allows, the parent alone allows too."""
     root = grant(scope=parent_scope, iat=parent_iat, nbf=0, exp=NOW + DAY)
-    child = grant(issuer=GP, audience=SPECIALIST, parent=root, scope=child_scope, iat=child_iat,
-                  nbf=0, exp=NOW + DAY)
+    child = grant(
+        issuer=GP, audience=SPECIALIST, parent=root, scope=child_scope, iat=child_iat, nbf=0, exp=NOW + DAY
+    )
     if narrowing_problem(child.record, root.record) is not None:
         assert check([root, child], requester=SPECIALIST, document=document).reason is Code.WIDENED
         return

@@ -47,6 +47,8 @@ def test_vector_files_follow_the_layout():
 
 
 def test_make_vectors_is_deterministic(tmp_path):
-    subprocess.run([sys.executable, "-m", "fedrecord.vectors", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "fedrecord.vectors", str(tmp_path)], check=True, capture_output=True
+    )
     for path in FILES:
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name

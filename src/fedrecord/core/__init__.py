@@ -66,7 +66,6 @@ __all__ = [
     "NodeProfile",
     "PrivateRestriction",
     "Record",
-    "Record",
     "RecordType",
     "RemoteProtocolError",
     "Revocation",

@@ -125,7 +125,8 @@ def decode(
     """
     if len(data) > max_size:
         raise RemoteProtocolError(Code.TOO_LARGE, f"{len(data)} bytes exceeds the cap of {max_size}")
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     try:
         value = cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False, max_depth=MAX_DEPTH + 1)
     except Exception:  # noqa: BLE001 - any cbor2 refusal is diagnosed by the reference path

@@ -291,7 +291,7 @@ class Grant(Record):
     def check_record(self) -> None:
         if self.exp <= self.nbf:
             raise _invalid(self, "exp must be after nbf")
-        if Action.READ in self.actions and not (self.scope.ids or self.scope.selects):
+        if Action.READ.value in self.actions and not (self.scope.ids or self.scope.selects):
             raise _invalid(self, "a read grant must cover some documents")
 
 

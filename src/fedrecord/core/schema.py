@@ -113,11 +113,25 @@ class Did(Kind):
             return "expected an Ed25519 did:key identifier"
         return None
 
+    def read(self, value: Any) -> Any:
+        if type(value) is str and 48 <= len(value) <= 64 and value.startswith(DID_KEY_PREFIX):
+            return value
+        return super().read(value)
+
 
 class Blob(Kind):
     def __init__(self, *, size: int | None = None, max_size: int | None = None) -> None:
         self.size = size
         self.max_size = max_size
+
+    def read(self, value: Any) -> Any:
+        if (
+            type(value) is bytes
+            and (self.size is None or len(value) == self.size)
+            and (self.max_size is None or len(value) <= self.max_size)
+        ):
+            return value
+        return super().read(value)
 
     def check(self, value: Any) -> str | None:
         if type(value) is not bytes:
@@ -132,6 +146,9 @@ class Blob(Kind):
 class Flag(Kind):
     def check(self, value: Any) -> str | None:
         return None if type(value) is bool else "expected true or false"
+
+    def read(self, value: Any) -> Any:
+        return value if type(value) is bool else super().read(value)
 
 
 class OneOf(Kind):
@@ -155,22 +172,27 @@ class ArrayOf(Kind):
         self.max_items = max_items
         self.non_empty = non_empty
 
+    def shape_problem(self, items: tuple[Any, ...] | list[Any]) -> str | None:
+        """What is wrong with the array as a whole (its items already checked), or None."""
+        if len(items) > self.max_items or (self.non_empty and not items):
+            return f"expected {'1' if self.non_empty else '0'} to {self.max_items} items"
+        return None
+
     def check(self, value: Any) -> str | None:
         if type(value) not in (list, tuple):
             return "expected an array"
-        if len(value) > self.max_items or (self.non_empty and not value):
-            return f"expected {'1' if self.non_empty else '0'} to {self.max_items} items"
         for item in value:
             problem = self.item.check(item)
             if problem is not None:
                 return problem
-        return None
+        return self.shape_problem(value)
 
     def read(self, value: Any) -> Any:
-        if type(value) is not list:
+        if type(value) is not list and type(value) is not tuple:
             raise RemoteProtocolError(Code.INVALID_RECORD, "expected an array")
-        items = tuple(self.item.read(item) for item in value)
-        problem = self.check(items)
+        read_item = self.item.read
+        items = tuple([read_item(item) for item in value])
+        problem = self.shape_problem(items)
         if problem is not None:
             raise RemoteProtocolError(Code.INVALID_RECORD, problem)
         return items
@@ -187,9 +209,9 @@ class ArrayOf(Kind):
 class SetOf(ArrayOf):
     """A set: on the wire an array in ascending order without duplicates (spec [REC-5])."""
 
-    def check(self, value: Any) -> str | None:
-        problem = super().check(value)
-        if problem is None and any(a >= b for a, b in pairwise(value)):
+    def shape_problem(self, items: tuple[Any, ...] | list[Any]) -> str | None:
+        problem = super().shape_problem(items)
+        if problem is None and any(a >= b for a, b in pairwise(items)):
             return "set items must be in ascending order without duplicates"
         return problem
 
@@ -257,6 +279,7 @@ def wire(key: str, kind: Kind, *, optional: bool = False, default: Any = datacla
 
 
 W = TypeVar("W", bound="WireObject")
+_MISSING: Final = object()
 
 
 class WireObject:
@@ -268,6 +291,7 @@ class WireObject:
 
     _fields_cache: ClassVar[tuple[tuple[str, str, Kind, bool], ...]]
     _defaults_cache: ClassVar[dict[str, Any]]
+    _read_plan: ClassVar[tuple[tuple[str, str, Any, bool], ...]]
 
     @classmethod
     def _wire_fields(cls) -> tuple[tuple[str, str, Kind, bool], ...]:
@@ -305,6 +329,13 @@ class WireObject:
         return out
 
     @classmethod
+    def _make_read_plan(cls) -> tuple[tuple[str, str, Any, bool], ...]:
+        # Bound read methods, looked up once per class: from_wire runs for every record received.
+        plan = tuple((name, key, kind.read, optional) for name, key, kind, optional in cls._wire_fields())
+        cls._read_plan = plan
+        return plan
+
+    @classmethod
     def from_wire(cls: type[W], payload: dict[str, Any]) -> W:
         """Read a decoded map strictly.
 
@@ -313,26 +344,28 @@ class WireObject:
                 key or a value that breaks its field's rules.
         """
         values: dict[str, Any] = {}
-        seen = 0
-        for name, key, kind, optional in cls._wire_fields():
-            if key in payload:
-                seen += 1
-                try:
-                    values[name] = kind.read(payload[key])
-                except RemoteProtocolError as exc:
-                    raise RemoteProtocolError(exc.code, f"{cls.__name__}.{key}: {exc.message}") from None
-            elif not optional:
-                raise RemoteProtocolError(Code.INVALID_RECORD, f"{cls.__name__}: missing field {key!r}")
-        if seen != len(payload):
+        plan = cls.__dict__.get("_read_plan") or cls._make_read_plan()
+        for name, key, read, optional in plan:
+            value = payload.get(key, _MISSING)
+            if value is _MISSING:
+                if not optional:
+                    raise RemoteProtocolError(Code.INVALID_RECORD, f"{cls.__name__}: missing field {key!r}")
+                continue
+            try:
+                values[name] = read(value)
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(exc.code, f"{cls.__name__}.{key}: {exc.message}") from None
+        if len(values) != len(payload):
             known = {key for _n, key, _k, _o in cls._wire_fields()}
             unknown = sorted(str(k) for k in payload if k not in known)
             raise RemoteProtocolError(Code.INVALID_RECORD, f"{cls.__name__}: unknown fields {unknown}")
         # Each field was checked by its kind while reading; build the object
         # without checking them a second time, then apply the cross-field rules.
         obj = cls.__new__(cls)
-        defaults = cls._defaults_cache
-        for name, _key, _kind, optional in cls._wire_fields():
-            object.__setattr__(obj, name, values.get(name, defaults[name]) if optional else values[name])
+        # A frozen dataclass without slots keeps its fields in __dict__: fill it
+        # in one step instead of one object.__setattr__ per field.
+        obj.__dict__.update(cls._defaults_cache)
+        obj.__dict__.update(values)
         try:
             obj.validate()
         except LocalProtocolError as exc:

@@ -23,27 +23,63 @@ from .samples import DAY, GP, MALLORY, NOW, PATIENT, SPECIALIST
 NOTES = {
     "Allowed": {"bugType": "BASIC", "description": "A request the chain allows."},
     "Root": {"bugType": "AUTH_BYPASS", "description": "The chain does not start at the patient ([CAP-2])."},
-    "Chain": {"bugType": "AUTH_BYPASS", "description": "Links not joined parent to child ([CAP-3], [CAP-4])."},
-    "Delegation": {"bugType": "AUTH_BYPASS", "description": "Delegation without the delegate action ([CAP-5])."},
-    "Attenuation": {"bugType": "AUTH_BYPASS", "description": "A delegated grant wider than its parent ([CAP-6])."},
-    "Revocation": {"bugType": "AUTH_BYPASS", "description": "A link revoked by an issuer up the chain ([CAP-7])."},
-    "VoidRevocation": {"bugType": "EDGE_CASE", "description": "A revocation by someone outside the chain is void."},
+    "Chain": {
+        "bugType": "AUTH_BYPASS",
+        "description": "Links not joined parent to child ([CAP-3], [CAP-4]).",
+    },
+    "Delegation": {
+        "bugType": "AUTH_BYPASS",
+        "description": "Delegation without the delegate action ([CAP-5]).",
+    },
+    "Attenuation": {
+        "bugType": "AUTH_BYPASS",
+        "description": "A delegated grant wider than its parent ([CAP-6]).",
+    },
+    "Revocation": {
+        "bugType": "AUTH_BYPASS",
+        "description": "A link revoked by an issuer up the chain ([CAP-7]).",
+    },
+    "VoidRevocation": {
+        "bugType": "EDGE_CASE",
+        "description": "A revocation by someone outside the chain is void.",
+    },
     "Time": {"bugType": "EXPIRED", "description": "Outside a link's [nbf, exp) window ([CAP-8])."},
-    "Audience": {"bugType": "AUTH_BYPASS", "description": "The requester is not the last link's audience ([CAP-9])."},
+    "Audience": {
+        "bugType": "AUTH_BYPASS",
+        "description": "The requester is not the last link's audience ([CAP-9]).",
+    },
     "Action": {"bugType": "AUTH_BYPASS", "description": "The action is not granted ([CAP-10])."},
     "Scope": {"bugType": "AUTH_BYPASS", "description": "The document is outside a link's scope ([CAP-11])."},
-    "Restriction": {"bugType": "AUTH_BYPASS", "description": "A private restriction hides the document ([CAP-13])."},
+    "Restriction": {
+        "bugType": "AUTH_BYPASS",
+        "description": "A private restriction hides the document ([CAP-13]).",
+    },
     "Freshness": {"bugType": "ROLLBACK", "description": "No, foreign or stale state head ([HEAD-4])."},
     "Rollback": {"bugType": "ROLLBACK", "description": "State head older than one seen before ([HEAD-3])."},
     "Signature": {"bugType": "MODIFIED_SIGNATURE", "description": "A link that does not verify ([CAP-1])."},
 }
 
-LAB_DOC = {"id": fixed_seed("doc:lab").hex(), "category": "lab", "labels": ["lab"],
-           "date": NOW - 30 * DAY, "added": NOW - 20 * DAY}
-PSY_DOC = {"id": fixed_seed("doc:psy").hex(), "category": "note", "labels": ["PSY"],
-           "date": NOW - 5 * DAY, "added": NOW - 5 * DAY}
+LAB_DOC = {
+    "id": fixed_seed("doc:lab").hex(),
+    "category": "lab",
+    "labels": ["lab"],
+    "date": NOW - 30 * DAY,
+    "added": NOW - 20 * DAY,
+}
+PSY_DOC = {
+    "id": fixed_seed("doc:psy").hex(),
+    "category": "note",
+    "labels": ["PSY"],
+    "date": NOW - 5 * DAY,
+    "added": NOW - 5 * DAY,
+}
 NEW_LAB_DOC = {**LAB_DOC, "id": fixed_seed("doc:lab-new").hex(), "date": NOW - DAY, "added": NOW - DAY}
-OLD_LAB_DOC = {**LAB_DOC, "id": fixed_seed("doc:lab-old").hex(), "date": NOW - 400 * DAY, "added": NOW - 399 * DAY}
+OLD_LAB_DOC = {
+    **LAB_DOC,
+    "id": fixed_seed("doc:lab-old").hex(),
+    "date": NOW - 400 * DAY,
+    "added": NOW - 399 * DAY,
+}
 
 
 def facts(document: dict[str, Any]) -> DocumentFacts:
@@ -57,8 +93,12 @@ def facts(document: dict[str, Any]) -> DocumentFacts:
     )
 
 
-def grant(issuer: SigningIdentity = PATIENT, audience: SigningIdentity = GP,
-          parent: Signed[Grant] | None = None, **changes: Any) -> Signed[Grant]:
+def grant(
+    issuer: SigningIdentity = PATIENT,
+    audience: SigningIdentity = GP,
+    parent: Signed[Grant] | None = None,
+    **changes: Any,
+) -> Signed[Grant]:
     fields: dict[str, Any] = {
         "audience": audience.did,
         "scope": Scope(categories=("lab",), since=NOW - 365 * DAY, past=True, future=True),
@@ -76,8 +116,15 @@ def grant(issuer: SigningIdentity = PATIENT, audience: SigningIdentity = GP,
 
 def head(seq: int, iat: int, signer: SigningIdentity = PATIENT) -> Signed[StateHead]:
     return sign_record(
-        StateHead(seq=seq, iat=iat, revocations=fixed_seed("revs"), revocation_count=0,
-                  records=fixed_seed("recs"), record_count=3, prev=None if seq == 0 else fixed_seed(f"head{seq}")),
+        StateHead(
+            seq=seq,
+            iat=iat,
+            revocations=fixed_seed("revs"),
+            revocation_count=0,
+            records=fixed_seed("recs"),
+            record_count=3,
+            prev=None if seq == 0 else fixed_seed(f"head{seq}"),
+        ),
         signer,
     )
 
@@ -97,21 +144,40 @@ def build() -> VectorFile:
     )
     tests = file.group("CapabilityDecision", "decisions on grant chains")
 
-    def case(comment: str, flag: str, error: str | None, chain: list[Signed[Grant]], *,
-             requester: SigningIdentity = GP, action: str = "read", document: dict[str, Any] | None = LAB_DOC,
-             revocations: list[Signed[Revocation]] = (),  # type: ignore[assignment]
-             restrictions: list[Signed[PrivateRestriction]] = (),  # type: ignore[assignment]
-             state_head: Signed[StateHead] | bytes | None = None, highest_seq: int = 0,
-             max_head_age: int | None = None, raw_chain: list[bytes] | None = None) -> None:
+    def case(
+        comment: str,
+        flag: str,
+        error: str | None,
+        chain: list[Signed[Grant]],
+        *,
+        requester: SigningIdentity = GP,
+        action: str = "read",
+        document: dict[str, Any] | None = LAB_DOC,
+        revocations: list[Signed[Revocation]] = (),  # type: ignore[assignment]
+        restrictions: list[Signed[PrivateRestriction]] = (),  # type: ignore[assignment]
+        state_head: Signed[StateHead] | bytes | None = None,
+        highest_seq: int = 0,
+        max_head_age: int | None = None,
+        raw_chain: list[bytes] | None = None,
+    ) -> None:
         encoded_head = state_head.encoded if isinstance(state_head, Signed) else state_head
         file.case(
-            tests, comment, result="valid" if error is None else "invalid", flags=[flag], error=error,
-            patient=PATIENT.did, requester=requester.did, action=action, now=NOW,
+            tests,
+            comment,
+            result="valid" if error is None else "invalid",
+            flags=[flag],
+            error=error,
+            patient=PATIENT.did,
+            requester=requester.did,
+            action=action,
+            now=NOW,
             chain=[c.hex() for c in raw_chain] if raw_chain else [link.encoded.hex() for link in chain],
             revocations=[r.encoded.hex() for r in revocations],
             restrictions=[r.encoded.hex() for r in restrictions],
             head=encoded_head.hex() if encoded_head is not None else None,
-            highestSeq=highest_seq, maxHeadAge=max_head_age, document=document,
+            highestSeq=highest_seq,
+            maxHeadAge=max_head_age,
+            document=document,
         )
 
     root = grant()
@@ -122,13 +188,29 @@ def build() -> VectorFile:
     case("patient grant, no document (listing)", "Allowed", None, [root], document=None)
     case("delegated read for the specialist", "Allowed", None, [root, child], requester=SPECIALIST)
     case("grant by document id", "Allowed", None, [grant(scope=Scope(ids=(fixed_seed("doc:lab"),)))])
-    case("future documents: one added after the grant", "Allowed", None,
-         [grant(scope=Scope(categories=("lab",), future=True))], document=NEW_LAB_DOC)
-    case("past documents: one added before the grant", "Allowed", None,
-         [grant(scope=Scope(categories=("lab",), past=True))])
+    case(
+        "future documents: one added after the grant",
+        "Allowed",
+        None,
+        [grant(scope=Scope(categories=("lab",), future=True))],
+        document=NEW_LAB_DOC,
+    )
+    case(
+        "past documents: one added before the grant",
+        "Allowed",
+        None,
+        [grant(scope=Scope(categories=("lab",), past=True))],
+    )
     case("label selector", "Allowed", None, [grant(scope=Scope(labels=("lab", "imaging"), past=True))])
-    case("fresh head required and held", "Allowed", None, [root], state_head=head(5, NOW - 10),
-         highest_seq=5, max_head_age=60)
+    case(
+        "fresh head required and held",
+        "Allowed",
+        None,
+        [root],
+        state_head=head(5, NOW - 10),
+        highest_seq=5,
+        max_head_age=60,
+    )
 
     case("root issued by someone else", "Root", "not-patient-root", [grant(issuer=MALLORY)])
     case("root issued by the GP to itself", "Root", "not-patient-root", [grant(issuer=GP)])
@@ -136,15 +218,29 @@ def build() -> VectorFile:
     case("empty chain", "Chain", "broken-chain", [])
     case("nine links", "Chain", "broken-chain", [root] * 9)
     case("root names a parent", "Chain", "broken-chain", [grant(parent=root)])
-    case("child issued by someone other than the parent's audience", "Chain", "broken-chain",
-         [root, grant(issuer=MALLORY, audience=SPECIALIST, parent=root, actions=("read",))], requester=SPECIALIST)
-    case("child names another parent", "Chain", "broken-chain",
-         [root, grant(issuer=GP, audience=SPECIALIST, parent=everything, actions=("read",))], requester=SPECIALIST)
+    case(
+        "child issued by someone other than the parent's audience",
+        "Chain",
+        "broken-chain",
+        [root, grant(issuer=MALLORY, audience=SPECIALIST, parent=root, actions=("read",))],
+        requester=SPECIALIST,
+    )
+    case(
+        "child names another parent",
+        "Chain",
+        "broken-chain",
+        [root, grant(issuer=GP, audience=SPECIALIST, parent=everything, actions=("read",))],
+        requester=SPECIALIST,
+    )
     case("links in the wrong order", "Root", "not-patient-root", [child, root], requester=SPECIALIST)
     no_delegate = grant(actions=("read",))
-    case("parent without delegate", "Delegation", "not-delegable",
-         [no_delegate, grant(issuer=GP, audience=SPECIALIST, parent=no_delegate, actions=("read",))],
-         requester=SPECIALIST)
+    case(
+        "parent without delegate",
+        "Delegation",
+        "not-delegable",
+        [no_delegate, grant(issuer=GP, audience=SPECIALIST, parent=no_delegate, actions=("read",))],
+        requester=SPECIALIST,
+    )
 
     for comment, changes in (
         ("child outlives its parent", {"exp": NOW + 81 * DAY}),
@@ -152,96 +248,267 @@ def build() -> VectorFile:
         ("child adds an action", {"actions": ("manage", "read")}),
         ("child changes the purpose", {"purpose": "research"}),
         ("child drops the category filter", {"scope": Scope(since=NOW - 365 * DAY, past=True)}),
-        ("child adds a category", {"scope": Scope(categories=("imaging", "lab"), since=NOW - 365 * DAY, past=True)}),
-        ("child starts the date window earlier", {"scope": Scope(categories=("lab",), since=NOW - 400 * DAY,
-                                                                 past=True)}),
-        ("child names documents outside an id-only parent", {}),
+        (
+            "child adds a category",
+            {"scope": Scope(categories=("imaging", "lab"), since=NOW - 365 * DAY, past=True)},
+        ),
+        (
+            "child starts the date window earlier",
+            {"scope": Scope(categories=("lab",), since=NOW - 400 * DAY, past=True)},
+        ),
     ):
-        parent = root
-        if not changes:
-            parent = grant(scope=Scope(ids=(fixed_seed("doc:lab"),)))
-            changes = {"scope": Scope(ids=(fixed_seed("doc:lab"), fixed_seed("doc:psy")))}
-        widened = grant(issuer=GP, audience=SPECIALIST, parent=parent, **changes)
-        case(comment, "Attenuation", "widened", [parent, widened], requester=SPECIALIST)
+        widened = grant(issuer=GP, audience=SPECIALIST, parent=root, **changes)
+        case(comment, "Attenuation", "widened", [root, widened], requester=SPECIALIST)
+    ids_only = grant(scope=Scope(ids=(fixed_seed("doc:lab"),)))
+    case(
+        "child names documents outside an id-only parent",
+        "Attenuation",
+        "widened",
+        [
+            ids_only,
+            grant(
+                issuer=GP,
+                audience=SPECIALIST,
+                parent=ids_only,
+                scope=Scope(ids=(fixed_seed("doc:lab"), fixed_seed("doc:psy"))),
+            ),
+        ],
+        requester=SPECIALIST,
+    )
     future_only = grant(scope=Scope(categories=("lab",), past=True))
-    case("child asks for future documents of a past-only parent", "Attenuation", "widened",
-         [future_only, grant(issuer=GP, audience=SPECIALIST, parent=future_only,
-                             scope=Scope(categories=("lab",), future=True))], requester=SPECIALIST)
+    case(
+        "child asks for future documents of a past-only parent",
+        "Attenuation",
+        "widened",
+        [
+            future_only,
+            grant(
+                issuer=GP,
+                audience=SPECIALIST,
+                parent=future_only,
+                scope=Scope(categories=("lab",), future=True),
+            ),
+        ],
+        requester=SPECIALIST,
+    )
 
     revoke_root = sign_record(Revocation(grant=root.id, iat=NOW - 1), PATIENT)
     case("root revoked by the patient", "Revocation", "revoked", [root], revocations=[revoke_root])
-    case("parent revoked: the child dies too", "Revocation", "revoked", [root, child], requester=SPECIALIST,
-         revocations=[revoke_root])
-    case("child revoked by the GP who issued it", "Revocation", "revoked", [root, child], requester=SPECIALIST,
-         revocations=[sign_record(Revocation(grant=child.id, iat=NOW - 1), GP)])
-    case("child revoked by the patient up the chain", "Revocation", "revoked", [root, child], requester=SPECIALIST,
-         revocations=[sign_record(Revocation(grant=child.id, iat=NOW - 1), PATIENT)])
-    case("revocation by someone outside the chain is void", "VoidRevocation", None, [root],
-         revocations=[sign_record(Revocation(grant=root.id, iat=NOW), MALLORY)])
-    case("the audience cannot revoke its own root grant", "VoidRevocation", None, [root],
-         revocations=[sign_record(Revocation(grant=root.id, iat=NOW), GP)])
-    case("the specialist cannot revoke the GP's root grant", "VoidRevocation", None, [root, child],
-         requester=SPECIALIST, revocations=[sign_record(Revocation(grant=root.id, iat=NOW), SPECIALIST)])
+    case(
+        "parent revoked: the child dies too",
+        "Revocation",
+        "revoked",
+        [root, child],
+        requester=SPECIALIST,
+        revocations=[revoke_root],
+    )
+    case(
+        "child revoked by the GP who issued it",
+        "Revocation",
+        "revoked",
+        [root, child],
+        requester=SPECIALIST,
+        revocations=[sign_record(Revocation(grant=child.id, iat=NOW - 1), GP)],
+    )
+    case(
+        "child revoked by the patient up the chain",
+        "Revocation",
+        "revoked",
+        [root, child],
+        requester=SPECIALIST,
+        revocations=[sign_record(Revocation(grant=child.id, iat=NOW - 1), PATIENT)],
+    )
+    case(
+        "revocation by someone outside the chain is void",
+        "VoidRevocation",
+        None,
+        [root],
+        revocations=[sign_record(Revocation(grant=root.id, iat=NOW), MALLORY)],
+    )
+    case(
+        "the audience cannot revoke its own root grant",
+        "VoidRevocation",
+        None,
+        [root],
+        revocations=[sign_record(Revocation(grant=root.id, iat=NOW), GP)],
+    )
+    case(
+        "the specialist cannot revoke the GP's root grant",
+        "VoidRevocation",
+        None,
+        [root, child],
+        requester=SPECIALIST,
+        revocations=[sign_record(Revocation(grant=root.id, iat=NOW), SPECIALIST)],
+    )
 
     case("not yet valid", "Time", "not-yet-valid", [grant(nbf=NOW + 1)])
     case("expired at exactly now", "Time", "expired", [grant(exp=NOW)])
-    case("delegated link expired", "Time", "expired",
-         [root, grant(issuer=GP, audience=SPECIALIST, parent=root, actions=("read",), exp=NOW - 1)],
-         requester=SPECIALIST)
+    case(
+        "delegated link expired",
+        "Time",
+        "expired",
+        [root, grant(issuer=GP, audience=SPECIALIST, parent=root, actions=("read",), exp=NOW - 1)],
+        requester=SPECIALIST,
+    )
     case("last second of validity", "Time", None, [grant(exp=NOW + 1)])
 
     case("requester is not the audience", "Audience", "wrong-audience", [root], requester=MALLORY)
     case("the GP uses the specialist's grant", "Audience", "wrong-audience", [root, child])
     case("manage not granted", "Action", "action-not-granted", [root], action="manage")
     case("deposit not granted", "Action", "action-not-granted", [root], action="deposit")
-    case("delegated grant without delegate asks to delegate", "Action", "action-not-granted", [root, child],
-         requester=SPECIALIST, action="delegate")
+    case(
+        "delegated grant without delegate asks to delegate",
+        "Action",
+        "action-not-granted",
+        [root, child],
+        requester=SPECIALIST,
+        action="delegate",
+    )
 
     case("category outside scope", "Scope", "out-of-scope", [root], document=PSY_DOC)
     case("date before the window", "Scope", "out-of-scope", [root], document=OLD_LAB_DOC)
-    case("past-only grant, document added later", "Scope", "out-of-scope",
-         [grant(scope=Scope(categories=("lab",), past=True))], document=NEW_LAB_DOC)
-    case("future-only grant, document added before", "Scope", "out-of-scope",
-         [grant(scope=Scope(categories=("lab",), future=True))])
+    case(
+        "past-only grant, document added later",
+        "Scope",
+        "out-of-scope",
+        [grant(scope=Scope(categories=("lab",), past=True))],
+        document=NEW_LAB_DOC,
+    )
+    case(
+        "future-only grant, document added before",
+        "Scope",
+        "out-of-scope",
+        [grant(scope=Scope(categories=("lab",), future=True))],
+    )
     case("label not selected", "Scope", "out-of-scope", [grant(scope=Scope(labels=("imaging",), past=True))])
     case("id not listed", "Scope", "out-of-scope", [grant(scope=Scope(ids=(fixed_seed("doc:other"),)))])
-    case("in the child's scope but not in the parent's (ids meet selectors)", "Scope", "out-of-scope",
-         [root, grant(issuer=GP, audience=SPECIALIST, parent=root, scope=Scope(ids=(fixed_seed("doc:psy"),)),
-                      actions=("read",))], requester=SPECIALIST, document=PSY_DOC)
+    case(
+        "in the child's scope but not in the parent's (ids meet selectors)",
+        "Scope",
+        "out-of-scope",
+        [
+            root,
+            grant(
+                issuer=GP,
+                audience=SPECIALIST,
+                parent=root,
+                scope=Scope(ids=(fixed_seed("doc:psy"),)),
+                actions=("read",),
+            ),
+        ],
+        requester=SPECIALIST,
+        document=PSY_DOC,
+    )
 
-    restrict = sign_record(PrivateRestriction(grants=(everything.id,), labels=("PSY", "SEX"), iat=NOW), PATIENT)
-    case("everything grant, PSY restricted", "Restriction", "restricted", [everything], document=PSY_DOC,
-         restrictions=[restrict])
-    case("everything grant, restriction does not touch a lab result", "Restriction", None, [everything],
-         restrictions=[restrict])
-    case("restriction by audience and category", "Restriction", "restricted", [everything], document=PSY_DOC,
-         restrictions=[sign_record(PrivateRestriction(audiences=(GP.did,), categories=("note",), iat=NOW),
-                                   PATIENT)])
-    case("restriction by document id", "Restriction", "restricted", [everything],
-         restrictions=[sign_record(PrivateRestriction(audiences=(GP.did,), ids=(fixed_seed("doc:lab"),), iat=NOW),
-                                   PATIENT)])
-    case("restriction of the parent applies to the delegate", "Restriction", "restricted",
-         [everything, grant(issuer=GP, audience=SPECIALIST, parent=everything, scope=Scope(past=True, future=True),
-                            actions=("read",))],
-         requester=SPECIALIST, document=PSY_DOC, restrictions=[restrict])
-    case("restriction not signed by the patient has no effect", "Restriction", None, [everything],
-         document=PSY_DOC,
-         restrictions=[sign_record(PrivateRestriction(grants=(everything.id,), labels=("PSY",), iat=NOW), MALLORY)])
+    restrict = sign_record(
+        PrivateRestriction(grants=(everything.id,), labels=("PSY", "SEX"), iat=NOW), PATIENT
+    )
+    case(
+        "everything grant, PSY restricted",
+        "Restriction",
+        "restricted",
+        [everything],
+        document=PSY_DOC,
+        restrictions=[restrict],
+    )
+    case(
+        "everything grant, restriction does not touch a lab result",
+        "Restriction",
+        None,
+        [everything],
+        restrictions=[restrict],
+    )
+    case(
+        "restriction by audience and category",
+        "Restriction",
+        "restricted",
+        [everything],
+        document=PSY_DOC,
+        restrictions=[
+            sign_record(PrivateRestriction(audiences=(GP.did,), categories=("note",), iat=NOW), PATIENT)
+        ],
+    )
+    case(
+        "restriction by document id",
+        "Restriction",
+        "restricted",
+        [everything],
+        restrictions=[
+            sign_record(
+                PrivateRestriction(audiences=(GP.did,), ids=(fixed_seed("doc:lab"),), iat=NOW), PATIENT
+            )
+        ],
+    )
+    case(
+        "restriction of the parent applies to the delegate",
+        "Restriction",
+        "restricted",
+        [
+            everything,
+            grant(
+                issuer=GP,
+                audience=SPECIALIST,
+                parent=everything,
+                scope=Scope(past=True, future=True),
+                actions=("read",),
+            ),
+        ],
+        requester=SPECIALIST,
+        document=PSY_DOC,
+        restrictions=[restrict],
+    )
+    case(
+        "restriction not signed by the patient has no effect",
+        "Restriction",
+        None,
+        [everything],
+        document=PSY_DOC,
+        restrictions=[
+            sign_record(PrivateRestriction(grants=(everything.id,), labels=("PSY",), iat=NOW), MALLORY)
+        ],
+    )
 
     case("no state head", "Freshness", "stale", [root], max_head_age=60)
-    case("state head too old", "Freshness", "stale", [root], state_head=head(5, NOW - 61), highest_seq=5,
-         max_head_age=60)
-    case("state head signed by someone else", "Freshness", "stale", [root], state_head=head(9, NOW, MALLORY),
-         highest_seq=5, max_head_age=60)
-    case("state head older than one seen before", "Rollback", "rollback", [root], state_head=head(4, NOW),
-         highest_seq=5, max_head_age=60)
+    case(
+        "state head too old",
+        "Freshness",
+        "stale",
+        [root],
+        state_head=head(5, NOW - 61),
+        highest_seq=5,
+        max_head_age=60,
+    )
+    case(
+        "state head signed by someone else",
+        "Freshness",
+        "stale",
+        [root],
+        state_head=head(9, NOW, MALLORY),
+        highest_seq=5,
+        max_head_age=60,
+    )
+    case(
+        "state head older than one seen before",
+        "Rollback",
+        "rollback",
+        [root],
+        state_head=head(4, NOW),
+        highest_seq=5,
+        max_head_age=60,
+    )
 
-    forged = forge({1: -8, 4: PATIENT.did.encode(), 16: "fedrecord/grant"},
-                   root.record.to_wire(), MALLORY)
-    case("root signed by someone else under the patient's kid", "Signature", "bad-signature", [],
-         raw_chain=[forged])
+    forged = forge({1: -8, 4: PATIENT.did.encode(), 16: "fedrecord/grant"}, root.record.to_wire(), MALLORY)
+    case(
+        "root signed by someone else under the patient's kid",
+        "Signature",
+        "bad-signature",
+        [],
+        raw_chain=[forged],
+    )
     tampered = bytearray(root.encoded)
     tampered[-1] ^= 1
     case("root signature altered", "Signature", "bad-signature", [], raw_chain=[bytes(tampered)])
-    case("a revocation record as a chain link", "Signature", "wrong-type", [], raw_chain=[revoke_root.encoded])
+    case(
+        "a revocation record as a chain link", "Signature", "wrong-type", [], raw_chain=[revoke_root.encoded]
+    )
     return file

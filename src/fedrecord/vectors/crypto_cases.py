@@ -18,9 +18,15 @@ STREAM_NOTES = {
     "Truncated": {"bugType": "TRUNCATION", "description": "Stream cut short ([ENC-5])."},
     "Extended": {"bugType": "TRUNCATION", "description": "Data after the final chunk ([ENC-5])."},
     "Reordered": {"bugType": "MODIFIED_CIPHERTEXT", "description": "Chunks swapped or dropped ([ENC-5])."},
-    "Tampered": {"bugType": "MODIFIED_CIPHERTEXT", "description": "A ciphertext or tag bit changed ([ENC-4])."},
+    "Tampered": {
+        "bugType": "MODIFIED_CIPHERTEXT",
+        "description": "A ciphertext or tag bit changed ([ENC-4]).",
+    },
     "Commitment": {"bugType": "KEY_COMMITMENT", "description": "Commitment not that of the key ([ENC-2])."},
-    "Header": {"bugType": "MALFORMED", "description": "Stream header not MAGIC || prefix || commitment ([ENC-1])."},
+    "Header": {
+        "bugType": "MALFORMED",
+        "description": "Stream header not MAGIC || prefix || commitment ([ENC-1]).",
+    },
 }
 
 
@@ -51,14 +57,30 @@ def build_stream() -> VectorFile:
 
     def valid(comment: str, unit: bytes, repeat: int) -> bytes:
         ciphertext, document_id = encrypt_bytes(key, prefix, unit * repeat)
-        file.case(tests, comment, result="valid", flags=["Valid"], key=key.hex(), prefix=prefix.hex(),
-                  plaintextHex=unit.hex(), plaintextRepeat=repeat, ciphertext=ciphertext.hex(),
-                  documentId=document_id.hex())
+        file.case(
+            tests,
+            comment,
+            result="valid",
+            flags=["Valid"],
+            key=key.hex(),
+            prefix=prefix.hex(),
+            plaintextHex=unit.hex(),
+            plaintextRepeat=repeat,
+            ciphertext=ciphertext.hex(),
+            documentId=document_id.hex(),
+        )
         return ciphertext
 
     def invalid(comment: str, flag: str, error: str, ciphertext: bytes, with_key: bytes = key) -> None:
-        file.case(tests, comment, result="invalid", flags=[flag], error=error, key=with_key.hex(),
-                  ciphertext=ciphertext.hex())
+        file.case(
+            tests,
+            comment,
+            result="invalid",
+            flags=[flag],
+            error=error,
+            key=with_key.hex(),
+            ciphertext=ciphertext.hex(),
+        )
 
     valid("empty document: one empty final chunk", b"", 0)
     small = valid("short document", b"Hemoglobin 14.1 g/dL\n", 3)
@@ -69,8 +91,17 @@ def build_stream() -> VectorFile:
 
     def assembled(comment: str, flag: str, error: str, order: list[int], append: bytes = b"") -> None:
         """An invalid stream made of the header and chunks of the three-chunk case, in ``order``."""
-        file.case(tests, comment, result="invalid", flags=[flag], error=error, key=key.hex(), ciphertextOf=three_id,
-                  chunks=order, append=append.hex())
+        file.case(
+            tests,
+            comment,
+            result="invalid",
+            flags=[flag],
+            error=error,
+            key=key.hex(),
+            ciphertextOf=three_id,
+            chunks=order,
+            append=append.hex(),
+        )
 
     assembled("cut at a chunk boundary: the final flag is missing", "Truncated", "truncated", [0, 1])
     assembled("cut after the first chunk", "Truncated", "truncated", [0])
@@ -81,11 +112,28 @@ def build_stream() -> VectorFile:
     assembled("first chunk repeated", "Reordered", "decrypt-failed", [0, 0, 2])
     invalid("cut inside the stream header", "Truncated", "truncated", small[:30])
     invalid("cut inside the final chunk", "Truncated", "decrypt-failed", small[:-1])
-    file.case(tests, "junk after a full-size final chunk", result="invalid", flags=["Extended"], error="extended",
-              key=key.hex(), ciphertextOf=tests[2]["tcId"], chunks=[0], append=(b"\x00" * 17).hex())
-    file.case(tests, "a valid chunk of the same key and prefix appended after a full final chunk",
-              result="invalid", flags=["Extended"], error="extended", key=key.hex(), ciphertextOf=tests[2]["tcId"],
-              chunks=[0], append=chunks[2].hex())
+    file.case(
+        tests,
+        "junk after a full-size final chunk",
+        result="invalid",
+        flags=["Extended"],
+        error="extended",
+        key=key.hex(),
+        ciphertextOf=tests[2]["tcId"],
+        chunks=[0],
+        append=(b"\x00" * 17).hex(),
+    )
+    file.case(
+        tests,
+        "a valid chunk of the same key and prefix appended after a full final chunk",
+        result="invalid",
+        flags=["Extended"],
+        error="extended",
+        key=key.hex(),
+        ciphertextOf=tests[2]["tcId"],
+        chunks=[0],
+        append=chunks[2].hex(),
+    )
     del full
     for index, comment in ((HEADER_SIZE, "first ciphertext bit"), (len(small) - 1, "last tag bit")):
         changed = bytearray(small)
@@ -95,7 +143,9 @@ def build_stream() -> VectorFile:
         changed = bytearray(small)
         changed[index] ^= 1
         invalid(f"a bit of the {comment} flipped", "Commitment", "bad-commitment", bytes(changed))
-    invalid("decrypted with another key", "Commitment", "bad-commitment", small, with_key=fixed_seed("other-key"))
+    invalid(
+        "decrypted with another key", "Commitment", "bad-commitment", small, with_key=fixed_seed("other-key")
+    )
     invalid("magic changed", "Header", "malformed", b"FRE" + small[3:])
     invalid("format version 1", "Header", "malformed", b"FRD\x01" + small[4:])
     return file
@@ -103,8 +153,14 @@ def build_stream() -> VectorFile:
 
 SEAL_NOTES = {
     "Valid": {"bugType": "BASIC", "description": "A sealed box libsodium's crypto_box_seal_open opens."},
-    "LowOrder": {"bugType": "WEAK_PUBLIC_KEY", "description": "Recipient X25519 key of low order ([SEAL-2])."},
-    "Tampered": {"bugType": "MODIFIED_CIPHERTEXT", "description": "A sealed box that must not open ([SEAL-3])."},
+    "LowOrder": {
+        "bugType": "WEAK_PUBLIC_KEY",
+        "description": "Recipient X25519 key of low order ([SEAL-2]).",
+    },
+    "Tampered": {
+        "bugType": "MODIFIED_CIPHERTEXT",
+        "description": "A sealed box that must not open ([SEAL-3]).",
+    },
 }
 
 LOW_ORDER_X25519 = [
@@ -132,35 +188,76 @@ def build_sealed_box() -> VectorFile:
     recipient_seed = fixed_seed("seal-recipient")
     recipient = EncryptionKeyPair.from_seed(recipient_seed)
     sealed_ones: list[bytes] = []
-    for comment, message in (("empty message", b""), ("a document key", fixed_seed("a key")),
-                             ("a longer message", bytes(range(200)))):
+    for comment, message in (
+        ("empty message", b""),
+        ("a document key", fixed_seed("a key")),
+        ("a longer message", bytes(range(200))),
+    ):
         ephemeral = fixed_seed(f"ephemeral:{comment}")
         sealed = seal(message, recipient.public_key, ephemeral)
         sealed_ones.append(sealed)
-        file.case(tests, comment, result="valid", flags=["Valid"], recipientSeed=recipient_seed.hex(),
-                  recipientPublicKey=recipient.public_key.hex(), ephemeralSeed=ephemeral.hex(),
-                  message=message.hex(), sealed=sealed.hex())
+        file.case(
+            tests,
+            comment,
+            result="valid",
+            flags=["Valid"],
+            recipientSeed=recipient_seed.hex(),
+            recipientPublicKey=recipient.public_key.hex(),
+            ephemeralSeed=ephemeral.hex(),
+            message=message.hex(),
+            sealed=sealed.hex(),
+        )
     for name, public in LOW_ORDER_X25519:
-        file.case(tests, f"recipient key of low order: {name}", result="invalid", flags=["LowOrder"],
-                  error="bad-key", recipientPublicKey=public, ephemeralSeed=fixed_seed("e").hex(),
-                  message="00")
+        file.case(
+            tests,
+            f"recipient key of low order: {name}",
+            result="invalid",
+            flags=["LowOrder"],
+            error="bad-key",
+            recipientPublicKey=public,
+            ephemeralSeed=fixed_seed("e").hex(),
+            message="00",
+        )
     sealed = sealed_ones[1]
     for index, comment in ((0, "ephemeral key"), (40, "tag"), (len(sealed) - 1, "ciphertext")):
         changed = bytearray(sealed)
         changed[index] ^= 1
-        file.case(tests, f"a bit of the {comment} flipped", result="invalid", flags=["Tampered"],
-                  error="decrypt-failed", recipientSeed=recipient_seed.hex(), sealed=changed.hex())
-    file.case(tests, "shorter than the overhead", result="invalid", flags=["Tampered"], error="decrypt-failed",
-              recipientSeed=recipient_seed.hex(), sealed=sealed[:47].hex())
-    file.case(tests, "opened by another recipient", result="invalid", flags=["Tampered"], error="decrypt-failed",
-              recipientSeed=fixed_seed("someone else").hex(), sealed=sealed.hex())
+        file.case(
+            tests,
+            f"a bit of the {comment} flipped",
+            result="invalid",
+            flags=["Tampered"],
+            error="decrypt-failed",
+            recipientSeed=recipient_seed.hex(),
+            sealed=changed.hex(),
+        )
+    file.case(
+        tests,
+        "shorter than the overhead",
+        result="invalid",
+        flags=["Tampered"],
+        error="decrypt-failed",
+        recipientSeed=recipient_seed.hex(),
+        sealed=sealed[:47].hex(),
+    )
+    file.case(
+        tests,
+        "opened by another recipient",
+        result="invalid",
+        flags=["Tampered"],
+        error="decrypt-failed",
+        recipientSeed=fixed_seed("someone else").hex(),
+        sealed=sealed.hex(),
+    )
     return file
 
 
 WRAP_NOTES = {
     "Valid": {"bugType": "BASIC", "description": "A wrap whose sealed binding matches its record."},
-    "Moved": {"bugType": "KEY_SUBSTITUTION", "description": "Wrap bound to another document, reader or purpose "
-              "([WRAP-3])."},
+    "Moved": {
+        "bugType": "KEY_SUBSTITUTION",
+        "description": "Wrap bound to another document, reader or purpose ([WRAP-3]).",
+    },
     "Sealed": {"bugType": "MODIFIED_CIPHERTEXT", "description": "The sealed key does not open ([WRAP-2])."},
 }
 
@@ -181,67 +278,145 @@ def build_key_wraps() -> VectorFile:
     key = fixed_seed("wrapped-key")
 
     def wrap(**changes: Any) -> Any:
-        fields: dict[str, Any] = dict(wrapper=PATIENT, recipient=GP.did, recipient_key=GP_ENC.public_key,
-                                      doc=DOC_ID, key=key, purpose="treatment", grant=GRANT_ID, iat=NOW,
-                                      ephemeral_seed=fixed_seed("wrap-ephemeral"))
+        fields: dict[str, Any] = dict(
+            wrapper=PATIENT,
+            recipient=GP.did,
+            recipient_key=GP_ENC.public_key,
+            doc=DOC_ID,
+            key=key,
+            purpose="treatment",
+            grant=GRANT_ID,
+            iat=NOW,
+            ephemeral_seed=fixed_seed("wrap-ephemeral"),
+        )
         fields.update(changes)
         return wrap_key(**fields)
 
-    def case(comment: str, flag: str, error: str | None, record: bytes, *, kind: str = "fedrecord/key-wrap",
-             recipient: str = GP.did, seed: bytes = fixed_seed("gp-encryption"), doc: bytes = DOC_ID) -> None:
-        file.case(tests, comment, result="valid" if error is None else "invalid", flags=[flag], error=error,
-                  recordType=kind, record=record.hex(), recipient=recipient, recipientSeed=seed.hex(),
-                  doc=doc.hex(), **({"key": key.hex()} if error is None else {}),
-                  **({"diag": diag_bytes(record)} if error is None else {}))
+    def case(
+        comment: str,
+        flag: str,
+        error: str | None,
+        record: bytes,
+        *,
+        kind: str = "fedrecord/key-wrap",
+        recipient: str = GP.did,
+        seed: bytes = fixed_seed("gp-encryption"),
+        doc: bytes = DOC_ID,
+    ) -> None:
+        file.case(
+            tests,
+            comment,
+            result="valid" if error is None else "invalid",
+            flags=[flag],
+            error=error,
+            recordType=kind,
+            record=record.hex(),
+            recipient=recipient,
+            recipientSeed=seed.hex(),
+            doc=doc.hex(),
+            **({"key": key.hex()} if error is None else {}),
+            **({"diag": diag_bytes(record)} if error is None else {}),
+        )
 
     good = wrap()
     case("a key wrap from the patient to a GP", "Valid", None, good.encoded)
     case("asked for another document", "Moved", "wrap-mismatch", good.encoded, doc=OTHER_DOC_ID)
     case("opened by another reader", "Moved", "wrap-mismatch", good.encoded, recipient=MALLORY.did)
     moved = sign_record(KeyWrap(**{**_fields(good.record), "doc": OTHER_DOC_ID}), PATIENT)
-    case("outer document changed and re-signed: moved to another document", "Moved", "wrap-mismatch",
-         moved.encoded, doc=OTHER_DOC_ID)
+    case(
+        "outer document changed and re-signed: moved to another document",
+        "Moved",
+        "wrap-mismatch",
+        moved.encoded,
+        doc=OTHER_DOC_ID,
+    )
     repurposed = sign_record(KeyWrap(**{**_fields(good.record), "purpose": "research"}), PATIENT)
     case("outer purpose changed and re-signed", "Moved", "wrap-mismatch", repurposed.encoded)
     regranted = sign_record(KeyWrap(**{**_fields(good.record), "grant": OTHER_DOC_ID}), PATIENT)
     case("outer grant changed and re-signed", "Moved", "wrap-mismatch", regranted.encoded)
-    case("re-signed by someone who is not the wrapper", "Moved", "wrap-mismatch",
-         sign_record(good.record, MALLORY).encoded)
+    case(
+        "re-signed by someone who is not the wrapper",
+        "Moved",
+        "wrap-mismatch",
+        sign_record(good.record, MALLORY).encoded,
+    )
     readdressed = sign_record(KeyWrap(**{**_fields(good.record), "recipient": MALLORY.did}), PATIENT)
-    case("outer recipient changed and re-signed", "Moved", "wrap-mismatch", readdressed.encoded,
-         recipient=MALLORY.did)
-    other_key = sign_record(KeyWrap(**{**_fields(good.record), "recipient_key": PATIENT_ENC.public_key}), PATIENT)
+    case(
+        "outer recipient changed and re-signed",
+        "Moved",
+        "wrap-mismatch",
+        readdressed.encoded,
+        recipient=MALLORY.did,
+    )
+    other_key = sign_record(
+        KeyWrap(**{**_fields(good.record), "recipient_key": PATIENT_ENC.public_key}), PATIENT
+    )
     case("names an encryption key the reader does not hold", "Moved", "wrap-mismatch", other_key.encoded)
     sealed = bytearray(good.record.sealed)
     sealed[-1] ^= 1
     broken = sign_record(KeyWrap(**{**_fields(good.record), "sealed": bytes(sealed)}), PATIENT)
     case("sealed key altered and re-signed", "Sealed", "decrypt-failed", broken.encoded)
-    garbage = sign_record(KeyWrap(**{**_fields(good.record),
-                                     "sealed": seal(b"\xa0", GP_ENC.public_key, fixed_seed("g"))}), PATIENT)
+    garbage = sign_record(
+        KeyWrap(**{**_fields(good.record), "sealed": seal(b"\xa0", GP_ENC.public_key, fixed_seed("g"))}),
+        PATIENT,
+    )
     case("sealed plaintext is not a binding", "Moved", "wrap-mismatch", garbage.encoded)
 
-    deposit = make_deposit(depositor=LAB, patient=PATIENT.did, patient_key=PATIENT_ENC.public_key, doc=DOC_ID,
-                           size=4096, key=key, grant=GRANT_ID, iat=NOW, ephemeral_seed=fixed_seed("deposit-e"))
+    deposit = make_deposit(
+        depositor=LAB,
+        patient=PATIENT.did,
+        patient_key=PATIENT_ENC.public_key,
+        doc=DOC_ID,
+        size=4096,
+        key=key,
+        grant=GRANT_ID,
+        iat=NOW,
+        ephemeral_seed=fixed_seed("deposit-e"),
+    )
     patient_seed = fixed_seed("patient-encryption")
-    case("a deposit from a lab", "Valid", None, deposit.encoded, kind="fedrecord/deposit",
-         recipient=PATIENT.did, seed=patient_seed)
-    case("a deposit re-signed by another clinic", "Moved", "wrap-mismatch",
-         sign_record(deposit.record, MALLORY).encoded, kind="fedrecord/deposit", recipient=PATIENT.did,
-         seed=patient_seed)
-    case("a deposit for another patient", "Moved", "wrap-mismatch", deposit.encoded, kind="fedrecord/deposit",
-         recipient=GP.did, seed=patient_seed)
+    case(
+        "a deposit from a lab",
+        "Valid",
+        None,
+        deposit.encoded,
+        kind="fedrecord/deposit",
+        recipient=PATIENT.did,
+        seed=patient_seed,
+    )
+    case(
+        "a deposit re-signed by another clinic",
+        "Moved",
+        "wrap-mismatch",
+        sign_record(deposit.record, MALLORY).encoded,
+        kind="fedrecord/deposit",
+        recipient=PATIENT.did,
+        seed=patient_seed,
+    )
+    case(
+        "a deposit for another patient",
+        "Moved",
+        "wrap-mismatch",
+        deposit.encoded,
+        kind="fedrecord/deposit",
+        recipient=GP.did,
+        seed=patient_seed,
+    )
     return file
 
 
 def _fields(wrap: KeyWrap) -> dict[str, Any]:
-    return {name: getattr(wrap, name) for name in
-            ("recipient", "doc", "purpose", "grant", "recipient_key", "sealed", "iat")}
+    return {
+        name: getattr(wrap, name)
+        for name in ("recipient", "doc", "purpose", "grant", "recipient_key", "sealed", "iat")
+    }
 
 
 DOC_NOTES = {
     "Valid": {"bugType": "BASIC", "description": "A document whose header and content verify."},
-    "Header": {"bugType": "KEY_COMMITMENT", "description": "A signed header that does not fit the stream "
-               "([DOC-3], [DOC-4])."},
+    "Header": {
+        "bugType": "KEY_COMMITMENT",
+        "description": "A signed header that does not fit the stream ([DOC-3], [DOC-4]).",
+    },
 }
 
 
@@ -261,9 +436,17 @@ def build_documents() -> VectorFile:
     content = b"Complete blood count\nHemoglobin 14.1 g/dL\nLeukocytes 6.2 G/L\n"
 
     def header(**changes: Any) -> DocumentHeader:
-        fields: dict[str, Any] = dict(patient=PATIENT.did, title="Complete blood count", doc_type="58410-2",
-                                      category="lab", labels=("lab",), date=NOW, media_type="text/plain",
-                                      size=len(content), commitment=key_commitment(key, prefix))
+        fields: dict[str, Any] = dict(
+            patient=PATIENT.did,
+            title="Complete blood count",
+            doc_type="58410-2",
+            category="lab",
+            labels=("lab",),
+            date=NOW,
+            media_type="text/plain",
+            size=len(content),
+            commitment=key_commitment(key, prefix),
+        )
         fields.update(changes)
         return DocumentHeader(**fields)
 
@@ -274,12 +457,30 @@ def build_documents() -> VectorFile:
     good_header = header()
     writer = DocumentWriter(LAB, good_header, key=key, prefix=prefix)
     ciphertext = b"".join(writer.encrypt([content]))
-    file.case(tests, "a lab result", result="valid", flags=["Valid"], key=key.hex(), ciphertext=ciphertext.hex(),
-              author=LAB.did, patient=PATIENT.did, content=content.hex(), documentId=writer.document_id.hex(),
-              header=diag_bytes(writer.signed_header.encoded))
-    file.case(tests, "an empty document with labels", result="valid", flags=["Valid"], key=key.hex(),
-              ciphertext=encrypted(header(size=0, labels=("HIV", "lab")), b"").hex(), author=LAB.did,
-              patient=PATIENT.did, content="")
+    file.case(
+        tests,
+        "a lab result",
+        result="valid",
+        flags=["Valid"],
+        key=key.hex(),
+        ciphertext=ciphertext.hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+        content=content.hex(),
+        documentId=writer.document_id.hex(),
+        header=diag_bytes(writer.signed_header.encoded),
+    )
+    file.case(
+        tests,
+        "an empty document with labels",
+        result="valid",
+        flags=["Valid"],
+        key=key.hex(),
+        ciphertext=encrypted(header(size=0, labels=("HIV", "lab")), b"").hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+        content="",
+    )
     # A header committing to another key, encrypted by hand under this one.
     from fedrecord.core.stream import StreamEncryptor
 
@@ -287,29 +488,84 @@ def build_documents() -> VectorFile:
         return b"".join(StreamEncryptor(key, prefix).encrypt([plaintext]))
 
     foreign = sign_record(header(commitment=key_commitment(fixed_seed("other"), prefix)), LAB).encoded
-    file.case(tests, "header commits to another key", result="invalid", flags=["Header"], error="bad-commitment",
-              key=key.hex(), ciphertext=raw(len(foreign).to_bytes(4, "big") + foreign + content).hex(),
-              author=LAB.did, patient=PATIENT.did)
+    file.case(
+        tests,
+        "header commits to another key",
+        result="invalid",
+        flags=["Header"],
+        error="bad-commitment",
+        key=key.hex(),
+        ciphertext=raw(len(foreign).to_bytes(4, "big") + foreign + content).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
     signed = sign_record(good_header, LAB).encoded
-    file.case(tests, "content shorter than the header says", result="invalid", flags=["Header"],
-              error="invalid-record", key=key.hex(),
-              ciphertext=raw(len(signed).to_bytes(4, "big") + signed + content[:-1]).hex(), author=LAB.did,
-              patient=PATIENT.did)
-    file.case(tests, "header by another author than expected", result="invalid", flags=["Header"],
-              error="invalid-record", key=key.hex(), ciphertext=encrypted(good_header, author=MALLORY).hex(),
-              author=LAB.did, patient=PATIENT.did)
-    file.case(tests, "header about another patient", result="invalid", flags=["Header"], error="invalid-record",
-              key=key.hex(), ciphertext=encrypted(header(patient=GP.did)).hex(), author=LAB.did,
-              patient=PATIENT.did)
+    file.case(
+        tests,
+        "content shorter than the header says",
+        result="invalid",
+        flags=["Header"],
+        error="invalid-record",
+        key=key.hex(),
+        ciphertext=raw(len(signed).to_bytes(4, "big") + signed + content[:-1]).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
+    file.case(
+        tests,
+        "header by another author than expected",
+        result="invalid",
+        flags=["Header"],
+        error="invalid-record",
+        key=key.hex(),
+        ciphertext=encrypted(good_header, author=MALLORY).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
+    file.case(
+        tests,
+        "header about another patient",
+        result="invalid",
+        flags=["Header"],
+        error="invalid-record",
+        key=key.hex(),
+        ciphertext=encrypted(header(patient=GP.did)).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
     altered = bytearray(signed)
     altered[-1] ^= 1
-    file.case(tests, "header signature altered", result="invalid", flags=["Header"], error="bad-signature",
-              key=key.hex(), ciphertext=raw(len(altered).to_bytes(4, "big") + altered + content).hex(),
-              author=LAB.did, patient=PATIENT.did)
-    file.case(tests, "header length beyond the cap", result="invalid", flags=["Header"], error="too-large",
-              key=key.hex(), ciphertext=raw((1 << 20).to_bytes(4, "big") + signed + content).hex(),
-              author=LAB.did, patient=PATIENT.did)
-    file.case(tests, "stream ends inside the header", result="invalid", flags=["Header"], error="truncated",
-              key=key.hex(), ciphertext=raw(len(signed).to_bytes(4, "big") + signed[:10]).hex(),
-              author=LAB.did, patient=PATIENT.did)
+    file.case(
+        tests,
+        "header signature altered",
+        result="invalid",
+        flags=["Header"],
+        error="bad-signature",
+        key=key.hex(),
+        ciphertext=raw(len(altered).to_bytes(4, "big") + altered + content).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
+    file.case(
+        tests,
+        "header length beyond the cap",
+        result="invalid",
+        flags=["Header"],
+        error="too-large",
+        key=key.hex(),
+        ciphertext=raw((1 << 20).to_bytes(4, "big") + signed + content).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
+    file.case(
+        tests,
+        "stream ends inside the header",
+        result="invalid",
+        flags=["Header"],
+        error="truncated",
+        key=key.hex(),
+        ciphertext=raw(len(signed).to_bytes(4, "big") + signed[:10]).hex(),
+        author=LAB.did,
+        patient=PATIENT.did,
+    )
     return file

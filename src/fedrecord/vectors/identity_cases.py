@@ -38,22 +38,39 @@ def build() -> VectorFile:
     for name in ("patient", "gp", "lab", "all-zero", "all-ff"):
         seed = {"all-zero": bytes(32), "all-ff": b"\xff" * 32}.get(name, fixed_seed(name))
         identity = SigningIdentity.from_seed(seed)
-        file.case(tests, f"seed {name}", result="valid", flags=["Valid"], seed=seed.hex(),
-                  publicKey=identity.public_key.hex(), did=identity.did)
+        file.case(
+            tests,
+            f"seed {name}",
+            result="valid",
+            flags=["Valid"],
+            seed=seed.hex(),
+            publicKey=identity.public_key.hex(),
+            did=identity.did,
+        )
     good = SigningIdentity.from_seed(fixed_seed("patient")).did
-    raw = good[len(DID_KEY_PREFIX):]
+    raw = good[len(DID_KEY_PREFIX) :]
     for comment, did, flag in (
         ("did:key with a base64url multibase prefix", "did:key:u" + raw, "Prefix"),
         ("did:web instead of did:key", "did:web:" + raw, "Prefix"),
         ("character outside the base58 alphabet", DID_KEY_PREFIX + "0" + raw[1:], "Prefix"),
         ("one character short", good[:-1], "Prefix"),
-        ("X25519 key-agreement multicodec", DID_KEY_PREFIX + _b58encode(b"\xec\x01" + bytes(range(1, 33))), "Codec"),
+        (
+            "X25519 key-agreement multicodec",
+            DID_KEY_PREFIX + _b58encode(b"\xec\x01" + bytes(range(1, 33))),
+            "Codec",
+        ),
         ("secp256k1 multicodec", DID_KEY_PREFIX + _b58encode(b"\xe7\x01" + bytes(range(1, 34))), "Codec"),
         ("leading '1' (a zero byte) added", DID_KEY_PREFIX + "1" + raw, "NonCanonical"),
         ("uppercase prefix", "DID:KEY:z" + raw, "Prefix"),
     ):
         file.case(tests, comment, result="invalid", flags=[flag], error="bad-key", did=did)
     for comment, key in SMALL_ORDER:
-        file.case(tests, f"small-order key: {comment}", result="invalid", flags=["SmallOrder"], error="bad-key",
-                  did=DID_KEY_PREFIX + _b58encode(b"\xed\x01" + bytes.fromhex(key)))
+        file.case(
+            tests,
+            f"small-order key: {comment}",
+            result="invalid",
+            flags=["SmallOrder"],
+            error="bad-key",
+            did=DID_KEY_PREFIX + _b58encode(b"\xed\x01" + bytes.fromhex(key)),
+        )
     return file

@@ -53,8 +53,11 @@ def _did(group: dict[str, Any], test: dict[str, Any]) -> None:
         identity = SigningIdentity.from_seed(bytes.fromhex(test["seed"]))
         _expect("did", identity.did, test["did"])
         _expect("publicKey", identity.public_key.hex(), test["publicKey"])
-    _expect("publicKey", public_key_from_did(test["did"]).hex(), test.get("publicKey", public_key_from_did(
-        test["did"]).hex()))
+    _expect(
+        "publicKey",
+        public_key_from_did(test["did"]).hex(),
+        test.get("publicKey", public_key_from_did(test["did"]).hex()),
+    )
 
 
 def _record(group: dict[str, Any], test: dict[str, Any]) -> None:
@@ -74,7 +77,9 @@ def _capability(group: dict[str, Any], test: dict[str, Any]) -> str | None:
         requester=test["requester"],
         action=test["action"],
         now=test["now"],
-        revocations=RevocationSet.from_records(open_record(bytes.fromhex(r), Revocation) for r in test["revocations"]),
+        revocations=RevocationSet.from_records(
+            open_record(bytes.fromhex(r), Revocation) for r in test["revocations"]
+        ),
         restrictions=[open_record(bytes.fromhex(r), PrivateRestriction) for r in test["restrictions"]],
         document=facts(test["document"]) if test["document"] else None,
     )
@@ -87,7 +92,11 @@ def _stream_ciphertext(group: dict[str, Any], test: dict[str, Any]) -> bytes:
     source = bytes.fromhex(next(t for t in group["tests"] if t["tcId"] == test["ciphertextOf"])["ciphertext"])
     header, body = source[:HEADER_SIZE], source[HEADER_SIZE:]
     step = CHUNK_SIZE + TAG_SIZE
-    return header + b"".join(body[i * step : (i + 1) * step] for i in test["chunks"]) + bytes.fromhex(test["append"])
+    return (
+        header
+        + b"".join(body[i * step : (i + 1) * step] for i in test["chunks"])
+        + bytes.fromhex(test["append"])
+    )
 
 
 def _stream(group: dict[str, Any], test: dict[str, Any]) -> None:
@@ -108,8 +117,11 @@ def _stream(group: dict[str, Any], test: dict[str, Any]) -> None:
 
 def _sealed(group: dict[str, Any], test: dict[str, Any]) -> None:
     if "ephemeralSeed" in test:
-        sealed = seal(bytes.fromhex(test["message"]), bytes.fromhex(test["recipientPublicKey"]),
-                      bytes.fromhex(test["ephemeralSeed"]))
+        sealed = seal(
+            bytes.fromhex(test["message"]),
+            bytes.fromhex(test["recipientPublicKey"]),
+            bytes.fromhex(test["ephemeralSeed"]),
+        )
         _expect("sealed", sealed.hex(), test["sealed"])
     keys = EncryptionKeyPair.from_seed(bytes.fromhex(test["recipientSeed"]))
     _expect("message", open_sealed(bytes.fromhex(test["sealed"]), keys).hex(), test["message"])
@@ -122,14 +134,19 @@ def _wrap(group: dict[str, Any], test: dict[str, Any]) -> None:
         unwrapped = open_deposit_key(open_record(record, Deposit), patient=test["recipient"], keys=keys)
         _expect("doc", unwrapped.secret.doc.hex(), test["doc"])
     else:
-        unwrapped = unwrap_key(open_record(record, KeyWrap), recipient=test["recipient"], keys=keys,
-                               doc=bytes.fromhex(test["doc"]))
+        unwrapped = unwrap_key(
+            open_record(record, KeyWrap),
+            recipient=test["recipient"],
+            keys=keys,
+            doc=bytes.fromhex(test["doc"]),
+        )
     _expect("key", unwrapped.key.hex(), test["key"])
 
 
 def _document(group: dict[str, Any], test: dict[str, Any]) -> None:
-    reader = DocumentReader(bytes.fromhex(test["key"]), expected_author=test["author"],
-                            expected_patient=test["patient"])
+    reader = DocumentReader(
+        bytes.fromhex(test["key"]), expected_author=test["author"], expected_patient=test["patient"]
+    )
     content = b"".join(reader.decrypt([bytes.fromhex(test["ciphertext"])]))
     _expect("content", content.hex(), test["content"])
     if "documentId" in test:

@@ -142,7 +142,11 @@ def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
         (
             "deletion attestation: destroyed",
             DeletionAttestation(
-                patient=PATIENT.did, doc=DOC_ID, tombstone=fixed_seed("tombstone-id"), outcome="destroyed", iat=NOW
+                patient=PATIENT.did,
+                doc=DOC_ID,
+                tombstone=fixed_seed("tombstone-id"),
+                outcome="destroyed",
+                iat=NOW,
             ),
             GP,
         ),

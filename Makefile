@@ -1,0 +1,40 @@
+# fedrecord: the two README commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint vectors bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+## demo: the main story, played offline on the protocol core
+demo: $(STAMP)
+	$(BIN)/fedrecord demo
+
+## lint: ruff on everything, mypy --strict on the sans-I/O core
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy --strict src/fedrecord/core
+
+## test: lint, then the whole suite (pytest exit code 5, "no tests", is a failure)
+test: lint
+	$(BIN)/python -m pytest -q
+
+## vectors: regenerate spec/vectors from fixed seeds (deterministic)
+vectors: $(STAMP)
+	$(BIN)/python -m fedrecord.vectors spec/vectors
+
+## bench: benchmarks printing ratios against baselines measured in the same run
+bench: $(STAMP)
+	$(BIN)/python benchmarks/core.py --json bench-results.json
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
