@@ -102,3 +102,13 @@ def test_any_single_bit_flip_is_refused_or_decodes_to_other_canonical_bytes(valu
         return
     # Whatever decodes is canonical: re-encoding gives back exactly the flipped bytes.
     assert cbor.encode(decoded) == bytes(encoded)
+
+
+def test_encoder_and_decoder_share_the_depth_rule():
+    sixteen: list = []
+    for _ in range(15):
+        sixteen = [sixteen]
+    assert cbor.decode(cbor.encode(sixteen)) == sixteen
+    with pytest.raises(LocalProtocolError) as caught:
+        cbor.encode([sixteen])
+    assert caught.value.code is Code.TOO_DEEP

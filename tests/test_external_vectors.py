@@ -371,7 +371,7 @@ def test_x25519_vector_count() -> None:
 
 @pytest.mark.parametrize("test", X25519_CASES, ids=[_wycheproof_id(t) for t in X25519_CASES])
 def test_wycheproof_x25519_seal(test: dict[str, Any]) -> None:
-    """seal() refuses exactly the low-order recipient keys (spec [ENC-8]), never with a RuntimeError.
+    """seal() refuses exactly the low-order recipient keys (spec [SEAL-2]), never with a RuntimeError.
 
     The ephemeral scalar is clamped (a multiple of 8), so its product with a
     point is zero exactly when the point has low order, whatever the vector's

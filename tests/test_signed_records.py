@@ -148,3 +148,32 @@ def test_any_single_bit_change_to_a_key_wrap_is_rejected(data):
     changed[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(FedrecordError):
         unwrap_key(open_record(bytes(changed), KeyWrap), recipient=GP.did, keys=keys, doc=seed("doc"))
+
+
+def test_a_sealed_binding_of_another_version_is_refused():
+    from fedrecord.core import cbor
+    from fedrecord.core.sealed_box import seal
+
+    keys = encryption_keys("gp")
+    binding = {
+        "v": 7,
+        "key": seed("k"),
+        "doc": seed("doc"),
+        "recipient": GP.did,
+        "wrapper": PATIENT.did,
+        "purpose": "treatment",
+    }
+    wrap = sign_record(
+        KeyWrap(
+            recipient=GP.did,
+            doc=seed("doc"),
+            purpose="treatment",
+            recipient_key=keys.public_key,
+            sealed=seal(cbor.encode(binding), keys.public_key, seed("e")),
+            iat=NOW,
+        ),
+        PATIENT,
+    )
+    with pytest.raises(FedrecordError) as caught:
+        unwrap_key(wrap, recipient=GP.did, keys=keys, doc=seed("doc"))
+    assert caught.value.code is Code.WRAP_MISMATCH

@@ -5,7 +5,7 @@ Theory of operation
 A *grant chain* is a list of signed grants, root first.  The root is issued
 by the patient; each further link is issued by the audience of the link
 before it, names that link as its ``parent``, and may only narrow it (spec
-[CAP-5] .. [CAP-9]).  :func:`decide` runs the rules in one fixed order and
+[CAP-2] .. [CAP-6]).  :func:`decide` runs the rules in one fixed order and
 stops at the first that fails, so every implementation gives the same reason
 for the same inputs:
 
@@ -256,7 +256,7 @@ def _chain_problem(chain: Sequence[Signed[Grant]], patient: str) -> Decision | N
 
 
 def narrowing_problem(child: Grant, parent: Grant) -> str | None:
-    """Why ``child`` is not a narrowing of ``parent``, or None (spec [CAP-9])."""
+    """Why ``child`` is not a narrowing of ``parent``, or None (spec [CAP-6])."""
     if not set(child.actions) <= set(parent.actions):
         return "a delegated grant adds actions"
     if child.nbf < parent.nbf or child.exp > parent.exp:

@@ -69,7 +69,8 @@ def encode(value: Any, *, int_keys: bool = False) -> bytes:
 
 
 def _check_encodable(value: Any, int_keys: bool, depth: int) -> None:
-    if depth > MAX_DEPTH:
+    # The same depth rule as decoding: a container nested in 16 others is refused.
+    if depth >= MAX_DEPTH and isinstance(value, (list, tuple, dict)):
         raise LocalProtocolError(Code.TOO_DEEP, "value nested too deeply to encode")
     if value is None or isinstance(value, (bool, bytes, str)):
         return
@@ -121,7 +122,7 @@ def decode(
 
     Raises:
         RemoteProtocolError: with the code of the first rule broken, in the
-            order of spec [CBOR-1] .. [CBOR-11].
+            order of spec section 3.2 ([CBOR-13]).
     """
     if len(data) > max_size:
         raise RemoteProtocolError(Code.TOO_LARGE, f"{len(data)} bytes exceeds the cap of {max_size}")

@@ -4,7 +4,7 @@ This is the primitive layer: it builds and checks the Sig_structure and the
 tagged four-element array.  :mod:`fedrecord.core.records` is the recipe layer
 that adds the protocol's header rules (signer and record type protected,
 unprotected header empty).  Signatures are always verified over the exact
-bytes received, never over a re-serialisation (spec [SIG-6]).
+bytes received, never over a re-serialisation (spec [SIG-8]).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ __all__ = [
 class Code(StrEnum):
     """Stable wire error codes.  Values never change once published (spec [ERR-1])."""
 
-    # Decoding (spec section "Strict CBOR").
+    # Decoding (spec section 3, "Strict deterministic CBOR").
     TOO_LARGE = "too-large"
     MALFORMED = "malformed"
     TRAILING_BYTES = "trailing-bytes"

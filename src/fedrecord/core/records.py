@@ -188,6 +188,11 @@ class WrapSecret(WireObject):
     purpose: str = wire("purpose", Token())
     grant: bytes | None = wire("grant", _ID, optional=True)
 
+    def validate(self) -> None:
+        # Sealed, so not a signed record, but versioned all the same (spec [WRAP-2]).
+        if self.v != PROTOCOL_VERSION:
+            raise LocalProtocolError(Code.UNSUPPORTED_VERSION, f"protocol version {self.v} is not spoken")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Deposit(Record):

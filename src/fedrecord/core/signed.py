@@ -3,10 +3,10 @@
 A record is signed as a tagged COSE_Sign1 whose protected header holds exactly
 ``alg`` (EdDSA), ``kid`` (the signer's did:key as UTF-8) and ``typ`` (the
 record type), and whose unprotected header is empty.  The checks run in the
-order of spec [SIG-1] .. [SIG-9], so every implementation reports the same
-code for the same bytes: decoding, tag and shape, algorithm, unprotected
-header, protected header keys, record type, signer key, signature, payload
-decoding, protocol version, payload fields.
+order of spec [SIG-11], so every implementation reports the same code for the
+same bytes: decoding, tag and shape, algorithm, unprotected header, protected
+header keys, typ is text, kid is bytes, signer key, signature, expected record
+type, payload decoding, protocol version, payload fields.
 
 A record's id is SHA-256 over a domain tag and the Sig_structure (the bytes
 that were signed), not over the signature (spec [SIG-10]).

@@ -110,7 +110,7 @@ def build() -> VectorFile:
             "Strict decoding of untrusted CBOR as spec section 3 defines it.",
             "Decode `input` (hex) with a size cap of `maxSize` bytes, COSE tag 18 not allowed, text map",
             "keys. A valid case decodes to `diag`; an invalid case is refused with the code `error`,",
-            "the first rule broken in the order of [CBOR-1]..[CBOR-11].",
+            "the first rule broken in the order of the algorithm of section 3.2 ([CBOR-13]).",
         ],
         notes=NOTES,
     )
