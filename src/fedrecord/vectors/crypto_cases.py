@@ -487,85 +487,35 @@ def build_documents() -> VectorFile:
     def raw(plaintext: bytes) -> bytes:
         return b"".join(StreamEncryptor(key, prefix).encrypt([plaintext]))
 
+    def invalid(comment: str, error: str, ciphertext: bytes) -> None:
+        file.case(
+            tests,
+            comment,
+            result="invalid",
+            flags=["Header"],
+            error=error,
+            key=key.hex(),
+            ciphertext=ciphertext.hex(),
+            author=LAB.did,
+            patient=PATIENT.did,
+        )
+
+    def framed(signed_header: bytes | bytearray, body: bytes, length: int | None = None) -> bytes:
+        """The stream of a hand-made plaintext: length prefix, header bytes, content."""
+        size = len(signed_header) if length is None else length
+        return raw(size.to_bytes(4, "big") + bytes(signed_header) + body)
+
     foreign = sign_record(header(commitment=key_commitment(fixed_seed("other"), prefix)), LAB).encoded
-    file.case(
-        tests,
-        "header commits to another key",
-        result="invalid",
-        flags=["Header"],
-        error="bad-commitment",
-        key=key.hex(),
-        ciphertext=raw(len(foreign).to_bytes(4, "big") + foreign + content).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
-    )
+    invalid("header commits to another key", "bad-commitment", framed(foreign, content))
     signed = sign_record(good_header, LAB).encoded
-    file.case(
-        tests,
-        "content shorter than the header says",
-        result="invalid",
-        flags=["Header"],
-        error="invalid-record",
-        key=key.hex(),
-        ciphertext=raw(len(signed).to_bytes(4, "big") + signed + content[:-1]).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
+    invalid("content shorter than the header says", "invalid-record", framed(signed, content[:-1]))
+    invalid(
+        "header by another author than expected", "invalid-record", encrypted(good_header, author=MALLORY)
     )
-    file.case(
-        tests,
-        "header by another author than expected",
-        result="invalid",
-        flags=["Header"],
-        error="invalid-record",
-        key=key.hex(),
-        ciphertext=encrypted(good_header, author=MALLORY).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
-    )
-    file.case(
-        tests,
-        "header about another patient",
-        result="invalid",
-        flags=["Header"],
-        error="invalid-record",
-        key=key.hex(),
-        ciphertext=encrypted(header(patient=GP.did)).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
-    )
+    invalid("header about another patient", "invalid-record", encrypted(header(patient=GP.did)))
     altered = bytearray(signed)
     altered[-1] ^= 1
-    file.case(
-        tests,
-        "header signature altered",
-        result="invalid",
-        flags=["Header"],
-        error="bad-signature",
-        key=key.hex(),
-        ciphertext=raw(len(altered).to_bytes(4, "big") + altered + content).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
-    )
-    file.case(
-        tests,
-        "header length beyond the cap",
-        result="invalid",
-        flags=["Header"],
-        error="too-large",
-        key=key.hex(),
-        ciphertext=raw((1 << 20).to_bytes(4, "big") + signed + content).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
-    )
-    file.case(
-        tests,
-        "stream ends inside the header",
-        result="invalid",
-        flags=["Header"],
-        error="truncated",
-        key=key.hex(),
-        ciphertext=raw(len(signed).to_bytes(4, "big") + signed[:10]).hex(),
-        author=LAB.did,
-        patient=PATIENT.did,
-    )
+    invalid("header signature altered", "bad-signature", framed(altered, content))
+    invalid("header length beyond the cap", "too-large", framed(signed, content, length=1 << 20))
+    invalid("stream ends inside the header", "truncated", framed(signed[:10], b"", length=len(signed)))
     return file
