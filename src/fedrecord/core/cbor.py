@@ -173,20 +173,21 @@ def _well_typed(value: Any, allow_tag: bool, int_keys: bool, depth: int) -> bool
         # 0..23 that is numeric order; for text, shorter UTF-8 first, then
         # bytewise.  Checking it here lets the re-encoding below be cbor2's
         # plain (order-preserving) mode, three times faster than canonical.
-        previous: Any = -1 if int_keys else (-1, b"")
+        previous_int = -1
+        previous_text, previous_length = b"", -1
         for key, item in value.items():
             if int_keys:
-                if type(key) is not int or not previous < key <= _MAX_HEADER_KEY:
+                if type(key) is not int or not previous_int < key <= _MAX_HEADER_KEY:
                     return False
-                previous = key
+                previous_int = key
             else:
                 if type(key) is not str:
                     return False
                 encoded_key = key.encode()
-                order = (len(encoded_key), encoded_key)
-                if order <= previous:
+                length = len(encoded_key)
+                if length < previous_length or (length == previous_length and encoded_key <= previous_text):
                     return False
-                previous = order
+                previous_text, previous_length = encoded_key, length
             t = type(item)
             if t is str or t is bytes or t is bool or item is None:
                 continue

@@ -83,8 +83,9 @@ def open_record(data: bytes, expected: type[R], *, max_size: int = cbor.MAX_RECO
             ``bad-key``, ``unsupported-version``, ``invalid-record``).
         AuthenticationError: ``bad-signature``.
     """
+    data = data if type(data) is bytes else bytes(data)
     typ, signer, payload, to_be_signed = _verified_parts(data, max_size)
-    if typ != expected.TYPE.value:
+    if typ != expected.TYPE:
         raise RemoteProtocolError(Code.WRONG_TYPE, f"expected {expected.TYPE.value}, got {typ!r}")
     return _finish(expected, signer, payload, to_be_signed, data)
 
@@ -95,6 +96,7 @@ def open_any_record(data: bytes, *, max_size: int = cbor.MAX_RECORD_SIZE) -> Sig
     Raises:
         RemoteProtocolError: as :func:`open_record`; ``wrong-type`` for an unknown type.
     """
+    data = data if type(data) is bytes else bytes(data)
     typ, signer, payload, to_be_signed = _verified_parts(data, max_size)
     try:
         cls = RECORD_CLASSES[RecordType(typ)]
@@ -125,11 +127,10 @@ def _verified_parts(data: bytes, max_size: int) -> tuple[Any, str, bytes, bytes]
 
 def _finish(cls: type[R], signer: str, payload_bytes: bytes, to_be_signed: bytes, data: bytes) -> Signed[R]:
     payload = cbor.decode(payload_bytes)
-    if not isinstance(payload, dict):
+    if type(payload) is not dict:
         raise RemoteProtocolError(Code.INVALID_RECORD, "a record payload is a map")
-    if payload.get("v") not in SUPPORTED_VERSIONS or type(payload.get("v")) is not int:
-        raise RemoteProtocolError(
-            Code.UNSUPPORTED_VERSION, f"protocol version {payload.get('v')!r} is not spoken"
-        )
+    version = payload.get("v")
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        raise RemoteProtocolError(Code.UNSUPPORTED_VERSION, f"protocol version {version!r} is not spoken")
     record = cls.from_wire(payload)
-    return Signed(record=record, signer=signer, id=record_id(to_be_signed), encoded=bytes(data))
+    return Signed(record=record, signer=signer, id=record_id(to_be_signed), encoded=data)
