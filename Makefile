@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-## demo: the main story, played offline on the protocol core
+## demo: three nodes on loopback play the main story (`fedrecord demo --offline`: the core alone)
 demo: $(STAMP)
 	$(BIN)/fedrecord demo
 

@@ -1,27 +1,786 @@
-"""The ``fedrecord`` command line.  Node commands arrive with the nodes; today: the offline demo."""
+"""The ``fedrecord`` command line: create, run and drive patient and clinic nodes.
+
+Commands act on a node's home directory (``--home``, or ``FEDRECORD_HOME``):
+they open its database and key file directly, and reach other nodes over
+signed HTTP.  Output is readable by default and JSON with ``--json``; an
+error is one line on stderr and a non-zero exit.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
+import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from fedrecord import __version__
 
+T = TypeVar("T")
+DAY = 86_400
+
+
+class Context:
+    def __init__(self, home: Path, as_json: bool, passphrase_file: Path | None) -> None:
+        self.home = home
+        self.as_json = as_json
+        self.passphrase_file = passphrase_file
+
+    def passphrase(self) -> bytes:
+        from fedrecord.storage.keyfile import passphrase_from_environment
+
+        found = passphrase_from_environment(self.passphrase_file)
+        if found is not None:
+            return found
+        return click.prompt("Passphrase", hide_input=True).encode()
+
+    def emit(self, data: Any, text: str | Callable[[], None]) -> None:
+        if self.as_json:
+            click.echo(json.dumps(data, indent=2, default=_jsonable))
+        elif callable(text):
+            text()
+        else:
+            click.echo(text)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot show {type(value).__name__}")
+
+
+def fail_cleanly(function: Callable[..., Awaitable[T]]) -> Callable[..., None]:
+    """Run an async command; any error the user can act on becomes one line and exit status 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from fedrecord.core.errors import FedrecordError
+        from fedrecord.node.client import PeerUnreachable
+        from fedrecord.node.home import HomeError
+        from fedrecord.storage.keyfile import KeyFileError
+        from fedrecord.storage.sqlite import StorageError
+
+        try:
+            asyncio.run(function(*args, **kwargs))
+        except FedrecordError as error:
+            click.echo(f"error: {error.code.value}: {error.message}", err=True)
+            sys.exit(1)
+        except (PeerUnreachable, HomeError, KeyFileError, StorageError) as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+pass_context = click.make_pass_decorator(Context)
+
 
 @click.group()
 @click.version_option(__version__, prog_name="fedrecord")
-def main() -> None:
+@click.option(
+    "--home",
+    type=click.Path(path_type=Path),
+    envvar="FEDRECORD_HOME",
+    default=Path("fedrecord-node"),
+    show_default=True,
+    help="The node's data directory.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--passphrase-file",
+    type=click.Path(path_type=Path),
+    envvar="FEDRECORD_PASSPHRASE_FILE",
+    help="Read the key-file passphrase from this file (mode 0600) instead of prompting; "
+    "FEDRECORD_PASSPHRASE works too.",
+)
+@click.pass_context
+def main(ctx: click.Context, home: Path, as_json: bool, passphrase_file: Path | None) -> None:
     """fedrecord: patients keep control of their own health records."""
+    ctx.obj = Context(home, as_json, passphrase_file)
+
+
+async def _open(ctx: Context, role: str | None = None) -> Any:
+    from fedrecord.node.home import HomeError, NodeHome
+
+    home = await NodeHome.open(ctx.home, ctx.passphrase())
+    if role is not None and home.config.role != role:
+        await home.close()
+        raise HomeError(f"this command is for a {role} node; {ctx.home} is a {home.config.role} node")
+    return home
+
+
+def _doc_id(text: str) -> bytes:
+    try:
+        doc = bytes.fromhex(text)
+    except ValueError:
+        raise click.BadParameter("a document id is hex") from None
+    return doc
+
+
+async def _resolve(home: Any, text: str) -> bytes:
+    """A full id from an unambiguous hex prefix of a held document."""
+    async with home.db.execute("SELECT id FROM documents") as cursor:
+        ids = [row[0] for row in await cursor.fetchall()]
+    matches = [doc for doc in ids if doc.hex().startswith(text.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    if len(text) == 64:
+        return _doc_id(text)
+    from fedrecord.core.errors import Code, RemoteProtocolError
+
+    raise RemoteProtocolError(Code.NOT_FOUND, f"no single document starts with {text!r}")
+
+
+def _date(seconds: int | None) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(seconds)) if seconds else "-"
+
+
+# --- node life ---------------------------------------------------------------------------------------
 
 
 @main.command()
-def demo() -> None:
-    """Walk through the main story on the protocol core, offline, narrating each step."""
-    from fedrecord.offline_story import StoryFailed, play
+@click.option("--role", type=click.Choice(["patient", "clinic"]), required=True)
+@click.option("--name", required=True, help="Display name shown to other nodes.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8470, show_default=True, type=int)
+@click.option("--endpoint", help="Public URL of this node (default http://HOST:PORT).")
+@pass_context
+@fail_cleanly
+async def init(ctx: Context, role: str, name: str, host: str, port: int, endpoint: str | None) -> None:
+    """Create a node: keys (in a passphrase-encrypted key file), database, profile (US-1)."""
+    from fedrecord.node.home import NodeHome, init_home
+
+    passphrase = ctx.passphrase()
+    identity = init_home(
+        ctx.home,
+        role=role,
+        name=name,
+        endpoint=endpoint or f"http://{host}:{port}",
+        passphrase=passphrase,
+        host=host,
+        port=port,
+        kdf_limits=_kdf_limits(),
+    )
+    home = await NodeHome.open(ctx.home, passphrase)
+    await home.close()
+    ctx.emit(
+        {"did": identity.did, "role": role, "home": str(ctx.home)},
+        f"created {role} node {name!r}\n  id   {identity.did}\n  home {ctx.home}",
+    )
+
+
+def _kdf_limits() -> tuple[int, int] | None:
+    """Tests and the demo may ask for argon2id's interactive cost; real nodes keep the default."""
+    if os.environ.get("FEDRECORD_KDF") == "interactive":
+        from nacl.pwhash import argon2id
+
+        return argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE
+    return None
+
+
+@main.command()
+@pass_context
+@fail_cleanly
+async def serve(ctx: Context) -> None:
+    """Run the node: its HTTP API, and for clinics the outbox and the polling of patients' state."""
+    from fedrecord.node.runner import run_node
+
+    home = await _open(ctx)
+    await run_node(
+        home,
+        announce=lambda url: click.echo(f"serving {home.config.role} node {home.did} at {url}", err=True),
+    )
+
+
+@main.command()
+@pass_context
+@fail_cleanly
+async def status(ctx: Context) -> None:
+    """Who this node is, and what it holds."""
+    home = await _open(ctx)
+    try:
+        counts = {}
+        for table in ("documents", "records", "audit", "outbox", "connections", "peers"):
+            async with home.db.execute(f"SELECT count(*) FROM {table}") as cursor:
+                row = await cursor.fetchone()
+            counts[table] = row[0] if row else 0
+        data = {
+            "did": home.did,
+            "role": home.config.role,
+            "name": home.config.name,
+            "endpoint": home.config.endpoint,
+            **counts,
+        }
+        ctx.emit(data, "\n".join(f"{key:12} {value}" for key, value in data.items()))
+    finally:
+        await home.close()
+
+
+# --- patient commands -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--label", default="clinic", help="Who the invitation is for (for your own list).")
+@click.option("--days", default=7, show_default=True, type=int, help="Days before the invitation expires.")
+@pass_context
+@fail_cleanly
+async def invite(ctx: Context, label: str, days: int) -> None:
+    """Invite a clinic: a one-time code giving it a deposit-only grant (US-2)."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        invitation = await PatientNode(home).create_invitation(
+            label=label, now=int(time.time()), ttl=days * DAY
+        )
+        ctx.emit(
+            {"code": invitation.code(), "url": invitation.url(), "expires": invitation.expires},
+            f"invitation for {label}, valid until {_date(invitation.expires)}:\n  {invitation.code()}\n"
+            f"  {invitation.url()}",
+        )
+    finally:
+        await home.close()
+
+
+@main.command()
+@pass_context
+@fail_cleanly
+async def inbox(ctx: Context) -> None:
+    """Deposits waiting for your decision, with which grants would see each one."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        patient = PatientNode(home)
+        items = []
+        for item in await patient.inbox():
+            seeing = await patient.grants_that_would_see(item.doc, now=int(time.time()))
+            items.append(
+                {
+                    "doc": item.doc,
+                    "title": item.title,
+                    "from": item.author_name,
+                    "author": item.author,
+                    "category": item.category,
+                    "labels": list(item.labels),
+                    "date": item.date,
+                    "size": item.size,
+                    "would_be_seen_by": [await patient.peer_name(g.record.audience) for g in seeing],
+                }
+            )
+
+        def show() -> None:
+            if not items:
+                click.echo("the inbox is empty")
+            for entry in items:
+                seen = ", ".join(entry["would_be_seen_by"]) or "no one yet"
+                click.echo(
+                    f"{entry['doc'].hex()[:16]}  {entry['title']!r} from {entry['from']}, "
+                    f"{entry['category']}, labels {entry['labels']}; would be seen by: {seen}"
+                )
+
+        ctx.emit(items, show)
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@click.option("--label", "labels", multiple=True, help="Add a sensitivity label first (e.g. PSY, HIV, SEX).")
+@pass_context
+@fail_cleanly
+async def accept(ctx: Context, doc: str, labels: tuple[str, ...]) -> None:
+    """Accept a deposit into your record."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        doc_id = await _resolve(home, doc)
+        await PatientNode(home).accept(doc_id, labels=labels, now=int(time.time()))
+        ctx.emit({"doc": doc_id, "accepted": True}, f"accepted {doc_id.hex()[:16]}")
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@pass_context
+@fail_cleanly
+async def reject(ctx: Context, doc: str) -> None:
+    """Reject a deposit: it is destroyed here and its sender is told."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        doc_id = await _resolve(home, doc)
+        await PatientNode(home).reject(doc_id, now=int(time.time()))
+        ctx.emit({"doc": doc_id, "rejected": True}, f"rejected {doc_id.hex()[:16]}; the sender will be told")
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.option("--to", "audience", required=True, help="The did:key of the node you grant.")
+@click.option("--category", "categories", multiple=True, help="Document categories (e.g. lab); all if none.")
+@click.option("--label", "labels", multiple=True, help="Only documents carrying one of these labels.")
+@click.option("--doc", "docs", multiple=True, help="Specific document ids.")
+@click.option("--since-days", type=int, help="Only documents dated in the last N days.")
+@click.option("--past/--no-past", default=True, show_default=True, help="Documents already in the record.")
+@click.option("--future/--no-future", default=True, show_default=True, help="Documents accepted later.")
+@click.option("--days", default=90, show_default=True, type=int, help="Days until the grant expires.")
+@click.option("--purpose", default="treatment", show_default=True)
+@click.option("--delegate", is_flag=True, help="Allow the grantee to pass on a narrower grant.")
+@click.option("--hide", "hide_labels", multiple=True, help="Privately keep labels (e.g. PSY, SEX) from it.")
+@pass_context
+@fail_cleanly
+async def grant(
+    ctx: Context,
+    audience: str,
+    categories: tuple[str, ...],
+    labels: tuple[str, ...],
+    docs: tuple[str, ...],
+    since_days: int | None,
+    past: bool,
+    future: bool,
+    days: int,
+    purpose: str,
+    delegate: bool,
+    hide_labels: tuple[str, ...],
+) -> None:
+    """Grant a node read access to part of your record (US-4)."""
+    from fedrecord.core import Scope
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        now = int(time.time())
+        select = bool(categories or labels or since_days or not docs)
+        scope = Scope(
+            ids=tuple(_doc_id(d) for d in docs) or None,
+            categories=categories or None,
+            labels=labels or None,
+            since=now - since_days * DAY if since_days else None,
+            past=past and select,
+            future=future and select,
+        )
+        actions = ("delegate", "read") if delegate else ("read",)
+        issued = await PatientNode(home).grant(
+            audience=audience,
+            scope=scope,
+            actions=actions,
+            purpose=purpose,
+            days=days,
+            now=now,
+            hide_labels=hide_labels,
+        )
+        ctx.emit(
+            {"grant": issued.id, "expires": issued.record.exp},
+            f"granted {issued.id.hex()[:16]} until {_date(issued.record.exp)}"
+            + (f"; privately hidden: {', '.join(hide_labels)}" if hide_labels else ""),
+        )
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("grant_id")
+@pass_context
+@fail_cleanly
+async def revoke(ctx: Context, grant_id: str) -> None:
+    """Revoke a grant (and every grant delegated from it) (US-5)."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        patient = PatientNode(home)
+        matches = [g.id for g in await patient.all_grants() if g.id.hex().startswith(grant_id.lower())]
+        if len(matches) != 1:
+            from fedrecord.core.errors import Code, RemoteProtocolError
+
+            raise RemoteProtocolError(Code.NOT_FOUND, f"no single grant starts with {grant_id!r}")
+        revocation = await patient.revoke(matches[0], now=int(time.time()))
+        ctx.emit({"revocation": revocation.id, "grant": matches[0]}, f"revoked {matches[0].hex()[:16]}")
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@click.argument("labels", nargs=-1, required=True)
+@click.option("--remove", is_flag=True, help="Remove these labels instead of adding them.")
+@pass_context
+@fail_cleanly
+async def label(ctx: Context, doc: str, labels: tuple[str, ...], remove: bool) -> None:
+    """Add (or remove) sensitivity labels on a document of your record (US-6)."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        doc_id = await _resolve(home, doc)
+        result = await PatientNode(home).label(doc_id, labels, remove=remove)
+        ctx.emit({"doc": doc_id, "labels": result}, f"{doc_id.hex()[:16]} labels: {', '.join(result) or '-'}")
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@click.option("--unhide", is_flag=True)
+@pass_context
+@fail_cleanly
+async def hide(ctx: Context, doc: str, unhide: bool) -> None:
+    """Hide a document from every grant (it stays in your record)."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        doc_id = await _resolve(home, doc)
+        await PatientNode(home).hide(doc_id, not unhide)
+        ctx.emit(
+            {"doc": doc_id, "hidden": not unhide}, f"{doc_id.hex()[:16]} {'visible' if unhide else 'hidden'}"
+        )
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_context
+@fail_cleanly
+async def delete(ctx: Context, doc: str, yes: bool) -> None:
+    """Delete a document: every node holding it through you destroys it and attests (US-7)."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        doc_id = await _resolve(home, doc)
+        if not yes and not ctx.as_json:
+            click.confirm(
+                "Deleting destroys the document here and on every node that holds it through you; "
+                "its author keeps its own legal copy. Continue?",
+                abort=True,
+            )
+        tombstone = await PatientNode(home).delete(doc_id, now=int(time.time()))
+        ctx.emit(
+            {"doc": doc_id, "tombstone": tombstone.id},
+            f"deleted {doc_id.hex()[:16]}; nodes attest as they learn of it (`fedrecord attestations`)",
+        )
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@pass_context
+@fail_cleanly
+async def attestations(ctx: Context, doc: str) -> None:
+    """The deletion attestations other nodes sent back for a deleted document."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        patient = PatientNode(home)
+        doc_id = _doc_id(doc) if len(doc) == 64 else await _resolve(home, doc)
+        found = [
+            {
+                "node": a.signer,
+                "name": await patient.peer_name(a.signer),
+                "outcome": a.record.outcome,
+                "until": a.record.retain_until,
+            }
+            for a in await patient.attestations(doc_id)
+        ]
+        ctx.emit(
+            found,
+            "\n".join(
+                f"{a['name']}: {a['outcome']}" + (f" until {_date(a['until'])}" if a["until"] else "")
+                for a in found
+            )
+            or "no attestation yet",
+        )
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.option("--verify", is_flag=True, help="Verify the whole hash chain and every signature.")
+@pass_context
+@fail_cleanly
+async def audit(ctx: Context, verify: bool) -> None:
+    """Who read what, when, under which grant and purpose (US-8)."""
+    from fedrecord.node.patient import PatientNode
+
+    home = await _open(ctx, "patient")
+    try:
+        patient = PatientNode(home)
+        entries = [
+            {
+                "seq": e.seq,
+                "reader": e.reader,
+                "name": await patient.peer_name(e.reader),
+                "doc": e.doc,
+                "grant": e.grant,
+                "purpose": e.purpose,
+                "at": e.at,
+            }
+            for e in await patient.audit_log()
+        ]
+        result: dict[str, Any] = {"entries": entries}
+        if verify:
+            ok, count, message = await patient.verify_audit()
+            result["verified"] = {"ok": ok, "entries": count, "message": message}
+
+        def show() -> None:
+            for entry in entries:
+                click.echo(
+                    f"#{entry['seq']:<4} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(entry['at']))}  "
+                    f"{entry['name']} read {entry['doc'].hex()[:16]} for {entry['purpose']}"
+                )
+            if verify:
+                click.echo(
+                    ("OK: " if result["verified"]["ok"] else "BROKEN: ")
+                    + result["verified"]["message"]
+                    + f" ({result['verified']['entries']} entries)"
+                )
+
+        ctx.emit(result, show)
+        if verify and not result["verified"]["ok"]:
+            sys.exit(1)
+    finally:
+        await home.close()
+
+
+# --- clinic commands (and ls/get for both) ------------------------------------------------------------
+
+
+@main.command()
+@click.argument("invitation")
+@pass_context
+@fail_cleanly
+async def connect(ctx: Context, invitation: str) -> None:
+    """Connect to a patient's node from an invitation (its URL or text code)."""
+    from fedrecord.node.clinic import ClinicNode
+
+    home = await _open(ctx, "clinic")
+    clinic = ClinicNode(home)
+    try:
+        connection = await clinic.connect(invitation, now=int(time.time()))
+        ctx.emit(
+            {"patient": connection.patient, "endpoint": connection.endpoint},
+            f"connected to {connection.name} ({connection.patient}); you may deposit documents",
+        )
+    finally:
+        await clinic.client.close()
+        await home.close()
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--patient", required=True, help="The patient's did:key.")
+@click.option("--title", required=True)
+@click.option("--category", required=True, help="e.g. lab, imaging, note, prescription")
+@click.option("--type", "doc_type", default="document", show_default=True, help="e.g. a LOINC code")
+@click.option("--label", "labels", multiple=True, help="Sensitivity labels proposed to the patient.")
+@click.option("--media-type", default="text/plain", show_default=True)
+@pass_context
+@fail_cleanly
+async def deposit(
+    ctx: Context,
+    file: Path,
+    patient: str,
+    title: str,
+    category: str,
+    doc_type: str,
+    labels: tuple[str, ...],
+    media_type: str,
+) -> None:
+    """Encrypt a document for a patient and deposit it into their inbox (US-3)."""
+    from fedrecord.node.clinic import ClinicNode
+
+    home = await _open(ctx, "clinic")
+    clinic = ClinicNode(home)
+    try:
+        now = int(time.time())
+        doc = await clinic.deposit(
+            patient,
+            file.read_bytes(),
+            title=title,
+            category=category,
+            doc_type=doc_type,
+            labels=labels,
+            media_type=media_type,
+            now=now,
+        )
+        sent, pending = await clinic.flush_outbox(now=now)
+        state = "delivered to the patient's inbox" if sent else "queued; it will be retried until delivered"
+        ctx.emit(
+            {"doc": doc, "delivered": bool(sent), "pending": pending}, f"deposit {doc.hex()[:16]} {state}"
+        )
+    finally:
+        await clinic.client.close()
+        await home.close()
+
+
+@main.command(name="ls")
+@click.option("--patient", help="Clinic: the patient whose shared documents to list.")
+@pass_context
+@fail_cleanly
+async def list_documents(ctx: Context, patient: str | None) -> None:
+    """Patient: your record.  Clinic: what you may fetch from a patient (or what you hold)."""
+    home = await _open(ctx)
+    try:
+        if home.config.role == "patient":
+            from fedrecord.node.patient import PatientNode
+
+            docs = await PatientNode(home).documents()
+            ctx.emit(
+                docs,
+                "\n".join(
+                    f"{d['doc'].hex()[:16]}  {_date(d['date'])}  {d['title']!r} ({d['category']}"
+                    f"{', ' + ', '.join(d['labels']) if d['labels'] else ''})"
+                    + ("  [hidden]" if d["hidden"] else "")
+                    for d in docs
+                )
+                or "no documents",
+            )
+            return
+        from fedrecord.node.clinic import ClinicNode
+
+        clinic = ClinicNode(home)
+        try:
+            if patient is None:
+                held = await clinic.held()
+                ctx.emit(
+                    held,
+                    "\n".join(f"{d['doc'].hex()[:16]}  {d['state']:8} {d['title']!r}" for d in held)
+                    or "no documents held",
+                )
+                return
+            await clinic.poll(patient, now=int(time.time()))
+            docs = await clinic.listing(patient, now=int(time.time()))
+            ctx.emit(
+                docs,
+                "\n".join(
+                    f"{d['doc'].hex()[:16]}  {_date(d['date'])}  {d['category']}  {d['size']} bytes"
+                    for d in docs
+                )
+                or "nothing you may fetch",
+            )
+        finally:
+            await clinic.client.close()
+    finally:
+        await home.close()
+
+
+@main.command()
+@click.argument("doc")
+@click.option("--patient", help="Clinic: the patient to fetch from.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the document here.")
+@pass_context
+@fail_cleanly
+async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> None:
+    """Read a document: from your record (patient) or from a patient under a grant (clinic)."""
+    home = await _open(ctx)
+    try:
+        if home.config.role == "patient":
+            from fedrecord.node.patient import PatientNode
+
+            content = await PatientNode(home).read_own(await _resolve(home, doc))
+        else:
+            from fedrecord.node.clinic import ClinicNode
+
+            clinic = ClinicNode(home)
+            try:
+                if patient is None:
+                    content = await clinic.read_held(await _resolve(home, doc))
+                else:
+                    now = int(time.time())
+                    await clinic.poll(patient, now=now)
+                    doc_id = _doc_id(doc) if len(doc) == 64 else await _listed(clinic, patient, doc, now)
+                    content = await clinic.fetch(patient, doc_id, now=now)
+            finally:
+                await clinic.client.close()
+        if out is not None:
+            out.write_bytes(content)
+        ctx.emit(
+            {"size": len(content), "out": str(out) if out else None},
+            f"wrote {len(content)} bytes to {out}"
+            if out
+            else (lambda: click.echo(content.decode(errors="replace"), nl=False)),
+        )
+    finally:
+        await home.close()
+
+
+async def _listed(clinic: Any, patient: str, prefix: str, now: int) -> bytes:
+    from fedrecord.core.errors import Code, RemoteProtocolError
+
+    matches = [
+        d["doc"] for d in await clinic.listing(patient, now=now) if d["doc"].hex().startswith(prefix.lower())
+    ]
+    if len(matches) != 1:
+        raise RemoteProtocolError(Code.NOT_FOUND, f"no single document you may fetch starts with {prefix!r}")
+    return bytes(matches[0])
+
+
+@main.command()
+@click.option("--patient", help="Only this patient.")
+@pass_context
+@fail_cleanly
+async def poll(ctx: Context, patient: str | None) -> None:
+    """Clinic: fetch patients' state now; apply revocations and deletions, send what the outbox holds."""
+    from fedrecord.node.clinic import ClinicNode
+
+    home = await _open(ctx, "clinic")
+    clinic = ClinicNode(home)
+    try:
+        now = int(time.time())
+        results = {}
+        for connection in await clinic.connections():
+            if patient is None or connection.patient == patient:
+                results[connection.patient] = await clinic.poll(connection.patient, now=now)
+        sent, pending = await clinic.flush_outbox(now=now)
+        ctx.emit(
+            {"patients": results, "sent": sent, "pending": pending},
+            "\n".join(
+                f"{p[:32]}...: head {r['seq']}, {r['destroyed']} copies destroyed, "
+                f"{r['attested']} deletions attested"
+                for p, r in results.items()
+            )
+            + f"\noutbox: {sent} sent, {pending} pending",
+        )
+    finally:
+        await clinic.client.close()
+        await home.close()
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Leave the three nodes running after the story.")
+@click.option("--offline", is_flag=True, help="Play the story on the protocol core alone, without nodes.")
+def demo(keep: bool, offline: bool) -> None:
+    """Start a patient node, a GP practice and a lab on loopback, and play the main story."""
+    if offline:
+        from fedrecord.offline_story import StoryFailed, play
+
+        try:
+            play(click.echo)
+        except StoryFailed as failure:
+            click.echo(f"error: the story went wrong: {failure}", err=True)
+            sys.exit(1)
+        return
+    from fedrecord.demo import DemoFailed, run_demo
 
     try:
-        play(click.echo)
-    except StoryFailed as failure:
-        click.echo(f"error: the story went wrong: {failure}", err=True)
+        run_demo(keep=keep, say=click.echo)
+    except DemoFailed as failure:
+        click.echo(f"error: the demo went wrong: {failure}", err=True)
         sys.exit(1)

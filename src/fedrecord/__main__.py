@@ -1,0 +1,5 @@
+"""``python -m fedrecord``: the command line."""
+
+from fedrecord.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""Signed requests from this node to a peer node, over aiohttp.
+
+Every request carries an RFC 9421 signature by the node's key
+(:mod:`fedrecord.http.message_signatures`).  Errors come back as the peer's
+CBOR error body and are raised with the peer's code; a peer that cannot be
+reached raises :class:`PeerUnreachable`, which the outbox retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from fedrecord.core import SigningIdentity
+from fedrecord.core.errors import RemoteProtocolError
+from fedrecord.http.aiohttp_signing import client_signing_headers
+
+from .wire import CBOR_TYPE, decode_body, read_error
+
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
+
+
+class PeerUnreachable(Exception):
+    """The peer did not answer (refused, timed out, connection cut); worth retrying later."""
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class PeerClient:
+    """Signed requests as one node; one aiohttp session for all peers."""
+
+    def __init__(self, identity: SigningIdentity) -> None:
+        self.identity = identity
+        self._session: aiohttp.ClientSession | None = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self, method: str, url: str, body: bytes | None, extra: dict[str, str], *,
+                 streamed: bool = False) -> CIMultiDict[str]:
+        return client_signing_headers(identity=self.identity, method=method, url=url, body=body,
+                                      now=int(time.time()), nonce=b64(os.urandom(16)), headers=extra,
+                                      streamed=streamed)
+
+    async def call(self, method: str, url: str, **fields: Any) -> dict[str, Any]:
+        """Send a CBOR body, return the decoded CBOR answer.
+
+        Raises:
+            PeerUnreachable: no answer.
+            RemoteProtocolError: the peer's refusal, with its code.
+        """
+        from .wire import encode_body
+
+        body = encode_body(**fields)
+        headers = self._headers(method, url, body, {"Content-Type": CBOR_TYPE})
+        session = await self.session()
+        try:
+            async with session.request(method, url, data=body, headers=headers) as response:
+                data = await response.read()
+                if response.status >= 300:
+                    raise read_error(data, response.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        return decode_body(data)
+
+    async def upload(self, url: str, chunks: AsyncIterable[bytes], headers: dict[str, str]) -> dict[str, Any]:
+        """Stream a body (a ciphertext); it is authenticated by the records in ``headers``, not by a digest."""
+        signed_headers = self._headers(
+            "PUT", url, None, {**headers, "Content-Type": "application/octet-stream"}, streamed=True
+        )
+        session = await self.session()
+        try:
+            async with session.put(url, data=_generator(chunks), headers=signed_headers) as response:
+                data = await response.read()
+                if response.status >= 300:
+                    raise read_error(data, response.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        return decode_body(data)
+
+    async def download(
+        self, url: str, **fields: Any
+    ) -> tuple[dict[str, str], AsyncIterator[bytes], aiohttp.ClientResponse]:
+        """POST a CBOR body and return the answer's headers and streamed body (caller releases the response)."""
+        from .wire import encode_body
+
+        body = encode_body(**fields)
+        headers = self._headers("POST", url, body, {"Content-Type": CBOR_TYPE})
+        session = await self.session()
+        try:
+            response = await session.post(url, data=body, headers=headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        if response.status >= 300:
+            data = await response.read()
+            response.release()
+            raise read_error(data, response.status)
+        return dict(response.headers), response.content.iter_chunked(1 << 16), response
+
+
+async def _generator(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        yield chunk
+
+
+__all__ = ["PeerClient", "PeerUnreachable", "RemoteProtocolError", "b64", "unb64"]

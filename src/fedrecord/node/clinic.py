@@ -1,0 +1,524 @@
+"""What a clinic node does: connect from an invitation, deposit through an outbox, fetch, poll.
+
+Deposits go into the outbox inside the same transaction that stores the
+authored document, so an acknowledged deposit is never lost: the outbox
+retries with backoff while the patient's node is offline (US-11).  Polling
+the patient's state head applies revocations and tombstones: keys and copies
+held under a revoked grant are destroyed, deleted documents are destroyed
+and attested (US-5, US-7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedrecord.core import (
+    AccessReceipt,
+    Action,
+    Code,
+    DeletionAttestation,
+    Deposit,
+    DepositDecision,
+    DocumentHeader,
+    Grant,
+    KeyWrap,
+    NodeProfile,
+    RemoteProtocolError,
+    Revocation,
+    Signed,
+    StateHead,
+    Tombstone,
+    open_record,
+    sign_record,
+)
+from fedrecord.core.documents import DocumentReader, DocumentWriter
+from fedrecord.core.key_wraps import make_deposit, unwrap_key
+from fedrecord.core.sealed_box import open_sealed, seal
+from fedrecord.core.stream import key_commitment
+from fedrecord.storage.sqlite import transaction
+
+from .client import PeerClient, PeerUnreachable, b64, unb64
+from .home import NodeHome
+from .patient import decrypt_stored
+from .records_table import load_records, store_record
+from .wire import MAX_DOCUMENT, Invitation
+
+MAX_BACKOFF = 300
+# Authored documents are the clinic's own legal record: kept for ten years when the patient deletes.
+RETENTION = 10 * 365 * 86_400
+
+
+@dataclass(frozen=True)
+class Connection:
+    patient: str
+    name: str
+    endpoint: str
+    head_seq: int
+
+
+class ClinicNode:
+    """The clinic's side of the protocol, over an opened :class:`NodeHome`."""
+
+    def __init__(self, home: NodeHome, client: PeerClient | None = None) -> None:
+        self.home = home
+        self.db = home.db
+        self.client = client or PeerClient(home.identity)
+
+    # --- connecting ---------------------------------------------------------------------
+
+    async def connect(self, invitation_text: str, *, now: int) -> Connection:
+        """Present an invitation to the patient's node; keep the deposit-only grant it returns (US-2)."""
+        invitation = Invitation.parse(invitation_text)
+        answer = await self.client.call(
+            "POST",
+            f"{invitation.endpoint}/v0/connect",
+            token=invitation.token,
+            profile=self.home.profile.encoded,
+        )
+        grant = open_record(answer["grant"], Grant)
+        profile = open_record(answer["profile"], NodeProfile)
+        if grant.signer != invitation.node or profile.signer != invitation.node:
+            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the answer is not from the invited patient")
+        if grant.record.audience != self.home.did or Action.DEPOSIT not in grant.record.actions:
+            raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the grant is not a deposit grant for this node")
+        async with transaction(self.db):
+            await self.db.execute(
+                "INSERT INTO connections (patient, endpoint, profile, deposit_grant) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (patient) DO UPDATE SET endpoint = excluded.endpoint, profile = excluded.profile,"
+                " deposit_grant = excluded.deposit_grant",
+                (invitation.node, invitation.endpoint, profile.encoded, grant.encoded),
+            )
+            await store_record(self.db, grant, now=now, subject=self.home.did.encode())
+        return Connection(invitation.node, profile.record.name, invitation.endpoint, -1)
+
+    async def connections(self) -> list[Connection]:
+        async with self.db.execute("SELECT patient, profile, endpoint, head_seq FROM connections") as cursor:
+            rows = await cursor.fetchall()
+        return [
+            Connection(row[0], open_record(row[1], NodeProfile).record.name, row[2], row[3]) for row in rows
+        ]
+
+    async def _connection(self, patient: str) -> dict[str, Any]:
+        async with self.db.execute(
+            "SELECT endpoint, profile, deposit_grant, head_seq FROM connections WHERE patient = ?", (patient,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
+        return {
+            "endpoint": row[0],
+            "profile": open_record(row[1], NodeProfile),
+            "deposit_grant": open_record(row[2], Grant),
+            "head_seq": row[3],
+        }
+
+    # --- depositing -----------------------------------------------------------------------
+
+    async def deposit(
+        self,
+        patient: str,
+        content: bytes,
+        *,
+        title: str,
+        category: str,
+        doc_type: str,
+        labels: Sequence[str] = (),
+        media_type: str = "text/plain",
+        date: int | None = None,
+        now: int,
+    ) -> bytes:
+        """Encrypt a document for ``patient`` and queue its deposit (US-3).  Returns the document id.
+
+        The document is stored as this clinic's own record and the deposit
+        is in the outbox once this returns: it survives a crash or an
+        offline patient node.
+        """
+        connection = await self._connection(patient)
+        patient_key = connection["profile"].record.encryption_key_at(now)
+        if patient_key is None:
+            raise RemoteProtocolError(Code.BAD_KEY, "the patient's profile has no current encryption key")
+        key, prefix = os.urandom(32), os.urandom(16)
+        header = DocumentHeader(
+            patient=patient,
+            title=title,
+            doc_type=doc_type,
+            category=category,
+            labels=tuple(labels),
+            date=now if date is None else date,
+            media_type=media_type,
+            size=len(content),
+            commitment=key_commitment(key, prefix),
+        )
+        writer = DocumentWriter(self.home.identity, header, key=key, prefix=prefix)
+        # The content is in memory already; its ciphertext is what the id is computed over.
+        ciphertext = b"".join(writer.encrypt([content]))
+        doc = writer.document_id
+
+        async def pieces() -> AsyncIterator[bytes]:
+            yield ciphertext
+
+        size = await self.home.files.put(doc, pieces(), max_size=MAX_DOCUMENT)
+        deposit = make_deposit(
+            depositor=self.home.identity,
+            patient=patient,
+            patient_key=patient_key.key,
+            doc=doc,
+            size=size,
+            key=key,
+            grant=connection["deposit_grant"].id,
+            iat=now,
+            ephemeral_seed=os.urandom(32),
+        )
+        async with transaction(self.db):
+            await self.db.execute(
+                "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category, labels,"
+                " date, added, size, sealed_key) VALUES (?, ?, 'authored', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    doc,
+                    patient,
+                    self.home.did,
+                    deposit.id,
+                    title,
+                    doc_type,
+                    category,
+                    json.dumps(sorted(labels)),
+                    header.date,
+                    now,
+                    size,
+                    seal(key, self.home.encryption.public_key, os.urandom(32)),
+                ),
+            )
+            await store_record(self.db, deposit, now=now, subject=doc)
+            await self.db.execute(
+                "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('deposit', ?, ?, ?)",
+                (patient, deposit.encoded, now),
+            )
+        return doc
+
+    async def flush_outbox(self, *, now: int | None = None) -> tuple[int, int]:
+        """Send what is due; returns (sent, still pending).  Unreachable peers are retried with backoff."""
+        now = int(time.time()) if now is None else now
+        async with self.db.execute(
+            "SELECT id, kind, target, payload, attempts FROM outbox WHERE done = 0 AND next_at <= ? ORDER BY id",
+            (now,),
+        ) as cursor:
+            due = await cursor.fetchall()
+        sent = 0
+        for item_id, kind, target, payload, attempts in due:
+            try:
+                await self._send(kind, target, payload)
+            except PeerUnreachable as exc:
+                delay = min(MAX_BACKOFF, 2**attempts)
+                async with transaction(self.db):
+                    await self.db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
+                        (now + delay, str(exc), item_id),
+                    )
+                continue
+            except RemoteProtocolError as exc:
+                # Refused for good: keep the reason, stop retrying.
+                async with transaction(self.db):
+                    await self.db.execute(
+                        "UPDATE outbox SET done = 1, last_error = ? WHERE id = ?",
+                        (f"{exc.code.value}: {exc.message}", item_id),
+                    )
+                continue
+            async with transaction(self.db):
+                await self.db.execute(
+                    "UPDATE outbox SET done = 1, last_error = NULL WHERE id = ?", (item_id,)
+                )
+            sent += 1
+        async with self.db.execute("SELECT count(*) FROM outbox WHERE done = 0") as cursor:
+            row = await cursor.fetchone()
+        return sent, int(row[0]) if row else 0
+
+    async def _send(self, kind: str, target: str, payload: bytes) -> None:
+        connection = await self._connection(target)
+        if kind == "deposit":
+            deposit = open_record(payload, Deposit)
+            chunks = await self.home.files.open(deposit.record.doc)
+            if chunks is None:
+                raise RemoteProtocolError(Code.NOT_FOUND, "the deposited document is gone")
+            await self.client.upload(
+                f"{connection['endpoint']}/v0/documents/{deposit.record.doc.hex()}",
+                chunks,
+                {"Fedrecord-Deposit": b64(payload)},
+            )
+        elif kind == "attestation":
+            await self.client.call("POST", f"{connection['endpoint']}/v0/attestations", attestation=payload)
+
+    async def outbox(self) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT id, kind, target, attempts, next_at, last_error, done FROM outbox ORDER BY id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {
+                "id": r[0],
+                "kind": r[1],
+                "target": r[2],
+                "attempts": r[3],
+                "next_at": r[4],
+                "error": r[5],
+                "done": bool(r[6]),
+            }
+            for r in rows
+        ]
+
+    async def receive_decision(self, requester: str, decision: bytes, *, now: int) -> None:
+        signed = open_record(decision, DepositDecision)
+        if signed.signer != requester:
+            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the decision is not the requester's")
+        async with self.db.execute(
+            "SELECT patient FROM documents WHERE id = ? AND state = 'authored'", (signed.record.doc,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None or row[0] != requester:
+            raise RemoteProtocolError(Code.NOT_FOUND, "no such deposit")
+        async with transaction(self.db):
+            await store_record(self.db, signed, now=now, subject=signed.record.doc)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def grants_from(self, patient: str, *, now: int) -> list[Signed[Grant]]:
+        revoked = {r.record.grant for r in await load_records(self.db, Revocation, signer=patient)}
+        return [
+            grant
+            for grant in await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
+            if Action.READ in grant.record.actions and now < grant.record.exp and grant.id not in revoked
+        ]
+
+    async def listing(self, patient: str, *, now: int) -> list[dict[str, Any]]:
+        """What this node may fetch from ``patient``, under each of its read grants."""
+        connection = await self._connection(patient)
+        result = []
+        for grant in await self.grants_from(patient, now=now):
+            answer = await self.client.call(
+                "POST", f"{connection['endpoint']}/v0/list", chain=[grant.encoded]
+            )
+            for item in answer["documents"]:
+                result.append({**item, "grant": grant.id})
+        return result
+
+    async def fetch(self, patient: str, doc: bytes, *, now: int, purpose: str = "treatment") -> bytes:
+        """Fetch, verify and decrypt a document under a grant; the signed request is the receipt (US-4, US-8).
+
+        Raises:
+            RemoteProtocolError: ``not-found`` when no grant reaches it, or the patient node's refusal.
+        """
+        connection = await self._connection(patient)
+        grants = await self.grants_from(patient, now=now)
+        if not grants:
+            ever = await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
+            if any(Action.READ in g.record.actions for g in ever):
+                raise RemoteProtocolError(Code.REVOKED, "the patient's grant was revoked or has expired")
+            raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
+        last_error: RemoteProtocolError | None = None
+        for grant in grants:
+            receipt = sign_record(
+                AccessReceipt(
+                    patient=patient,
+                    doc=doc,
+                    grant=grant.id,
+                    action="read",
+                    purpose=grant.record.purpose,
+                    iat=now,
+                    nonce=os.urandom(16),
+                ),
+                self.home.identity,
+            )
+            try:
+                return await self._fetch_under(connection, patient, doc, grant, receipt, now=now)
+            except RemoteProtocolError as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def _fetch_under(
+        self,
+        connection: dict[str, Any],
+        patient: str,
+        doc: bytes,
+        grant: Signed[Grant],
+        receipt: Signed[AccessReceipt],
+        *,
+        now: int,
+    ) -> bytes:
+        headers, body, response = await self.client.download(
+            f"{connection['endpoint']}/v0/fetch", chain=[grant.encoded], receipt=receipt.encoded
+        )
+        try:
+            wrap = open_record(unb64(headers["Fedrecord-Key-Wrap"]), KeyWrap)
+            if wrap.signer != patient:
+                raise RemoteProtocolError(Code.BAD_SIGNATURE, "the key wrap is not the patient's")
+            keys = self.home.keys_for(wrap.record.recipient_key)
+            if keys is None:
+                raise RemoteProtocolError(
+                    Code.WRAP_MISMATCH, "the key wrap is sealed to a key we do not hold"
+                )
+            key = unwrap_key(wrap, recipient=self.home.did, keys=keys, doc=doc).key
+            await self.home.files.put(doc, body, max_size=MAX_DOCUMENT)
+        finally:
+            response.release()
+        try:
+            reader = DocumentReader(key, expected_patient=patient)
+            content = await decrypt_stored(self.home, doc, reader)
+            assert reader.header is not None
+            header = reader.header
+            async with transaction(self.db):
+                await self.db.execute(
+                    "INSERT INTO documents (id, patient, state, author, grant_id, title, doc_type, category, labels,"
+                    " date, added, size, sealed_key) VALUES (?, ?, 'shared', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET grant_id = excluded.grant_id,"
+                    " sealed_key = COALESCE(documents.sealed_key, excluded.sealed_key)",
+                    (
+                        doc,
+                        patient,
+                        header.signer,
+                        grant.id,
+                        header.record.title,
+                        header.record.doc_type,
+                        header.record.category,
+                        json.dumps(list(header.record.labels)),
+                        header.record.date,
+                        now,
+                        len(content),
+                        seal(key, self.home.encryption.public_key, os.urandom(32)),
+                    ),
+                )
+                await store_record(self.db, wrap, now=now, subject=doc)
+        except BaseException:
+            await self._forget_copy(doc)
+            raise
+        return content
+
+    async def _forget_copy(self, doc: bytes) -> None:
+        async with self.db.execute("SELECT state FROM documents WHERE id = ?", (doc,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None or row[0] == "shared":
+            await self.home.files.destroy(doc)
+
+    async def held(self) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT id, patient, state, author, title, category, labels, date, size FROM documents ORDER BY added"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            {
+                "doc": r[0],
+                "patient": r[1],
+                "state": r[2],
+                "author": r[3],
+                "title": r[4],
+                "category": r[5],
+                "labels": json.loads(r[6]),
+                "date": r[7],
+                "size": r[8],
+            }
+            for r in rows
+        ]
+
+    async def read_held(self, doc: bytes) -> bytes:
+        async with self.db.execute(
+            "SELECT sealed_key, patient FROM documents WHERE id = ?", (doc,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
+        key = open_sealed(row[0], self.home.encryption)
+        return await decrypt_stored(self.home, doc, DocumentReader(key, expected_patient=row[1]))
+
+    # --- polling the patient's state -------------------------------------------------------------
+
+    async def poll(self, patient: str, *, now: int) -> dict[str, int]:
+        """Fetch the patient's state; apply revocations and tombstones (US-5, US-7).
+
+        Raises:
+            RemoteProtocolError: ``rollback`` for a head older than one seen
+                before (nothing is applied), the record codes for bad records.
+        """
+        connection = await self._connection(patient)
+        answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state")
+        head = open_record(answer["head"], StateHead)
+        if head.signer != patient:
+            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the state head is not the patient's")
+        if head.record.seq < connection["head_seq"]:
+            raise RemoteProtocolError(
+                Code.ROLLBACK, f"state head {head.record.seq} is older than {connection['head_seq']}"
+            )
+        grants = [open_record(g, Grant) for g in answer["grants"]]
+        revocations = [open_record(r, Revocation) for r in answer["revocations"]]
+        tombstones = [open_record(t, Tombstone) for t in answer["tombstones"]]
+        revoked = {r.record.grant for r in revocations if r.signer == patient}
+        destroyed = attested = 0
+        async with transaction(self.db):
+            for grant in grants:
+                if grant.signer == patient and grant.record.audience == self.home.did:
+                    await store_record(self.db, grant, now=now, subject=self.home.did.encode())
+            for revocation in revocations:
+                await store_record(self.db, revocation, now=now, subject=revocation.record.grant)
+            await self.db.execute(
+                "UPDATE connections SET head_seq = ?, head = ?, polled = ? WHERE patient = ?",
+                (head.record.seq, head.encoded, now, patient),
+            )
+            async with self.db.execute(
+                "SELECT id, grant_id FROM documents WHERE patient = ? AND state = 'shared'", (patient,)
+            ) as cursor:
+                shared = await cursor.fetchall()
+            doomed = [doc for doc, grant_id in shared if grant_id in revoked]
+            for doc in doomed:
+                await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+            destroyed += len(doomed)
+        for doc in doomed:
+            await self.home.files.destroy(doc)
+        for tombstone in tombstones:
+            if tombstone.signer == patient and await self._apply_tombstone(patient, tombstone, now=now):
+                attested += 1
+        return {"seq": head.record.seq, "destroyed": destroyed, "attested": attested, "grants": len(grants)}
+
+    async def _apply_tombstone(self, patient: str, tombstone: Signed[Tombstone], *, now: int) -> bool:
+        """Destroy a withdrawn document (or keep our own authored copy) and attest it, once."""
+        doc = tombstone.record.doc
+        async with self.db.execute(
+            "SELECT count(*) FROM records WHERE typ = ? AND subject = ?",
+            ("fedrecord/deletion-attestation", doc),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row and row[0]:
+            return False
+        async with self.db.execute("SELECT state FROM documents WHERE id = ?", (doc,)) as cursor:
+            held = await cursor.fetchone()
+        if held is None:
+            outcome: dict[str, Any] = {"outcome": "destroyed"}
+        elif held[0] == "authored":
+            outcome = {
+                "outcome": "retained",
+                "retain_until": now + RETENTION,
+                "basis": "author's legal duty to keep its medical record",
+            }
+        else:
+            outcome = {"outcome": "destroyed"}
+        attestation = sign_record(
+            DeletionAttestation(patient=patient, doc=doc, tombstone=tombstone.id, iat=now, **outcome),
+            self.home.identity,
+        )
+        async with transaction(self.db):
+            await store_record(self.db, tombstone, now=now, subject=doc)
+            await store_record(self.db, attestation, now=now, subject=doc)
+            if held is not None and held[0] != "authored":
+                await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+            await self.db.execute(
+                "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('attestation', ?, ?, ?)",
+                (patient, attestation.encoded, now),
+            )
+        if held is not None and held[0] != "authored":
+            await self.home.files.destroy(doc)
+        return True
+
+
+__all__ = ["ClinicNode", "Connection"]

@@ -1,0 +1,163 @@
+"""A node's data directory: configuration, key file, database, document files and signed profile.
+
+Layout of ``<home>``::
+
+    node.json      role, display name, public endpoint, listening address (not secret)
+    node.key       signing and encryption seeds, encrypted with the passphrase (mode 0600)
+    node.db        the SQLite database (WAL)
+    documents/     ciphertext files, named by document id
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from fedrecord.core import EncryptionKey, NodeProfile, Signed, SigningIdentity, sign_record
+from fedrecord.core.identity import EncryptionKeyPair
+from fedrecord.storage.documents import DocumentFiles
+from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
+from fedrecord.storage.sqlite import open_database
+
+from .schema import MIGRATIONS
+
+ROLES = ("patient", "clinic")
+ENCRYPTION_KEY_LIFETIME = 2 * 365 * 86_400
+
+
+class HomeError(Exception):
+    """The data directory cannot be created or opened; the message says why."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    role: str
+    name: str
+    endpoint: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    poll_interval: float = 5.0
+
+    @classmethod
+    def load(cls, home: Path) -> NodeConfig:
+        try:
+            data: dict[str, Any] = json.loads((home / "node.json").read_text())
+        except FileNotFoundError:
+            raise HomeError(f"{home} is not a fedrecord node (no node.json); run `fedrecord init`") from None
+        return cls(**data)
+
+    def save(self, home: Path) -> None:
+        (home / "node.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def init_home(
+    home: Path,
+    *,
+    role: str,
+    name: str,
+    endpoint: str,
+    passphrase: bytes,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    kdf_limits: tuple[int, int] | None = None,
+) -> SigningIdentity:
+    """Create a node: fresh keys (drawn here, the adapter), the key file and the configuration.
+
+    Raises:
+        HomeError: when ``home`` already holds a node or ``role`` is unknown.
+    """
+    if role not in ROLES:
+        raise HomeError(f"role must be one of {', '.join(ROLES)}")
+    if (home / "node.key").exists():
+        raise HomeError(f"{home} already holds a node")
+    home.mkdir(parents=True, exist_ok=True)
+    secrets = NodeSecrets(signing_seed=os.urandom(32), encryption_seeds=(os.urandom(32),))
+    extra = {} if kdf_limits is None else {"ops": kdf_limits[0], "mem": kdf_limits[1]}
+    write_key_file(home / "node.key", secrets, passphrase, **extra)
+    NodeConfig(role=role, name=name, endpoint=endpoint, host=host, port=port).save(home)
+    return secrets.identity
+
+
+@dataclass
+class NodeHome:
+    """An opened node: its identity, keys, database and files."""
+
+    path: Path
+    config: NodeConfig
+    identity: SigningIdentity
+    encryption_keys: tuple[EncryptionKeyPair, ...]
+    db: aiosqlite.Connection
+    files: DocumentFiles
+    profile: Signed[NodeProfile]
+
+    @property
+    def did(self) -> str:
+        return self.identity.did
+
+    @property
+    def encryption(self) -> EncryptionKeyPair:
+        """The current encryption key pair (the newest)."""
+        return self.encryption_keys[-1]
+
+    def keys_for(self, public_key: bytes) -> EncryptionKeyPair | None:
+        return next((k for k in self.encryption_keys if k.public_key == public_key), None)
+
+    @classmethod
+    async def open(cls, path: Path, passphrase: bytes, *, now: int | None = None) -> NodeHome:
+        """Unlock the key file and open the database (applying migrations).
+
+        Raises:
+            HomeError: when the directory holds no node.
+            KeyFileError: wrong passphrase or damaged key file.
+        """
+        config = NodeConfig.load(path)
+        secrets = read_key_file(path / "node.key", passphrase)
+        db = await open_database(path / "node.db", MIGRATIONS)
+        files = DocumentFiles(path / "documents")
+        await files.sweep_temporary()
+        now = int(time.time()) if now is None else now
+        keys = tuple(secrets.encryption_keys)
+        profile = sign_record(
+            NodeProfile(
+                name=config.name,
+                role=config.role,
+                endpoints=(config.endpoint,),
+                enc_keys=tuple(
+                    EncryptionKey(key=k.public_key, nbf=now - 86_400, exp=now + ENCRYPTION_KEY_LIFETIME)
+                    for k in keys
+                ),
+                versions=(0,),
+                seq=now,
+                iat=now,
+            ),
+            secrets.identity,
+        )
+        return cls(path, config, secrets.identity, keys, db, files, profile)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def with_endpoint(self, endpoint: str) -> None:
+        """Record the endpoint the node really listens on (when the port was chosen by the system)."""
+        if endpoint != self.config.endpoint:
+            self.config = NodeConfig(**{**asdict(self.config), "endpoint": endpoint})
+            self.config.save(self.path)
+            record = self.profile.record
+            self.profile = sign_record(
+                NodeProfile(
+                    name=record.name,
+                    role=record.role,
+                    endpoints=(endpoint,),
+                    enc_keys=record.enc_keys,
+                    versions=record.versions,
+                    seq=record.seq + 1,
+                    iat=record.iat,
+                ),
+                self.identity,
+            )

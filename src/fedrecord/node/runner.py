@@ -1,0 +1,93 @@
+"""``fedrecord serve``: the HTTP API plus the node's background duties, until interrupted.
+
+Clinic nodes flush their outbox and poll their patients' state every
+``poll_interval`` seconds (the push of the sync milestone will make polling
+the fallback); patient nodes deliver their own outbox (rejection notices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from fedrecord.core.errors import FedrecordError
+from fedrecord.storage.sqlite import transaction
+
+from .client import PeerClient, PeerUnreachable
+from .clinic import ClinicNode
+from .home import NodeHome
+from .server import make_app
+
+log = logging.getLogger("fedrecord.node")
+
+
+async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int) -> None:
+    """Send the patient's queued notices (deposit decisions) to the nodes they concern."""
+    async with home.db.execute(
+        "SELECT o.id, o.payload, o.attempts, p.endpoint FROM outbox o JOIN peers p ON p.did = o.target"
+        " WHERE o.done = 0 AND o.next_at <= ? AND o.kind = 'decision'",
+        (now,),
+    ) as cursor:
+        due = await cursor.fetchall()
+    for item_id, payload, attempts, endpoint in due:
+        try:
+            await client.call("POST", f"{endpoint}/v0/decisions", decision=payload)
+            outcome: tuple[object, ...] = ("UPDATE outbox SET done = 1 WHERE id = ?", (item_id,))
+        except PeerUnreachable as exc:
+            outcome = (
+                "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
+                (now + min(300, 2**attempts), str(exc), item_id),
+            )
+        except FedrecordError as exc:
+            outcome = ("UPDATE outbox SET done = 1, last_error = ? WHERE id = ?", (exc.message, item_id))
+        async with transaction(home.db):
+            await home.db.execute(*outcome)
+
+
+async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        now = int(time.time())
+        try:
+            if clinic is not None:
+                await clinic.flush_outbox(now=now)
+                for connection in await clinic.connections():
+                    try:
+                        await clinic.poll(connection.patient, now=now)
+                    except (FedrecordError, PeerUnreachable) as exc:
+                        log.warning("polling %s: %s", connection.patient, exc)
+            else:
+                await deliver_patient_outbox(home, client, now=now)
+        except Exception:
+            log.exception("background duties")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=home.config.poll_interval)
+
+
+async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    client = PeerClient(home.identity)
+    clinic = ClinicNode(home, client) if home.config.role == "clinic" else None
+    app = make_app(home, clinic=clinic)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, home.config.host, home.config.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    announce(home.config.endpoint)
+    background = asyncio.create_task(duties(home, clinic, client, stop))
+    try:
+        await stop.wait()
+    finally:
+        await background
+        await runner.cleanup()
+        await client.close()
+        await home.close()

@@ -1,0 +1,45 @@
+"""The node database: one schema for both roles, applied by versioned migrations."""
+
+from __future__ import annotations
+
+from fedrecord.storage.sqlite import Migration
+
+MIGRATIONS = (
+    Migration(
+        version=1,
+        description="records, peers, invitations, documents, audit log, outbox, nonces",
+        statements=(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            # Every signed record the node holds, exactly as received (never re-encoded).
+            "CREATE TABLE records (id BLOB PRIMARY KEY, typ TEXT NOT NULL, signer TEXT NOT NULL,"
+            " subject BLOB, encoded BLOB NOT NULL, received INTEGER NOT NULL)",
+            "CREATE INDEX records_by_type ON records (typ, signer)",
+            "CREATE INDEX records_by_subject ON records (subject)",
+            "CREATE TABLE nonces (signer TEXT NOT NULL, nonce TEXT NOT NULL, expires INTEGER NOT NULL,"
+            " PRIMARY KEY (signer, nonce))",
+            "CREATE TABLE peers (did TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,"
+            " endpoint TEXT NOT NULL, profile BLOB NOT NULL)",
+            # Only a hash of each invitation token is kept: the database alone cannot be used to connect.
+            "CREATE TABLE invitations (token_hash BLOB PRIMARY KEY, label TEXT NOT NULL,"
+            " expires INTEGER NOT NULL, used_by TEXT, grant_id BLOB)",
+            # Documents this node holds.  The key is sealed to the node's own X25519 key; destroying the
+            # sealed key and the ciphertext file destroys the document.
+            "CREATE TABLE documents (id BLOB PRIMARY KEY, patient TEXT NOT NULL, state TEXT NOT NULL,"
+            " author TEXT NOT NULL, deposit BLOB, grant_id BLOB, title TEXT NOT NULL, doc_type TEXT NOT NULL,"
+            " category TEXT NOT NULL, labels TEXT NOT NULL, date INTEGER NOT NULL, added INTEGER,"
+            " size INTEGER NOT NULL, hidden INTEGER NOT NULL DEFAULT 0, sealed_key BLOB)",
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY, receipt_id BLOB NOT NULL UNIQUE,"
+            " receipt BLOB NOT NULL, reader TEXT NOT NULL, doc BLOB NOT NULL, grant_id BLOB NOT NULL,"
+            " purpose TEXT NOT NULL, at INTEGER NOT NULL, prev_hash BLOB NOT NULL, entry_hash BLOB NOT NULL,"
+            " countersignature BLOB NOT NULL)",
+            "CREATE TABLE connections (patient TEXT PRIMARY KEY, endpoint TEXT NOT NULL, profile BLOB NOT NULL,"
+            " deposit_grant BLOB NOT NULL, head_seq INTEGER NOT NULL DEFAULT -1, head BLOB,"
+            " polled INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL,"
+            " payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,"
+            " last_error TEXT, done INTEGER NOT NULL DEFAULT 0)",
+        ),
+    ),
+)
+
+TABLES = ("meta", "records", "nonces", "peers", "invitations", "documents", "audit", "connections", "outbox")

@@ -1,0 +1,109 @@
+"""CBOR bodies of the node HTTP API and the invitation code (spec/http-api.md).
+
+Every body is a strict deterministic CBOR map carrying ``v`` (the protocol
+version).  Errors are ``{"code": tstr, "message": tstr}`` with the HTTP
+status of the code.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qs, urlsplit
+
+from fedrecord.core import cbor
+from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
+from fedrecord.core.schema import PROTOCOL_VERSION
+
+CBOR_TYPE: Final = "application/cbor"
+MAX_BODY: Final = 1 << 20  # small CBOR bodies; document streams have their own cap
+MAX_DOCUMENT: Final = 256 << 20
+INVITATION_PREFIX: Final = "fr0-"
+
+
+def encode_body(**fields: Any) -> bytes:
+    return cbor.encode({"v": PROTOCOL_VERSION, **fields})
+
+
+def decode_body(data: bytes, *required: str, max_size: int = MAX_BODY) -> dict[str, Any]:
+    """A request or answer body: strict CBOR map of our version with the ``required`` keys.
+
+    Raises:
+        RemoteProtocolError: the decoding code, ``unsupported-version``, or
+            ``malformed`` for a missing key.
+    """
+    body = cbor.decode(data, max_size=max_size)
+    if type(body) is not dict:
+        raise RemoteProtocolError(Code.MALFORMED, "a body is a CBOR map")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            Code.UNSUPPORTED_VERSION, f"protocol version {body.get('v')!r} is not spoken"
+        )
+    missing = [key for key in required if key not in body]
+    if missing:
+        raise RemoteProtocolError(Code.MALFORMED, f"body lacks {', '.join(missing)}")
+    return body
+
+
+def error_body(error: FedrecordError) -> bytes:
+    return cbor.encode({"code": error.code.value, "message": error.message})
+
+
+def read_error(data: bytes, status: int) -> RemoteProtocolError:
+    """The error a peer answered with, or a generic one when its body is unreadable."""
+    try:
+        body = cbor.decode(data)
+        return RemoteProtocolError(Code(body["code"]), str(body["message"]))
+    except (FedrecordError, KeyError, ValueError, TypeError):
+        return RemoteProtocolError(Code.MALFORMED, f"peer answered HTTP {status} without a readable error")
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """What a clinic needs to connect: the patient node's id and endpoint, a one-time token, an expiry."""
+
+    node: str
+    endpoint: str
+    token: bytes
+    expires: int
+
+    def code(self) -> str:
+        raw = cbor.encode(
+            {
+                "v": PROTOCOL_VERSION,
+                "node": self.node,
+                "endpoint": self.endpoint,
+                "token": self.token,
+                "exp": self.expires,
+            }
+        )
+        return INVITATION_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def url(self) -> str:
+        return f"{self.endpoint.rstrip('/')}/v0/invitation?c={self.code()}"
+
+    @classmethod
+    def parse(cls, text: str) -> Invitation:
+        """Read an invitation from its text code or its URL.
+
+        Raises:
+            RemoteProtocolError: ``malformed`` when it is neither.
+        """
+        text = text.strip()
+        if not text.startswith(INVITATION_PREFIX):
+            codes = parse_qs(urlsplit(text).query).get("c", [])
+            text = codes[0] if codes else ""
+        if not text.startswith(INVITATION_PREFIX):
+            raise RemoteProtocolError(Code.MALFORMED, "not a fedrecord invitation code or URL")
+        encoded = text[len(INVITATION_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        except ValueError:
+            raise RemoteProtocolError(Code.MALFORMED, "invitation code is not base64url") from None
+        body = decode_body(raw, "node", "endpoint", "token", "exp")
+        if type(body["token"]) is not bytes or len(body["token"]) != 32 or type(body["exp"]) is not int:
+            raise RemoteProtocolError(Code.MALFORMED, "invitation fields have the wrong types")
+        return cls(
+            node=str(body["node"]), endpoint=str(body["endpoint"]), token=body["token"], expires=body["exp"]
+        )

@@ -1,0 +1,381 @@
+"""Ciphertext files at rest, streamed in and out with their document id checked.
+
+Theory of operation.  A document is stored as its STREAM ciphertext, exactly
+the bytes whose SHA-256 (over the domain tag ``fedrecord/v0/document-id`` and
+the bytes, as :mod:`fedrecord.core.stream` computes it) is its id, at
+``<root>/<first 2 hex digits>/<64 hex digits>``.  Every node keeps documents
+only in this encrypted form (brief section 4).
+
+:meth:`DocumentFiles.put` writes the incoming chunks to a private temporary
+file under ``<root>/tmp`` while hashing them, refuses the upload as soon as it
+exceeds its cap, and compares the hash with the id only once the stream ends.
+Only a file whose bytes match its id is fsynced and renamed into place, then
+the directory is fsynced: after ``put`` returns, the file survives a crash,
+and a file at a final path always matches its name.  Every failure (cap,
+mismatch, cancellation, I/O error) removes the temporary file; what a crash
+leaves in ``tmp`` is removed by :meth:`DocumentFiles.sweep_temporary` at start.
+
+Memory stays flat: incoming chunks are gathered into blocks of at most
+:data:`WRITE_BLOCK` bytes, which are hashed and written in a worker thread
+(``hashlib`` releases the GIL), so the event loop never waits on the disk.
+Reading yields 64 KiB + 16 (one sealed STREAM chunk) at a time and checks the
+hash again; the last piece is held back until the hash has matched, so a
+corrupted file is never served as a complete stream.
+
+Commits and destruction of one id are serialised within the process, so a
+``destroy`` racing a ``put`` of the same id ends with the file either present
+or absent, never half-overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final, TypeVar
+
+from fedrecord.core.errors import Code, LocalProtocolError, RemoteProtocolError
+from fedrecord.core.stream import CHUNK_SIZE, TAG_SIZE
+
+__all__ = [
+    "DOCUMENT_ID_SIZE",
+    "READ_CHUNK",
+    "WRITE_BLOCK",
+    "CorruptDocumentError",
+    "DocumentFiles",
+]
+
+DOCUMENT_ID_SIZE: Final = 32
+READ_CHUNK: Final = CHUNK_SIZE + TAG_SIZE
+"""Size of the pieces :meth:`DocumentFiles.open` yields: one sealed STREAM chunk."""
+WRITE_BLOCK: Final = 256 * 1024
+"""Incoming bytes are gathered up to this size before one threaded hash-and-write."""
+
+# The same tag as fedrecord.core.stream's document id (spec [ENC-6]).
+_DOCUMENT_ID_TAG: Final = b"fedrecord/v0/document-id"
+_TEMPORARY: Final = "tmp"
+_ZEROS: Final = bytes(1024 * 1024)
+_T = TypeVar("_T")
+
+
+class CorruptDocumentError(Exception):
+    """A stored file no longer matches its document id (disk corruption or tampering at rest)."""
+
+
+@dataclass
+class _IdLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+def _hex(doc_id: bytes) -> str:
+    if not isinstance(doc_id, bytes) or len(doc_id) != DOCUMENT_ID_SIZE:
+        raise LocalProtocolError(Code.MALFORMED, "a document id is 32 bytes")
+    return doc_id.hex()
+
+
+async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """Run a blocking call in a worker thread and, even when cancelled, wait for it to finish.
+
+    A cancelled ``asyncio.to_thread`` returns at once while the thread goes on;
+    here the clean-up that follows a cancellation must not close a descriptor
+    the thread is still writing to.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((future,))
+        raise
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(fd: int, temporary: Path) -> None:
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    return open(path, "rb", buffering=0)  # closed by the reading generator
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, block: bytes, digest: Any) -> None:
+    digest.update(block)
+    view = memoryview(block)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class DocumentFiles:
+    """The ciphertext files of one node, under ``root``.
+
+    The directories are created (mode 0700) on first use.  Call
+    :meth:`sweep_temporary` at start, before serving.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        self._tmp = self._root / _TEMPORARY
+        self._locks: dict[bytes, _IdLock] = {}
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def path_of(self, doc_id: bytes) -> Path:
+        """Where the document's ciphertext lives (whether or not it exists).
+
+        Raises:
+            LocalProtocolError: ``malformed`` when ``doc_id`` is not 32 bytes.
+        """
+        name = _hex(doc_id)
+        return self._root / name[:2] / name
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, doc_id: bytes) -> AsyncIterator[None]:
+        entry = self._locks.get(doc_id)
+        if entry is None:
+            entry = self._locks[doc_id] = _IdLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[doc_id]
+
+    async def put(self, doc_id: bytes, chunks: AsyncIterable[bytes], *, max_size: int) -> int:
+        """Store a ciphertext streamed in ``chunks``, checking it against ``doc_id``.
+
+        Idempotent: when the document is already stored, returns its size
+        without reading ``chunks`` (the stored file was checked when written).
+
+        Args:
+            doc_id: the 32-byte document id the ciphertext must hash to.
+            chunks: the ciphertext, in pieces of any size (the caller keeps
+                them small, at most 1 MiB, for flat memory).
+            max_size: the cap in bytes; the upload is refused as soon as it is
+                exceeded, without reading further.
+
+        Returns:
+            The size of the stored ciphertext, in bytes.
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes,
+                ``too-large`` for a negative ``max_size``.
+            RemoteProtocolError: ``too-large`` past ``max_size``; ``malformed``
+                when the bytes do not hash to ``doc_id``.  Nothing is stored then.
+            OSError: the disk failed; nothing is stored either.
+        """
+        final = self.path_of(doc_id)
+        if max_size < 0:
+            raise LocalProtocolError(Code.TOO_LARGE, "max_size must not be negative")
+        existing = await self.size(doc_id)
+        if existing is not None:
+            return existing
+        temporary, fd = await _in_thread(self._create_temporary, final.name)
+        try:
+            digest = hashlib.sha256(_DOCUMENT_ID_TAG)
+            size = 0
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_size:
+                    raise RemoteProtocolError(Code.TOO_LARGE, f"document exceeds the cap of {max_size} bytes")
+                if not chunk:
+                    continue
+                pending.append(bytes(chunk))
+                pending_size += len(chunk)
+                if pending_size >= WRITE_BLOCK:
+                    block = b"".join(pending)
+                    pending, pending_size = [], 0
+                    await _in_thread(_write_all, fd, block, digest)
+            if pending:
+                await _in_thread(_write_all, fd, b"".join(pending), digest)
+            # spec [ENC-6]: the id is the hash of the whole stream; nothing else may be stored under it.
+            if not hmac.compare_digest(digest.digest(), doc_id):
+                raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
+            # Forget the descriptor first: it is closed even when fsync fails.
+            closing, fd = fd, -1
+            await _in_thread(_sync_and_close, closing)
+            async with self._locked(doc_id):
+                await _in_thread(self._commit, temporary, final)
+        except BaseException:
+            await _in_thread(_discard, fd, temporary)
+            raise
+        return size
+
+    def _create_temporary(self, name: str) -> tuple[Path, int]:
+        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return temporary, fd
+
+    def _commit(self, temporary: Path, final: Path) -> None:
+        if final.exists():
+            # A concurrent put of the same id won; a file at a final path always matches its name.
+            os.unlink(temporary)
+            return
+        shard = final.parent
+        if not shard.is_dir():
+            shard.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _fsync_directory(self._root)
+        os.replace(temporary, final)
+        _fsync_directory(shard)
+
+    async def open(self, doc_id: bytes, *, verify: bool = True) -> AsyncIterator[bytes] | None:
+        """The stored ciphertext as an async iterator of pieces of 64 KiB + 16, or None if absent.
+
+        The file is opened now, so the iterator reads it even if it is
+        destroyed meanwhile (it then reads the zeros ``destroy`` wrote, which
+        fail the check).  Close the iterator (``aclose``) when stopping early.
+
+        Args:
+            doc_id: the document id.
+            verify: hash the bytes while reading and hold back the last piece
+                until the hash matches ``doc_id``.
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes.
+
+        The iterator raises:
+            CorruptDocumentError: the file no longer matches its id (with ``verify``).
+        """
+        path = self.path_of(doc_id)
+        try:
+            file = await asyncio.to_thread(_open_for_reading, path)
+        except FileNotFoundError:
+            return None
+        return self._read(file, doc_id, verify)
+
+    @staticmethod
+    async def _read(file: BinaryIO, doc_id: bytes, verify: bool) -> AsyncIterator[bytes]:
+        try:
+            digest = hashlib.sha256(_DOCUMENT_ID_TAG)
+            held: bytes | None = None
+            while True:
+                piece = await asyncio.to_thread(_read_piece, file, digest if verify else None)
+                if not piece:
+                    break
+                if held is not None:
+                    yield held
+                held = piece
+            if verify and not hmac.compare_digest(digest.digest(), doc_id):
+                raise CorruptDocumentError(f"stored document {doc_id.hex()} does not match its id")
+            # An empty file is never a valid STREAM; yield nothing for it.
+            if held is not None:
+                yield held
+        finally:
+            file.close()
+
+    async def size(self, doc_id: bytes) -> int | None:
+        """The stored ciphertext's size in bytes, or None if absent.
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes.
+        """
+        path = self.path_of(doc_id)
+        try:
+            info = await asyncio.to_thread(os.stat, path)
+        except FileNotFoundError:
+            return None
+        return info.st_size
+
+    async def destroy(self, doc_id: bytes) -> bool:
+        """Overwrite the ciphertext with zeros, fsync, and unlink it.
+
+        Documents are encrypted already, so destroying the key destroys the
+        document; overwriting is belt and braces against the ciphertext
+        outliving a later key compromise.  (Copy-on-write file systems and SSD
+        wear levelling may keep old blocks; that is why the key matters most.)
+
+        Returns:
+            True when a file was destroyed, False when there was none.
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes.
+            OSError: the disk failed.
+        """
+        path = self.path_of(doc_id)
+        async with self._locked(doc_id):
+            return await asyncio.to_thread(_overwrite_and_unlink, path)
+
+    async def sweep_temporary(self) -> int:
+        """Remove what interrupted uploads left in ``<root>/tmp``; call it before serving.
+
+        Returns:
+            How many files were removed.
+        """
+        return await asyncio.to_thread(self._sweep)
+
+    def _sweep(self) -> int:
+        self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._tmp.mkdir(mode=0o700, exist_ok=True)
+        removed = 0
+        for entry in os.scandir(self._tmp):
+            if not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+
+def _read_piece(file: BinaryIO, digest: Any) -> bytes:
+    # A raw (unbuffered) read may return less than asked: fill the piece.
+    parts: list[bytes] = []
+    missing = READ_CHUNK
+    while missing:
+        part = file.read(missing)
+        if not part:
+            break
+        parts.append(part)
+        missing -= len(part)
+    piece = b"".join(parts)
+    if digest is not None:
+        digest.update(piece)
+    return piece
+
+
+def _overwrite_and_unlink(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        remaining = os.fstat(fd).st_size
+        while remaining:
+            written = os.write(fd, _ZEROS[: min(remaining, len(_ZEROS))])
+            remaining -= written
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    _fsync_directory(path.parent)
+    return True
