@@ -15,15 +15,17 @@ def test_offline_story_plays_and_narrates():
     assert "the GP decrypted" in text and "refused with code revoked" in text
 
 
-def test_demo_with_three_node_processes_exits_zero():
-    """US-1 to US-8 between three real processes over loopback HTTP, each with its own database."""
+def test_demo_with_four_node_processes_exits_zero():
+    """US-1 to US-9 between four real processes over loopback HTTP, each with its own database."""
     result = CliRunner().invoke(main, ["demo"])
     assert result.exit_code == 0, result.output
     for expected in (
         "the same code used twice is refused: error: replay",
         "the GP sees 1 document; the lithium level (PSY) does not appear at all",
         "asking for the lithium level by its id: error: not-found",
-        "refused: error: revoked",
+        "the specialist read 40 bytes under the delegated grant",
+        "GP: error: revoked",
+        "specialist: error: revoked",
         "Cabinet du Dr Martin: destroyed",
         "Laboratoire Pasteur: retained",
         "Every step behaved as the protocol requires",

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,7 +55,7 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot show {type(value).__name__}")
 
 
-def fail_cleanly(function: Callable[..., Awaitable[T]]) -> Callable[..., None]:
+def fail_cleanly(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., None]:
     """Run an async command; any error the user can act on becomes one line and exit status 1."""
 
     @functools.wraps(function)
@@ -131,7 +131,7 @@ async def _resolve(home: Any, text: str) -> bytes:
         ids = [row[0] for row in await cursor.fetchall()]
     matches = [doc for doc in ids if doc.hex().startswith(text.lower())]
     if len(matches) == 1:
-        return matches[0]
+        return bytes(matches[0])
     if len(text) == 64:
         return _doc_id(text)
     from fedrecord.core.errors import Code, RemoteProtocolError
@@ -260,7 +260,7 @@ async def inbox(ctx: Context) -> None:
     home = await _open(ctx, "patient")
     try:
         patient = PatientNode(home)
-        items = []
+        items: list[dict[str, Any]] = []
         for item in await patient.inbox():
             seeing = await patient.grants_that_would_see(item.doc, now=int(time.time()))
             items.append(
@@ -490,7 +490,7 @@ async def attestations(ctx: Context, doc: str) -> None:
     try:
         patient = PatientNode(home)
         doc_id = _doc_id(doc) if len(doc) == 64 else await _resolve(home, doc)
-        found = [
+        found: list[dict[str, Any]] = [
             {
                 "node": a.signer,
                 "name": await patient.peer_name(a.signer),
@@ -522,7 +522,7 @@ async def audit(ctx: Context, verify: bool) -> None:
     home = await _open(ctx, "patient")
     try:
         patient = PatientNode(home)
-        entries = [
+        entries: list[dict[str, Any]] = [
             {
                 "seq": e.seq,
                 "reader": e.reader,
@@ -730,6 +730,41 @@ async def _listed(clinic: Any, patient: str, prefix: str, now: int) -> bytes:
     if len(matches) != 1:
         raise RemoteProtocolError(Code.NOT_FOUND, f"no single document you may fetch starts with {prefix!r}")
     return bytes(matches[0])
+
+
+@main.command()
+@click.option("--patient", required=True, help="The patient whose grant you pass on.")
+@click.option("--to", "audience", required=True, help="The did:key of the node you delegate to.")
+@click.option("--to-endpoint", required=True, help="That node's URL.")
+@click.option("--category", "categories", multiple=True, help="Narrow to these categories.")
+@click.option("--days", default=30, show_default=True, type=int, help="Days (never beyond your own grant).")
+@pass_context
+@fail_cleanly
+async def delegate(
+    ctx: Context, patient: str, audience: str, to_endpoint: str, categories: tuple[str, ...], days: int
+) -> None:
+    """Clinic: pass a narrower read grant to another node, if the patient allowed delegation (US-9)."""
+    from fedrecord.node.clinic import ClinicNode
+
+    home = await _open(ctx, "clinic")
+    clinic = ClinicNode(home)
+    try:
+        await clinic.poll(patient, now=int(time.time()))
+        child = await clinic.delegate(
+            patient,
+            to=audience,
+            to_endpoint=to_endpoint,
+            categories=categories,
+            days=days,
+            now=int(time.time()),
+        )
+        ctx.emit(
+            {"grant": child.id, "expires": child.record.exp},
+            f"delegated {child.id.hex()[:16]} to {audience[:32]}... until {_date(child.record.exp)}",
+        )
+    finally:
+        await clinic.client.close()
+        await home.close()
 
 
 @main.command()

@@ -62,7 +62,9 @@ class Node:
 
     def run(self, *args: str, expect_error: str | None = None) -> Any:
         command = [sys.executable, "-m", "fedrecord", "--json", *args]
-        done = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            command, env=self.env(), capture_output=True, text=True, timeout=120, check=False
+        )
         if expect_error is not None:
             if done.returncode == 0 or expect_error not in done.stderr:
                 raise DemoFailed(
@@ -111,14 +113,15 @@ def run_demo(*, keep: bool = False, say: Callable[[str], None] = print) -> None:
     patient = Node(root, "patient", "patient", "Camille (patient)")
     gp = Node(root, "gp", "clinic", "Cabinet du Dr Martin")
     lab = Node(root, "lab", "clinic", "Laboratoire Pasteur")
-    nodes = (patient, gp, lab)
+    specialist = Node(root, "specialist", "clinic", "Dr Durand, hématologue")
+    nodes = (patient, gp, lab, specialist)
     started = time.monotonic()
     try:
-        say(f"Three nodes, each a separate process with its own database under {root}:")
+        say(f"Four nodes, each a separate process with its own database under {root}:")
         for node in nodes:
             node.start(root / f"{node.name}.log")
             say(f"  {node.display:24} {node.role:8} {node.url}  {node.did[:40]}...")
-        _story(patient, gp, lab, root, say)
+        _story(patient, gp, lab, specialist, root, say)
         say(f"Every step behaved as the protocol requires ({time.monotonic() - started:.1f} s).")
         if keep:
             say(
@@ -135,7 +138,9 @@ def run_demo(*, keep: bool = False, say: Callable[[str], None] = print) -> None:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _story(patient: Node, gp: Node, lab: Node, root: Path, say: Callable[[str], None]) -> None:
+def _story(
+    patient: Node, gp: Node, lab: Node, specialist: Node, root: Path, say: Callable[[str], None]
+) -> None:
     def step(text: str) -> None:
         say("")
         say(text)
@@ -189,6 +194,7 @@ def _story(patient: Node, gp: Node, lab: Node, root: Path, say: Callable[[str], 
     say("   and privately keeps mental health (PSY) and sexual health (SEX) from this grant (US-4, US-6).")
     grant = patient.run(
         "grant",
+        "--delegate",
         "--to",
         gp.did,
         "--category",
@@ -228,15 +234,49 @@ def _story(patient: Node, gp: Node, lab: Node, root: Path, say: Callable[[str], 
         f"{audit['verified']['message']}"
     )
 
-    step("7. The patient revokes the grant; the GP's next read is refused (US-5).")
+    step("7. The GP passes a narrower, shorter grant to a specialist; the chain is checked (US-9).")
+    gp.run(
+        "delegate",
+        "--patient",
+        patient.did,
+        "--to",
+        specialist.did,
+        "--to-endpoint",
+        specialist.url,
+        "--category",
+        "lab",
+        "--days",
+        "7",
+    )
+    seen = specialist.run(
+        "get",
+        docs["Complete blood count"],
+        "--patient",
+        patient.did,
+        "--out",
+        str(root / "specialist-copy.txt"),
+    )
+    expect(
+        seen["size"] == len(RESULTS["cbc.txt"][3]), "the specialist read the result through the GP's grant"
+    )
+    say(f"   the specialist read {seen['size']} bytes under the delegated grant")
+
+    step("8. The patient revokes the GP's grant: the GP and the specialist are refused (US-5, US-9).")
     patient.run("revoke", grant["grant"])
     refused = gp.run("get", docs["Complete blood count"], "--patient", patient.did, expect_error="revoked")
+    specialist.run("poll")
+    also = specialist.run(
+        "get", docs["Complete blood count"], "--patient", patient.did, expect_error="revoked"
+    )
     gp.run("poll")
-    held = gp.run("ls")
-    expect(not any(item["state"] == "shared" for item in held), "the GP destroyed the copy it held")
-    say(f"   refused: {refused}; the GP's node destroyed its copy and key")
+    for clinic in (gp, specialist):
+        held = clinic.run("ls")
+        expect(not any(item["state"] == "shared" for item in held), f"{clinic.display} destroyed its copy")
+    say(f"   GP: {refused}")
+    say(f"   specialist: {also}")
+    say("   both nodes destroyed the copies and keys they held")
 
-    step("8. The patient deletes the blood count; each node attests (US-7).")
+    step("9. The patient deletes the blood count; each node attests (US-7).")
     patient.run("delete", docs["Complete blood count"], "--yes")
     for clinic in (gp, lab):
         clinic.run("poll")
@@ -249,7 +289,9 @@ def _story(patient: Node, gp: Node, lab: Node, root: Path, say: Callable[[str], 
     for name, outcome in outcomes.items():
         say(f"   {name}: {outcome}")
 
-    step("9. The audit log, verified once more.")
+    step("10. The audit log, verified once more.")
     final = patient.run("audit", "--verify")
-    expect(final["verified"]["ok"], "the audit chain verifies")
+    expect(
+        final["verified"]["ok"] and final["verified"]["entries"] == 2, "two reads, the audit chain verifies"
+    )
     say(f"   {final['verified']['message']} ({final['verified']['entries']} entries)")

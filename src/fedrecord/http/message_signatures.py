@@ -599,19 +599,20 @@ def _parse_signature(fields: Mapping[str, str], parameter_names: frozenset[str])
     signature_value, signature_params = signatures[LABEL]
     if type(signature_value) is not bytes or signature_params:
         raise RemoteProtocolError(Code.MALFORMED, "a Signature member is a byte sequence")
+    # Form first (malformed), then the profile (bad-signature).
     for name, value in params.items():
         expected_type = int if name in _INTEGER_PARAMETERS else str
         if name in parameter_names and type(value) is not expected_type:
             raise RemoteProtocolError(Code.MALFORMED, f"signature parameter {name} has the wrong type")
+        if name in _INTEGER_PARAMETERS and name in parameter_names and value < 0:
+            raise RemoteProtocolError(Code.MALFORMED, "signature times are non-negative")
+    if "nonce" in parameter_names and "nonce" in params and not _NONCE.fullmatch(params["nonce"]):
+        raise RemoteProtocolError(Code.MALFORMED, "a nonce is 22 to 64 base64url characters")
     if set(params) != parameter_names:
         raise AuthenticationError()
-    if "nonce" in params and not _NONCE.fullmatch(params["nonce"]):
-        raise RemoteProtocolError(Code.MALFORMED, "a nonce is 22 to 64 base64url characters")
-    created, expires = params["created"], params["expires"]
-    if created < 0 or expires < 0:
-        raise RemoteProtocolError(Code.MALFORMED, "signature times are non-negative")
     if params["alg"] != ALGORITHM or params["tag"] != TAG:
         raise AuthenticationError()
+    created, expires = params["created"], params["expires"]
     if not 0 < expires - created <= MAX_LIFETIME:
         raise AuthenticationError()
     return _Parsed(components, dict(params), params["keyid"], created, expires)

@@ -54,11 +54,19 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
 
-    def _headers(self, method: str, url: str, body: bytes | None, extra: dict[str, str], *,
-                 streamed: bool = False) -> CIMultiDict[str]:
-        return client_signing_headers(identity=self.identity, method=method, url=url, body=body,
-                                      now=int(time.time()), nonce=b64(os.urandom(16)), headers=extra,
-                                      streamed=streamed)
+    def _headers(
+        self, method: str, url: str, body: bytes | None, extra: dict[str, str], *, streamed: bool = False
+    ) -> CIMultiDict[str]:
+        return client_signing_headers(
+            identity=self.identity,
+            method=method,
+            url=url,
+            body=body,
+            now=int(time.time()),
+            nonce=b64(os.urandom(16)),
+            headers=extra,
+            streamed=streamed,
+        )
 
     async def call(self, method: str, url: str, **fields: Any) -> dict[str, Any]:
         """Send a CBOR body, return the decoded CBOR answer.

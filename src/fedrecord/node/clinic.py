@@ -33,6 +33,7 @@ from fedrecord.core import (
     Signed,
     StateHead,
     Tombstone,
+    cbor,
     open_record,
     sign_record,
 )
@@ -113,7 +114,7 @@ class ClinicNode:
         return {
             "endpoint": row[0],
             "profile": open_record(row[1], NodeProfile),
-            "deposit_grant": open_record(row[2], Grant),
+            "deposit_grant": open_record(row[2], Grant) if row[2] is not None else None,
             "head_seq": row[3],
         }
 
@@ -285,72 +286,189 @@ class ClinicNode:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def grants_from(self, patient: str, *, now: int) -> list[Signed[Grant]]:
-        revoked = {r.record.grant for r in await load_records(self.db, Revocation, signer=patient)}
-        return [
-            grant
+    async def chains_from(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
+        """The live grant chains that let this node read from ``patient``: its own grants, then delegations."""
+        revoked = {r.record.grant for r in await load_records(self.db, Revocation)}
+        chains = [
+            [grant]
             for grant in await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
-            if Action.READ in grant.record.actions and now < grant.record.exp and grant.id not in revoked
         ]
+        async with self.db.execute("SELECT chain FROM delegations WHERE patient = ?", (patient,)) as cursor:
+            for (encoded,) in await cursor.fetchall():
+                chains.append([open_record(link, Grant) for link in cbor.decode(encoded)])
+        return [
+            chain
+            for chain in chains
+            if Action.READ in chain[-1].record.actions
+            and all(now < link.record.exp and link.id not in revoked for link in chain)
+        ]
+
+    async def grants_from(self, patient: str, *, now: int) -> list[Signed[Grant]]:
+        """The last link of each live chain from ``patient``."""
+        return [chain[-1] for chain in await self.chains_from(patient, now=now)]
 
     async def listing(self, patient: str, *, now: int) -> list[dict[str, Any]]:
         """What this node may fetch from ``patient``, under each of its read grants."""
         connection = await self._connection(patient)
         result = []
-        for grant in await self.grants_from(patient, now=now):
+        for chain in await self.chains_from(patient, now=now):
             answer = await self.client.call(
-                "POST", f"{connection['endpoint']}/v0/list", chain=[grant.encoded]
+                "POST",
+                f"{connection['endpoint']}/v0/list",
+                chain=[link.encoded for link in chain],
+                profile=self.home.profile.encoded,
             )
             for item in answer["documents"]:
-                result.append({**item, "grant": grant.id})
+                result.append({**item, "grant": chain[-1].id})
         return result
 
-    async def fetch(self, patient: str, doc: bytes, *, now: int, purpose: str = "treatment") -> bytes:
+    async def fetch(self, patient: str, doc: bytes, *, now: int) -> bytes:
         """Fetch, verify and decrypt a document under a grant; the signed request is the receipt (US-4, US-8).
 
         Raises:
             RemoteProtocolError: ``not-found`` when no grant reaches it, or the patient node's refusal.
         """
         connection = await self._connection(patient)
-        grants = await self.grants_from(patient, now=now)
-        if not grants:
+        chains = await self.chains_from(patient, now=now)
+        if not chains:
             ever = await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
-            if any(Action.READ in g.record.actions for g in ever):
+            async with self.db.execute(
+                "SELECT count(*) FROM delegations WHERE patient = ?", (patient,)
+            ) as cur:
+                delegated = await cur.fetchone()
+            if any(Action.READ in g.record.actions for g in ever) or (delegated and delegated[0]):
                 raise RemoteProtocolError(Code.REVOKED, "the patient's grant was revoked or has expired")
             raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
         last_error: RemoteProtocolError | None = None
-        for grant in grants:
+        for chain in chains:
+            leaf = chain[-1]
             receipt = sign_record(
                 AccessReceipt(
                     patient=patient,
                     doc=doc,
-                    grant=grant.id,
+                    grant=leaf.id,
                     action="read",
-                    purpose=grant.record.purpose,
+                    purpose=leaf.record.purpose,
                     iat=now,
                     nonce=os.urandom(16),
                 ),
                 self.home.identity,
             )
             try:
-                return await self._fetch_under(connection, patient, doc, grant, receipt, now=now)
+                return await self._fetch_under(connection, patient, doc, chain, receipt, now=now)
             except RemoteProtocolError as exc:
                 last_error = exc
         assert last_error is not None
         raise last_error
+
+    async def delegate(
+        self, patient: str, *, to: str, to_endpoint: str, categories: Sequence[str] = (), days: int, now: int
+    ) -> Signed[Grant]:
+        """Pass a narrower grant to another node, when the patient's grant allows it (US-9).
+
+        The child keeps the parent's scope (narrowed to ``categories`` when
+        given), reads only, and ends no later than its parent; the chain is
+        sent to the delegate, which uses it against the patient's node.
+
+        Raises:
+            RemoteProtocolError: ``not-delegable`` when no live grant allows delegation.
+        """
+        from fedrecord.core import Scope
+
+        parents = [
+            c for c in await self.chains_from(patient, now=now) if Action.DELEGATE in c[-1].record.actions
+        ]
+        if not parents:
+            raise RemoteProtocolError(Code.NOT_DELEGABLE, "no live grant from this patient allows delegation")
+        chain = parents[0]
+        parent = chain[-1].record
+        scope = parent.scope
+        if categories:
+            scope = Scope(
+                ids=scope.ids,
+                categories=tuple(categories),
+                labels=scope.labels,
+                since=scope.since,
+                until=scope.until,
+                past=scope.past,
+                future=scope.future,
+            )
+        child = sign_record(
+            Grant(
+                audience=to,
+                scope=scope,
+                actions=(Action.READ.value,),
+                purpose=parent.purpose,
+                iat=now,
+                nbf=max(now, parent.nbf),
+                exp=min(parent.exp, now + days * 86_400),
+                parent=chain[-1].id,
+                nonce=os.urandom(16),
+            ),
+            self.home.identity,
+        )
+        connection = await self._connection(patient)
+        full_chain = [*chain, child]
+        await self.client.call(
+            "POST",
+            f"{to_endpoint.rstrip('/')}/v0/grants",
+            patient=patient,
+            endpoint=connection["endpoint"],
+            profile=connection["profile"].encoded,
+            chain=[link.encoded for link in full_chain],
+        )
+        async with transaction(self.db):
+            await store_record(self.db, child, now=now, subject=to.encode())
+        return child
+
+    async def receive_delegation(
+        self, requester: str, *, patient: str, endpoint: str, profile: bytes, chain: Sequence[bytes], now: int
+    ) -> Signed[Grant]:
+        """Keep a chain delegated to this node, after checking it as the patient's node will (US-9)."""
+        from fedrecord.core import decide
+
+        links = [open_record(link, Grant) for link in chain]
+        patient_profile = open_record(profile, NodeProfile)
+        if patient_profile.signer != patient:
+            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the profile is not the patient's")
+        if len(links) < 2 or links[-1].signer != requester:
+            raise RemoteProtocolError(
+                Code.BROKEN_CHAIN, "a delegation ends with a grant issued by its sender"
+            )
+        verdict = decide(links, patient=patient, requester=self.home.did, action=Action.READ, now=now)
+        if not verdict.allowed:
+            assert verdict.reason is not None
+            raise RemoteProtocolError(verdict.reason, verdict.message)
+        async with transaction(self.db):
+            await self.db.execute(
+                "INSERT INTO connections (patient, endpoint, profile) VALUES (?, ?, ?) ON CONFLICT (patient)"
+                " DO UPDATE SET endpoint = excluded.endpoint, profile = excluded.profile",
+                (patient, endpoint, patient_profile.encoded),
+            )
+            await self.db.execute(
+                "INSERT OR REPLACE INTO delegations (leaf, patient, chain) VALUES (?, ?, ?)",
+                (links[-1].id, patient, cbor.encode(list(chain))),
+            )
+            for link in links:
+                await store_record(self.db, link, now=now, subject=link.record.audience.encode())
+        return links[-1]
 
     async def _fetch_under(
         self,
         connection: dict[str, Any],
         patient: str,
         doc: bytes,
-        grant: Signed[Grant],
+        chain: list[Signed[Grant]],
         receipt: Signed[AccessReceipt],
         *,
         now: int,
     ) -> bytes:
+        grant = chain[-1]
         headers, body, response = await self.client.download(
-            f"{connection['endpoint']}/v0/fetch", chain=[grant.encoded], receipt=receipt.encoded
+            f"{connection['endpoint']}/v0/fetch",
+            chain=[link.encoded for link in chain],
+            receipt=receipt.encoded,
+            profile=self.home.profile.encoded,
         )
         try:
             wrap = open_record(unb64(headers["Fedrecord-Key-Wrap"]), KeyWrap)
@@ -454,7 +572,7 @@ class ClinicNode:
         grants = [open_record(g, Grant) for g in answer["grants"]]
         revocations = [open_record(r, Revocation) for r in answer["revocations"]]
         tombstones = [open_record(t, Tombstone) for t in answer["tombstones"]]
-        revoked = {r.record.grant for r in revocations if r.signer == patient}
+        revoked = {r.record.grant for r in revocations}
         destroyed = attested = 0
         async with transaction(self.db):
             for grant in grants:
@@ -470,7 +588,15 @@ class ClinicNode:
                 "SELECT id, grant_id FROM documents WHERE patient = ? AND state = 'shared'", (patient,)
             ) as cursor:
                 shared = await cursor.fetchall()
-            doomed = [doc for doc, grant_id in shared if grant_id in revoked]
+            async with self.db.execute(
+                "SELECT leaf, chain FROM delegations WHERE patient = ?", (patient,)
+            ) as cur:
+                chain_ids = {
+                    leaf: {open_record(link, Grant).id for link in cbor.decode(chain)}
+                    for leaf, chain in await cur.fetchall()
+                }
+            # A copy dies with any grant up its chain (US-9: revoking the parent kills the child).
+            doomed = [doc for doc, grant_id in shared if chain_ids.get(grant_id, {grant_id}) & revoked]
             for doc in doomed:
                 await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
             destroyed += len(doomed)

@@ -592,7 +592,13 @@ class PatientNode:
         return listing
 
     async def fetch(
-        self, requester: str, chain: Sequence[bytes], receipt: bytes, *, now: int
+        self,
+        requester: str,
+        chain: Sequence[bytes],
+        receipt: bytes,
+        *,
+        now: int,
+        offered_profile: bytes | None = None,
     ) -> tuple[Signed[KeyWrap], int, AsyncIterator[bytes]]:
         """Serve a document under a grant: the receipt is committed to the audit log before any byte (US-8).
 
@@ -617,6 +623,15 @@ class PatientNode:
             assert verdict.reason is not None
             raise RemoteProtocolError(verdict.reason, verdict.message)
         profile = await self.peer_profile(requester)
+        if offered_profile is not None:
+            # A delegate is not a connected peer: it shows its signed profile with the request (US-9).
+            offered = open_record(offered_profile, NodeProfile)
+            if offered.signer != requester:
+                raise RemoteProtocolError(Code.BAD_SIGNATURE, "the profile is not the requester's")
+            if profile is None or offered.record.seq >= profile.record.seq:
+                profile = offered
+                async with transaction(self.db):
+                    await self._remember_peer(offered)
         reader_key = profile.record.encryption_key_at(now) if profile else None
         if reader_key is None:
             raise RemoteProtocolError(Code.BAD_KEY, "no encryption key known for the reader")

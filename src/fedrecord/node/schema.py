@@ -33,8 +33,10 @@ MIGRATIONS = (
             " purpose TEXT NOT NULL, at INTEGER NOT NULL, prev_hash BLOB NOT NULL, entry_hash BLOB NOT NULL,"
             " countersignature BLOB NOT NULL)",
             "CREATE TABLE connections (patient TEXT PRIMARY KEY, endpoint TEXT NOT NULL, profile BLOB NOT NULL,"
-            " deposit_grant BLOB NOT NULL, head_seq INTEGER NOT NULL DEFAULT -1, head BLOB,"
+            " deposit_grant BLOB, head_seq INTEGER NOT NULL DEFAULT -1, head BLOB,"
             " polled INTEGER NOT NULL DEFAULT 0)",
+            # Grant chains delegated to this node (US-9): root first, the last link addressed to us.
+            "CREATE TABLE delegations (leaf BLOB PRIMARY KEY, patient TEXT NOT NULL, chain BLOB NOT NULL)",
             "CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL,"
             " payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL,"
             " last_error TEXT, done INTEGER NOT NULL DEFAULT 0)",
@@ -42,4 +44,15 @@ MIGRATIONS = (
     ),
 )
 
-TABLES = ("meta", "records", "nonces", "peers", "invitations", "documents", "audit", "connections", "outbox")
+TABLES = (
+    "meta",
+    "records",
+    "nonces",
+    "peers",
+    "invitations",
+    "documents",
+    "audit",
+    "connections",
+    "delegations",
+    "outbox",
+)

@@ -100,8 +100,9 @@ async def signed_body(request: web.Request, *required: str) -> tuple[str, dict[s
     """Verify the request's signature and nonce, then decode its CBOR body: (signer, body)."""
     data = await read_capped(request)
     home = request.app[HOME]
-    check = await verified(request, data, now=int(time.time()), nonces=DatabaseNonces(home),
-                           authorities=authorities(home))
+    check = await verified(
+        request, data, now=int(time.time()), nonces=DatabaseNonces(home), authorities=authorities(home)
+    )
     return check.signer, decode_body(data, *required)
 
 
@@ -133,8 +134,9 @@ async def deposit(request: web.Request) -> web.Response:
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise RemoteProtocolError(Code.MALFORMED, "compressed request bodies are refused")
     home = request.app[HOME]
-    check = await verified(request, None, now=int(time.time()), nonces=DatabaseNonces(home),
-                           authorities=authorities(home))
+    check = await verified(
+        request, None, now=int(time.time()), nonces=DatabaseNonces(home), authorities=authorities(home)
+    )
     if not check.streamed:
         raise RemoteProtocolError(Code.MALFORMED, "a document body is signed as a stream")
     try:
@@ -167,8 +169,11 @@ async def listing(request: web.Request) -> web.Response:
 
 async def fetch(request: web.Request) -> web.StreamResponse:
     signer, body = await signed_body(request, "chain", "receipt")
+    profile = body.get("profile")
+    if profile is not None and type(profile) is not bytes:
+        raise RemoteProtocolError(Code.MALFORMED, "profile is an encoded node profile")
     wrap, size, chunks = await request.app[PATIENT].fetch(
-        signer, _chain(body), body["receipt"], now=int(time.time())
+        signer, _chain(body), body["receipt"], now=int(time.time()), offered_profile=profile
     )
     response = web.StreamResponse(
         headers={"Fedrecord-Key-Wrap": b64(wrap.encoded), "Content-Type": "application/octet-stream"}
@@ -203,6 +208,24 @@ async def decision(request: web.Request) -> web.Response:
     return cbor_response(201, status="stored")
 
 
+async def delegation(request: web.Request) -> web.Response:
+    signer, body = await signed_body(request, "patient", "endpoint", "profile", "chain")
+    if (
+        not all(type(body[key]) is str for key in ("patient", "endpoint"))
+        or type(body["profile"]) is not bytes
+    ):
+        raise RemoteProtocolError(Code.MALFORMED, "patient, endpoint and profile have the wrong types")
+    leaf = await request.app[CLINIC].receive_delegation(
+        signer,
+        patient=body["patient"],
+        endpoint=body["endpoint"],
+        profile=body["profile"],
+        chain=_chain(body),
+        now=int(time.time()),
+    )
+    return cbor_response(201, grant=leaf.id)
+
+
 def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Application:
     """The aiohttp application of one node (patient or clinic routes by its role)."""
     app = web.Application(middlewares=[errors_as_cbor], client_max_size=MAX_BODY)
@@ -220,4 +243,5 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
     else:
         app[CLINIC] = clinic or ClinicNode(home)
         app.router.add_post("/v0/decisions", decision)
+        app.router.add_post("/v0/grants", delegation)
     return app
