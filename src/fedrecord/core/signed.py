@@ -83,7 +83,7 @@ def open_record(data: bytes, expected: type[R], *, max_size: int = cbor.MAX_RECO
             ``bad-key``, ``unsupported-version``, ``invalid-record``).
         AuthenticationError: ``bad-signature``.
     """
-    data = data if type(data) is bytes else bytes(data)
+    data = _as_bytes(data)
     typ, signer, payload, to_be_signed = _verified_parts(data, max_size)
     if typ != expected.TYPE:
         raise RemoteProtocolError(Code.WRONG_TYPE, f"expected {expected.TYPE.value}, got {typ!r}")
@@ -96,13 +96,23 @@ def open_any_record(data: bytes, *, max_size: int = cbor.MAX_RECORD_SIZE) -> Sig
     Raises:
         RemoteProtocolError: as :func:`open_record`; ``wrong-type`` for an unknown type.
     """
-    data = data if type(data) is bytes else bytes(data)
+    data = _as_bytes(data)
     typ, signer, payload, to_be_signed = _verified_parts(data, max_size)
     try:
         cls = RECORD_CLASSES[RecordType(typ)]
     except ValueError:
         raise RemoteProtocolError(Code.WRONG_TYPE, f"unknown record type {typ!r}") from None
     return _finish(cls, signer, payload, to_be_signed, data)
+
+
+def _as_bytes(data: object) -> bytes:
+    # A record comes from a peer's CBOR field, which may hold any type: bytes(5) would be five zero
+    # bytes, bytes(2**40) a huge allocation, bytes("x") a TypeError (a 500 in a server).
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise RemoteProtocolError(Code.MALFORMED, "a signed record is a byte string")
 
 
 def _verified_parts(data: bytes, max_size: int) -> tuple[Any, str, bytes, bytes]:

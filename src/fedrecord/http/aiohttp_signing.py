@@ -50,6 +50,7 @@ __all__ = [
     "target_uri",
     "verified",
     "signed_response",
+    "was_verified",
 ]
 
 # Signed answers are small CBOR bodies read whole; documents travel as streams.
@@ -80,7 +81,7 @@ def target_uri(request: web.Request, *, authorities: Collection[str]) -> str:
     if len(hosts) != 1:
         raise AuthenticationError()
     host = hosts[0]
-    scheme = request.url.scheme
+    scheme = request.scheme  # not request.url: it parses the Host header and raises on a bad port
     if _authority(host, scheme) not in {_authority(name, scheme) for name in authorities}:
         raise AuthenticationError()
     target = request.raw_path
@@ -126,6 +127,11 @@ async def verified(
         raise RemoteProtocolError(Code.REPLAY, "request nonce seen before")
     request[_TARGET_URI] = url
     return result
+
+
+def was_verified(request: web.Request) -> bool:
+    """Whether ``request`` passed :func:`verified` (and so may get a signed answer)."""
+    return request.get(_TARGET_URI) is not None
 
 
 def signed_response(

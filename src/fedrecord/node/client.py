@@ -18,10 +18,11 @@ import aiohttp
 from multidict import CIMultiDict
 
 from fedrecord.core import SigningIdentity
-from fedrecord.core.errors import RemoteProtocolError
-from fedrecord.http.aiohttp_signing import client_signing_headers
+from fedrecord.core.errors import Code, RemoteProtocolError
+from fedrecord.http.aiohttp_signing import client_signing_headers, signed_target_uri
+from fedrecord.http.message_signatures import verify_response
 
-from .wire import CBOR_TYPE, decode_body, read_error
+from .wire import CBOR_TYPE, MAX_BODY, decode_body, encode_body, read_error
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
 
@@ -68,25 +69,44 @@ class PeerClient:
             streamed=streamed,
         )
 
-    async def call(self, method: str, url: str, **fields: Any) -> dict[str, Any]:
+    async def call(
+        self, method: str, url: str, *, expected_signer: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """Send a CBOR body, return the decoded CBOR answer.
+
+        Args:
+            expected_signer: the did of the node addressed; its answer (or
+                refusal) must carry its signature bound to this request.
 
         Raises:
             PeerUnreachable: no answer.
-            RemoteProtocolError: the peer's refusal, with its code.
+            RemoteProtocolError: the peer's refusal, with its code, or
+                ``bad-signature`` when the answer is not signed by ``expected_signer``.
         """
-        from .wire import encode_body
-
         body = encode_body(**fields)
         headers = self._headers(method, url, body, {"Content-Type": CBOR_TYPE})
         session = await self.session()
         try:
             async with session.request(method, url, data=body, headers=headers) as response:
-                data = await response.read()
-                if response.status >= 300:
-                    raise read_error(data, response.status)
+                data = await response.content.read(MAX_BODY + 1)
+                if len(data) > MAX_BODY:
+                    raise RemoteProtocolError(Code.TOO_LARGE, "the answer is over the cap")
+                status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        if expected_signer is not None:
+            verify_response(
+                expected_signer=expected_signer,
+                status=status,
+                headers=answer_headers,
+                body=data,
+                request_method=method,
+                request_url=signed_target_uri(url)[2],
+                request_headers=dict(headers),
+                now=int(time.time()),
+            )
+        if status >= 300:
+            raise read_error(data, status)
         return decode_body(data)
 
     async def upload(self, url: str, chunks: AsyncIterable[bytes], headers: dict[str, str]) -> dict[str, Any]:
@@ -108,8 +128,6 @@ class PeerClient:
         self, url: str, **fields: Any
     ) -> tuple[dict[str, str], AsyncIterator[bytes], aiohttp.ClientResponse]:
         """POST a CBOR body and return the answer's headers and streamed body (caller releases the response)."""
-        from .wire import encode_body
-
         body = encode_body(**fields)
         headers = self._headers("POST", url, body, {"Content-Type": CBOR_TYPE})
         session = await self.session()

@@ -78,6 +78,7 @@ class ClinicNode:
         answer = await self.client.call(
             "POST",
             f"{invitation.endpoint}/v0/connect",
+            expected_signer=invitation.node,
             token=invitation.token,
             profile=self.home.profile.encoded,
         )
@@ -251,7 +252,12 @@ class ClinicNode:
                 {"Fedrecord-Deposit": b64(payload)},
             )
         elif kind == "attestation":
-            await self.client.call("POST", f"{connection['endpoint']}/v0/attestations", attestation=payload)
+            await self.client.call(
+                "POST",
+                f"{connection['endpoint']}/v0/attestations",
+                expected_signer=target,
+                attestation=payload,
+            )
 
     async def outbox(self) -> list[dict[str, Any]]:
         async with self.db.execute(
@@ -315,6 +321,7 @@ class ClinicNode:
             answer = await self.client.call(
                 "POST",
                 f"{connection['endpoint']}/v0/list",
+                expected_signer=patient,
                 chain=[link.encoded for link in chain],
                 profile=self.home.profile.encoded,
             )
@@ -412,6 +419,7 @@ class ClinicNode:
         await self.client.call(
             "POST",
             f"{to_endpoint.rstrip('/')}/v0/grants",
+            expected_signer=to,
             patient=patient,
             endpoint=connection["endpoint"],
             profile=connection["profile"].encoded,
@@ -561,7 +569,7 @@ class ClinicNode:
                 before (nothing is applied), the record codes for bad records.
         """
         connection = await self._connection(patient)
-        answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state")
+        answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state", expected_signer=patient)
         head = open_record(answer["head"], StateHead)
         if head.signer != patient:
             raise RemoteProtocolError(Code.BAD_SIGNATURE, "the state head is not the patient's")

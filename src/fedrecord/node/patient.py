@@ -118,6 +118,8 @@ class PatientNode:
         clinic = open_record(profile, NodeProfile)
         if clinic.signer != requester:
             raise RemoteProtocolError(Code.BAD_SIGNATURE, "the profile is not the requester's")
+        if type(token) is not bytes:
+            raise RemoteProtocolError(Code.MALFORMED, "an invitation token is a byte string")
         token_hash = hashlib.sha256(token).digest()
         async with transaction(self.db):
             async with self.db.execute(
@@ -614,6 +616,11 @@ class PatientNode:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the receipt names another patient")
         if not chain or open_record(chain[-1], Grant).id != request.grant:
             raise RemoteProtocolError(Code.BROKEN_CHAIN, "the receipt does not name the chain's last grant")
+        # Chain refusals first, without the document: they must not depend on whether it exists [CAP-12].
+        chain_verdict = await self._decide(requester, chain, now=now)
+        if not chain_verdict.allowed:
+            assert chain_verdict.reason is not None
+            raise RemoteProtocolError(chain_verdict.reason, chain_verdict.message)
         facts = await self._facts(request.doc)
         hidden = await self._is_hidden(request.doc)
         verdict = await self._decide(requester, chain, now=now, document=facts) if facts else None

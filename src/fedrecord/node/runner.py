@@ -30,14 +30,14 @@ log = logging.getLogger("fedrecord.node")
 async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int) -> None:
     """Send the patient's queued notices (deposit decisions) to the nodes they concern."""
     async with home.db.execute(
-        "SELECT o.id, o.payload, o.attempts, p.endpoint FROM outbox o JOIN peers p ON p.did = o.target"
+        "SELECT o.id, o.payload, o.attempts, p.endpoint, p.did FROM outbox o JOIN peers p ON p.did = o.target"
         " WHERE o.done = 0 AND o.next_at <= ? AND o.kind = 'decision'",
         (now,),
     ) as cursor:
         due = await cursor.fetchall()
-    for item_id, payload, attempts, endpoint in due:
+    for item_id, payload, attempts, endpoint, did in due:
         try:
-            await client.call("POST", f"{endpoint}/v0/decisions", decision=payload)
+            await client.call("POST", f"{endpoint}/v0/decisions", expected_signer=did, decision=payload)
             outcome: tuple[object, ...] = ("UPDATE outbox SET done = 1 WHERE id = ?", (item_id,))
         except PeerUnreachable as exc:
             outcome = (
@@ -74,7 +74,8 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
     client = PeerClient(home.identity)
     clinic = ClinicNode(home, client) if home.config.role == "clinic" else None
     app = make_app(home, clinic=clinic)
-    runner = web.AppRunner(app, access_log=None)
+    # auto_decompress=False: compressed request bodies reach the handlers, which refuse them with a CBOR error.
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, home.config.host, home.config.port)
     await site.start()

@@ -19,7 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
-from fedrecord.http.aiohttp_signing import verified
+from fedrecord.http.aiohttp_signing import signed_response, verified, was_verified
 from fedrecord.storage.sqlite import transaction
 
 from .client import b64, unb64
@@ -64,12 +64,27 @@ def cbor_response(http_status: int = 200, **fields: Any) -> web.Response:
     return web.Response(status=http_status, body=encode_body(**fields), content_type=CBOR_TYPE)
 
 
+def answer(request: web.Request, http_status: int = 200, **fields: Any) -> web.Response:
+    """A CBOR answer, signed by this node and bound to the request when the request was verified."""
+    return _maybe_signed(request, http_status, encode_body(**fields))
+
+
+def _maybe_signed(request: web.Request, http_status: int, body: bytes) -> web.Response:
+    if not was_verified(request):
+        return web.Response(status=http_status, body=body, content_type=CBOR_TYPE)
+    return signed_response(
+        request, identity=request.app[HOME].identity, now=int(time.time()), status=http_status, body=body
+    )
+
+
 @web.middleware
 async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except FedrecordError as error:
-        return web.Response(status=error.status, body=error_body(error), content_type=CBOR_TYPE)
+        # Refusals of authenticated requests (not-found, revoked, ...) are signed too, so a
+        # network attacker cannot forge "this does not exist" or "you are revoked".
+        return _maybe_signed(request, error.status, error_body(error))
     except web.HTTPException as exc:
         code = {413: Code.TOO_LARGE, 404: Code.NOT_FOUND}.get(exc.status, Code.MALFORMED)
         refusal = RemoteProtocolError(code, exc.reason)
@@ -127,7 +142,7 @@ async def connect(request: web.Request) -> web.Response:
     grant = await patient.connect(
         requester=signer, token=body["token"], profile=body["profile"], now=int(time.time())
     )
-    return cbor_response(201, grant=grant.encoded, profile=request.app[HOME].profile.encoded)
+    return answer(request, 201, grant=grant.encoded, profile=request.app[HOME].profile.encoded)
 
 
 async def deposit(request: web.Request) -> web.Response:
@@ -153,18 +168,18 @@ async def deposit(request: web.Request) -> web.Response:
     outcome = await request.app[PATIENT].receive_deposit(
         requester=check.signer, deposit=record, ciphertext=chunks(), now=int(time.time())
     )
-    return cbor_response(201 if outcome == "inbox" else 200, status=outcome)
+    return answer(request, 201 if outcome == "inbox" else 200, status=outcome)
 
 
 async def state(request: web.Request) -> web.Response:
     signer, _body = await signed_body(request)
-    return cbor_response(**await request.app[PATIENT].state_for(signer, now=int(time.time())))
+    return answer(request, **await request.app[PATIENT].state_for(signer, now=int(time.time())))
 
 
 async def listing(request: web.Request) -> web.Response:
     signer, body = await signed_body(request, "chain")
     documents = await request.app[PATIENT].documents_for(signer, _chain(body), now=int(time.time()))
-    return cbor_response(documents=documents)
+    return answer(request, documents=documents)
 
 
 async def fetch(request: web.Request) -> web.StreamResponse:
@@ -189,7 +204,7 @@ async def fetch(request: web.Request) -> web.StreamResponse:
 async def attestation(request: web.Request) -> web.Response:
     signer, body = await signed_body(request, "attestation")
     await request.app[PATIENT].receive_attestation(signer, body["attestation"], now=int(time.time()))
-    return cbor_response(201, status="stored")
+    return answer(request, 201, status="stored")
 
 
 def _chain(body: dict[str, Any]) -> list[bytes]:
@@ -205,7 +220,7 @@ def _chain(body: dict[str, Any]) -> list[bytes]:
 async def decision(request: web.Request) -> web.Response:
     signer, body = await signed_body(request, "decision")
     await request.app[CLINIC].receive_decision(signer, body["decision"], now=int(time.time()))
-    return cbor_response(201, status="stored")
+    return answer(request, 201, status="stored")
 
 
 async def delegation(request: web.Request) -> web.Response:
@@ -223,7 +238,7 @@ async def delegation(request: web.Request) -> web.Response:
         chain=_chain(body),
         now=int(time.time()),
     )
-    return cbor_response(201, grant=leaf.id)
+    return answer(request, 201, grant=leaf.id)
 
 
 def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Application:
