@@ -9,16 +9,18 @@ error is one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 
 from fedrecord import __version__
 
@@ -47,6 +49,30 @@ class Context:
             text()
         else:
             click.echo(text)
+
+
+@contextlib.contextmanager
+def transfer_bar(ctx: Context, description: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A rich progress bar on stderr for a document transfer, when a person is watching."""
+    if ctx.as_json or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
 
 
 def _jsonable(value: Any) -> Any:
@@ -620,7 +646,8 @@ async def deposit(
             media_type=media_type,
             now=now,
         )
-        sent, pending = await clinic.flush_outbox(now=now)
+        with transfer_bar(ctx, "depositing") as progress:
+            sent, pending = await clinic.flush_outbox(now=now, progress=progress)
         state = "delivered to the patient's inbox" if sent else "queued; it will be retried until delivered"
         ctx.emit(
             {"doc": doc, "delivered": bool(sent), "pending": pending}, f"deposit {doc.hex()[:16]} {state}"
@@ -706,7 +733,8 @@ async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> 
                     now = int(time.time())
                     await clinic.poll(patient, now=now)
                     doc_id = _doc_id(doc) if len(doc) == 64 else await _listed(clinic, patient, doc, now)
-                    content = await clinic.fetch(patient, doc_id, now=now)
+                    with transfer_bar(ctx, "fetching") as progress:
+                        content = await clinic.fetch(patient, doc_id, now=now, progress=progress)
             finally:
                 await clinic.client.close()
         if out is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -109,14 +109,24 @@ class PeerClient:
             raise read_error(data, status)
         return decode_body(data)
 
-    async def upload(self, url: str, chunks: AsyncIterable[bytes], headers: dict[str, str]) -> dict[str, Any]:
+    async def upload(
+        self,
+        url: str,
+        chunks: AsyncIterable[bytes],
+        headers: dict[str, str],
+        *,
+        progress: Progress | None = None,
+        total: int | None = None,
+    ) -> dict[str, Any]:
         """Stream a body (a ciphertext); it is authenticated by the records in ``headers``, not by a digest."""
         signed_headers = self._headers(
             "PUT", url, None, {**headers, "Content-Type": "application/octet-stream"}, streamed=True
         )
         session = await self.session()
         try:
-            async with session.put(url, data=_generator(chunks), headers=signed_headers) as response:
+            async with session.put(
+                url, data=counted(chunks, progress, total), headers=signed_headers
+            ) as response:
                 data = await response.read()
                 if response.status >= 300:
                     raise read_error(data, response.status)
@@ -142,8 +152,18 @@ class PeerClient:
         return dict(response.headers), response.content.iter_chunked(1 << 16), response
 
 
-async def _generator(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+Progress = Callable[[int, int | None], None]
+"""Told (bytes so far, total or None) as a transfer moves; the CLI draws a progress bar with it."""
+
+
+async def counted(
+    chunks: AsyncIterable[bytes], progress: Progress | None, total: int | None = None
+) -> AsyncIterator[bytes]:
+    done = 0
     async for chunk in chunks:
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
         yield chunk
 
 

@@ -43,7 +43,7 @@ from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.core.stream import key_commitment
 from fedrecord.storage.sqlite import transaction
 
-from .client import PeerClient, PeerUnreachable, b64, unb64
+from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
 from .home import NodeHome
 from .patient import decrypt_stored
 from .records_table import load_records, store_record
@@ -202,7 +202,9 @@ class ClinicNode:
             )
         return doc
 
-    async def flush_outbox(self, *, now: int | None = None) -> tuple[int, int]:
+    async def flush_outbox(
+        self, *, now: int | None = None, progress: Progress | None = None
+    ) -> tuple[int, int]:
         """Send what is due; returns (sent, still pending).  Unreachable peers are retried with backoff."""
         now = int(time.time()) if now is None else now
         async with self.db.execute(
@@ -213,7 +215,7 @@ class ClinicNode:
         sent = 0
         for item_id, kind, target, payload, attempts in due:
             try:
-                await self._send(kind, target, payload)
+                await self._send(kind, target, payload, progress)
             except PeerUnreachable as exc:
                 delay = min(MAX_BACKOFF, 2**attempts)
                 async with transaction(self.db):
@@ -239,7 +241,7 @@ class ClinicNode:
             row = await cursor.fetchone()
         return sent, int(row[0]) if row else 0
 
-    async def _send(self, kind: str, target: str, payload: bytes) -> None:
+    async def _send(self, kind: str, target: str, payload: bytes, progress: Progress | None = None) -> None:
         connection = await self._connection(target)
         if kind == "deposit":
             deposit = open_record(payload, Deposit)
@@ -250,6 +252,8 @@ class ClinicNode:
                 f"{connection['endpoint']}/v0/documents/{deposit.record.doc.hex()}",
                 chunks,
                 {"Fedrecord-Deposit": b64(payload)},
+                progress=progress,
+                total=deposit.record.size,
             )
         elif kind == "attestation":
             await self.client.call(
@@ -329,7 +333,7 @@ class ClinicNode:
                 result.append({**item, "grant": chain[-1].id})
         return result
 
-    async def fetch(self, patient: str, doc: bytes, *, now: int) -> bytes:
+    async def fetch(self, patient: str, doc: bytes, *, now: int, progress: Progress | None = None) -> bytes:
         """Fetch, verify and decrypt a document under a grant; the signed request is the receipt (US-4, US-8).
 
         Raises:
@@ -362,7 +366,9 @@ class ClinicNode:
                 self.home.identity,
             )
             try:
-                return await self._fetch_under(connection, patient, doc, chain, receipt, now=now)
+                return await self._fetch_under(
+                    connection, patient, doc, chain, receipt, now=now, progress=progress
+                )
             except RemoteProtocolError as exc:
                 last_error = exc
         assert last_error is not None
@@ -470,6 +476,7 @@ class ClinicNode:
         receipt: Signed[AccessReceipt],
         *,
         now: int,
+        progress: Progress | None = None,
     ) -> bytes:
         grant = chain[-1]
         headers, body, response = await self.client.download(
@@ -488,7 +495,12 @@ class ClinicNode:
                     Code.WRAP_MISMATCH, "the key wrap is sealed to a key we do not hold"
                 )
             key = unwrap_key(wrap, recipient=self.home.did, keys=keys, doc=doc).key
-            await self.home.files.put(doc, body, max_size=MAX_DOCUMENT)
+            size = headers.get("Content-Length")
+            await self.home.files.put(
+                doc,
+                counted(body, progress, int(size) if size and size.isdigit() else None),
+                max_size=MAX_DOCUMENT,
+            )
         finally:
             response.release()
         try:
