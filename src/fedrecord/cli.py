@@ -801,6 +801,7 @@ async def delegate(
 @fail_cleanly
 async def poll(ctx: Context, patient: str | None) -> None:
     """Clinic: fetch patients' state now; apply revocations and deletions, send what the outbox holds."""
+    from fedrecord.node.client import PeerUnreachable
     from fedrecord.node.clinic import ClinicNode
 
     home = await _open(ctx, "clinic")
@@ -808,17 +809,23 @@ async def poll(ctx: Context, patient: str | None) -> None:
     try:
         now = int(time.time())
         results = {}
+        unreachable = {}
         for connection in await clinic.connections():
             if patient is None or connection.patient == patient:
-                results[connection.patient] = await clinic.poll(connection.patient, now=now)
+                try:
+                    results[connection.patient] = await clinic.poll(connection.patient, now=now)
+                except PeerUnreachable as exc:
+                    # An offline patient node is normal (US-11): report it, send what can be sent.
+                    unreachable[connection.patient] = str(exc)
         sent, pending = await clinic.flush_outbox(now=now)
         ctx.emit(
-            {"patients": results, "sent": sent, "pending": pending},
+            {"patients": results, "unreachable": unreachable, "sent": sent, "pending": pending},
             "\n".join(
                 f"{p[:32]}...: head {r['seq']}, {r['destroyed']} copies destroyed, "
                 f"{r['attested']} deletions attested"
                 for p, r in results.items()
             )
+            + "".join(f"\n{p[:32]}...: unreachable, will retry" for p in unreachable)
             + f"\noutbox: {sent} sent, {pending} pending",
         )
     finally:

@@ -77,9 +77,10 @@ class Node:
         return json.loads(done.stdout) if done.stdout.strip() else None
 
     def start(self, log: Path) -> None:
-        self.did = self.run("init", "--role", self.role, "--name", self.display, "--port", str(self.port))[
-            "did"
-        ]
+        """Create the node the first time, then run `fedrecord serve` until :meth:`stop`."""
+        if not self.did:
+            created = self.run("init", "--role", self.role, "--name", self.display, "--port", str(self.port))
+            self.did = created["did"]
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "fedrecord", "serve"],

@@ -14,6 +14,10 @@ the directory is fsynced: after ``put`` returns, the file survives a crash,
 and a file at a final path always matches its name.  Every failure (cap,
 mismatch, cancellation, I/O error) removes the temporary file; what a crash
 leaves in ``tmp`` is removed by :meth:`DocumentFiles.sweep_temporary` at start.
+Every upload holds a shared ``flock`` on ``tmp`` from its temporary file's
+creation to its rename, and the sweep needs it exclusive (else it skips), so
+a command opening a home never removes the file of an upload in flight in the
+node serving it; the kernel drops the lock of a killed process.
 
 Memory stays flat: incoming chunks are gathered into blocks of at most
 :data:`WRITE_BLOCK` bytes, which are hashed and written in a worker thread
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
@@ -199,7 +204,7 @@ class DocumentFiles:
         existing = await self.size(doc_id)
         if existing is not None:
             return existing
-        temporary, fd = await _in_thread(self._create_temporary, final.name)
+        temporary, fd, writing = await _in_thread(self._create_temporary, final.name)
         try:
             digest = hashlib.sha256(_DOCUMENT_ID_TAG)
             size = 0
@@ -230,13 +235,21 @@ class DocumentFiles:
         except BaseException:
             await _in_thread(_discard, fd, temporary)
             raise
+        finally:
+            os.close(writing)  # from now on a sweep may clean tmp again
         return size
 
-    def _create_temporary(self, name: str) -> tuple[Path, int]:
+    def _create_temporary(self, name: str) -> tuple[Path, int, int]:
         self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        return temporary, fd
+        writing = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(writing, fcntl.LOCK_SH)
+            temporary = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except BaseException:
+            os.close(writing)
+            raise
+        return temporary, fd, writing
 
     def _commit(self, temporary: Path, final: Path) -> None:
         if final.exists():
@@ -338,13 +351,21 @@ class DocumentFiles:
     def _sweep(self) -> int:
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._tmp.mkdir(mode=0o700, exist_ok=True)
-        removed = 0
-        for entry in os.scandir(self._tmp):
-            if not entry.is_dir(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
+        guard = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # an upload is in flight, here or in another process: its file is no debris
+            removed = 0
+            for entry in os.scandir(self._tmp):
+                if not entry.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+            return removed
+        finally:
+            os.close(guard)
 
 
 def _read_piece(file: BinaryIO, digest: Any) -> bytes:
