@@ -94,6 +94,9 @@ class PeerClient:
                 status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        if status >= 500:
+            # The peer's own trouble (an internal error, a busy database): retry later, never give up.
+            raise PeerUnreachable(f"{url}: HTTP {status}")
         if expected_signer is not None:
             verify_response(
                 expected_signer=expected_signer,
@@ -128,10 +131,13 @@ class PeerClient:
                 url, data=counted(chunks, progress, total), headers=signed_headers
             ) as response:
                 data = await response.read()
-                if response.status >= 300:
-                    raise read_error(data, response.status)
+                status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        if status >= 500:
+            raise PeerUnreachable(f"{url}: HTTP {status}")  # the peer's trouble: the outbox retries
+        if status >= 300:
+            raise read_error(data, status)
         return decode_body(data)
 
     async def download(

@@ -181,7 +181,13 @@ class PatientNode:
     # --- inbox -----------------------------------------------------------------------
 
     async def receive_deposit(
-        self, *, requester: str, deposit: bytes, ciphertext: AsyncIterable[bytes], now: int
+        self,
+        *,
+        requester: str,
+        deposit: bytes,
+        ciphertext: AsyncIterable[bytes],
+        now: int,
+        expected_doc: bytes | None = None,
     ) -> str:
         """A clinic deposits a document into the inbox (US-3).  Returns ``inbox`` or ``known``.
 
@@ -194,6 +200,8 @@ class PatientNode:
             raise RemoteProtocolError(Code.BAD_SIGNATURE, "the deposit is not signed by the requester")
         if record.patient != self.home.did:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the deposit is for another patient")
+        if expected_doc is not None and expected_doc != record.doc:
+            raise RemoteProtocolError(Code.MALFORMED, "the path names another document than the deposit")
         grant = await load_record(self.db, Grant, record.grant)
         if grant is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "unknown deposit grant")

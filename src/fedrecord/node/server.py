@@ -165,8 +165,16 @@ async def deposit(request: web.Request) -> web.Response:
         async for chunk in request.content.iter_chunked(1 << 16):
             yield chunk
 
+    try:
+        url_doc = bytes.fromhex(request.match_info["doc"])
+    except ValueError:
+        raise RemoteProtocolError(Code.MALFORMED, "the document id in the path is hex") from None
     outcome = await request.app[PATIENT].receive_deposit(
-        requester=check.signer, deposit=record, ciphertext=chunks(), now=int(time.time())
+        expected_doc=url_doc,
+        requester=check.signer,
+        deposit=record,
+        ciphertext=chunks(),
+        now=int(time.time()),
     )
     return answer(request, 201 if outcome == "inbox" else 200, status=outcome)
 
