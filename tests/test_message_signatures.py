@@ -1,4 +1,4 @@
-"""Signed node-to-node HTTP messages (spec/http-signatures.md, RFC 9421 profile).
+"""Signed node-to-node HTTP messages (spec/fedrecord.md section 14, RFC 9421 profile).
 
 Unit tests of the pure layer (``fedrecord.http.message_signatures``), a fixed
 vector a second implementation can reproduce, and one end-to-end run over a
@@ -86,7 +86,7 @@ def patched(monkeypatch: pytest.MonkeyPatch, target: object, name: str, value: o
 
 
 # --------------------------------------------------------------------------------------------------
-# Fixed vector (spec/http-signatures.md, "Example").
+# Fixed vector (spec/fedrecord.md section 14, "Example").
 
 VECTOR_SIGNER = SigningIdentity.from_seed(bytes(32))
 VECTOR_DID = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp"

@@ -4,12 +4,21 @@ A requirement is defined by a paragraph that starts with its id in bold, ``**[AR
 level is MUST when the paragraph says MUST, MUST NOT, REQUIRED or SHALL, else SHOULD (or MAY).
 The ids at level MUST are listed in spec/must-requirements.txt: removing one, weakening one or
 adding one fails here until the list is changed too, so such changes are made on purpose.
+
+The spec is one file: the HTTP message signatures (section 14, ``[HTTP-n]``) and the node HTTP
+API (section 15, ``[API-n]``) are sections of it, and code, tests and benchmarks cite their ids
+in brackets like every other id.  The fixed example of section 14.7 is checked against the code.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import pytest
+
+from fedrecord.core import SigningIdentity
+from fedrecord.http.message_signatures import sign_request, sign_response
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "spec" / "fedrecord.md"
@@ -148,3 +157,119 @@ def test_index_lists_every_requirement_with_its_level() -> None:
     index = SPEC.read_text().split(INDEX_HEADING)[1]
     rows = dict(re.findall(rf"^\| \[({ID})\] \| (MUST|SHOULD|MAY) \|", index, flags=re.MULTILINE))
     assert rows == _levels()
+
+
+def test_index_is_in_order_and_counts_its_levels() -> None:
+    """Index rows: areas in the order they first appear in the text, numbers ascending in each."""
+    index = SPEC.read_text().split(INDEX_HEADING)[1]
+    rows = re.findall(rf"^\| \[({ID})\] \| (MUST|SHOULD|MAY) \|", index, flags=re.MULTILINE)
+    areas = list(dict.fromkeys(i.split("-")[0] for i, _level in _definitions()))
+    in_order = sorted(_definitions(), key=lambda d: (areas.index(d[0].split("-")[0]), int(d[0].split("-")[1])))
+    assert rows == in_order
+    musts = sum(1 for _i, level in rows if level == "MUST")
+    stated = re.search(r"(\d+) requirements: (\d+) MUST, (\d+) SHOULD\.", index)
+    assert stated is not None, "the index states how many requirements there are"
+    assert tuple(int(n) for n in stated.groups()) == (len(rows), musts, len(rows) - musts)
+
+
+def _section(number: int) -> str:
+    """The text of ``## <number>. ...`` up to the next top-level heading."""
+    text = SPEC.read_text()
+    start = re.search(rf"^## {number}\. .*$", text, flags=re.MULTILINE)
+    assert start is not None, f"no section {number}"
+    end = re.search(r"^## ", text[start.end() :], flags=re.MULTILINE)
+    return text[start.start() : start.end() + (end.start() if end else len(text))]
+
+
+@pytest.mark.parametrize(
+    ("number", "title", "area"), [(14, "HTTP message signatures", "HTTP"), (15, "Node HTTP API", "API")]
+)
+def test_http_sections_define_their_area(number: int, title: str, area: str) -> None:
+    """Each area of the HTTP API is numbered 1..n in the order of the text of its own section."""
+    section = _section(number)
+    assert section.splitlines()[0] == f"## {number}. {title}"
+    here = DEFINITION.findall(section)
+    everywhere = [i for i, _level in _definitions() if i.startswith(area + "-")]
+    assert here == everywhere == [f"{area}-{n}" for n in range(1, len(here) + 1)]
+    assert len(here) >= (15 if area == "HTTP" else 30)
+
+
+def test_http_signature_ids_keep_their_numbers() -> None:
+    """The ids of the merged draft stay HTTP-1 to HTTP-15, all MUST."""
+    levels = _levels()
+    assert {i: levels[i] for i in levels if i.startswith("HTTP-")} == {f"HTTP-{n}": "MUST" for n in range(1, 16)}
+
+
+def _source_files() -> list[Path]:
+    return sorted(p for folder in ("src", "tests", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+
+
+def test_every_id_cited_in_tests_and_benchmarks_is_defined() -> None:
+    cited = _cited_in([p for p in _source_files() if not p.is_relative_to(ROOT / "src")])
+    undefined = {i: sorted(where) for i, where in cited.items() if i not in _levels()}
+    assert not undefined, f"cited but not defined in the spec: {undefined}"
+
+
+def test_code_cites_ids_in_brackets() -> None:
+    """A bare ``HTTP-7`` escapes the checks above; ``[HTTP-7]`` is checked."""
+    areas = "|".join(sorted({i.split("-")[0] for i in _levels()}))
+    bare = re.compile(rf"(?<![\[\w-])((?:{areas})-\d+)\b(?!\])")
+    found = [
+        f"{path.relative_to(ROOT)}: {match.group(1)}"
+        for path in _source_files()
+        if path.is_relative_to(ROOT / "src")
+        for match in bare.finditer(path.read_text(errors="replace"))
+    ]
+    assert not found, f"requirement ids cited without brackets: {found}"
+
+
+def test_spec_files_named_in_the_code_exist() -> None:
+    """The spec is spec/fedrecord.md and its companions: no citation of a spec file that is not there."""
+    named = re.compile(r"\bspec/[A-Za-z0-9_./-]*[A-Za-z0-9_]")
+    missing = sorted(
+        f"{path.relative_to(ROOT)}: {match.group(0)}"
+        for path in [*sorted((ROOT / "src").rglob("*.py")), SPEC, ROOT / "spec" / "fedrecord.cddl"]
+        for match in named.finditer(path.read_text(errors="replace"))
+        if not (ROOT / match.group(0)).exists()
+    )
+    assert not missing, f"spec files cited but absent: {missing}"
+
+
+def _code_blocks(section: str) -> list[str]:
+    return re.findall(r"^```\n(.*?)\n```$", section, flags=re.MULTILINE | re.DOTALL)
+
+
+def _fields(block: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in block.splitlines())
+
+
+def test_example_of_section_14_7_is_what_the_code_signs() -> None:
+    """The fixed example kept from the merged draft: request and answer fields, byte for byte."""
+    example = _section(14).split("### 14.7 Example")[1]
+    _request_base, request_fields, _answer_base, answer_fields = _code_blocks(example)
+    signer = SigningIdentity.from_seed(bytes(32))
+    assert signer.did in example and signer.public_key.hex() in example
+    url, body = "https://patient.example/v0/inbox", bytes.fromhex("a1617600")
+    request = sign_request(
+        identity=signer,
+        method="POST",
+        url=url,
+        headers={"Content-Type": "application/cbor"},
+        body=body,
+        now=1_790_000_000,
+        nonce="AAECAwQFBgcICQoLDA0ODw",
+        lifetime=60,
+    )
+    assert request == _fields(request_fields)
+    answer = sign_response(
+        identity=signer,
+        status=200,
+        headers={},
+        body=body,
+        request_method="POST",
+        request_url=url,
+        request_signature=request["Signature"],
+        request_signature_input=request["Signature-Input"],
+        now=1_790_000_001,
+    )
+    assert answer == _fields(answer_fields)

@@ -1,4 +1,4 @@
-"""HTTP layer of a fedrecord node: signed node-to-node messages (spec/http-signatures.md).
+"""HTTP layer of a fedrecord node: signed node-to-node messages (spec/fedrecord.md, section 14).
 
 ``message_signatures`` is pure (method, target URI, header mapping and body
 bytes in; headers or a verified result out; ``now`` is an argument) and is

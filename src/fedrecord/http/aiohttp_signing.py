@@ -1,9 +1,9 @@
-"""aiohttp adapters for signed node-to-node messages (spec/http-signatures.md).
+"""aiohttp adapters for signed node-to-node messages (spec/fedrecord.md, section 14).
 
 Thin on purpose: every rule lives in :mod:`fedrecord.http.message_signatures`;
 this module only moves method, URL, header fields and body bytes between
 aiohttp objects and those pure functions, and holds the one stateful step,
-the nonce store call (HTTP-10).
+the nonce store call ([HTTP-10]).
 
 The target URI both sides sign is ``scheme://<Host header><request target>``.
 The client sets ``Host`` itself (to what aiohttp would send) and signs that
@@ -12,7 +12,7 @@ which a TLS-terminating deployment sets with ``request.clone(scheme=...)``),
 the ``Host`` header as received (never ``X-Forwarded-Host`` or ``Forwarded``)
 and the raw request target.  The server also refuses a ``Host`` that is not
 one of its own authorities, so a request signed for one node cannot be
-replayed to another node whose nonce store has not seen it (HTTP-9).
+replayed to another node whose nonce store has not seen it ([HTTP-9]).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ async def verified(
     authorities: Collection[str],
     max_skew: int = DEFAULT_MAX_SKEW,
 ) -> VerifiedRequest:
-    """Verify an incoming request's signature, then spend its nonce (HTTP-7, HTTP-9, HTTP-10).
+    """Verify an incoming request's signature, then spend its nonce ([HTTP-7], [HTTP-9], [HTTP-10]).
 
     Args:
         request: the incoming request.
@@ -145,7 +145,7 @@ def signed_response(
     content_type: str = "application/cbor",
     lifetime: int = DEFAULT_LIFETIME,
 ) -> web.Response:
-    """An answer signed by ``identity`` and bound to ``request`` (HTTP-12).
+    """An answer signed by ``identity`` and bound to ``request`` ([HTTP-12]).
 
     Raises:
         LocalProtocolError: ``bad-signature`` when ``request`` did not pass

@@ -1,8 +1,7 @@
-"""Signed node-to-node HTTP messages: RFC 9421 signatures, fedrecord profile (spec/http-signatures.md).
+"""Signed node-to-node HTTP messages: RFC 9421 signatures, fedrecord profile (spec/fedrecord.md, section 14).
 
-Requirement ids ``HTTP-n`` are those of spec/http-signatures.md; they are cited
-without brackets until that text joins spec/fedrecord.md, the only file the
-requirement-id checker reads.
+Requirement ids ``[HTTP-n]`` are those of section 14 of spec/fedrecord.md,
+"HTTP message signatures".
 
 Theory of operation
 -------------------
@@ -11,7 +10,7 @@ whose covered components and parameters are fixed by the protocol:
 
 * components ``"@method" "@target-uri" "@authority"``, then ``"content-digest"``
   when the request has a (buffered, non-empty) body, or ``"fedrecord-streamed"``
-  when the body is streamed (HTTP-11);
+  when the body is streamed ([HTTP-11]);
 * parameters ``created``, ``keyid`` (the signer's did:key), ``alg="ed25519"``,
   ``expires`` (created + lifetime, at most 300 s), ``nonce`` and
   ``tag="fedrecord/v0"``.
@@ -116,7 +115,7 @@ DEFAULT_LIFETIME: Final = 60
 MAX_LIFETIME: Final = 300
 DEFAULT_MAX_SKEW: Final = 30
 
-# Serialised component identifiers, in signing order (HTTP-4, HTTP-12).
+# Serialised component identifiers, in signing order ([HTTP-4], [HTTP-12]).
 REQUEST_COMPONENTS: Final = ('"@method"', '"@target-uri"', '"@authority"')
 BODY_COMPONENT: Final = '"content-digest"'
 STREAMED_COMPONENT: Final = '"fedrecord-streamed"'
@@ -131,9 +130,9 @@ RESPONSE_COMPONENTS: Final = (
 _REQUEST_PARAMETERS: Final = frozenset({"created", "expires", "nonce", "keyid", "alg", "tag"})
 _RESPONSE_PARAMETERS: Final = frozenset({"created", "expires", "keyid", "alg", "tag"})
 _INTEGER_PARAMETERS: Final = frozenset({"created", "expires"})
-# HTTP-6: base64url text, at least 128 bits when it is 16 random bytes.
+# [HTTP-6]: base64url text, at least 128 bits when it is 16 random bytes.
 _NONCE: Final = re.compile(r"[A-Za-z0-9_-]{22,64}")
-# HTTP-15: signature fields are a few hundred bytes; far larger ones are refused before parsing.
+# [HTTP-15]: signature fields are a few hundred bytes; far larger ones are refused before parsing.
 _MAX_FIELD: Final = 4096
 _SHA256: Final = "sha-256"
 
@@ -144,7 +143,7 @@ class VerifiedRequest:
 
     Attributes:
         signer: the did:key of the node that signed the request.
-        nonce: the signed nonce, to be remembered until ``expires`` (HTTP-10).
+        nonce: the signed nonce, to be remembered until ``expires`` ([HTTP-10]).
         created: the signed creation time.
         expires: the signed expiry time; the nonce store may forget the nonce after it.
         streamed: the request declared a streamed body (``Fedrecord-Streamed: 1``).
@@ -161,7 +160,7 @@ class VerifiedRequest:
 
 
 class NonceStore(Protocol):
-    """Durable memory of request nonces, per signer, for the replay window (HTTP-10)."""
+    """Durable memory of request nonces, per signer, for the replay window ([HTTP-10])."""
 
     async def remember(self, signer: str, nonce: str, expires: int) -> bool:
         """Record ``(signer, nonce)`` until ``expires``; False if it was already recorded.
@@ -182,7 +181,7 @@ def content_digest(body: bytes) -> str:
 
 
 def check_content_digest(headers: Mapping[str, str], body: bytes) -> None:
-    """Check that ``Content-Digest`` is exactly one SHA-256 digest, of ``body`` (HTTP-5).
+    """Check that ``Content-Digest`` is exactly one SHA-256 digest, of ``body`` ([HTTP-5]).
 
     Raises:
         AuthenticationError: ``bad-signature`` when the field is absent,
@@ -218,7 +217,7 @@ def sign_request(
     lifetime: int = DEFAULT_LIFETIME,
     streamed: bool = False,
 ) -> dict[str, str]:
-    """Sign a request as HTTP-3 and HTTP-4 say.
+    """Sign a request as [HTTP-3] and [HTTP-4] say.
 
     Args:
         identity: the signing node.
@@ -272,7 +271,7 @@ def verify_request(
     now: int,
     max_skew: int = DEFAULT_MAX_SKEW,
 ) -> VerifiedRequest:
-    """Verify a request's ``fr`` signature as HTTP-7 says (replay excepted, see HTTP-10).
+    """Verify a request's ``fr`` signature as [HTTP-7] says (replay excepted, see [HTTP-10]).
 
     Args:
         method: the request method as received.
@@ -345,7 +344,7 @@ def sign_response(
     now: int,
     lifetime: int = DEFAULT_LIFETIME,
 ) -> dict[str, str]:
-    """Sign an answer bound to the request it answers (HTTP-12).
+    """Sign an answer bound to the request it answers ([HTTP-12]).
 
     Args:
         identity: the answering node.
@@ -393,7 +392,7 @@ def verify_response(
     now: int,
     max_skew: int = DEFAULT_MAX_SKEW,
 ) -> None:
-    """Verify that ``expected_signer`` signed this answer to this request (HTTP-13).
+    """Verify that ``expected_signer`` signed this answer to this request ([HTTP-13]).
 
     Args:
         expected_signer: the did:key of the node the request was sent to.
@@ -571,7 +570,7 @@ def _parse_dictionary(value: str) -> dict[str, tuple[Any, dict[str, Any]]]:
 
 
 def _parse_signature(fields: Mapping[str, str], parameter_names: frozenset[str]) -> _Parsed:
-    """Read the ``fr`` member of Signature-Input and Signature and check the profile (HTTP-7 steps 1 to 5).
+    """Read the ``fr`` member of Signature-Input and Signature and check the profile ([HTTP-7] steps 1 to 5).
 
     Raises:
         RemoteProtocolError: ``too-large``, ``malformed``.
@@ -619,7 +618,7 @@ def _parse_signature(fields: Mapping[str, str], parameter_names: frozenset[str])
 
 
 def _check_window(parsed: _Parsed, *, now: int, max_skew: int) -> None:
-    """HTTP-8: created <= now + max_skew and now < expires."""
+    """[HTTP-8]: created <= now + max_skew and now < expires."""
     if max_skew < 0:
         raise LocalProtocolError(Code.MALFORMED, "max_skew is not negative")
     if parsed.created > now + max_skew:

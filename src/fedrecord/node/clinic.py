@@ -30,14 +30,17 @@ from fedrecord.core import (
     NodeProfile,
     RemoteProtocolError,
     Revocation,
+    RevocationSet,
     Signed,
     StateHead,
     Tombstone,
     cbor,
+    decide,
     open_record,
     sign_record,
 )
 from fedrecord.core.documents import DocumentReader, DocumentWriter
+from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key
 from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.core.stream import key_commitment
@@ -85,7 +88,7 @@ class ClinicNode:
         grant = open_record(answer["grant"], Grant)
         profile = open_record(answer["profile"], NodeProfile)
         if grant.signer != invitation.node or profile.signer != invitation.node:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the answer is not from the invited patient")
+            raise AuthenticationError()
         if grant.record.audience != self.home.did or Action.DEPOSIT not in grant.record.actions:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the grant is not a deposit grant for this node")
         async with transaction(self.db):
@@ -224,6 +227,15 @@ class ClinicNode:
                         (now + delay, str(exc), item_id),
                     )
                 continue
+            except AuthenticationError as exc:
+                # An answer we cannot authenticate is no answer (a forger must not cancel a deposit).
+                delay = min(MAX_BACKOFF, 2**attempts)
+                async with transaction(self.db):
+                    await self.db.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
+                        (now + delay, f"{exc.code.value}: unauthenticated answer", item_id),
+                    )
+                continue
             except RemoteProtocolError as exc:
                 # Refused for good: keep the reason, stop retrying.
                 async with transaction(self.db):
@@ -284,7 +296,7 @@ class ClinicNode:
     async def receive_decision(self, requester: str, decision: bytes, *, now: int) -> None:
         signed = open_record(decision, DepositDecision)
         if signed.signer != requester:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the decision is not the requester's")
+            raise AuthenticationError()
         async with self.db.execute(
             "SELECT patient FROM documents WHERE id = ? AND state = 'authored'", (signed.record.doc,)
         ) as cursor:
@@ -298,7 +310,7 @@ class ClinicNode:
 
     async def chains_from(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
         """The live grant chains that let this node read from ``patient``: its own grants, then delegations."""
-        revoked = {r.record.grant for r in await load_records(self.db, Revocation)}
+        revocations = RevocationSet.from_records(await load_records(self.db, Revocation))
         chains = [
             [grant]
             for grant in await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
@@ -306,11 +318,19 @@ class ClinicNode:
         async with self.db.execute("SELECT chain FROM delegations WHERE patient = ?", (patient,)) as cursor:
             for (encoded,) in await cursor.fetchall():
                 chains.append([open_record(link, Grant) for link in cbor.decode(encoded)])
+        # The same decision the patient's node makes, without a document: only revocations by an
+        # issuer up the chain count [CAP-7].
         return [
             chain
             for chain in chains
-            if Action.READ in chain[-1].record.actions
-            and all(now < link.record.exp and link.id not in revoked for link in chain)
+            if decide(
+                chain,
+                patient=patient,
+                requester=self.home.did,
+                action=Action.READ,
+                now=now,
+                revocations=revocations,
+            ).allowed
         ]
 
     async def grants_from(self, patient: str, *, now: int) -> list[Signed[Grant]]:
@@ -439,12 +459,10 @@ class ClinicNode:
         self, requester: str, *, patient: str, endpoint: str, profile: bytes, chain: Sequence[bytes], now: int
     ) -> Signed[Grant]:
         """Keep a chain delegated to this node, after checking it as the patient's node will (US-9)."""
-        from fedrecord.core import decide
-
         links = [open_record(link, Grant) for link in chain]
         patient_profile = open_record(profile, NodeProfile)
         if patient_profile.signer != patient:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the profile is not the patient's")
+            raise AuthenticationError()
         if len(links) < 2 or links[-1].signer != requester:
             raise RemoteProtocolError(
                 Code.BROKEN_CHAIN, "a delegation ends with a grant issued by its sender"
@@ -488,7 +506,7 @@ class ClinicNode:
         try:
             wrap = open_record(unb64(headers["Fedrecord-Key-Wrap"]), KeyWrap)
             if wrap.signer != patient:
-                raise RemoteProtocolError(Code.BAD_SIGNATURE, "the key wrap is not the patient's")
+                raise AuthenticationError()
             keys = self.home.keys_for(wrap.record.recipient_key)
             if keys is None:
                 raise RemoteProtocolError(
@@ -534,6 +552,11 @@ class ClinicNode:
             await self._forget_copy(doc)
             raise
         return content
+
+    async def _forget_copy_records(self, doc: bytes) -> None:
+        """Drop a shared copy's row and the key wraps that carried its key.  In a transaction."""
+        await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+        await self.db.execute("DELETE FROM records WHERE typ = ? AND subject = ?", (KeyWrap.TYPE.value, doc))
 
     async def _forget_copy(self, doc: bytes) -> None:
         async with self.db.execute("SELECT state FROM documents WHERE id = ?", (doc,)) as cursor:
@@ -584,7 +607,7 @@ class ClinicNode:
         answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state", expected_signer=patient)
         head = open_record(answer["head"], StateHead)
         if head.signer != patient:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the state head is not the patient's")
+            raise AuthenticationError()
         if head.record.seq < connection["head_seq"]:
             raise RemoteProtocolError(
                 Code.ROLLBACK, f"state head {head.record.seq} is older than {connection['head_seq']}"
@@ -618,7 +641,7 @@ class ClinicNode:
             # A copy dies with any grant up its chain (US-9: revoking the parent kills the child).
             doomed = [doc for doc, grant_id in shared if chain_ids.get(grant_id, {grant_id}) & revoked]
             for doc in doomed:
-                await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+                await self._forget_copy_records(doc)
             destroyed += len(doomed)
         for doc in doomed:
             await self.home.files.destroy(doc)
@@ -657,7 +680,7 @@ class ClinicNode:
             await store_record(self.db, tombstone, now=now, subject=doc)
             await store_record(self.db, attestation, now=now, subject=doc)
             if held is not None and held[0] != "authored":
-                await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+                await self._forget_copy_records(doc)
             await self.db.execute(
                 "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('attestation', ?, ?, ?)",
                 (patient, attestation.encoded, now),

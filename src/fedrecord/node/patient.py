@@ -43,7 +43,7 @@ from fedrecord.core import (
 )
 from fedrecord.core.capabilities import Decision
 from fedrecord.core.documents import DocumentReader, padded_size
-from fedrecord.core.errors import LocalProtocolError
+from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key
 from fedrecord.core.sealed_box import open_sealed, seal
@@ -117,7 +117,7 @@ class PatientNode:
         """
         clinic = open_record(profile, NodeProfile)
         if clinic.signer != requester:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the profile is not the requester's")
+            raise AuthenticationError()
         if type(token) is not bytes:
             raise RemoteProtocolError(Code.MALFORMED, "an invitation token is a byte string")
         token_hash = hashlib.sha256(token).digest()
@@ -197,7 +197,7 @@ class PatientNode:
         signed = open_record(deposit, Deposit)
         record = signed.record
         if signed.signer != requester:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the deposit is not signed by the requester")
+            raise AuthenticationError()
         if record.patient != self.home.did:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the deposit is for another patient")
         if expected_doc is not None and expected_doc != record.doc:
@@ -222,6 +222,13 @@ class PatientNode:
             if known[0] == signed.id:
                 return "known"
             raise RemoteProtocolError(Code.REPLAY, "this document was already deposited")
+        async with self.db.execute(
+            "SELECT 1 FROM records WHERE subject = ? AND typ IN (?, ?)",
+            (record.doc, DepositDecision.TYPE.value, Tombstone.TYPE.value),
+        ) as cursor:
+            if await cursor.fetchone() is not None:
+                # Rejected or deleted: the patient decided; the same document does not come back.
+                raise RemoteProtocolError(Code.REPLAY, "this document was already rejected or deleted")
         if record.size > MAX_DOCUMENT:
             raise RemoteProtocolError(Code.TOO_LARGE, f"documents are capped at {MAX_DOCUMENT} bytes")
         keys = self.home.keys_for(record.recipient_key)
@@ -345,6 +352,7 @@ class PatientNode:
                 "UPDATE documents SET state = 'accepted', labels = ?, added = ? WHERE id = ?",
                 (json.dumps(merged), now, doc),
             )
+            await self._sign_head(now)
         return entry
 
     async def reject(self, doc: bytes, *, now: int) -> Signed[DepositDecision]:
@@ -356,13 +364,19 @@ class PatientNode:
                 self.home.identity,
             )
             await store_record(self.db, decision, now=now, subject=doc)
-            await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+            await self._forget_document(doc)
             await self.db.execute(
                 "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('decision', ?, ?, ?)",
                 (row["author"], decision.encoded, now),
             )
         await self.home.files.destroy(doc)
         return decision
+
+    async def _forget_document(self, doc: bytes) -> None:
+        """Drop every copy of a document's key this node holds: its row and its deposit record (whose
+        sealed box holds the key).  Decisions, tombstones and attestations stay.  In a transaction."""
+        await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+        await self.db.execute("DELETE FROM records WHERE typ = ? AND subject = ?", (Deposit.TYPE.value, doc))
 
     async def _inbox_row(self, doc: bytes) -> dict[str, Any]:
         async with self.db.execute(
@@ -619,7 +633,7 @@ class PatientNode:
         signed_receipt = open_record(receipt, AccessReceipt)
         request = signed_receipt.record
         if signed_receipt.signer != requester:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the receipt is not signed by the requester")
+            raise AuthenticationError()
         if request.patient != self.home.did:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the receipt names another patient")
         if not chain or open_record(chain[-1], Grant).id != request.grant:
@@ -642,7 +656,7 @@ class PatientNode:
             # A delegate is not a connected peer: it shows its signed profile with the request (US-9).
             offered = open_record(offered_profile, NodeProfile)
             if offered.signer != requester:
-                raise RemoteProtocolError(Code.BAD_SIGNATURE, "the profile is not the requester's")
+                raise AuthenticationError()
             if profile is None or offered.record.seq >= profile.record.seq:
                 profile = offered
                 async with transaction(self.db):
@@ -688,7 +702,14 @@ class PatientNode:
     # --- audit log -------------------------------------------------------------------------
 
     async def _append_audit(self, receipt: Signed[AccessReceipt], *, now: int) -> None:
-        """Countersign a receipt into the hash chain.  Call inside a transaction."""
+        """Countersign a receipt into the hash chain.  Call inside a transaction.
+
+        Raises:
+            RemoteProtocolError: ``replay`` for a receipt already logged (each read is one receipt).
+        """
+        async with self.db.execute("SELECT 1 FROM audit WHERE receipt_id = ?", (receipt.id,)) as cursor:
+            if await cursor.fetchone() is not None:
+                raise RemoteProtocolError(Code.REPLAY, "this access receipt was already used")
         async with self.db.execute("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1") as cursor:
             last = await cursor.fetchone()
         seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
@@ -752,7 +773,7 @@ class PatientNode:
         tombstone = sign_record(Tombstone(doc=doc, iat=now), self.home.identity)
         async with transaction(self.db):
             await store_record(self.db, tombstone, now=now, subject=doc)
-            await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+            await self._forget_document(doc)
             await self._sign_head(now)
         await self.home.files.destroy(doc)
         return tombstone
@@ -760,8 +781,9 @@ class PatientNode:
     async def receive_attestation(self, requester: str, attestation: bytes, *, now: int) -> None:
         signed = open_record(attestation, DeletionAttestation)
         if signed.signer != requester or signed.record.patient != self.home.did:
-            raise RemoteProtocolError(Code.BAD_SIGNATURE, "the attestation is not the requester's")
-        if await load_record(self.db, Tombstone, signed.record.tombstone) is None:
+            raise AuthenticationError()
+        tombstone = await load_record(self.db, Tombstone, signed.record.tombstone)
+        if tombstone is None or tombstone.record.doc != signed.record.doc:
             raise _not_found()
         async with transaction(self.db):
             await store_record(self.db, signed, now=now, subject=signed.record.doc)

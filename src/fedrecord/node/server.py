@@ -1,4 +1,4 @@
-"""The node's HTTP API on aiohttp (spec/http-api.md): routes, caps, signatures, error bodies.
+"""The node's HTTP API on aiohttp (spec/fedrecord.md, section 15): routes, caps, signatures, error bodies.
 
 Every node-to-node request is signed (RFC 9421) and its nonce remembered
 durably for the replay window before anything else happens.  Every refusal

@@ -1,4 +1,4 @@
-"""CBOR bodies of the node HTTP API and the invitation code (spec/http-api.md).
+"""CBOR bodies of the node HTTP API and the invitation code (spec/fedrecord.md, section 15).
 
 Every body is a strict deterministic CBOR map carrying ``v`` (the protocol
 version).  Errors are ``{"code": tstr, "message": tstr}`` with the HTTP
@@ -36,7 +36,7 @@ def decode_body(data: bytes, *required: str, max_size: int = MAX_BODY) -> dict[s
     body = cbor.decode(data, max_size=max_size)
     if type(body) is not dict:
         raise RemoteProtocolError(Code.MALFORMED, "a body is a CBOR map")
-    if body.get("v") != PROTOCOL_VERSION:
+    if type(body.get("v")) is not int or body.get("v") != PROTOCOL_VERSION:
         raise RemoteProtocolError(
             Code.UNSUPPORTED_VERSION, f"protocol version {body.get('v')!r} is not spoken"
         )

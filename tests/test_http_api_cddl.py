@@ -1,0 +1,642 @@
+"""The bodies of the node HTTP API against spec/fedrecord.cddl (spec section 15, [API-2]).
+
+Three sources of bodies, each checked against the CDDL rule the spec names for it:
+
+* bodies built with :func:`fedrecord.node.wire.encode_body` from the vector samples
+  (:mod:`fedrecord.vectors.samples`), one per rule, and the invitation payload of
+  :class:`fedrecord.node.wire.Invitation`;
+* the bodies a real :class:`PatientNode` produces (``state_for``, ``documents_for``, the grant
+  of ``connect``), over a node home in ``tmp_path``;
+* the bytes a served patient node answers over HTTP to signed requests (connect, deposit,
+  state, list, health, profile, and refusals as error bodies).
+
+Negative cases: bodies the nodes refuse are refused by the CDDL too.  CDDL maps are closed, so
+a body with a field the spec does not define is refused by the CDDL, while receivers ignore such
+a field ([API-2]): senders send none.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cbor2
+import pycddl
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from nacl.pwhash import argon2id
+
+from fedrecord.core import (
+    AccessReceipt,
+    Deposit,
+    DocumentHeader,
+    Grant,
+    Record,
+    Scope,
+    Signed,
+    SigningIdentity,
+    cbor,
+    open_record,
+    sign_record,
+)
+from fedrecord.core.documents import DocumentWriter
+from fedrecord.core.errors import FedrecordError
+from fedrecord.core.key_wraps import make_deposit
+from fedrecord.core.stream import key_commitment
+from fedrecord.http.aiohttp_signing import client_signing_headers
+from fedrecord.node.home import NodeHome, init_home
+from fedrecord.node.patient import PatientNode
+from fedrecord.node.server import PATIENT, health, make_app, profile
+from fedrecord.node.wire import INVITATION_PREFIX, Invitation, decode_body, encode_body
+from fedrecord.vectors.samples import GP, LAB, NOW, SPECIALIST, sample_records
+from fedrecord.vectors.samples import PATIENT as PATIENT_ID
+
+SPEC = Path(__file__).resolve().parent.parent / "spec"
+CDDL = (SPEC / "fedrecord.cddl").read_text()
+
+PASSPHRASE = b"test passphrase, not a secret"
+KDF_LIMITS = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+DAY = 86_400
+
+# Every body rule of spec section 15, and the CDDL choice that gathers them.
+API_RULES = (
+    "connect-request",
+    "connect-answer",
+    "deposit-answer",
+    "state-request",
+    "state-answer",
+    "list-request",
+    "list-answer",
+    "fetch-request",
+    "attestation-request",
+    "decision-request",
+    "stored-answer",
+    "delegation-request",
+    "delegation-answer",
+    "health-answer",
+)
+
+
+@cache
+def _schema(rule: str | None = None) -> pycddl.Schema:
+    """The CDDL with ``rule`` as its first rule (the file's own first rule when None)."""
+    return pycddl.Schema(CDDL if rule is None else f"root = {rule}\n{CDDL}")
+
+
+def _valid(rule: str | None, data: bytes) -> bool:
+    try:
+        _schema(rule).validate_cbor(data)
+    except pycddl.ValidationError:
+        return False
+    return True
+
+
+def _assert_body(rule: str, data: bytes, what: str = "") -> None:
+    """``data`` is a ``rule``, an ``api-body`` and a fedrecord object, and the nodes decode it."""
+    for name in (rule, "api-body", None):
+        try:
+            _schema(name).validate_cbor(data)
+        except pycddl.ValidationError as exc:
+            pytest.fail(f"{what or rule}: not a {name or 'fedrecord-object'}: {exc}")
+    decode_body(data)  # what every receiver does first ([API-2])
+    assert cbor.encode(cbor.decode(data)) == data, "not the deterministic encoding"
+    _assert_record_arrays(data, what or rule)
+
+
+# Arrays of records are ``[n*m bstr]`` in the CDDL (pycddl 0.6 does not count the elements of an
+# array under .cbor): each element is checked against signed-record-bytes here.
+RECORD_ARRAYS = ("chain", "revocations", "tombstones", "grants")
+
+
+def _assert_record_arrays(data: bytes, what: str) -> None:
+    body = cbor.decode(data)
+    for key in RECORD_ARRAYS:
+        for element in body.get(key, []):
+            assert _valid("signed-record-bytes", cbor.encode(element)), f"{what}: {key} holds a non-record"
+
+
+def test_every_api_rule_is_in_the_cddl_and_in_api_body() -> None:
+    for rule in (*API_RULES, "document-entry", "invitation-payload", "signed-record-bytes", "chain"):
+        assert f"\n{rule} = " in CDDL, rule
+    choice = CDDL.split("\napi-body = ")[1].split("\n\n")[0]
+    assert sorted(name.strip() for name in choice.replace("\n", " ").split("/")) == sorted(API_RULES)
+
+
+# --- bodies built from the vector samples ------------------------------------------------------
+
+
+def _signed_samples() -> dict[str, Signed[Record]]:
+    """The first sample record of each type, signed, by type name (``grant``, ``state-head``...)."""
+    found: dict[str, Signed[Record]] = {}
+    for _name, record, signer in sample_records():
+        found.setdefault(record.TYPE.value.removeprefix("fedrecord/"), sign_record(record, signer))
+    return found
+
+
+SAMPLES = _signed_samples()
+
+
+def _child_grant() -> Signed[Grant]:
+    """The GP delegates the sample grant to a specialist, read only, as the reference clinic does."""
+    parent = SAMPLES["grant"]
+    assert isinstance(parent.record, Grant)
+    return sign_record(
+        Grant(
+            audience=SPECIALIST.did,
+            scope=parent.record.scope,
+            actions=("read",),
+            purpose=parent.record.purpose,
+            iat=NOW,
+            nbf=NOW,
+            exp=parent.record.exp,
+            parent=parent.id,
+            nonce=bytes(range(16)),
+        ),
+        GP,
+    )
+
+
+def _sample_bodies() -> dict[str, list[bytes]]:
+    s = SAMPLES
+    chain = [s["grant"].encoded]
+    return {
+        "connect-request": [encode_body(token=bytes(32), profile=s["node-profile"].encoded)],
+        "connect-answer": [encode_body(grant=s["grant"].encoded, profile=s["node-profile"].encoded)],
+        "deposit-answer": [encode_body(status="inbox"), encode_body(status="known")],
+        "state-request": [encode_body()],
+        "state-answer": [
+            encode_body(head=s["state-head"].encoded, revocations=[], tombstones=[], grants=[]),
+            encode_body(
+                head=s["state-head"].encoded,
+                revocations=[s["revocation"].encoded],
+                tombstones=[s["tombstone"].encoded],
+                grants=chain,
+            ),
+        ],
+        "list-request": [
+            encode_body(chain=chain),
+            encode_body(chain=chain, profile=s["node-profile"].encoded),
+        ],
+        "list-answer": [
+            encode_body(documents=[]),
+            encode_body(documents=[{"doc": bytes(32), "size": 4148, "category": "lab", "date": NOW}]),
+        ],
+        "fetch-request": [
+            encode_body(chain=chain, receipt=s["access-receipt"].encoded),
+            encode_body(chain=chain, receipt=s["access-receipt"].encoded, profile=s["node-profile"].encoded),
+        ],
+        "attestation-request": [encode_body(attestation=s["deletion-attestation"].encoded)],
+        "decision-request": [encode_body(decision=s["deposit-decision"].encoded)],
+        "stored-answer": [encode_body(status="stored")],
+        "delegation-request": [
+            encode_body(
+                patient=PATIENT_ID.did,
+                endpoint="https://patient.example/fedrecord",
+                profile=s["node-profile"].encoded,
+                chain=[*chain, _child_grant().encoded],
+            )
+        ],
+        "delegation-answer": [encode_body(grant=_child_grant().id)],
+        "health-answer": [
+            encode_body(node=LAB.did, role="clinic", versions=[0]),
+            encode_body(node=PATIENT_ID.did, role="patient", versions=[0]),
+        ],
+    }
+
+
+SAMPLE_BODIES = [(rule, body) for rule, bodies in _sample_bodies().items() for body in bodies]
+
+
+@pytest.mark.parametrize(
+    ("rule", "body"), SAMPLE_BODIES, ids=[f"{r}-{i}" for i, (r, _b) in enumerate(SAMPLE_BODIES)]
+)
+def test_sample_bodies(rule: str, body: bytes) -> None:
+    _assert_body(rule, body)
+
+
+def test_every_rule_has_a_sample_body() -> None:
+    assert {rule for rule, _body in SAMPLE_BODIES} == set(API_RULES)
+
+
+def _with(body: bytes, **changes: Any) -> bytes:
+    """``body`` with fields replaced, added, or removed (a value of None)."""
+    fields = cbor.decode(body)
+    for key, value in changes.items():
+        if value is None:
+            fields.pop(key, None)
+        else:
+            fields[key] = value
+    return cbor.encode(fields)
+
+
+BROKEN = [
+    # (rule, body, what is wrong with it)
+    ("state-request", cbor.encode({}), "no v"),
+    ("state-request", cbor.encode({"v": 1}), "another version"),
+    ("state-request", cbor.encode({"v": False}), "a boolean v"),
+    ("state-request", cbor.encode({"v": 0, "since": 3}), "a field the spec does not define"),
+    ("connect-request", _with(_sample_bodies()["connect-request"][0], token=bytes(31)), "31-byte token"),
+    ("connect-request", _with(_sample_bodies()["connect-request"][0], token="abc"), "text token"),
+    ("connect-request", _with(_sample_bodies()["connect-request"][0], profile=None), "no profile"),
+    (
+        "connect-request",
+        _with(_sample_bodies()["connect-request"][0], profile=b"\x00"),
+        "profile not a record",
+    ),
+    ("list-request", _with(_sample_bodies()["list-request"][0], chain=[]), "empty chain"),
+    (
+        "list-request",
+        _with(_sample_bodies()["list-request"][0], chain=[SAMPLES["grant"].encoded] * 9),
+        "9 links",
+    ),
+    (
+        "list-request",
+        _with(_sample_bodies()["list-request"][0], chain=SAMPLES["grant"].encoded),
+        "chain not an array",
+    ),
+    ("fetch-request", _with(_sample_bodies()["fetch-request"][0], receipt=5), "receipt not bytes"),
+    ("fetch-request", _with(_sample_bodies()["fetch-request"][0], receipt=None), "no receipt"),
+    ("deposit-answer", encode_body(status="accepted"), "unknown status"),
+    ("stored-answer", encode_body(status="inbox"), "another status"),
+    (
+        "list-answer",
+        encode_body(documents=[{"doc": bytes(31), "size": 1, "category": "lab", "date": 0}]),
+        "short id",
+    ),
+    (
+        "list-answer",
+        encode_body(documents=[{"doc": bytes(32), "size": 1, "category": "lab"}]),
+        "entry without date",
+    ),
+    ("state-answer", _with(_sample_bodies()["state-answer"][0], tombstones=None), "no tombstones"),
+    (
+        "delegation-request",
+        _with(_sample_bodies()["delegation-request"][0], chain=[SAMPLES["grant"].encoded]),
+        "one link",
+    ),
+    ("delegation-request", _with(_sample_bodies()["delegation-request"][0], patient="patient"), "not a did"),
+    ("health-answer", encode_body(node=LAB.did, role="device", versions=[0]), "device role"),
+    ("health-answer", encode_body(node=LAB.did, role="clinic", versions=[]), "no version"),
+]
+
+
+@pytest.mark.parametrize(("rule", "body", "what"), BROKEN, ids=[b[2] for b in BROKEN])
+def test_broken_bodies_are_refused(rule: str, body: bytes, what: str) -> None:
+    assert not _valid(rule, body), what
+
+
+def test_arrays_of_records_hold_records() -> None:
+    body = _with(_sample_bodies()["list-request"][0], chain=[SAMPLES["grant"].encoded, b"\x00"])
+    assert _valid("list-request", body)  # the shape; the elements are checked one by one:
+    with pytest.raises(AssertionError):
+        _assert_record_arrays(body, "chain with a non-record")
+
+
+def test_broken_bodies_the_nodes_refuse_on_decoding() -> None:
+    """Where the receiver's first step ([API-2]) refuses a body, so does the CDDL."""
+    for data, required in (
+        (cbor.encode({}), ()),
+        (cbor.encode({"v": 1}), ()),
+        (cbor.encode([0]), ()),
+        (encode_body(profile=SAMPLES["node-profile"].encoded), ("token", "profile")),
+    ):
+        with pytest.raises(FedrecordError):
+            decode_body(data, *required)
+        assert not any(_valid(rule, data) for rule in API_RULES), data.hex()
+
+
+def test_invitation_payload() -> None:
+    invitation = Invitation(
+        node=PATIENT_ID.did, endpoint="https://patient.example", token=bytes(32), expires=NOW
+    )
+    code = invitation.code()
+    assert code.startswith(INVITATION_PREFIX) and "=" not in code
+    payload = base64.urlsafe_b64decode(code[len(INVITATION_PREFIX) :] + "=" * (-len(code) % 4))
+    assert _valid("invitation-payload", payload)
+    assert _valid(None, payload)
+    assert Invitation.parse(invitation.url()) == invitation
+    assert not _valid("invitation-payload", _with(payload, token=bytes(16)))
+    assert not _valid("invitation-payload", _with(payload, exp=None))
+
+
+# --- bodies of a real patient node -------------------------------------------------------------
+
+
+@dataclass
+class World:
+    patient_home: NodeHome
+    clinic_home: NodeHome
+    patient: PatientNode
+    read_grant: Signed[Grant]
+    docs: list[bytes]
+
+
+async def _open_home(path: Path, role: str, name: str) -> NodeHome:
+    init_home(
+        path,
+        role=role,
+        name=name,
+        endpoint="http://127.0.0.1:9",
+        passphrase=PASSPHRASE,
+        kdf_limits=KDF_LIMITS,
+    )
+    return await NodeHome.open(path, PASSPHRASE)
+
+
+async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 1000):
+        yield data[start : start + 1000]
+
+
+def _document(
+    clinic: NodeHome, patient: NodeHome, deposit_grant: bytes, *, title: str, now: int
+) -> tuple[bytes, bytes]:
+    """A lab result encrypted by the clinic for the patient: (deposit record, stream)."""
+    key, prefix = os.urandom(32), os.urandom(16)
+    content = title.encode() * 40
+    header = DocumentHeader(
+        patient=patient.did,
+        title=title,
+        doc_type="lab-result",
+        category="lab",
+        labels=(),
+        date=now - DAY,
+        media_type="text/plain",
+        size=len(content),
+        commitment=key_commitment(key, prefix),
+    )
+    writer = DocumentWriter(clinic.identity, header, key=key, prefix=prefix)
+    stream = b"".join(writer.encrypt([content]))
+    patient_key = patient.profile.record.encryption_key_at(now)
+    assert patient_key is not None
+    deposit = make_deposit(
+        depositor=clinic.identity,
+        patient=patient.did,
+        patient_key=patient_key.key,
+        doc=writer.document_id,
+        size=len(stream),
+        key=key,
+        grant=deposit_grant,
+        iat=now,
+        ephemeral_seed=os.urandom(32),
+    )
+    return deposit.encoded, stream
+
+
+async def _world(tmp_path: Path) -> World:
+    """A patient node with a connected clinic: three deposits, two accepted, one deleted, grants."""
+    now = int(time.time())
+    patient_home = await _open_home(tmp_path / "patient", "patient", "Camille")
+    clinic_home = await _open_home(tmp_path / "clinic", "clinic", "Laboratoire")
+    patient = PatientNode(patient_home)
+    invitation = await patient.create_invitation(label="lab", now=now)
+    deposit_grant = await patient.connect(
+        requester=clinic_home.did, token=invitation.token, profile=clinic_home.profile.encoded, now=now
+    )
+    docs = []
+    for title in ("Complete blood count", "Ferritin", "Lipid panel"):
+        deposit, stream = _document(clinic_home, patient_home, deposit_grant.id, title=title, now=now)
+        outcome = await patient.receive_deposit(
+            requester=clinic_home.did, deposit=deposit, ciphertext=_stream(stream), now=now
+        )
+        assert outcome == "inbox"
+        docs.append(open_record(deposit, Deposit).record.doc)
+    for doc in docs:
+        await patient.accept(doc, now=now)
+    await patient.delete(docs[2], now=now)
+    read_grant = await patient.grant(
+        audience=clinic_home.did,
+        scope=Scope(categories=("lab",), past=True, future=True),
+        actions=("read",),
+        purpose="treatment",
+        days=30,
+        now=now,
+    )
+    revoked = await patient.grant(
+        audience=clinic_home.did,
+        scope=Scope(past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now,
+    )
+    await patient.revoke(revoked.id, now=now)
+    return World(patient_home, clinic_home, patient, read_grant, docs[:2])
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    built = await _world(tmp_path)
+    try:
+        yield built
+    finally:
+        await built.patient_home.close()
+        await built.clinic_home.close()
+
+
+async def test_state_for_is_a_state_answer(world: World) -> None:
+    state = await world.patient.state_for(world.clinic_home.did, now=int(time.time()))
+    body = encode_body(**state)
+    _assert_body("state-answer", body)
+    # Grants addressed to the clinic (deposit, read, revoked read), the revocation, the tombstone.
+    assert len(state["grants"]) == 3 and len(state["revocations"]) == 1 and len(state["tombstones"]) == 1
+    for encoded in (state["head"], *state["revocations"], *state["tombstones"], *state["grants"]):
+        assert _valid("signed-record", encoded)
+
+
+async def test_state_for_a_stranger_is_a_state_answer(world: World) -> None:
+    state = await world.patient.state_for(SPECIALIST.did, now=int(time.time()))
+    _assert_body("state-answer", encode_body(**state))
+    assert state["grants"] == []
+
+
+async def test_documents_for_is_a_list_answer(world: World) -> None:
+    documents = await world.patient.documents_for(
+        world.clinic_home.did, [world.read_grant.encoded], now=int(time.time())
+    )
+    _assert_body("list-answer", encode_body(documents=documents))
+    assert sorted(entry["doc"] for entry in documents) == sorted(world.docs)
+    for entry in documents:
+        assert _valid("document-entry", cbor.encode(entry))
+
+
+async def test_fetch_request_and_key_wrap_of_a_real_fetch(world: World) -> None:
+    now = int(time.time())
+    receipt = sign_record(
+        AccessReceipt(
+            patient=world.patient_home.did,
+            doc=world.docs[0],
+            grant=world.read_grant.id,
+            action="read",
+            purpose="treatment",
+            iat=now,
+            nonce=os.urandom(16),
+        ),
+        world.clinic_home.identity,
+    )
+    body = encode_body(
+        chain=[world.read_grant.encoded], receipt=receipt.encoded, profile=world.clinic_home.profile.encoded
+    )
+    _assert_body("fetch-request", body)
+    request = decode_body(body, "chain", "receipt")
+    wrap, size, chunks = await world.patient.fetch(
+        world.clinic_home.did,
+        request["chain"],
+        request["receipt"],
+        now=now,
+        offered_profile=request["profile"],
+    )
+    stream = b"".join([chunk async for chunk in chunks])
+    assert len(stream) == size
+    assert _valid("signed-record", wrap.encoded)
+    assert _valid("key-wrap-payload", cbor2.loads(wrap.encoded).value[2])
+    assert await world.patient.verify_audit() == (True, 1, "the audit chain verifies")
+
+
+async def test_health_and_profile_answers_of_the_server(world: World) -> None:
+    app = make_app(world.patient_home)
+    answer = await health(make_mocked_request("GET", "/v0/health", app=app))
+    assert isinstance(answer, web.Response) and isinstance(answer.body, bytes)
+    _assert_body("health-answer", answer.body)
+    answer = await profile(make_mocked_request("GET", "/v0/profile", app=app))
+    assert isinstance(answer.body, bytes)
+    assert _valid("signed-record", answer.body)
+    assert _valid("node-profile-payload", cbor2.loads(answer.body).value[2])
+
+
+# --- the bytes a served patient node answers ------------------------------------------------------
+
+
+async def _served(home: NodeHome) -> tuple[web.AppRunner, str]:
+    app = make_app(home)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    home.with_endpoint(url)  # the authority the node accepts in Host ([HTTP-9])
+    return runner, url
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    identity: SigningIdentity | None,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    *,
+    stream: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    fields: Any = {"Content-Type": "application/cbor", **(headers or {})}
+    if identity is not None:
+        fields = client_signing_headers(
+            identity=identity,
+            method=method,
+            url=url,
+            body=body,
+            now=int(time.time()),
+            nonce=base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="),
+            headers=fields,
+            streamed=stream is not None,
+        )
+    data = _stream(stream) if stream is not None else body
+    async with session.request(method, url, data=data, headers=fields) as response:
+        return response.status, await response.read()
+
+
+async def test_bodies_answered_over_http(tmp_path: Path) -> None:
+    now = int(time.time())
+    patient_home = await _open_home(tmp_path / "patient", "patient", "Camille")
+    clinic_home = await _open_home(tmp_path / "clinic", "clinic", "Laboratoire")
+    runner, url = await _served(patient_home)
+    clinic = clinic_home.identity
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            status, data = await _send(session, None, "GET", f"{url}/v0/health")
+            assert status == 200
+            _assert_body("health-answer", data)
+            status, data = await _send(session, None, "GET", f"{url}/v0/profile")
+            assert status == 200 and _valid("signed-record", data)
+
+            patient = runner.app[PATIENT]
+            invitation = await patient.create_invitation(label="lab", now=now)
+            request = encode_body(token=invitation.token, profile=clinic_home.profile.encoded)
+            _assert_body("connect-request", request)
+            status, data = await _send(session, clinic, "POST", f"{url}/v0/connect", request)
+            assert status == 201, data
+            _assert_body("connect-answer", data)
+            deposit_grant = open_record(cbor.decode(data)["grant"], Grant)
+
+            deposit, stream = _document(
+                clinic_home, patient_home, deposit_grant.id, title="Ferritin", now=now
+            )
+            doc = open_record(deposit, Deposit).record.doc
+            document_url = f"{url}/v0/documents/{doc.hex()}"
+            deposit_field = {
+                "Content-Type": "application/octet-stream",
+                "Fedrecord-Deposit": base64.urlsafe_b64encode(deposit).decode().rstrip("="),
+            }
+            status, data = await _send(
+                session, clinic, "PUT", document_url, stream=stream, headers=deposit_field
+            )
+            assert status == 201, data
+            _assert_body("deposit-answer", data)
+            status, data = await _send(
+                session, clinic, "PUT", document_url, stream=stream, headers=deposit_field
+            )
+            assert (status, cbor.decode(data)["status"]) == (200, "known")
+            _assert_body("deposit-answer", data)
+
+            await patient.accept(doc, now=now)
+            read_grant = await patient.grant(
+                audience=clinic_home.did,
+                scope=Scope(categories=("lab",), past=True),
+                actions=("read",),
+                purpose="treatment",
+                days=30,
+                now=now,
+            )
+            status, data = await _send(session, clinic, "POST", f"{url}/v0/state", encode_body())
+            assert status == 200, data
+            _assert_body("state-answer", data)
+            assert len(cbor.decode(data)["grants"]) == 2
+
+            request = encode_body(chain=[read_grant.encoded], profile=clinic_home.profile.encoded)
+            status, data = await _send(session, clinic, "POST", f"{url}/v0/list", request)
+            assert status == 200, data
+            _assert_body("list-answer", data)
+            assert [entry["doc"] for entry in cbor.decode(data)["documents"]] == [doc]
+
+            # Refusals are error bodies: unsigned, and signed (a document that is not there).
+            status, data = await _send(session, None, "POST", f"{url}/v0/state", encode_body())
+            assert status == 401 and _valid("error-body", data)
+            receipt = sign_record(
+                AccessReceipt(
+                    patient=patient_home.did,
+                    doc=os.urandom(32),
+                    grant=read_grant.id,
+                    action="read",
+                    purpose="treatment",
+                    iat=now,
+                    nonce=os.urandom(16),
+                ),
+                clinic,
+            )
+            request = encode_body(chain=[read_grant.encoded], receipt=receipt.encoded)
+            _assert_body("fetch-request", request)
+            status, data = await _send(session, clinic, "POST", f"{url}/v0/fetch", request)
+            assert status == 404 and _valid("error-body", data)
+            assert cbor.decode(data)["code"] == "not-found"
+    finally:
+        await runner.cleanup()
+        await patient_home.close()
+        await clinic_home.close()
