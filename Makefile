@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint vectors bench clean
+.PHONY: demo test lint vectors bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ vectors: $(STAMP)
 ## bench: benchmarks printing ratios against baselines measured in the same run
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core.py --json bench-results.json
+	$(BIN)/python benchmarks/node.py --json bench-node.json
+
+## soak: the crash-safety test with 100 kills of each kind instead of 20
+soak: $(STAMP)
+	FEDRECORD_SOAK=1 $(BIN)/python -m pytest -q tests/test_crash_safety.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,12 @@ CLINIC: web.AppKey[ClinicNode] = web.AppKey("clinic", ClinicNode)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# Expired nonces are purged at most this often per connection: the purge scans the whole table (about
+# 1.4 ms at 20,000 rows, inside the write transaction of every request), and keeping one longer is safe.
+NONCE_PURGE_INTERVAL = 10
+_nonces_purged: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
 class DatabaseNonces:
     """Durable nonce memory for the replay window: a nonce is refused until its signature expires."""
 
@@ -43,8 +50,11 @@ class DatabaseNonces:
         self.db = home.db
 
     async def remember(self, signer: str, nonce: str, expires: int) -> bool:
+        now = int(time.time())
         async with transaction(self.db):
-            await self.db.execute("DELETE FROM nonces WHERE expires < ?", (int(time.time()) - 60,))
+            if _nonces_purged.get(self.db, 0) + NONCE_PURGE_INTERVAL <= now:
+                await self.db.execute("DELETE FROM nonces WHERE expires < ?", (now - 60,))
+                _nonces_purged[self.db] = now
             cursor = await self.db.execute(
                 "INSERT OR IGNORE INTO nonces (signer, nonce, expires) VALUES (?, ?, ?)",
                 (signer, nonce, expires),
