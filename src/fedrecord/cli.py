@@ -417,6 +417,71 @@ async def grant(
 
 
 @main.command()
+@pass_context
+@fail_cleanly
+async def grants(ctx: Context) -> None:
+    """Who can see what: every grant you issued, its scope, expiry, state and private restrictions."""
+    from fedrecord.core import PrivateRestriction, Revocation
+    from fedrecord.node.patient import PatientNode
+    from fedrecord.node.records_table import load_records
+
+    home = await _open(ctx, "patient")
+    try:
+        patient = PatientNode(home)
+        revoked = {r.record.grant for r in await load_records(home.db, Revocation)}
+        restrictions = await load_records(home.db, PrivateRestriction, signer=home.did)
+        now = int(time.time())
+        rows: list[dict[str, Any]] = []
+        for issued in await patient.all_grants():
+            record = issued.record
+            scope = record.scope
+            hidden = sorted(
+                {
+                    label
+                    for r in restrictions
+                    if issued.id in (r.record.grants or ())
+                    for label in (r.record.labels or ())
+                }
+            )
+            state = "revoked" if issued.id in revoked else "expired" if now >= record.exp else "active"
+            rows.append(
+                {
+                    "grant": issued.id,
+                    "to": record.audience,
+                    "name": await patient.peer_name(record.audience),
+                    "actions": list(record.actions),
+                    "categories": list(scope.categories or []),
+                    "labels": list(scope.labels or []),
+                    "documents": len(scope.ids or ()),
+                    "past": scope.past,
+                    "future": scope.future,
+                    "since": scope.since,
+                    "purpose": record.purpose,
+                    "expires": record.exp,
+                    "state": state,
+                    "hidden": hidden,
+                }
+            )
+
+        def show() -> None:
+            for row in rows:
+                what = ", ".join(row["categories"] or row["labels"]) or (
+                    f"{row['documents']} documents" if row["documents"] else "all documents"
+                )
+                click.echo(
+                    f"{row['grant'].hex()[:16]}  {row['state']:8} {row['name']}: {'/'.join(row['actions'])} "
+                    f"{what} until {_date(row['expires'])} for {row['purpose']}"
+                    + (f", except {', '.join(row['hidden'])}" if row["hidden"] else "")
+                )
+            if not rows:
+                click.echo("no grants")
+
+        ctx.emit(rows, show)
+    finally:
+        await home.close()
+
+
+@main.command()
 @click.argument("grant_id")
 @pass_context
 @fail_cleanly

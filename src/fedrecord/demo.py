@@ -211,7 +211,16 @@ def _story(
         "--hide",
         "SEX",
     )
-    say(f"   grant {grant['grant'][:16]}...")
+    listed = patient.run("grants")
+    expect(
+        [(g["state"], g["hidden"]) for g in listed] == [("active", ["PSY", "SEX"])] * 1
+        or any(g["grant"] == grant["grant"] and g["hidden"] == ["PSY", "SEX"] for g in listed),
+        "the grant is listed with its private restriction",
+    )
+    say(
+        f"   grant {grant['grant'][:16]}...: lab results until {time.strftime('%Y-%m-%d', time.gmtime(grant['expires']))},"
+        " except PSY and SEX (the GP is never told what is hidden)"
+    )
 
     step("5. The GP lists what it may read, and reads it.")
     listing = gp.run("ls", "--patient", patient.did)
