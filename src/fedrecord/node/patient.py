@@ -50,7 +50,7 @@ from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.storage.sqlite import transaction
 
 from .home import NodeHome
-from .records_table import load_record, load_records, store_record
+from .records_table import load_record, load_records, open_stored, store_record
 from .wire import MAX_DOCUMENT, Invitation
 
 DAY = 86_400
@@ -169,9 +169,8 @@ class PatientNode:
         )
 
     async def peer_profile(self, did: str) -> Signed[NodeProfile] | None:
-        async with self.db.execute("SELECT profile FROM peers WHERE did = ?", (did,)) as cursor:
-            row = await cursor.fetchone()
-        return open_record(row[0], NodeProfile) if row else None
+        rows = list(await self.db.execute_fetchall("SELECT profile FROM peers WHERE did = ?", (did,)))
+        return open_stored(rows[0][0], NodeProfile) if rows else None
 
     async def peer_name(self, did: str) -> str:
         async with self.db.execute("SELECT name FROM peers WHERE did = ?", (did,)) as cursor:
