@@ -43,7 +43,7 @@ from stream_bench import stream_crypto_ratio, stream_peak_rss_mib  # noqa: E402
 
 NOW = 1_790_000_000
 DAY = 86_400
-ROUNDS = 5
+ROUNDS = 9
 
 
 def _chain(index: int) -> tuple[list[bytes], str, str]:
