@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,6 +133,28 @@ def main(ctx: click.Context, home: Path, as_json: bool, passphrase_file: Path | 
     ctx.obj = Context(home, as_json, passphrase_file)
 
 
+@contextlib.asynccontextmanager
+async def opened(ctx: Context, role: str | None = None) -> AsyncIterator[Any]:
+    """The node at ``ctx.home``, unlocked, for the duration of one command."""
+    home = await _open(ctx, role)
+    try:
+        yield home
+    finally:
+        await home.close()
+
+
+@contextlib.asynccontextmanager
+async def clinic_of(home: Any) -> AsyncIterator[Any]:
+    """The clinic side of an opened node, its HTTP client closed at the end of the command."""
+    from fedrecord.node.clinic import ClinicNode
+
+    clinic = ClinicNode(home)
+    try:
+        yield clinic
+    finally:
+        await clinic.client.close()
+
+
 async def _open(ctx: Context, role: str | None = None) -> Any:
     from fedrecord.node.home import HomeError, NodeHome
 
@@ -231,8 +253,7 @@ async def serve(ctx: Context) -> None:
 @fail_cleanly
 async def status(ctx: Context) -> None:
     """Who this node is, and what it holds."""
-    home = await _open(ctx)
-    try:
+    async with opened(ctx) as home:
         counts = {}
         for table in ("documents", "records", "audit", "outbox", "connections", "peers"):
             async with home.db.execute(f"SELECT count(*) FROM {table}") as cursor:
@@ -246,8 +267,6 @@ async def status(ctx: Context) -> None:
             **counts,
         }
         ctx.emit(data, "\n".join(f"{key:12} {value}" for key, value in data.items()))
-    finally:
-        await home.close()
 
 
 # --- patient commands -----------------------------------------------------------------------------
@@ -262,8 +281,7 @@ async def invite(ctx: Context, label: str, days: int) -> None:
     """Invite a clinic: a one-time code giving it a deposit-only grant (US-2)."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         invitation = await PatientNode(home).create_invitation(
             label=label, now=int(time.time()), ttl=days * DAY
         )
@@ -272,8 +290,6 @@ async def invite(ctx: Context, label: str, days: int) -> None:
             f"invitation for {label}, valid until {_date(invitation.expires)}:\n  {invitation.code()}\n"
             f"  {invitation.url()}",
         )
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -283,8 +299,7 @@ async def inbox(ctx: Context) -> None:
     """Deposits waiting for your decision, with which grants would see each one."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
         items: list[dict[str, Any]] = []
         for item in await patient.inbox():
@@ -314,8 +329,6 @@ async def inbox(ctx: Context) -> None:
                 )
 
         ctx.emit(items, show)
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -327,13 +340,10 @@ async def accept(ctx: Context, doc: str, labels: tuple[str, ...]) -> None:
     """Accept a deposit into your record."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         doc_id = await _resolve(home, doc)
         await PatientNode(home).accept(doc_id, labels=labels, now=int(time.time()))
         ctx.emit({"doc": doc_id, "accepted": True}, f"accepted {doc_id.hex()[:16]}")
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -344,13 +354,10 @@ async def reject(ctx: Context, doc: str) -> None:
     """Reject a deposit: it is destroyed here and its sender is told."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         doc_id = await _resolve(home, doc)
         await PatientNode(home).reject(doc_id, now=int(time.time()))
         ctx.emit({"doc": doc_id, "rejected": True}, f"rejected {doc_id.hex()[:16]}; the sender will be told")
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -385,8 +392,7 @@ async def grant(
     from fedrecord.core import Scope
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         now = int(time.time())
         select = bool(categories or labels or since_days or not docs)
         scope = Scope(
@@ -412,8 +418,6 @@ async def grant(
             f"granted {issued.id.hex()[:16]} until {_date(issued.record.exp)}"
             + (f"; privately hidden: {', '.join(hide_labels)}" if hide_labels else ""),
         )
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -425,8 +429,7 @@ async def grants(ctx: Context) -> None:
     from fedrecord.node.patient import PatientNode
     from fedrecord.node.records_table import load_records
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
         revoked = {r.record.grant for r in await load_records(home.db, Revocation)}
         restrictions = await load_records(home.db, PrivateRestriction, signer=home.did)
@@ -477,8 +480,6 @@ async def grants(ctx: Context) -> None:
                 click.echo("no grants")
 
         ctx.emit(rows, show)
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -489,8 +490,7 @@ async def revoke(ctx: Context, grant_id: str) -> None:
     """Revoke a grant (and every grant delegated from it) (US-5)."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
         matches = [g.id for g in await patient.all_grants() if g.id.hex().startswith(grant_id.lower())]
         if len(matches) != 1:
@@ -499,8 +499,6 @@ async def revoke(ctx: Context, grant_id: str) -> None:
             raise RemoteProtocolError(Code.NOT_FOUND, f"no single grant starts with {grant_id!r}")
         revocation = await patient.revoke(matches[0], now=int(time.time()))
         ctx.emit({"revocation": revocation.id, "grant": matches[0]}, f"revoked {matches[0].hex()[:16]}")
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -513,13 +511,10 @@ async def label(ctx: Context, doc: str, labels: tuple[str, ...], remove: bool) -
     """Add (or remove) sensitivity labels on a document of your record (US-6)."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         doc_id = await _resolve(home, doc)
         result = await PatientNode(home).label(doc_id, labels, remove=remove)
         ctx.emit({"doc": doc_id, "labels": result}, f"{doc_id.hex()[:16]} labels: {', '.join(result) or '-'}")
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -531,15 +526,12 @@ async def hide(ctx: Context, doc: str, unhide: bool) -> None:
     """Hide a document from every grant (it stays in your record)."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         doc_id = await _resolve(home, doc)
         await PatientNode(home).hide(doc_id, not unhide)
         ctx.emit(
             {"doc": doc_id, "hidden": not unhide}, f"{doc_id.hex()[:16]} {'visible' if unhide else 'hidden'}"
         )
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -551,8 +543,7 @@ async def delete(ctx: Context, doc: str, yes: bool) -> None:
     """Delete a document: every node holding it through you destroys it and attests (US-7)."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         doc_id = await _resolve(home, doc)
         if not yes and not ctx.as_json:
             click.confirm(
@@ -565,8 +556,6 @@ async def delete(ctx: Context, doc: str, yes: bool) -> None:
             {"doc": doc_id, "tombstone": tombstone.id},
             f"deleted {doc_id.hex()[:16]}; nodes attest as they learn of it (`fedrecord attestations`)",
         )
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -577,8 +566,7 @@ async def attestations(ctx: Context, doc: str) -> None:
     """The deletion attestations other nodes sent back for a deleted document."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
         doc_id = _doc_id(doc) if len(doc) == 64 else await _resolve(home, doc)
         found: list[dict[str, Any]] = [
@@ -598,8 +586,6 @@ async def attestations(ctx: Context, doc: str) -> None:
             )
             or "no attestation yet",
         )
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -610,8 +596,7 @@ async def audit(ctx: Context, verify: bool) -> None:
     """Who read what, when, under which grant and purpose (US-8)."""
     from fedrecord.node.patient import PatientNode
 
-    home = await _open(ctx, "patient")
-    try:
+    async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
         entries: list[dict[str, Any]] = [
             {
@@ -646,8 +631,6 @@ async def audit(ctx: Context, verify: bool) -> None:
         ctx.emit(result, show)
         if verify and not result["verified"]["ok"]:
             sys.exit(1)
-    finally:
-        await home.close()
 
 
 # --- clinic commands (and ls/get for both) ------------------------------------------------------------
@@ -659,19 +642,13 @@ async def audit(ctx: Context, verify: bool) -> None:
 @fail_cleanly
 async def connect(ctx: Context, invitation: str) -> None:
     """Connect to a patient's node from an invitation (its URL or text code)."""
-    from fedrecord.node.clinic import ClinicNode
 
-    home = await _open(ctx, "clinic")
-    clinic = ClinicNode(home)
-    try:
+    async with opened(ctx, "clinic") as home, clinic_of(home) as clinic:
         connection = await clinic.connect(invitation, now=int(time.time()))
         ctx.emit(
             {"patient": connection.patient, "endpoint": connection.endpoint},
             f"connected to {connection.name} ({connection.patient}); you may deposit documents",
         )
-    finally:
-        await clinic.client.close()
-        await home.close()
 
 
 @main.command()
@@ -695,11 +672,8 @@ async def deposit(
     media_type: str,
 ) -> None:
     """Encrypt a document for a patient and deposit it into their inbox (US-3)."""
-    from fedrecord.node.clinic import ClinicNode
 
-    home = await _open(ctx, "clinic")
-    clinic = ClinicNode(home)
-    try:
+    async with opened(ctx, "clinic") as home, clinic_of(home) as clinic:
         now = int(time.time())
         doc = await clinic.deposit(
             patient,
@@ -717,9 +691,6 @@ async def deposit(
         ctx.emit(
             {"doc": doc, "delivered": bool(sent), "pending": pending}, f"deposit {doc.hex()[:16]} {state}"
         )
-    finally:
-        await clinic.client.close()
-        await home.close()
 
 
 @main.command(name="ls")
@@ -728,8 +699,7 @@ async def deposit(
 @fail_cleanly
 async def list_documents(ctx: Context, patient: str | None) -> None:
     """Patient: your record.  Clinic: what you may fetch from a patient (or what you hold)."""
-    home = await _open(ctx)
-    try:
+    async with opened(ctx) as home:
         if home.config.role == "patient":
             from fedrecord.node.patient import PatientNode
 
@@ -745,10 +715,7 @@ async def list_documents(ctx: Context, patient: str | None) -> None:
                 or "no documents",
             )
             return
-        from fedrecord.node.clinic import ClinicNode
-
-        clinic = ClinicNode(home)
-        try:
+        async with clinic_of(home) as clinic:
             if patient is None:
                 held = await clinic.held()
                 ctx.emit(
@@ -767,10 +734,6 @@ async def list_documents(ctx: Context, patient: str | None) -> None:
                 )
                 or "nothing you may fetch",
             )
-        finally:
-            await clinic.client.close()
-    finally:
-        await home.close()
 
 
 @main.command()
@@ -781,17 +744,13 @@ async def list_documents(ctx: Context, patient: str | None) -> None:
 @fail_cleanly
 async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> None:
     """Read a document: from your record (patient) or from a patient under a grant (clinic)."""
-    home = await _open(ctx)
-    try:
+    async with opened(ctx) as home:
         if home.config.role == "patient":
             from fedrecord.node.patient import PatientNode
 
             content = await PatientNode(home).read_own(await _resolve(home, doc))
         else:
-            from fedrecord.node.clinic import ClinicNode
-
-            clinic = ClinicNode(home)
-            try:
+            async with clinic_of(home) as clinic:
                 if patient is None:
                     content = await clinic.read_held(await _resolve(home, doc))
                 else:
@@ -800,8 +759,6 @@ async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> 
                     doc_id = _doc_id(doc) if len(doc) == 64 else await _listed(clinic, patient, doc, now)
                     with transfer_bar(ctx, "fetching") as progress:
                         content = await clinic.fetch(patient, doc_id, now=now, progress=progress)
-            finally:
-                await clinic.client.close()
         if out is not None:
             out.write_bytes(content)
         ctx.emit(
@@ -810,8 +767,6 @@ async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> 
             if out
             else (lambda: click.echo(content.decode(errors="replace"), nl=False)),
         )
-    finally:
-        await home.close()
 
 
 async def _listed(clinic: Any, patient: str, prefix: str, now: int) -> bytes:
@@ -837,11 +792,8 @@ async def delegate(
     ctx: Context, patient: str, audience: str, to_endpoint: str, categories: tuple[str, ...], days: int
 ) -> None:
     """Clinic: pass a narrower read grant to another node, if the patient allowed delegation (US-9)."""
-    from fedrecord.node.clinic import ClinicNode
 
-    home = await _open(ctx, "clinic")
-    clinic = ClinicNode(home)
-    try:
+    async with opened(ctx, "clinic") as home, clinic_of(home) as clinic:
         await clinic.poll(patient, now=int(time.time()))
         child = await clinic.delegate(
             patient,
@@ -855,9 +807,6 @@ async def delegate(
             {"grant": child.id, "expires": child.record.exp},
             f"delegated {child.id.hex()[:16]} to {audience[:32]}... until {_date(child.record.exp)}",
         )
-    finally:
-        await clinic.client.close()
-        await home.close()
 
 
 @main.command()
@@ -867,11 +816,8 @@ async def delegate(
 async def poll(ctx: Context, patient: str | None) -> None:
     """Clinic: fetch patients' state now; apply revocations and deletions, send what the outbox holds."""
     from fedrecord.node.client import PeerUnreachable
-    from fedrecord.node.clinic import ClinicNode
 
-    home = await _open(ctx, "clinic")
-    clinic = ClinicNode(home)
-    try:
+    async with opened(ctx, "clinic") as home, clinic_of(home) as clinic:
         now = int(time.time())
         results = {}
         unreachable = {}
@@ -893,9 +839,6 @@ async def poll(ctx: Context, patient: str | None) -> None:
             + "".join(f"\n{p[:32]}...: unreachable, will retry" for p in unreachable)
             + f"\noutbox: {sent} sent, {pending} pending",
         )
-    finally:
-        await clinic.client.close()
-        await home.close()
 
 
 @main.command()
