@@ -79,6 +79,7 @@ class Code(StrEnum):
     # Node level (used by the adapters).
     NOT_FOUND = "not-found"
     REPLAY = "replay"
+    TIMEOUT = "timeout"
 
 
 # HTTP status an adapter answers with, per code (spec section "Error codes").
@@ -103,6 +104,7 @@ HTTP_STATUS: Final[dict[Code, int]] = {
     Code.STALE: 409,
     Code.ROLLBACK: 409,
     Code.REPLAY: 409,
+    Code.TIMEOUT: 408,
     Code.UNSUPPORTED_VERSION: 400,
 }
 

@@ -31,6 +31,9 @@ from .wire import CBOR_TYPE, MAX_BODY, MAX_DOCUMENT, decode_body, encode_body, e
 
 log = logging.getLogger("fedrecord.node")
 
+BODY_TIMEOUT = 30.0  # seconds for a whole CBOR body [API-33]
+STREAM_IDLE_TIMEOUT = 30.0  # seconds without a byte of a document stream [API-33]
+
 HOME: web.AppKey[NodeHome] = web.AppKey("home", NodeHome)
 PATIENT: web.AppKey[PatientNode] = web.AppKey("patient", PatientNode)
 CLINIC: web.AppKey[ClinicNode] = web.AppKey("clinic", ClinicNode)
@@ -114,10 +117,14 @@ async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes:
     if request.content_length is not None and request.content_length > cap:
         raise RemoteProtocolError(Code.TOO_LARGE, f"bodies are capped at {cap} bytes")
     body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > cap:
-            raise RemoteProtocolError(Code.TOO_LARGE, f"bodies are capped at {cap} bytes")
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > cap:
+                    raise RemoteProtocolError(Code.TOO_LARGE, f"bodies are capped at {cap} bytes")
+    except TimeoutError:
+        raise RemoteProtocolError(Code.TIMEOUT, f"the body did not arrive within {BODY_TIMEOUT} s") from None
     return bytes(body)
 
 
@@ -172,7 +179,16 @@ async def deposit(request: web.Request) -> web.Response:
         raise RemoteProtocolError(Code.TOO_LARGE, f"documents are capped at {MAX_DOCUMENT} bytes")
 
     async def chunks() -> AsyncIterator[bytes]:
-        async for chunk in request.content.iter_chunked(1 << 16):
+        # A stream may be long; what may not last is silence [API-33].
+        while True:
+            try:
+                chunk = await asyncio.wait_for(request.content.readany(), STREAM_IDLE_TIMEOUT)
+            except TimeoutError:
+                raise RemoteProtocolError(
+                    Code.TIMEOUT, f"no byte of the document for {STREAM_IDLE_TIMEOUT} s"
+                ) from None
+            if not chunk:
+                return
             yield chunk
 
     try:
