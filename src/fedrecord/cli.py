@@ -427,12 +427,11 @@ async def grants(ctx: Context) -> None:
     """Who can see what: every grant you issued, its scope, expiry, state and private restrictions."""
     from fedrecord.core import PrivateRestriction, Revocation
     from fedrecord.node.patient import PatientNode
-    from fedrecord.node.records_table import load_records
 
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
-        revoked = {r.record.grant for r in await load_records(home.db, Revocation)}
-        restrictions = await load_records(home.db, PrivateRestriction, signer=home.did)
+        revoked = {r.record.grant for r in await home.store.records(Revocation)}
+        restrictions = await home.store.records(PrivateRestriction, signer=home.did)
         now = int(time.time())
         rows: list[dict[str, Any]] = []
         for issued in await patient.all_grants():

@@ -44,12 +44,10 @@ from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key
 from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.core.stream import key_commitment
-from fedrecord.storage.sqlite import transaction
 
 from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
 from .home import NodeHome
 from .patient import decrypt_stored
-from .records_table import load_records, store_record
 from .wire import MAX_DOCUMENT, Invitation
 
 MAX_BACKOFF = 300
@@ -70,7 +68,7 @@ class ClinicNode:
 
     def __init__(self, home: NodeHome, client: PeerClient | None = None) -> None:
         self.home = home
-        self.db = home.db
+        self.store = home.store
         self.client = client or PeerClient(home.identity)
 
     # --- connecting ---------------------------------------------------------------------
@@ -91,28 +89,24 @@ class ClinicNode:
             raise AuthenticationError()
         if grant.record.audience != self.home.did or Action.DEPOSIT not in grant.record.actions:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the grant is not a deposit grant for this node")
-        async with transaction(self.db):
-            await self.db.execute(
-                "INSERT INTO connections (patient, endpoint, profile, deposit_grant) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (patient) DO UPDATE SET endpoint = excluded.endpoint, profile = excluded.profile,"
-                " deposit_grant = excluded.deposit_grant",
-                (invitation.node, invitation.endpoint, profile.encoded, grant.encoded),
+        async with self.store.transaction():
+            await self.store.save_connection(
+                invitation.node,
+                endpoint=invitation.endpoint,
+                profile=profile.encoded,
+                deposit_grant=grant.encoded,
             )
-            await store_record(self.db, grant, now=now, subject=self.home.did.encode())
+            await self.store.put_record(grant, now=now, subject=self.home.did.encode())
         return Connection(invitation.node, profile.record.name, invitation.endpoint, -1)
 
     async def connections(self) -> list[Connection]:
-        async with self.db.execute("SELECT patient, profile, endpoint, head_seq FROM connections") as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.store.connections()
         return [
             Connection(row[0], open_record(row[1], NodeProfile).record.name, row[2], row[3]) for row in rows
         ]
 
     async def _connection(self, patient: str) -> dict[str, Any]:
-        async with self.db.execute(
-            "SELECT endpoint, profile, deposit_grant, head_seq FROM connections WHERE patient = ?", (patient,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.store.connection(patient)
         if row is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
         return {
@@ -179,30 +173,23 @@ class ClinicNode:
             iat=now,
             ephemeral_seed=os.urandom(32),
         )
-        async with transaction(self.db):
-            await self.db.execute(
-                "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category, labels,"
-                " date, added, size, sealed_key) VALUES (?, ?, 'authored', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    doc,
-                    patient,
-                    self.home.did,
-                    deposit.id,
-                    title,
-                    doc_type,
-                    category,
-                    json.dumps(sorted(labels)),
-                    header.date,
-                    now,
-                    size,
-                    seal(key, self.home.encryption.public_key, os.urandom(32)),
-                ),
+        async with self.store.transaction():
+            await self.store.insert_authored(
+                doc=doc,
+                patient=patient,
+                author=self.home.did,
+                deposit=deposit.id,
+                title=title,
+                doc_type=doc_type,
+                category=category,
+                labels=json.dumps(sorted(labels)),
+                date=header.date,
+                added=now,
+                size=size,
+                sealed_key=seal(key, self.home.encryption.public_key, os.urandom(32)),
             )
-            await store_record(self.db, deposit, now=now, subject=doc)
-            await self.db.execute(
-                "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('deposit', ?, ?, ?)",
-                (patient, deposit.encoded, now),
-            )
+            await self.store.put_record(deposit, now=now, subject=doc)
+            await self.store.queue_outbox("deposit", target=patient, payload=deposit.encoded, now=now)
         return doc
 
     async def flush_outbox(
@@ -210,48 +197,33 @@ class ClinicNode:
     ) -> tuple[int, int]:
         """Send what is due; returns (sent, still pending).  Unreachable peers are retried with backoff."""
         now = int(time.time()) if now is None else now
-        async with self.db.execute(
-            "SELECT id, kind, target, payload, attempts FROM outbox WHERE done = 0 AND next_at <= ? ORDER BY id",
-            (now,),
-        ) as cursor:
-            due = await cursor.fetchall()
+        due = await self.store.due_outbox(now)
         sent = 0
         for item_id, kind, target, payload, attempts in due:
             try:
                 await self._send(kind, target, payload, progress)
             except PeerUnreachable as exc:
                 delay = min(MAX_BACKOFF, 2**attempts)
-                async with transaction(self.db):
-                    await self.db.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
-                        (now + delay, str(exc), item_id),
-                    )
+                async with self.store.transaction():
+                    await self.store.outbox_retry(item_id, next_at=now + delay, error=str(exc))
                 continue
             except AuthenticationError as exc:
                 # An answer we cannot authenticate is no answer (a forger must not cancel a deposit).
                 delay = min(MAX_BACKOFF, 2**attempts)
-                async with transaction(self.db):
-                    await self.db.execute(
-                        "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
-                        (now + delay, f"{exc.code.value}: unauthenticated answer", item_id),
+                async with self.store.transaction():
+                    await self.store.outbox_retry(
+                        item_id, next_at=now + delay, error=f"{exc.code.value}: unauthenticated answer"
                     )
                 continue
             except RemoteProtocolError as exc:
                 # Refused for good: keep the reason, stop retrying.
-                async with transaction(self.db):
-                    await self.db.execute(
-                        "UPDATE outbox SET done = 1, last_error = ? WHERE id = ?",
-                        (f"{exc.code.value}: {exc.message}", item_id),
-                    )
+                async with self.store.transaction():
+                    await self.store.outbox_done(item_id, f"{exc.code.value}: {exc.message}")
                 continue
-            async with transaction(self.db):
-                await self.db.execute(
-                    "UPDATE outbox SET done = 1, last_error = NULL WHERE id = ?", (item_id,)
-                )
+            async with self.store.transaction():
+                await self.store.outbox_done(item_id)
             sent += 1
-        async with self.db.execute("SELECT count(*) FROM outbox WHERE done = 0") as cursor:
-            row = await cursor.fetchone()
-        return sent, int(row[0]) if row else 0
+        return sent, await self.store.outbox_pending()
 
     async def _send(self, kind: str, target: str, payload: bytes, progress: Progress | None = None) -> None:
         connection = await self._connection(target)
@@ -276,10 +248,7 @@ class ClinicNode:
             )
 
     async def outbox(self) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT id, kind, target, attempts, next_at, last_error, done FROM outbox ORDER BY id"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.store.outbox_items()
         return [
             {
                 "id": r[0],
@@ -297,27 +266,23 @@ class ClinicNode:
         signed = open_record(decision, DepositDecision)
         if signed.signer != requester:
             raise AuthenticationError()
-        async with self.db.execute(
-            "SELECT patient FROM documents WHERE id = ? AND state = 'authored'", (signed.record.doc,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None or row[0] != requester:
+        author_for = await self.store.authored_for(signed.record.doc)
+        if author_for is None or author_for != requester:
             raise RemoteProtocolError(Code.NOT_FOUND, "no such deposit")
-        async with transaction(self.db):
-            await store_record(self.db, signed, now=now, subject=signed.record.doc)
+        async with self.store.transaction():
+            await self.store.put_record(signed, now=now, subject=signed.record.doc)
 
     # --- reading ---------------------------------------------------------------------------
 
     async def chains_from(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
         """The live grant chains that let this node read from ``patient``: its own grants, then delegations."""
-        revocations = RevocationSet.from_records(await load_records(self.db, Revocation))
+        revocations = RevocationSet.from_records(await self.store.records(Revocation))
         chains = [
             [grant]
-            for grant in await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
+            for grant in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
         ]
-        async with self.db.execute("SELECT chain FROM delegations WHERE patient = ?", (patient,)) as cursor:
-            for (encoded,) in await cursor.fetchall():
-                chains.append([open_record(link, Grant) for link in cbor.decode(encoded)])
+        for _leaf, encoded in await self.store.delegations(patient):
+            chains.append([open_record(link, Grant) for link in cbor.decode(encoded)])
         # The same decision the patient's node makes, without a document: only revocations by an
         # issuer up the chain count [CAP-7].
         return [
@@ -362,12 +327,9 @@ class ClinicNode:
         connection = await self._connection(patient)
         chains = await self.chains_from(patient, now=now)
         if not chains:
-            ever = await load_records(self.db, Grant, signer=patient, subject=self.home.did.encode())
-            async with self.db.execute(
-                "SELECT count(*) FROM delegations WHERE patient = ?", (patient,)
-            ) as cur:
-                delegated = await cur.fetchone()
-            if any(Action.READ in g.record.actions for g in ever) or (delegated and delegated[0]):
+            ever = await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
+            delegated = await self.store.delegation_count(patient)
+            if any(Action.READ in g.record.actions for g in ever) or delegated:
                 raise RemoteProtocolError(Code.REVOKED, "the patient's grant was revoked or has expired")
             raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
         last_error: RemoteProtocolError | None = None
@@ -451,8 +413,8 @@ class ClinicNode:
             profile=connection["profile"].encoded,
             chain=[link.encoded for link in full_chain],
         )
-        async with transaction(self.db):
-            await store_record(self.db, child, now=now, subject=to.encode())
+        async with self.store.transaction():
+            await self.store.put_record(child, now=now, subject=to.encode())
         return child
 
     async def receive_delegation(
@@ -471,18 +433,11 @@ class ClinicNode:
         if not verdict.allowed:
             assert verdict.reason is not None
             raise RemoteProtocolError(verdict.reason, verdict.message)
-        async with transaction(self.db):
-            await self.db.execute(
-                "INSERT INTO connections (patient, endpoint, profile) VALUES (?, ?, ?) ON CONFLICT (patient)"
-                " DO UPDATE SET endpoint = excluded.endpoint, profile = excluded.profile",
-                (patient, endpoint, patient_profile.encoded),
-            )
-            await self.db.execute(
-                "INSERT OR REPLACE INTO delegations (leaf, patient, chain) VALUES (?, ?, ?)",
-                (links[-1].id, patient, cbor.encode(list(chain))),
-            )
+        async with self.store.transaction():
+            await self.store.save_connection(patient, endpoint=endpoint, profile=patient_profile.encoded)
+            await self.store.save_delegation(links[-1].id, patient=patient, chain=cbor.encode(list(chain)))
             for link in links:
-                await store_record(self.db, link, now=now, subject=link.record.audience.encode())
+                await self.store.put_record(link, now=now, subject=link.record.audience.encode())
         return links[-1]
 
     async def _fetch_under(
@@ -526,28 +481,22 @@ class ClinicNode:
             content = await decrypt_stored(self.home, doc, reader)
             assert reader.header is not None
             header = reader.header
-            async with transaction(self.db):
-                await self.db.execute(
-                    "INSERT INTO documents (id, patient, state, author, grant_id, title, doc_type, category, labels,"
-                    " date, added, size, sealed_key) VALUES (?, ?, 'shared', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (id) DO UPDATE SET grant_id = excluded.grant_id,"
-                    " sealed_key = COALESCE(documents.sealed_key, excluded.sealed_key)",
-                    (
-                        doc,
-                        patient,
-                        header.signer,
-                        grant.id,
-                        header.record.title,
-                        header.record.doc_type,
-                        header.record.category,
-                        json.dumps(list(header.record.labels)),
-                        header.record.date,
-                        now,
-                        len(content),
-                        seal(key, self.home.encryption.public_key, os.urandom(32)),
-                    ),
+            async with self.store.transaction():
+                await self.store.upsert_shared(
+                    doc=doc,
+                    patient=patient,
+                    author=header.signer,
+                    grant_id=grant.id,
+                    title=header.record.title,
+                    doc_type=header.record.doc_type,
+                    category=header.record.category,
+                    labels=json.dumps(list(header.record.labels)),
+                    date=header.record.date,
+                    added=now,
+                    size=len(content),
+                    sealed_key=seal(key, self.home.encryption.public_key, os.urandom(32)),
                 )
-                await store_record(self.db, wrap, now=now, subject=doc)
+                await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
             await self._forget_copy(doc)
             raise
@@ -555,20 +504,15 @@ class ClinicNode:
 
     async def _forget_copy_records(self, doc: bytes) -> None:
         """Drop a shared copy's row and the key wraps that carried its key.  In a transaction."""
-        await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
-        await self.db.execute("DELETE FROM records WHERE typ = ? AND subject = ?", (KeyWrap.TYPE.value, doc))
+        await self.store.forget_document(doc, KeyWrap)
 
     async def _forget_copy(self, doc: bytes) -> None:
-        async with self.db.execute("SELECT state FROM documents WHERE id = ?", (doc,)) as cursor:
-            row = await cursor.fetchone()
-        if row is None or row[0] == "shared":
+        state = await self.store.document_state(doc)
+        if state is None or state == "shared":
             await self.home.files.destroy(doc)
 
     async def held(self) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT id, patient, state, author, title, category, labels, date, size FROM documents ORDER BY added"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.store.held_documents()
         return [
             {
                 "doc": r[0],
@@ -585,10 +529,7 @@ class ClinicNode:
         ]
 
     async def read_held(self, doc: bytes) -> bytes:
-        async with self.db.execute(
-            "SELECT sealed_key, patient FROM documents WHERE id = ?", (doc,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.store.key_and_patient(doc)
         if row is None or row[0] is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
         key = open_sealed(row[0], self.home.encryption)
@@ -617,27 +558,18 @@ class ClinicNode:
         tombstones = [open_record(t, Tombstone) for t in answer["tombstones"]]
         revoked = {r.record.grant for r in revocations}
         destroyed = attested = 0
-        async with transaction(self.db):
+        async with self.store.transaction():
             for grant in grants:
                 if grant.signer == patient and grant.record.audience == self.home.did:
-                    await store_record(self.db, grant, now=now, subject=self.home.did.encode())
+                    await self.store.put_record(grant, now=now, subject=self.home.did.encode())
             for revocation in revocations:
-                await store_record(self.db, revocation, now=now, subject=revocation.record.grant)
-            await self.db.execute(
-                "UPDATE connections SET head_seq = ?, head = ?, polled = ? WHERE patient = ?",
-                (head.record.seq, head.encoded, now, patient),
-            )
-            async with self.db.execute(
-                "SELECT id, grant_id FROM documents WHERE patient = ? AND state = 'shared'", (patient,)
-            ) as cursor:
-                shared = await cursor.fetchall()
-            async with self.db.execute(
-                "SELECT leaf, chain FROM delegations WHERE patient = ?", (patient,)
-            ) as cur:
-                chain_ids = {
-                    leaf: {open_record(link, Grant).id for link in cbor.decode(chain)}
-                    for leaf, chain in await cur.fetchall()
-                }
+                await self.store.put_record(revocation, now=now, subject=revocation.record.grant)
+            await self.store.set_head(patient, seq=head.record.seq, head=head.encoded, now=now)
+            shared = await self.store.shared_copies(patient)
+            chain_ids = {
+                leaf: {open_record(link, Grant).id for link in cbor.decode(chain)}
+                for leaf, chain in await self.store.delegations(patient)
+            }
             # A copy dies with any grant up its chain (US-9: revoking the parent kills the child).
             doomed = [doc for doc, grant_id in shared if chain_ids.get(grant_id, {grant_id}) & revoked]
             for doc in doomed:
@@ -653,15 +585,10 @@ class ClinicNode:
     async def _apply_tombstone(self, patient: str, tombstone: Signed[Tombstone], *, now: int) -> bool:
         """Destroy a withdrawn document (or keep our own authored copy) and attest it, once."""
         doc = tombstone.record.doc
-        async with self.db.execute(
-            "SELECT count(*) FROM records WHERE typ = ? AND subject = ?",
-            ("fedrecord/deletion-attestation", doc),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row and row[0]:
+        if await self.store.attested(doc):
             return False
-        async with self.db.execute("SELECT state FROM documents WHERE id = ?", (doc,)) as cursor:
-            held = await cursor.fetchone()
+        state = await self.store.document_state(doc)
+        held = (state,) if state is not None else None
         if held is None:
             outcome: dict[str, Any] = {"outcome": "destroyed"}
         elif held[0] == "authored":
@@ -676,15 +603,12 @@ class ClinicNode:
             DeletionAttestation(patient=patient, doc=doc, tombstone=tombstone.id, iat=now, **outcome),
             self.home.identity,
         )
-        async with transaction(self.db):
-            await store_record(self.db, tombstone, now=now, subject=doc)
-            await store_record(self.db, attestation, now=now, subject=doc)
+        async with self.store.transaction():
+            await self.store.put_record(tombstone, now=now, subject=doc)
+            await self.store.put_record(attestation, now=now, subject=doc)
             if held is not None and held[0] != "authored":
                 await self._forget_copy_records(doc)
-            await self.db.execute(
-                "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('attestation', ?, ?, ?)",
-                (patient, attestation.encoded, now),
-            )
+            await self.store.queue_outbox("attestation", target=patient, payload=attestation.encoded, now=now)
         if held is not None and held[0] != "authored":
             await self.home.files.destroy(doc)
         return True

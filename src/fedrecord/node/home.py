@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
 from fedrecord.storage.sqlite import open_database
 
 from .schema import MIGRATIONS
+from .store import NodeStore, SqliteNodeStore
 
 ROLES = ("patient", "clinic")
 ENCRYPTION_KEY_LIFETIME = 2 * 365 * 86_400
@@ -95,6 +96,11 @@ class NodeHome:
     db: aiosqlite.Connection
     files: DocumentFiles
     profile: Signed[NodeProfile]
+    #: The storage interface the node logic uses, built from ``db`` (kept for tests reading tables).
+    store: NodeStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = SqliteNodeStore(self.db)
 
     @property
     def did(self) -> str:

@@ -47,10 +47,8 @@ from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key
 from fedrecord.core.sealed_box import open_sealed, seal
-from fedrecord.storage.sqlite import transaction
 
 from .home import NodeHome
-from .records_table import load_record, load_records, open_stored, store_record
 from .wire import MAX_DOCUMENT, Invitation
 
 DAY = 86_400
@@ -91,7 +89,7 @@ class PatientNode:
 
     def __init__(self, home: NodeHome) -> None:
         self.home = home
-        self.db = home.db
+        self.store = home.store
 
     # --- connecting ----------------------------------------------------------------
 
@@ -100,10 +98,9 @@ class PatientNode:
         invitation = Invitation(
             node=self.home.did, endpoint=self.home.config.endpoint, token=token, expires=now + ttl
         )
-        async with transaction(self.db):
-            await self.db.execute(
-                "INSERT INTO invitations (token_hash, label, expires) VALUES (?, ?, ?)",
-                (hashlib.sha256(token).digest(), label, invitation.expires),
+        async with self.store.transaction():
+            await self.store.create_invitation(
+                hashlib.sha256(token).digest(), label=label, expires=invitation.expires
             )
         return invitation
 
@@ -121,11 +118,8 @@ class PatientNode:
         if type(token) is not bytes:
             raise RemoteProtocolError(Code.MALFORMED, "an invitation token is a byte string")
         token_hash = hashlib.sha256(token).digest()
-        async with transaction(self.db):
-            async with self.db.execute(
-                "SELECT expires, used_by FROM invitations WHERE token_hash = ?", (token_hash,)
-            ) as cursor:
-                row = await cursor.fetchone()
+        async with self.store.transaction():
+            row = await self.store.invitation(token_hash)
             if row is None:
                 raise RemoteProtocolError(Code.NOT_FOUND, "unknown invitation")
             if row[1] is not None:
@@ -145,37 +139,17 @@ class PatientNode:
                 ),
                 self.home.identity,
             )
-            await store_record(self.db, grant, now=now, subject=requester.encode())
-            await self.db.execute(
-                "UPDATE invitations SET used_by = ?, grant_id = ? WHERE token_hash = ?",
-                (requester, grant.id, token_hash),
-            )
-            await self._remember_peer(clinic)
+            await self.store.put_record(grant, now=now, subject=requester.encode())
+            await self.store.use_invitation(token_hash, used_by=requester, grant_id=grant.id)
+            await self.store.remember_peer(clinic)
         return grant
 
-    async def _remember_peer(self, profile: Signed[NodeProfile]) -> None:
-        record = profile.record
-        await self.db.execute(
-            "INSERT INTO peers (did, name, role, endpoint, profile) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (did) DO UPDATE SET name = excluded.name, role = excluded.role,"
-            " endpoint = excluded.endpoint, profile = excluded.profile",
-            (
-                profile.signer,
-                record.name,
-                record.role,
-                record.endpoints[0] if record.endpoints else "",
-                profile.encoded,
-            ),
-        )
-
     async def peer_profile(self, did: str) -> Signed[NodeProfile] | None:
-        rows = list(await self.db.execute_fetchall("SELECT profile FROM peers WHERE did = ?", (did,)))
-        return open_stored(rows[0][0], NodeProfile) if rows else None
+        return await self.store.peer_profile(did)
 
     async def peer_name(self, did: str) -> str:
-        async with self.db.execute("SELECT name FROM peers WHERE did = ?", (did,)) as cursor:
-            row = await cursor.fetchone()
-        return str(row[0]) if row else did[:24] + "..."
+        name = await self.store.peer_name(did)
+        return name if name is not None else did[:24] + "..."
 
     # --- inbox -----------------------------------------------------------------------
 
@@ -201,7 +175,7 @@ class PatientNode:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the deposit is for another patient")
         if expected_doc is not None and expected_doc != record.doc:
             raise RemoteProtocolError(Code.MALFORMED, "the path names another document than the deposit")
-        grant = await load_record(self.db, Grant, record.grant)
+        grant = await self.store.record(Grant, record.grant)
         if grant is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "unknown deposit grant")
         verdict = decide(
@@ -215,19 +189,14 @@ class PatientNode:
         if not verdict.allowed:
             assert verdict.reason is not None
             raise RemoteProtocolError(verdict.reason, verdict.message)
-        async with self.db.execute("SELECT deposit FROM documents WHERE id = ?", (record.doc,)) as cursor:
-            known = await cursor.fetchone()
+        known = await self.store.document_deposit(record.doc)
         if known is not None:
             if known[0] == signed.id:
                 return "known"
             raise RemoteProtocolError(Code.REPLAY, "this document was already deposited")
-        async with self.db.execute(
-            "SELECT 1 FROM records WHERE subject = ? AND typ IN (?, ?)",
-            (record.doc, DepositDecision.TYPE.value, Tombstone.TYPE.value),
-        ) as cursor:
-            if await cursor.fetchone() is not None:
-                # Rejected or deleted: the patient decided; the same document does not come back.
-                raise RemoteProtocolError(Code.REPLAY, "this document was already rejected or deleted")
+        if await self.store.decided(record.doc):
+            # Rejected or deleted: the patient decided; the same document does not come back.
+            raise RemoteProtocolError(Code.REPLAY, "this document was already rejected or deleted")
         if record.size > MAX_DOCUMENT:
             raise RemoteProtocolError(Code.TOO_LARGE, f"documents are capped at {MAX_DOCUMENT} bytes")
         keys = self.home.keys_for(record.recipient_key)
@@ -241,24 +210,20 @@ class PatientNode:
             if size != record.size:
                 raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
             header = await self._read_header(record.doc, document_key, author=requester)
-            async with transaction(self.db):
-                await store_record(self.db, signed, now=now, subject=record.doc)
-                await self.db.execute(
-                    "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category,"
-                    " labels, date, size, sealed_key) VALUES (?, ?, 'inbox', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.doc,
-                        self.home.did,
-                        requester,
-                        signed.id,
-                        header.title,
-                        header.doc_type,
-                        header.category,
-                        json.dumps(list(header.labels)),
-                        header.date,
-                        size,
-                        self._seal_to_self(document_key),
-                    ),
+            async with self.store.transaction():
+                await self.store.put_record(signed, now=now, subject=record.doc)
+                await self.store.insert_document(
+                    doc=record.doc,
+                    patient=self.home.did,
+                    author=requester,
+                    deposit=signed.id,
+                    title=header.title,
+                    doc_type=header.doc_type,
+                    category=header.category,
+                    labels=json.dumps(list(header.labels)),
+                    date=header.date,
+                    size=size,
+                    sealed_key=self._seal_to_self(document_key),
                 )
         except BaseException:
             await self.home.files.destroy(record.doc)
@@ -285,11 +250,7 @@ class PatientNode:
         raise LocalProtocolError(Code.DECRYPT_FAILED, "a stored document key does not open with our keys")
 
     async def inbox(self) -> list[InboxItem]:
-        async with self.db.execute(
-            "SELECT id, author, title, category, labels, date, size FROM documents WHERE state = 'inbox'"
-            " ORDER BY rowid"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.store.inbox_rows()
         return [
             InboxItem(
                 doc=row[0],
@@ -334,7 +295,7 @@ class PatientNode:
         Raises:
             RemoteProtocolError: ``not-found`` when ``doc`` is not in the inbox.
         """
-        async with transaction(self.db):
+        async with self.store.transaction():
             row = await self._inbox_row(doc)
             merged = sorted(set(json.loads(row["labels"])) | set(labels))
             decision = sign_record(
@@ -345,55 +306,41 @@ class PatientNode:
             entry = sign_record(
                 AcceptedEntry(doc=doc, padded_size=padded_size(row["size"]), month=month), self.home.identity
             )
-            await store_record(self.db, decision, now=now, subject=doc)
-            await store_record(self.db, entry, now=now, subject=doc)
-            await self.db.execute(
-                "UPDATE documents SET state = 'accepted', labels = ?, added = ? WHERE id = ?",
-                (json.dumps(merged), now, doc),
-            )
+            await self.store.put_record(decision, now=now, subject=doc)
+            await self.store.put_record(entry, now=now, subject=doc)
+            await self.store.accept_document(doc, labels=json.dumps(merged), added=now)
             await self._sign_head(now)
         return entry
 
     async def reject(self, doc: bytes, *, now: int) -> Signed[DepositDecision]:
         """Reject a deposit: destroyed here, and the depositor is told through the outbox (US-3)."""
-        async with transaction(self.db):
+        async with self.store.transaction():
             row = await self._inbox_row(doc)
             decision = sign_record(
                 DepositDecision(deposit=row["deposit"], doc=doc, decision="rejected", iat=now),
                 self.home.identity,
             )
-            await store_record(self.db, decision, now=now, subject=doc)
+            await self.store.put_record(decision, now=now, subject=doc)
             await self._forget_document(doc)
-            await self.db.execute(
-                "INSERT INTO outbox (kind, target, payload, next_at) VALUES ('decision', ?, ?, ?)",
-                (row["author"], decision.encoded, now),
-            )
+            await self.store.queue_outbox("decision", target=row["author"], payload=decision.encoded, now=now)
         await self.home.files.destroy(doc)
         return decision
 
     async def _forget_document(self, doc: bytes) -> None:
         """Drop every copy of a document's key this node holds: its row and its deposit record (whose
         sealed box holds the key).  Decisions, tombstones and attestations stay.  In a transaction."""
-        await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
-        await self.db.execute("DELETE FROM records WHERE typ = ? AND subject = ?", (Deposit.TYPE.value, doc))
+        await self.store.forget_document(doc, Deposit)
 
     async def _inbox_row(self, doc: bytes) -> dict[str, Any]:
-        async with self.db.execute(
-            "SELECT deposit, labels, size, author FROM documents WHERE id = ? AND state = 'inbox'", (doc,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.store.pending_deposit(doc)
         if row is None:
             raise _not_found()
-        return {"deposit": row[0], "labels": row[1], "size": row[2], "author": row[3]}
+        return row._asdict()
 
     # --- the record ------------------------------------------------------------------
 
     async def documents(self, *, include_hidden: bool = True) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT id, author, title, doc_type, category, labels, date, added, size, hidden FROM documents"
-            " WHERE state = 'accepted' ORDER BY date, id"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.store.accepted_documents()
         return [
             {
                 "doc": row[0],
@@ -413,31 +360,26 @@ class PatientNode:
 
     async def read_own(self, doc: bytes) -> bytes:
         """The patient reads a document of the record (decrypted by the node)."""
-        async with self.db.execute("SELECT sealed_key FROM documents WHERE id = ?", (doc,)) as cursor:
-            row = await cursor.fetchone()
-        if row is None or row[0] is None:
+        sealed = await self.store.sealed_key(doc)
+        if sealed is None:
             raise _not_found()
-        reader = DocumentReader(self._unseal(row[0]), expected_patient=self.home.did)
+        reader = DocumentReader(self._unseal(sealed), expected_patient=self.home.did)
         return await decrypt_stored(self.home, doc, reader)
 
     async def label(self, doc: bytes, labels: Sequence[str], *, remove: bool = False) -> list[str]:
-        async with transaction(self.db):
-            async with self.db.execute("SELECT labels FROM documents WHERE id = ?", (doc,)) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
+        async with self.store.transaction():
+            stored = await self.store.document_labels(doc)
+            if stored is None:
                 raise _not_found()
-            current = set(json.loads(row[0]))
+            current = set(json.loads(stored))
             merged = sorted(current - set(labels) if remove else current | set(labels))
-            await self.db.execute("UPDATE documents SET labels = ? WHERE id = ?", (json.dumps(merged), doc))
+            await self.store.set_labels(doc, json.dumps(merged))
         return merged
 
     async def _facts(
         self, doc: bytes, *, extra_labels: Sequence[str] = (), added: int | None = None
     ) -> DocumentFacts | None:
-        async with self.db.execute(
-            "SELECT category, labels, date, added, hidden FROM documents WHERE id = ?", (doc,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await self.store.document_facts(doc)
         if row is None:
             return None
         labels = frozenset(json.loads(row[1])) | frozenset(extra_labels)
@@ -473,14 +415,14 @@ class PatientNode:
             ),
             self.home.identity,
         )
-        async with transaction(self.db):
-            await store_record(self.db, grant, now=now, subject=audience.encode())
+        async with self.store.transaction():
+            await self.store.put_record(grant, now=now, subject=audience.encode())
             if hide_labels:
                 restriction = sign_record(
                     PrivateRestriction(grants=(grant.id,), labels=tuple(hide_labels), iat=now),
                     self.home.identity,
                 )
-                await store_record(self.db, restriction, now=now, subject=grant.id)
+                await self.store.put_record(restriction, now=now, subject=grant.id)
         return grant
 
     async def restrict(
@@ -502,51 +444,50 @@ class PatientNode:
             ),
             self.home.identity,
         )
-        async with transaction(self.db):
-            await store_record(self.db, restriction, now=now, subject=grant)
+        async with self.store.transaction():
+            await self.store.put_record(restriction, now=now, subject=grant)
         return restriction
 
     async def live_grants(self, *, now: int) -> list[Signed[Grant]]:
         revoked = await self._revocations()
         return [
             grant
-            for grant in await load_records(self.db, Grant, signer=self.home.did)
+            for grant in await self.store.records(Grant, signer=self.home.did)
             if now < grant.record.exp and not revoked.revoked_by(grant.id)
         ]
 
     async def all_grants(self) -> list[Signed[Grant]]:
-        return await load_records(self.db, Grant, signer=self.home.did)
+        return await self.store.records(Grant, signer=self.home.did)
 
     async def revoke(self, grant_id: bytes, *, now: int, reason: str | None = None) -> Signed[Revocation]:
         """Revoke a grant (and so every grant delegated from it) and sign a new state head (US-5)."""
-        if await load_record(self.db, Grant, grant_id) is None:
+        if await self.store.record(Grant, grant_id) is None:
             raise _not_found()
         revocation = sign_record(Revocation(grant=grant_id, iat=now, reason=reason), self.home.identity)
-        async with transaction(self.db):
-            await store_record(self.db, revocation, now=now, subject=grant_id)
+        async with self.store.transaction():
+            await self.store.put_record(revocation, now=now, subject=grant_id)
             await self._sign_head(now)
         return revocation
 
     async def _revocations(self) -> RevocationSet:
-        return RevocationSet.from_records(await load_records(self.db, Revocation))
+        return RevocationSet.from_records(await self.store.records(Revocation))
 
     async def _restrictions(self) -> list[Signed[PrivateRestriction]]:
-        return await load_records(self.db, PrivateRestriction, signer=self.home.did)
+        return await self.store.records(PrivateRestriction, signer=self.home.did)
 
     async def state_head(self, *, now: int) -> Signed[StateHead]:
-        heads = await load_records(self.db, StateHead, signer=self.home.did)
+        heads = await self.store.records(StateHead, signer=self.home.did)
         if heads:
             return max(heads, key=lambda head: head.record.seq)
-        async with transaction(self.db):
+        async with self.store.transaction():
             return await self._sign_head(now)
 
     async def _sign_head(self, now: int) -> Signed[StateHead]:
         """A new head summarising revocations and the record set.  Call inside a transaction."""
-        heads = await load_records(self.db, StateHead, signer=self.home.did)
+        heads = await self.store.records(StateHead, signer=self.home.did)
         previous = max(heads, key=lambda head: head.record.seq) if heads else None
-        revoked = sorted(r.record.grant for r in await load_records(self.db, Revocation))
-        async with self.db.execute("SELECT id FROM documents WHERE state = 'accepted' ORDER BY id") as cursor:
-            docs = [row[0] for row in await cursor.fetchall()]
+        revoked = sorted(r.record.grant for r in await self.store.records(Revocation))
+        docs = await self.store.accepted_ids()
         head = sign_record(
             StateHead(
                 seq=previous.record.seq + 1 if previous else 0,
@@ -559,7 +500,7 @@ class PatientNode:
             ),
             self.home.identity,
         )
-        await store_record(self.db, head, now=now)
+        await self.store.put_record(head, now=now)
         return head
 
     async def state_for(self, requester: str, *, now: int) -> dict[str, Any]:
@@ -567,11 +508,11 @@ class PatientNode:
         head = await self.state_head(now=now)
         return {
             "head": head.encoded,
-            "revocations": [r.encoded for r in await load_records(self.db, Revocation)],
-            "tombstones": [t.encoded for t in await load_records(self.db, Tombstone, signer=self.home.did)],
+            "revocations": [r.encoded for r in await self.store.records(Revocation)],
+            "tombstones": [t.encoded for t in await self.store.records(Tombstone, signer=self.home.did)],
             "grants": [
                 g.encoded
-                for g in await load_records(self.db, Grant, signer=self.home.did, subject=requester.encode())
+                for g in await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
             ],
         }
 
@@ -658,15 +599,12 @@ class PatientNode:
                 raise AuthenticationError()
             if profile is None or offered.record.seq >= profile.record.seq:
                 profile = offered
-                async with transaction(self.db):
-                    await self._remember_peer(offered)
+                async with self.store.transaction():
+                    await self.store.remember_peer(offered)
         reader_key = profile.record.encryption_key_at(now) if profile else None
         if reader_key is None:
             raise RemoteProtocolError(Code.BAD_KEY, "no encryption key known for the reader")
-        async with self.db.execute(
-            "SELECT sealed_key, size FROM documents WHERE id = ?", (request.doc,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self.store.key_and_size(request.doc)
         assert row is not None
         key = self._unseal(row[0])
         wrap = wrap_key(
@@ -680,7 +618,7 @@ class PatientNode:
             iat=now,
             ephemeral_seed=os.urandom(32),
         )
-        async with transaction(self.db):
+        async with self.store.transaction():
             await self._append_audit(signed_receipt, now=now)
         chunks = await self.home.files.open(request.doc)
         if chunks is None:
@@ -688,14 +626,11 @@ class PatientNode:
         return wrap, row[1], chunks
 
     async def _is_hidden(self, doc: bytes) -> bool:
-        async with self.db.execute("SELECT hidden FROM documents WHERE id = ?", (doc,)) as cursor:
-            row = await cursor.fetchone()
-        return bool(row and row[0])
+        return await self.store.is_hidden(doc)
 
     async def hide(self, doc: bytes, hidden: bool = True) -> None:
-        async with transaction(self.db):
-            cursor = await self.db.execute("UPDATE documents SET hidden = ? WHERE id = ?", (int(hidden), doc))
-            if cursor.rowcount == 0:
+        async with self.store.transaction():
+            if not await self.store.set_hidden(doc, hidden):
                 raise _not_found()
 
     # --- audit log -------------------------------------------------------------------------
@@ -706,37 +641,22 @@ class PatientNode:
         Raises:
             RemoteProtocolError: ``replay`` for a receipt already logged (each read is one receipt).
         """
-        async with self.db.execute("SELECT 1 FROM audit WHERE receipt_id = ?", (receipt.id,)) as cursor:
-            if await cursor.fetchone() is not None:
-                raise RemoteProtocolError(Code.REPLAY, "this access receipt was already used")
-        async with self.db.execute("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1") as cursor:
-            last = await cursor.fetchone()
+        if await self.store.audit_has(receipt.id):
+            raise RemoteProtocolError(Code.REPLAY, "this access receipt was already used")
+        last = await self.store.audit_tail()
         seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
         entry_hash = _audit_hash(seq, prev_hash, receipt.id, now)
-        await self.db.execute(
-            "INSERT INTO audit (seq, receipt_id, receipt, reader, doc, grant_id, purpose, at, prev_hash,"
-            " entry_hash, countersignature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                seq,
-                receipt.id,
-                receipt.encoded,
-                receipt.signer,
-                receipt.record.doc,
-                receipt.record.grant,
-                receipt.record.purpose,
-                now,
-                prev_hash,
-                entry_hash,
-                self.home.identity.sign(entry_hash),
-            ),
+        await self.store.append_audit(
+            receipt,
+            seq=seq,
+            at=now,
+            prev_hash=prev_hash,
+            entry_hash=entry_hash,
+            countersignature=self.home.identity.sign(entry_hash),
         )
 
     async def audit_log(self) -> list[AuditEntry]:
-        async with self.db.execute(
-            "SELECT seq, reader, doc, grant_id, purpose, at, entry_hash FROM audit ORDER BY seq"
-        ) as cursor:
-            rows = await cursor.fetchall()
-        return [AuditEntry(*row) for row in rows]
+        return [AuditEntry(*row) for row in await self.store.audit_entries()]
 
     async def verify_audit(self) -> tuple[bool, int, str]:
         """Walk the chain: every receipt verifies, every hash links, every countersignature holds.
@@ -746,10 +666,7 @@ class PatientNode:
         """
         prev_hash = GENESIS_HASH
         count = 0
-        async with self.db.execute(
-            "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature FROM audit ORDER BY seq"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self.store.audit_links()
         for seq, receipt, at, stored_prev, entry_hash, countersignature in rows:
             try:
                 signed = open_record(receipt, AccessReceipt)
@@ -766,12 +683,11 @@ class PatientNode:
 
     async def delete(self, doc: bytes, *, now: int) -> Signed[Tombstone]:
         """Withdraw a document: tombstone, key and ciphertext destroyed here, new state head (US-7)."""
-        async with self.db.execute("SELECT state FROM documents WHERE id = ?", (doc,)) as cursor:
-            if await cursor.fetchone() is None:
-                raise _not_found()
+        if await self.store.document_state(doc) is None:
+            raise _not_found()
         tombstone = sign_record(Tombstone(doc=doc, iat=now), self.home.identity)
-        async with transaction(self.db):
-            await store_record(self.db, tombstone, now=now, subject=doc)
+        async with self.store.transaction():
+            await self.store.put_record(tombstone, now=now, subject=doc)
             await self._forget_document(doc)
             await self._sign_head(now)
         await self.home.files.destroy(doc)
@@ -781,14 +697,14 @@ class PatientNode:
         signed = open_record(attestation, DeletionAttestation)
         if signed.signer != requester or signed.record.patient != self.home.did:
             raise AuthenticationError()
-        tombstone = await load_record(self.db, Tombstone, signed.record.tombstone)
+        tombstone = await self.store.record(Tombstone, signed.record.tombstone)
         if tombstone is None or tombstone.record.doc != signed.record.doc:
             raise _not_found()
-        async with transaction(self.db):
-            await store_record(self.db, signed, now=now, subject=signed.record.doc)
+        async with self.store.transaction():
+            await self.store.put_record(signed, now=now, subject=signed.record.doc)
 
     async def attestations(self, doc: bytes) -> list[Signed[DeletionAttestation]]:
-        return await load_records(self.db, DeletionAttestation, subject=doc)
+        return await self.store.records(DeletionAttestation, subject=doc)
 
 
 def _audit_hash(seq: int, prev_hash: bytes, receipt_id: bytes, at: int) -> bytes:

@@ -1,5 +1,8 @@
 """The ``records`` table: signed records kept exactly as received, found by type, signer or subject.
 
+The SQL lives in :class:`fedrecord.node.store.SqliteNodeStore` (``put_record``, ``records``,
+``record``); this module keeps the verification of stored records and its cache.
+
 Records read back from our own database are re-verified on the way out (the
 database is not trusted blindly), but a record's verification is pure: the
 same bytes opened as the same type always give the same result.  So the
@@ -17,8 +20,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any, Final, TypeVar
-
-import aiosqlite
 
 from fedrecord.core import Deposit, Record, Signed, open_record
 
@@ -41,38 +42,3 @@ def open_stored(encoded: bytes, cls: type[R]) -> Signed[R]:
         if len(_verified) > CACHE_SIZE:
             _verified.popitem(last=False)
     return signed
-
-
-async def store_record(
-    db: aiosqlite.Connection, signed: Signed[R], *, now: int, subject: bytes | None = None
-) -> None:
-    """Insert a verified record (idempotent).  Call inside a transaction."""
-    await db.execute(
-        "INSERT OR IGNORE INTO records (id, typ, signer, subject, encoded, received) VALUES (?, ?, ?, ?, ?, ?)",
-        (signed.id, signed.record.TYPE.value, signed.signer, subject, signed.encoded, now),
-    )
-
-
-async def load_records(
-    db: aiosqlite.Connection, cls: type[R], *, signer: str | None = None, subject: bytes | None = None
-) -> list[Signed[R]]:
-    """The stored records of one type, verified on the way out (the database is not trusted blindly)."""
-    query = "SELECT encoded FROM records WHERE typ = ?"
-    params: list[object] = [cls.TYPE.value]
-    if signer is not None:
-        query += " AND signer = ?"
-        params.append(signer)
-    if subject is not None:
-        query += " AND subject = ?"
-        params.append(subject)
-    rows = await db.execute_fetchall(query + " ORDER BY received, id", params)
-    return [open_stored(row[0], cls) for row in rows]
-
-
-async def load_record(db: aiosqlite.Connection, cls: type[R], record_id: bytes) -> Signed[R] | None:
-    rows = list(
-        await db.execute_fetchall(
-            "SELECT encoded FROM records WHERE id = ? AND typ = ?", (record_id, cls.TYPE.value)
-        )
-    )
-    return open_stored(rows[0][0], cls) if rows else None

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from aiohttp import web
 
 from fedrecord.core.errors import FedrecordError
-from fedrecord.storage.sqlite import transaction
 
 from .client import PeerClient, PeerUnreachable
 from .clinic import ClinicNode
@@ -29,25 +28,20 @@ log = logging.getLogger("fedrecord.node")
 
 async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int) -> None:
     """Send the patient's queued notices (deposit decisions) to the nodes they concern."""
-    async with home.db.execute(
-        "SELECT o.id, o.payload, o.attempts, p.endpoint, p.did FROM outbox o JOIN peers p ON p.did = o.target"
-        " WHERE o.done = 0 AND o.next_at <= ? AND o.kind = 'decision'",
-        (now,),
-    ) as cursor:
-        due = await cursor.fetchall()
-    for item_id, payload, attempts, endpoint, did in due:
+    store = home.store
+    for item_id, payload, attempts, endpoint, did in await store.due_decisions(now):
         try:
             await client.call("POST", f"{endpoint}/v0/decisions", expected_signer=did, decision=payload)
-            outcome: tuple[object, ...] = ("UPDATE outbox SET done = 1 WHERE id = ?", (item_id,))
         except PeerUnreachable as exc:
-            outcome = (
-                "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
-                (now + min(300, 2**attempts), str(exc), item_id),
-            )
+            async with store.transaction():
+                await store.outbox_retry(item_id, next_at=now + min(300, 2**attempts), error=str(exc))
+            continue
         except FedrecordError as exc:
-            outcome = ("UPDATE outbox SET done = 1, last_error = ? WHERE id = ?", (exc.message, item_id))
-        async with transaction(home.db):
-            await home.db.execute(*outcome)
+            async with store.transaction():
+                await store.outbox_done(item_id, exc.message)
+            continue
+        async with store.transaction():
+            await store.outbox_done(item_id, keep_error=True)
 
 
 async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, stop: asyncio.Event) -> None:

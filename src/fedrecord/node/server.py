@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,7 +20,6 @@ from yarl import URL
 
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import signed_response, verified, was_verified
-from fedrecord.storage.sqlite import transaction
 
 from .client import b64, unb64
 from .clinic import ClinicNode
@@ -40,29 +38,15 @@ CLINIC: web.AppKey[ClinicNode] = web.AppKey("clinic", ClinicNode)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-# Expired nonces are purged at most this often per connection: the purge scans the whole table (about
-# 1.4 ms at 20,000 rows, inside the write transaction of every request), and keeping one longer is safe.
-NONCE_PURGE_INTERVAL = 10
-_nonces_purged: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-
-
 class DatabaseNonces:
     """Durable nonce memory for the replay window: a nonce is refused until its signature expires."""
 
     def __init__(self, home: NodeHome) -> None:
-        self.db = home.db
+        self.store = home.store
 
     async def remember(self, signer: str, nonce: str, expires: int) -> bool:
-        now = int(time.time())
-        async with transaction(self.db):
-            if _nonces_purged.get(self.db, 0) + NONCE_PURGE_INTERVAL <= now:
-                await self.db.execute("DELETE FROM nonces WHERE expires < ?", (now - 60,))
-                _nonces_purged[self.db] = now
-            cursor = await self.db.execute(
-                "INSERT OR IGNORE INTO nonces (signer, nonce, expires) VALUES (?, ?, ?)",
-                (signer, nonce, expires),
-            )
-            return cursor.rowcount == 1
+        """Keep a nonce until its signature expires; false for one seen before (a replay)."""
+        return await self.store.remember_nonce(signer, nonce, expires)
 
 
 def authorities(home: NodeHome) -> list[str]:

@@ -1,0 +1,919 @@
+"""The node's storage interface, and its SQLite adapter (aiosqlite).
+
+:class:`NodeStore` names what the node keeps, in intent-revealing methods;
+the node logic (patient, clinic, runner, server) speaks only to it.
+:class:`SqliteNodeStore` holds all of the SQL.  A PostgreSQL adapter will
+implement the same protocol.
+
+Writes are made inside :meth:`NodeStore.transaction`, so that the writes of
+one acknowledged operation commit together; methods documented "call inside
+a transaction" do not open one themselves.  Reads may be made anywhere.
+Records read back are re-verified through the cache of
+:mod:`fedrecord.node.records_table`.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
+
+import aiosqlite
+
+from fedrecord.core import DepositDecision, NodeProfile, Record, Signed, Tombstone
+from fedrecord.storage.sqlite import transaction
+
+from .records_table import open_stored
+
+R = TypeVar("R", bound=Record)
+
+# Expired nonces are purged at most this often per connection: the purge scans the whole table (about
+# 1.4 ms at 20,000 rows, inside the write transaction of every request), and keeping one longer is safe.
+NONCE_PURGE_INTERVAL: Final = 10
+_nonces_purged: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+class InboxRow(NamedTuple):
+    """A document waiting in the patient's inbox, as listed."""
+
+    doc: bytes
+    author: str
+    title: str
+    category: str
+    labels: str  # JSON list
+    date: int
+    size: int
+
+
+class PendingDeposit(NamedTuple):
+    """What accepting or rejecting an inbox document needs."""
+
+    deposit: bytes
+    labels: str  # JSON list
+    size: int
+    author: str
+
+
+class AcceptedRow(NamedTuple):
+    """A document of the patient's record."""
+
+    doc: bytes
+    author: str
+    title: str
+    doc_type: str
+    category: str
+    labels: str  # JSON list
+    date: int
+    added: int | None
+    size: int
+    hidden: int
+
+
+class FactsRow(NamedTuple):
+    """The facts a capability decision looks at."""
+
+    category: str
+    labels: str  # JSON list
+    date: int
+    added: int | None
+    hidden: int
+
+
+class HeldRow(NamedTuple):
+    """A document a clinic holds (authored or shared)."""
+
+    doc: bytes
+    patient: str
+    state: str
+    author: str
+    title: str
+    category: str
+    labels: str  # JSON list
+    date: int
+    size: int
+
+
+class AuditRow(NamedTuple):
+    """An audit log entry, as listed."""
+
+    seq: int
+    reader: str
+    doc: bytes
+    grant: bytes
+    purpose: str
+    at: int
+    entry_hash: bytes
+
+
+class AuditLink(NamedTuple):
+    """An audit log entry, as the chain verification walks it."""
+
+    seq: int
+    receipt: bytes
+    at: int
+    prev_hash: bytes
+    entry_hash: bytes
+    countersignature: bytes
+
+
+class OutboxItem(NamedTuple):
+    """A queued message that is due."""
+
+    id: int
+    kind: str
+    target: str
+    payload: bytes
+    attempts: int
+
+
+class DueDecision(NamedTuple):
+    """A patient's queued deposit decision that is due, with the peer it goes to."""
+
+    id: int
+    payload: bytes
+    attempts: int
+    endpoint: str
+    did: str
+
+
+class OutboxRow(NamedTuple):
+    """A queued message, as listed."""
+
+    id: int
+    kind: str
+    target: str
+    attempts: int
+    next_at: int
+    last_error: str | None
+    done: int
+
+
+class ConnectionRow(NamedTuple):
+    """A clinic's connection to a patient's node."""
+
+    patient: str
+    profile: bytes
+    endpoint: str
+    head_seq: int
+
+
+class ConnectionDetail(NamedTuple):
+    """One connection, with what depositing and polling need."""
+
+    endpoint: str
+    profile: bytes
+    deposit_grant: bytes | None
+    head_seq: int
+
+
+class NodeStore(Protocol):
+    """What a node keeps: records, peers, invitations, documents, audit log, outbox, connections, nonces."""
+
+    def transaction(self) -> AbstractAsyncContextManager[None]:
+        """One transaction: commit when the block exits normally (only then acknowledge), else roll back.
+
+        Raises:
+            StorageError: when the current task is already inside a transaction.
+        """
+        ...
+
+    # --- records
+    async def put_record(self, signed: Signed[Any], *, now: int, subject: bytes | None = None) -> None:
+        """Keep a verified record (idempotent).  Call inside a transaction."""
+        ...
+
+    async def records(
+        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None
+    ) -> list[Signed[R]]:
+        """The kept records of one type, oldest first, verified on the way out.
+
+        Raises:
+            RemoteProtocolError: when a stored record does not verify.
+        """
+        ...
+
+    async def record(self, cls: type[R], record_id: bytes) -> Signed[R] | None:
+        """One kept record of type ``cls`` by id, verified; ``None`` when absent."""
+        ...
+
+    async def decided(self, doc: bytes) -> bool:
+        """Whether a deposit decision or tombstone about ``doc`` is kept (the patient decided)."""
+        ...
+
+    async def attested(self, doc: bytes) -> bool:
+        """Whether a deletion attestation about ``doc`` is kept."""
+        ...
+
+    # --- invitations and peers
+    async def create_invitation(self, token_hash: bytes, *, label: str, expires: int) -> None:
+        """Keep an invitation (by its token's hash).  Call inside a transaction."""
+        ...
+
+    async def invitation(self, token_hash: bytes) -> tuple[int, str | None] | None:
+        """An invitation's (expiry, user or ``None``); ``None`` when unknown."""
+        ...
+
+    async def use_invitation(self, token_hash: bytes, *, used_by: str, grant_id: bytes) -> None:
+        """Mark an invitation used by ``used_by`` for ``grant_id``.  Call inside a transaction."""
+        ...
+
+    async def remember_peer(self, profile: Signed[NodeProfile]) -> None:
+        """Keep (or replace) a peer's signed profile.  Call inside a transaction."""
+        ...
+
+    async def peer_profile(self, did: str) -> Signed[NodeProfile] | None:
+        """A peer's kept profile, verified; ``None`` for an unknown peer."""
+        ...
+
+    async def peer_name(self, did: str) -> str | None:
+        """A peer's display name; ``None`` for an unknown peer."""
+        ...
+
+    # --- documents
+    async def insert_document(
+        self,
+        *,
+        doc: bytes,
+        patient: str,
+        author: str,
+        deposit: bytes,
+        title: str,
+        doc_type: str,
+        category: str,
+        labels: str,
+        date: int,
+        size: int,
+        sealed_key: bytes,
+    ) -> None:
+        """Keep a deposited document in the patient's inbox.  Call inside a transaction."""
+        ...
+
+    async def insert_authored(
+        self,
+        *,
+        doc: bytes,
+        patient: str,
+        author: str,
+        deposit: bytes,
+        title: str,
+        doc_type: str,
+        category: str,
+        labels: str,
+        date: int,
+        added: int,
+        size: int,
+        sealed_key: bytes,
+    ) -> None:
+        """Keep a document the clinic authored.  Call inside a transaction."""
+        ...
+
+    async def upsert_shared(
+        self,
+        *,
+        doc: bytes,
+        patient: str,
+        author: str,
+        grant_id: bytes,
+        title: str,
+        doc_type: str,
+        category: str,
+        labels: str,
+        date: int,
+        added: int,
+        size: int,
+        sealed_key: bytes,
+    ) -> None:
+        """Keep a copy fetched under ``grant_id`` (an existing row keeps its key).  Call inside a transaction."""
+        ...
+
+    async def document_deposit(self, doc: bytes) -> tuple[bytes | None] | None:
+        """The deposit record id a document came with, in a 1-tuple; ``None`` when no such document."""
+        ...
+
+    async def document_state(self, doc: bytes) -> str | None:
+        """A document's state (``inbox``, ``accepted``, ``authored``, ``shared``); ``None`` when absent."""
+        ...
+
+    async def authored_for(self, doc: bytes) -> str | None:
+        """The patient of a document this clinic authored; ``None`` when it authored no such document."""
+        ...
+
+    async def inbox_rows(self) -> list[InboxRow]:
+        """The inbox, in arrival order."""
+        ...
+
+    async def pending_deposit(self, doc: bytes) -> PendingDeposit | None:
+        """An inbox document's deposit, labels, size and author; ``None`` when not in the inbox."""
+        ...
+
+    async def accept_document(self, doc: bytes, *, labels: str, added: int) -> None:
+        """Move a document into the record with its labels.  Call inside a transaction."""
+        ...
+
+    async def accepted_ids(self) -> list[bytes]:
+        """The ids of the record's documents, in id order."""
+        ...
+
+    async def accepted_documents(self) -> list[AcceptedRow]:
+        """The record's documents, by date then id."""
+        ...
+
+    async def sealed_key(self, doc: bytes) -> bytes | None:
+        """A document's key, sealed to this node; ``None`` when absent (or held without a key)."""
+        ...
+
+    async def key_and_size(self, doc: bytes) -> tuple[bytes, int] | None:
+        """A document's sealed key and size; ``None`` when absent."""
+        ...
+
+    async def key_and_patient(self, doc: bytes) -> tuple[bytes | None, str] | None:
+        """A held document's sealed key and patient; ``None`` when absent."""
+        ...
+
+    async def document_labels(self, doc: bytes) -> str | None:
+        """A document's labels (JSON list); ``None`` when absent."""
+        ...
+
+    async def set_labels(self, doc: bytes, labels: str) -> None:
+        """Replace a document's labels (JSON list).  Call inside a transaction."""
+        ...
+
+    async def document_facts(self, doc: bytes) -> FactsRow | None:
+        """What capability decisions look at; ``None`` when absent."""
+        ...
+
+    async def is_hidden(self, doc: bytes) -> bool:
+        """Whether the patient hid a document (false for an absent one)."""
+        ...
+
+    async def set_hidden(self, doc: bytes, hidden: bool) -> bool:
+        """Hide or show a document; false when there is no such document.  Call inside a transaction."""
+        ...
+
+    async def forget_document(self, doc: bytes, keys_in: type[Record]) -> None:
+        """Drop a document's row and the records of type ``keys_in`` about it (those holding its key).
+
+        Call inside a transaction.
+        """
+        ...
+
+    async def held_documents(self) -> list[HeldRow]:
+        """Every document a clinic holds, in the order added."""
+        ...
+
+    async def shared_copies(self, patient: str) -> list[tuple[bytes, bytes]]:
+        """(document, grant id) of each copy fetched from ``patient``."""
+        ...
+
+    # --- audit log
+    async def audit_has(self, receipt_id: bytes) -> bool:
+        """Whether an access receipt is already logged."""
+        ...
+
+    async def audit_tail(self) -> tuple[int, bytes] | None:
+        """The last entry's (seq, entry hash); ``None`` for an empty log."""
+        ...
+
+    async def append_audit(
+        self,
+        receipt: Signed[Any],
+        *,
+        seq: int,
+        at: int,
+        prev_hash: bytes,
+        entry_hash: bytes,
+        countersignature: bytes,
+    ) -> None:
+        """Append a countersigned receipt to the log.  Call inside a transaction.
+
+        Raises:
+            sqlite3.IntegrityError: for a receipt or seq already logged.
+        """
+        ...
+
+    async def audit_entries(self) -> list[AuditRow]:
+        """The log, in order."""
+        ...
+
+    async def audit_links(self) -> list[AuditLink]:
+        """The log with receipts, hashes and countersignatures, in order."""
+        ...
+
+    # --- nonces
+    async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:
+        """Keep a request nonce in its own transaction (purging expired ones now and then).
+
+        Returns:
+            false when ``signer`` already used ``nonce`` (a replay).
+        """
+        ...
+
+    # --- outbox
+    async def queue_outbox(self, kind: str, *, target: str, payload: bytes, now: int) -> None:
+        """Queue a message for ``target``, due now.  Call inside a transaction."""
+        ...
+
+    async def due_outbox(self, now: int) -> list[OutboxItem]:
+        """Queued messages due by ``now``, in queue order."""
+        ...
+
+    async def due_decisions(self, now: int) -> list[DueDecision]:
+        """Queued deposit decisions due by ``now``, with the endpoint of the peer each goes to."""
+        ...
+
+    async def outbox_done(self, item_id: int, error: str | None = None, *, keep_error: bool = False) -> None:
+        """Stop sending a message: delivered, or refused for good with ``error``.
+
+        With ``keep_error`` the last error is left as it was.  Call inside a transaction.
+        """
+        ...
+
+    async def outbox_retry(self, item_id: int, *, next_at: int, error: str) -> None:
+        """Count a failed attempt and set when to retry.  Call inside a transaction."""
+        ...
+
+    async def outbox_pending(self) -> int:
+        """How many messages are still to send."""
+        ...
+
+    async def outbox_items(self) -> list[OutboxRow]:
+        """Every queued message, sent or not, in queue order."""
+        ...
+
+    # --- connections and delegations
+    async def connections(self) -> list[ConnectionRow]:
+        """Every patient this clinic is connected to."""
+        ...
+
+    async def connection(self, patient: str) -> ConnectionDetail | None:
+        """One connection; ``None`` when not connected to ``patient``."""
+        ...
+
+    async def save_connection(
+        self, patient: str, *, endpoint: str, profile: bytes, deposit_grant: bytes | None = None
+    ) -> None:
+        """Keep (or update) a connection; without ``deposit_grant`` a kept one stays.
+
+        Call inside a transaction.
+        """
+        ...
+
+    async def set_head(self, patient: str, *, seq: int, head: bytes, now: int) -> None:
+        """Record the newest state head polled from ``patient``.  Call inside a transaction."""
+        ...
+
+    async def delegations(self, patient: str) -> list[tuple[bytes, bytes]]:
+        """(leaf grant id, encoded chain) of each chain from ``patient`` delegated to this node."""
+        ...
+
+    async def delegation_count(self, patient: str) -> int:
+        """How many chains from ``patient`` were delegated to this node."""
+        ...
+
+    async def save_delegation(self, leaf: bytes, *, patient: str, chain: bytes) -> None:
+        """Keep (or replace) a delegated chain.  Call inside a transaction."""
+        ...
+
+
+class SqliteNodeStore:
+    """:class:`NodeStore` on one aiosqlite connection to the node database (see :mod:`.schema`)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; see :func:`fedrecord.storage.sqlite.transaction`.
+
+        Raises:
+            StorageError: when the current task is already inside a transaction.
+            sqlite3.OperationalError: ``database is locked`` after the busy timeout.
+        """
+        async with transaction(self.db):
+            yield
+
+    async def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        async with self.db.execute(query, params) as cursor:
+            return await cursor.fetchone()
+
+    async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self.db.execute(query, params) as cursor:
+            return list(await cursor.fetchall())
+
+    # --- records
+
+    async def put_record(self, signed: Signed[Any], *, now: int, subject: bytes | None = None) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO records (id, typ, signer, subject, encoded, received) VALUES (?, ?, ?, ?, ?, ?)",
+            (signed.id, signed.record.TYPE.value, signed.signer, subject, signed.encoded, now),
+        )
+
+    async def records(
+        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None
+    ) -> list[Signed[R]]:
+        query = "SELECT encoded FROM records WHERE typ = ?"
+        params: list[object] = [cls.TYPE.value]
+        if signer is not None:
+            query += " AND signer = ?"
+            params.append(signer)
+        if subject is not None:
+            query += " AND subject = ?"
+            params.append(subject)
+        rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
+        return [open_stored(row[0], cls) for row in rows]
+
+    async def record(self, cls: type[R], record_id: bytes) -> Signed[R] | None:
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT encoded FROM records WHERE id = ? AND typ = ?", (record_id, cls.TYPE.value)
+            )
+        )
+        return open_stored(rows[0][0], cls) if rows else None
+
+    async def decided(self, doc: bytes) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM records WHERE subject = ? AND typ IN (?, ?)",
+            (doc, DepositDecision.TYPE.value, Tombstone.TYPE.value),
+        )
+        return row is not None
+
+    async def attested(self, doc: bytes) -> bool:
+        row = await self._one(
+            "SELECT count(*) FROM records WHERE typ = ? AND subject = ?",
+            ("fedrecord/deletion-attestation", doc),
+        )
+        return bool(row and row[0])
+
+    # --- invitations and peers
+
+    async def create_invitation(self, token_hash: bytes, *, label: str, expires: int) -> None:
+        await self.db.execute(
+            "INSERT INTO invitations (token_hash, label, expires) VALUES (?, ?, ?)",
+            (token_hash, label, expires),
+        )
+
+    async def invitation(self, token_hash: bytes) -> tuple[int, str | None] | None:
+        row = await self._one("SELECT expires, used_by FROM invitations WHERE token_hash = ?", (token_hash,))
+        return (row[0], row[1]) if row is not None else None
+
+    async def use_invitation(self, token_hash: bytes, *, used_by: str, grant_id: bytes) -> None:
+        await self.db.execute(
+            "UPDATE invitations SET used_by = ?, grant_id = ? WHERE token_hash = ?",
+            (used_by, grant_id, token_hash),
+        )
+
+    async def remember_peer(self, profile: Signed[NodeProfile]) -> None:
+        record = profile.record
+        await self.db.execute(
+            "INSERT INTO peers (did, name, role, endpoint, profile) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (did) DO UPDATE SET name = excluded.name, role = excluded.role,"
+            " endpoint = excluded.endpoint, profile = excluded.profile",
+            (
+                profile.signer,
+                record.name,
+                record.role,
+                record.endpoints[0] if record.endpoints else "",
+                profile.encoded,
+            ),
+        )
+
+    async def peer_profile(self, did: str) -> Signed[NodeProfile] | None:
+        rows = list(await self.db.execute_fetchall("SELECT profile FROM peers WHERE did = ?", (did,)))
+        return open_stored(rows[0][0], NodeProfile) if rows else None
+
+    async def peer_name(self, did: str) -> str | None:
+        row = await self._one("SELECT name FROM peers WHERE did = ?", (did,))
+        return str(row[0]) if row else None
+
+    # --- documents
+
+    async def insert_document(
+        self,
+        *,
+        doc: bytes,
+        patient: str,
+        author: str,
+        deposit: bytes,
+        title: str,
+        doc_type: str,
+        category: str,
+        labels: str,
+        date: int,
+        size: int,
+        sealed_key: bytes,
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category,"
+            " labels, date, size, sealed_key) VALUES (?, ?, 'inbox', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc, patient, author, deposit, title, doc_type, category, labels, date, size, sealed_key),
+        )
+
+    async def insert_authored(
+        self,
+        *,
+        doc: bytes,
+        patient: str,
+        author: str,
+        deposit: bytes,
+        title: str,
+        doc_type: str,
+        category: str,
+        labels: str,
+        date: int,
+        added: int,
+        size: int,
+        sealed_key: bytes,
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category, labels,"
+            " date, added, size, sealed_key) VALUES (?, ?, 'authored', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc, patient, author, deposit, title, doc_type, category, labels, date, added, size, sealed_key),
+        )
+
+    async def upsert_shared(
+        self,
+        *,
+        doc: bytes,
+        patient: str,
+        author: str,
+        grant_id: bytes,
+        title: str,
+        doc_type: str,
+        category: str,
+        labels: str,
+        date: int,
+        added: int,
+        size: int,
+        sealed_key: bytes,
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO documents (id, patient, state, author, grant_id, title, doc_type, category, labels,"
+            " date, added, size, sealed_key) VALUES (?, ?, 'shared', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET grant_id = excluded.grant_id,"
+            " sealed_key = COALESCE(documents.sealed_key, excluded.sealed_key)",
+            (
+                doc,
+                patient,
+                author,
+                grant_id,
+                title,
+                doc_type,
+                category,
+                labels,
+                date,
+                added,
+                size,
+                sealed_key,
+            ),
+        )
+
+    async def document_deposit(self, doc: bytes) -> tuple[bytes | None] | None:
+        row = await self._one("SELECT deposit FROM documents WHERE id = ?", (doc,))
+        return (row[0],) if row is not None else None
+
+    async def document_state(self, doc: bytes) -> str | None:
+        row = await self._one("SELECT state FROM documents WHERE id = ?", (doc,))
+        return str(row[0]) if row is not None else None
+
+    async def authored_for(self, doc: bytes) -> str | None:
+        row = await self._one("SELECT patient FROM documents WHERE id = ? AND state = 'authored'", (doc,))
+        return str(row[0]) if row is not None else None
+
+    async def inbox_rows(self) -> list[InboxRow]:
+        rows = await self._all(
+            "SELECT id, author, title, category, labels, date, size FROM documents WHERE state = 'inbox'"
+            " ORDER BY rowid"
+        )
+        return [InboxRow(*row) for row in rows]
+
+    async def pending_deposit(self, doc: bytes) -> PendingDeposit | None:
+        row = await self._one(
+            "SELECT deposit, labels, size, author FROM documents WHERE id = ? AND state = 'inbox'", (doc,)
+        )
+        return PendingDeposit(*row) if row is not None else None
+
+    async def accept_document(self, doc: bytes, *, labels: str, added: int) -> None:
+        await self.db.execute(
+            "UPDATE documents SET state = 'accepted', labels = ?, added = ? WHERE id = ?",
+            (labels, added, doc),
+        )
+
+    async def accepted_ids(self) -> list[bytes]:
+        return [
+            row[0] for row in await self._all("SELECT id FROM documents WHERE state = 'accepted' ORDER BY id")
+        ]
+
+    async def accepted_documents(self) -> list[AcceptedRow]:
+        rows = await self._all(
+            "SELECT id, author, title, doc_type, category, labels, date, added, size, hidden FROM documents"
+            " WHERE state = 'accepted' ORDER BY date, id"
+        )
+        return [AcceptedRow(*row) for row in rows]
+
+    async def sealed_key(self, doc: bytes) -> bytes | None:
+        row = await self._one("SELECT sealed_key FROM documents WHERE id = ?", (doc,))
+        return row[0] if row is not None else None
+
+    async def key_and_size(self, doc: bytes) -> tuple[bytes, int] | None:
+        row = await self._one("SELECT sealed_key, size FROM documents WHERE id = ?", (doc,))
+        return (row[0], row[1]) if row is not None else None
+
+    async def key_and_patient(self, doc: bytes) -> tuple[bytes | None, str] | None:
+        row = await self._one("SELECT sealed_key, patient FROM documents WHERE id = ?", (doc,))
+        return (row[0], row[1]) if row is not None else None
+
+    async def document_labels(self, doc: bytes) -> str | None:
+        row = await self._one("SELECT labels FROM documents WHERE id = ?", (doc,))
+        return str(row[0]) if row is not None else None
+
+    async def set_labels(self, doc: bytes, labels: str) -> None:
+        await self.db.execute("UPDATE documents SET labels = ? WHERE id = ?", (labels, doc))
+
+    async def document_facts(self, doc: bytes) -> FactsRow | None:
+        row = await self._one(
+            "SELECT category, labels, date, added, hidden FROM documents WHERE id = ?", (doc,)
+        )
+        return FactsRow(*row) if row is not None else None
+
+    async def is_hidden(self, doc: bytes) -> bool:
+        row = await self._one("SELECT hidden FROM documents WHERE id = ?", (doc,))
+        return bool(row and row[0])
+
+    async def set_hidden(self, doc: bytes, hidden: bool) -> bool:
+        cursor = await self.db.execute("UPDATE documents SET hidden = ? WHERE id = ?", (int(hidden), doc))
+        return cursor.rowcount != 0
+
+    async def forget_document(self, doc: bytes, keys_in: type[Record]) -> None:
+        await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
+        await self.db.execute("DELETE FROM records WHERE typ = ? AND subject = ?", (keys_in.TYPE.value, doc))
+
+    async def held_documents(self) -> list[HeldRow]:
+        rows = await self._all(
+            "SELECT id, patient, state, author, title, category, labels, date, size FROM documents ORDER BY added"
+        )
+        return [HeldRow(*row) for row in rows]
+
+    async def shared_copies(self, patient: str) -> list[tuple[bytes, bytes]]:
+        rows = await self._all(
+            "SELECT id, grant_id FROM documents WHERE patient = ? AND state = 'shared'", (patient,)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    # --- audit log
+
+    async def audit_has(self, receipt_id: bytes) -> bool:
+        return await self._one("SELECT 1 FROM audit WHERE receipt_id = ?", (receipt_id,)) is not None
+
+    async def audit_tail(self) -> tuple[int, bytes] | None:
+        row = await self._one("SELECT seq, entry_hash FROM audit ORDER BY seq DESC LIMIT 1")
+        return (row[0], row[1]) if row is not None else None
+
+    async def append_audit(
+        self,
+        receipt: Signed[Any],
+        *,
+        seq: int,
+        at: int,
+        prev_hash: bytes,
+        entry_hash: bytes,
+        countersignature: bytes,
+    ) -> None:
+        await self.db.execute(
+            "INSERT INTO audit (seq, receipt_id, receipt, reader, doc, grant_id, purpose, at, prev_hash,"
+            " entry_hash, countersignature) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                receipt.id,
+                receipt.encoded,
+                receipt.signer,
+                receipt.record.doc,
+                receipt.record.grant,
+                receipt.record.purpose,
+                at,
+                prev_hash,
+                entry_hash,
+                countersignature,
+            ),
+        )
+
+    async def audit_entries(self) -> list[AuditRow]:
+        rows = await self._all(
+            "SELECT seq, reader, doc, grant_id, purpose, at, entry_hash FROM audit ORDER BY seq"
+        )
+        return [AuditRow(*row) for row in rows]
+
+    async def audit_links(self) -> list[AuditLink]:
+        rows = await self._all(
+            "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature FROM audit ORDER BY seq"
+        )
+        return [AuditLink(*row) for row in rows]
+
+    # --- nonces
+
+    async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:
+        now = int(time.time())
+        async with transaction(self.db):
+            if _nonces_purged.get(self.db, 0) + NONCE_PURGE_INTERVAL <= now:
+                await self.db.execute("DELETE FROM nonces WHERE expires < ?", (now - 60,))
+                _nonces_purged[self.db] = now
+            cursor = await self.db.execute(
+                "INSERT OR IGNORE INTO nonces (signer, nonce, expires) VALUES (?, ?, ?)",
+                (signer, nonce, expires),
+            )
+            return cursor.rowcount == 1
+
+    # --- outbox
+
+    async def queue_outbox(self, kind: str, *, target: str, payload: bytes, now: int) -> None:
+        await self.db.execute(
+            "INSERT INTO outbox (kind, target, payload, next_at) VALUES (?, ?, ?, ?)",
+            (kind, target, payload, now),
+        )
+
+    async def due_outbox(self, now: int) -> list[OutboxItem]:
+        rows = await self._all(
+            "SELECT id, kind, target, payload, attempts FROM outbox WHERE done = 0 AND next_at <= ? ORDER BY id",
+            (now,),
+        )
+        return [OutboxItem(*row) for row in rows]
+
+    async def due_decisions(self, now: int) -> list[DueDecision]:
+        rows = await self._all(
+            "SELECT o.id, o.payload, o.attempts, p.endpoint, p.did FROM outbox o JOIN peers p ON p.did = o.target"
+            " WHERE o.done = 0 AND o.next_at <= ? AND o.kind = 'decision'",
+            (now,),
+        )
+        return [DueDecision(*row) for row in rows]
+
+    async def outbox_done(self, item_id: int, error: str | None = None, *, keep_error: bool = False) -> None:
+        if keep_error:
+            await self.db.execute("UPDATE outbox SET done = 1 WHERE id = ?", (item_id,))
+        else:
+            await self.db.execute("UPDATE outbox SET done = 1, last_error = ? WHERE id = ?", (error, item_id))
+
+    async def outbox_retry(self, item_id: int, *, next_at: int, error: str) -> None:
+        await self.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
+            (next_at, error, item_id),
+        )
+
+    async def outbox_pending(self) -> int:
+        row = await self._one("SELECT count(*) FROM outbox WHERE done = 0")
+        return int(row[0]) if row else 0
+
+    async def outbox_items(self) -> list[OutboxRow]:
+        rows = await self._all(
+            "SELECT id, kind, target, attempts, next_at, last_error, done FROM outbox ORDER BY id"
+        )
+        return [OutboxRow(*row) for row in rows]
+
+    # --- connections and delegations
+
+    async def connections(self) -> list[ConnectionRow]:
+        rows = await self._all("SELECT patient, profile, endpoint, head_seq FROM connections")
+        return [ConnectionRow(*row) for row in rows]
+
+    async def connection(self, patient: str) -> ConnectionDetail | None:
+        row = await self._one(
+            "SELECT endpoint, profile, deposit_grant, head_seq FROM connections WHERE patient = ?", (patient,)
+        )
+        return ConnectionDetail(*row) if row is not None else None
+
+    async def save_connection(
+        self, patient: str, *, endpoint: str, profile: bytes, deposit_grant: bytes | None = None
+    ) -> None:
+        if deposit_grant is not None:
+            await self.db.execute(
+                "INSERT INTO connections (patient, endpoint, profile, deposit_grant) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (patient) DO UPDATE SET endpoint = excluded.endpoint, profile = excluded.profile,"
+                " deposit_grant = excluded.deposit_grant",
+                (patient, endpoint, profile, deposit_grant),
+            )
+        else:
+            await self.db.execute(
+                "INSERT INTO connections (patient, endpoint, profile) VALUES (?, ?, ?) ON CONFLICT (patient)"
+                " DO UPDATE SET endpoint = excluded.endpoint, profile = excluded.profile",
+                (patient, endpoint, profile),
+            )
+
+    async def set_head(self, patient: str, *, seq: int, head: bytes, now: int) -> None:
+        await self.db.execute(
+            "UPDATE connections SET head_seq = ?, head = ?, polled = ? WHERE patient = ?",
+            (seq, head, now, patient),
+        )
+
+    async def delegations(self, patient: str) -> list[tuple[bytes, bytes]]:
+        rows = await self._all("SELECT leaf, chain FROM delegations WHERE patient = ?", (patient,))
+        return [(row[0], row[1]) for row in rows]
+
+    async def delegation_count(self, patient: str) -> int:
+        row = await self._one("SELECT count(*) FROM delegations WHERE patient = ?", (patient,))
+        return int(row[0]) if row else 0
+
+    async def save_delegation(self, leaf: bytes, *, patient: str, chain: bytes) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO delegations (leaf, patient, chain) VALUES (?, ?, ?)",
+            (leaf, patient, chain),
+        )
