@@ -1034,3 +1034,28 @@ async def test_raw_http_garbage_never_gets_a_500(story: Story) -> None:
             continue  # the server closed the connection: also not a 500
         assert status < 500, head
     assert await integrity_check(story.patient.h.db) == "ok"
+
+
+async def test_a_stalled_document_stream_times_out(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[API-33]: a deposit whose stream goes silent is refused with `timeout`; nothing is stored."""
+    from fedrecord.node import server
+
+    monkeypatch.setattr(server, "STREAM_IDLE_TIMEOUT", 0.5)
+    sealed = seal_document(story.lab.identity, story.patient.did, os.urandom(200_000))
+    record = deposit_record(story, story.lab, sealed.doc, len(sealed.ciphertext), sealed.key)
+    path = f"/v0/documents/{sealed.doc.hex()}"
+    headers = signed_headers(
+        story.lab.identity,
+        "PUT",
+        url(story, path),
+        None,
+        streamed=True,
+        headers={"Fedrecord-Deposit": b64(record), "Content-Type": "application/octet-stream"},
+    )
+    head = raw_head("PUT", path, {**headers, "Content-Length": str(len(sealed.ciphertext))})
+    before = await snapshot(story.patient)
+    # A quarter of the document, then silence: the connection stays open, no byte comes.
+    status, body_bytes = await raw_request(story.patient.port, head, sealed.ciphertext[:50_000])
+    assert status == 408 and cbor.decode(body_bytes)["code"] == "timeout"
+    await assert_unchanged(story.patient, before, nonce_spent=True)
+    assert not story.patient.h.files.path_of(sealed.doc).exists()
