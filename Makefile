@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/fedrecord demo
 
-## lint: ruff on everything, mypy --strict on the sans-I/O core
+## lint: ruff on everything, mypy --strict on the sans-I/O core, mypy on the adapters
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy --strict src/fedrecord/core
+	$(BIN)/mypy src
 
 ## test: lint, then the whole suite (pytest exit code 5, "no tests", is a failure)
 test: lint

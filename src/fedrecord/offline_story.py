@@ -275,5 +275,5 @@ def play(say: Callable[[str], None] = print, now: int | None = None) -> None:
 
     second = gp_reads(now + 180)
     expect(second == Code.REVOKED, "the revoked grant is refused")
-    say(f"8. The GP asks again: refused with code {second}.")
+    say(f"8. The GP asks again: refused with code {Code.REVOKED.value}.")
     say("The story behaved as the protocol requires.")

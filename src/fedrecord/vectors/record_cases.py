@@ -110,8 +110,8 @@ def build() -> VectorFile:
     for comment, record, signer in sample_records():
         signed = sign_record(record, signer)
         protected = cbor2.dumps(_headers(signer, record.TYPE.value), canonical=True)
-        payload = cbor2.dumps(record.to_wire(), canonical=True)
-        to_be_signed = sig_structure(protected, payload)
+        payload_bytes = cbor2.dumps(record.to_wire(), canonical=True)
+        to_be_signed = sig_structure(protected, payload_bytes)
         assert record_id(to_be_signed) == signed.id
         file.case(
             valid,
@@ -124,13 +124,13 @@ def build() -> VectorFile:
             signer=signer.did,
             toBeSigned=to_be_signed.hex(),
             id=signed.id.hex(),
-            payload=diag_bytes(payload),
+            payload=diag_bytes(payload_bytes),
             diag=diag_bytes(signed.encoded),
         )
 
     grant_comment, grant, _ = next(s for s in sample_records() if s[1].TYPE is RecordType.GRANT)
     good = sign_record(grant, PATIENT).encoded
-    payload = grant.to_wire()
+    payload: dict[str, Any] = grant.to_wire()
     head = _headers(PATIENT)
     mutations = file.group("SignedRecordOpen", f"mutations of one record ({grant_comment})")
 

@@ -154,14 +154,14 @@ def _document(group: dict[str, Any], test: dict[str, Any]) -> None:
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str | None]] = {
-    "CborStrictDecode": _cbor,  # type: ignore[dict-item]
-    "DidKey": _did,  # type: ignore[dict-item]
-    "SignedRecordOpen": _record,  # type: ignore[dict-item]
+    "CborStrictDecode": _cbor,
+    "DidKey": _did,
+    "SignedRecordOpen": _record,
     "CapabilityDecision": _capability,
-    "StreamDecrypt": _stream,  # type: ignore[dict-item]
-    "SealedBox": _sealed,  # type: ignore[dict-item]
-    "KeyWrapOpen": _wrap,  # type: ignore[dict-item]
-    "DocumentDecrypt": _document,  # type: ignore[dict-item]
+    "StreamDecrypt": _stream,
+    "SealedBox": _sealed,
+    "KeyWrapOpen": _wrap,
+    "DocumentDecrypt": _document,
 }
 
 
