@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from fedrecord.core import (
+    Code,
     Grant,
     KeyWrap,
     RemoteProtocolError,
@@ -1059,3 +1060,15 @@ async def test_a_stalled_document_stream_times_out(story: Story, monkeypatch: py
     assert status == 408 and cbor.decode(body_bytes)["code"] == "timeout"
     await assert_unchanged(story.patient, before, nonce_spent=True)
     assert not story.patient.h.files.path_of(sealed.doc).exists()
+
+
+async def test_a_shared_copy_is_not_read_on_a_stale_state_head(story: Story) -> None:
+    """[HEAD-4]: the GP reads its copy only while it holds a recent head from the patient."""
+    gp = story.gp.clinic
+    doc = story.docs["cbc"]
+    await gp.poll(story.patient.did, now=now())
+    await gp.fetch(story.patient.did, doc, now=now())
+    assert (await gp.read_held(doc, now=now())).startswith(b"Hemoglobin")
+    with pytest.raises(RemoteProtocolError) as caught:
+        await gp.read_held(doc, now=now() + 3600)
+    assert caught.value.code is Code.STALE

@@ -751,7 +751,9 @@ async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> 
         else:
             async with clinic_of(home) as clinic:
                 if patient is None:
-                    content = await clinic.read_held(await _resolve(home, doc))
+                    doc_id = await _resolve(home, doc)
+                    await _poll_holder(clinic, doc_id)
+                    content = await clinic.read_held(doc_id, now=int(time.time()))
                 else:
                     now = int(time.time())
                     await clinic.poll(patient, now=now)
@@ -766,6 +768,16 @@ async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> 
             if out
             else (lambda: click.echo(content.decode(errors="replace"), nl=False)),
         )
+
+
+async def _poll_holder(clinic: Any, doc: bytes) -> None:
+    """Refresh the state head of the patient a shared copy came from, when that node answers."""
+    from fedrecord.node.client import PeerUnreachable
+
+    held = await clinic.store.held_copy(doc)
+    if held is not None and held[2] == "shared":
+        with contextlib.suppress(PeerUnreachable):
+            await clinic.poll(held[1], now=int(time.time()))
 
 
 async def _listed(clinic: Any, patient: str, prefix: str, now: int) -> bytes:

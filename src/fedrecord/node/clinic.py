@@ -51,6 +51,8 @@ from .patient import decrypt_stored
 from .wire import MAX_DOCUMENT, Invitation
 
 MAX_BACKOFF = 300
+# How old the patient's state head may be for this node to read a shared copy it holds [HEAD-4].
+MAX_HEAD_AGE = 300
 # Authored documents are the clinic's own legal record: kept for ten years when the patient deletes.
 RETENTION = 10 * 365 * 86_400
 
@@ -528,12 +530,24 @@ class ClinicNode:
             for r in rows
         ]
 
-    async def read_held(self, doc: bytes) -> bytes:
-        row = await self.store.key_and_patient(doc)
-        if row is None or row[0] is None:
+    async def read_held(self, doc: bytes, *, now: int, max_head_age: int = MAX_HEAD_AGE) -> bytes:
+        """Read a copy this node holds: its own authored documents always; a copy shared by a patient
+        only while this node holds a recent state head from that patient [HEAD-4], so that a
+        revocation it has not yet learnt of cannot be outrun for long.
+
+        Raises:
+            RemoteProtocolError: ``not-found``; ``stale`` when the patient's head is too old (poll first).
+        """
+        row = await self.store.held_copy(doc)
+        if row is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
-        key = open_sealed(row[0], self.home.encryption)
-        return await decrypt_stored(self.home, doc, DocumentReader(key, expected_patient=row[1]))
+        sealed_key, patient, state, polled = row
+        if sealed_key is None:
+            raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
+        if state == "shared" and (polled is None or now - polled > max_head_age):
+            raise RemoteProtocolError(Code.STALE, "the patient's state head is too old to use a shared copy")
+        key = open_sealed(sealed_key, self.home.encryption)
+        return await decrypt_stored(self.home, doc, DocumentReader(key, expected_patient=patient))
 
     # --- polling the patient's state -------------------------------------------------------------
 

@@ -332,6 +332,10 @@ class NodeStore(Protocol):
         """A held document's sealed key and patient; ``None`` when absent."""
         ...
 
+    async def held_copy(self, doc: bytes) -> tuple[bytes | None, str, str, int | None] | None:
+        """A held document's sealed key, patient, state and when its patient's head was last polled."""
+        ...
+
     async def document_labels(self, doc: bytes) -> str | None:
         """A document's labels (JSON list); ``None`` when absent."""
         ...
@@ -723,6 +727,14 @@ class SqliteNodeStore:
     async def key_and_patient(self, doc: bytes) -> tuple[bytes | None, str] | None:
         row = await self._one("SELECT sealed_key, patient FROM documents WHERE id = ?", (doc,))
         return (row[0], row[1]) if row is not None else None
+
+    async def held_copy(self, doc: bytes) -> tuple[bytes | None, str, str, int | None] | None:
+        row = await self._one(
+            "SELECT d.sealed_key, d.patient, d.state, c.polled FROM documents d"
+            " LEFT JOIN connections c ON c.patient = d.patient WHERE d.id = ?",
+            (doc,),
+        )
+        return (row[0], row[1], row[2], row[3]) if row is not None else None
 
     async def document_labels(self, doc: bytes) -> str | None:
         row = await self._one("SELECT labels FROM documents WHERE id = ?", (doc,))
