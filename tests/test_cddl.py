@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -25,8 +23,8 @@ from fedrecord.core.records import WrapSecret
 from fedrecord.core.sealed_box import open_sealed
 from fedrecord.core.signed import open_any_record
 
-SPEC = Path(__file__).resolve().parent.parent / "spec"
-CDDL = (SPEC / "fedrecord.cddl").read_text()
+from .cddl_schema import CDDL, SPEC, schema, valid
+
 VECTORS = SPEC / "vectors"
 
 
@@ -35,23 +33,9 @@ def _vector_tests(name: str) -> list[dict[str, Any]]:
     return [test for group in document["testGroups"] for test in group["tests"]]
 
 
-@cache
-def _schema(rule: str | None = None) -> pycddl.Schema:
-    """The CDDL with ``rule`` as its first rule (the file's own first rule when None)."""
-    return pycddl.Schema(CDDL if rule is None else f"root = {rule}\n{CDDL}")
-
-
-def _valid(rule: str | None, data: bytes) -> bool:
-    try:
-        _schema(rule).validate_cbor(data)
-    except pycddl.ValidationError:
-        return False
-    return True
-
-
 def _assert_valid(rule: str | None, data: bytes, what: str) -> None:
     try:
-        _schema(rule).validate_cbor(data)
+        schema(rule).validate_cbor(data)
     except pycddl.ValidationError as exc:
         pytest.fail(f"{what}: not a {rule or 'fedrecord-object'}: {exc}")
 
@@ -131,7 +115,7 @@ def test_key_wrap_vector_records_and_sealed_secrets() -> None:
             accepted = True
         except FedrecordError:
             accepted = False
-        assert _valid("wrap-secret", plaintext) == accepted, what
+        assert valid("wrap-secret", plaintext) == accepted, what
         if accepted:
             _assert_valid(None, plaintext, what)
         secrets += accepted
@@ -176,7 +160,7 @@ def test_invalid_payloads_are_refused(test: dict[str, Any]) -> None:
     # choice of all payloads: pycddl 0.6 keeps the keys one alternative of a type choice has
     # matched when it tries the next, so a broken grant passes as a private-restriction.
     payload = cbor2.loads(bytes.fromhex(test["record"])).value[2]
-    assert not _valid(_payload_rule(test["expectedType"]), payload), test["comment"]
+    assert not valid(_payload_rule(test["expectedType"]), payload), test["comment"]
 
 
 def test_negative_cases_are_present() -> None:
@@ -197,17 +181,17 @@ def test_error_bodies() -> None:
         body = cbor.encode({"code": code.value, "message": "a human explanation"})
         _assert_valid("error-body", body, code.value)
         _assert_valid(None, body, code.value)
-    assert not _valid("error-body", cbor.encode({"code": "teapot", "message": ""}))
-    assert not _valid("error-body", cbor.encode({"code": "not-found"}))
+    assert not valid("error-body", cbor.encode({"code": "teapot", "message": ""}))
+    assert not valid("error-body", cbor.encode({"code": "not-found"}))
 
 
 def test_protected_header_names_every_record_type_and_nothing_else() -> None:
     kid = b"did:key:z" + b"6" * 47
     for typ in RecordType:
         header = cbor.encode({1: -8, 4: kid, 16: typ.value}, int_keys=True)
-        assert _valid("protected-header", header), typ
-    assert not _valid("protected-header", cbor.encode({1: -8, 4: kid, 16: "fedrecord/other"}, int_keys=True))
-    assert not _valid("protected-header", cbor.encode({1: -7, 4: kid, 16: "fedrecord/grant"}, int_keys=True))
-    assert not _valid(
+        assert valid("protected-header", header), typ
+    assert not valid("protected-header", cbor.encode({1: -8, 4: kid, 16: "fedrecord/other"}, int_keys=True))
+    assert not valid("protected-header", cbor.encode({1: -7, 4: kid, 16: "fedrecord/grant"}, int_keys=True))
+    assert not valid(
         "protected-header", cbor.encode({1: -8, 3: 0, 4: kid, 16: "fedrecord/grant"}, int_keys=True)
     )

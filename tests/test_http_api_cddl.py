@@ -22,7 +22,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +58,7 @@ from fedrecord.node.wire import INVITATION_PREFIX, Invitation, decode_body, enco
 from fedrecord.vectors.samples import GP, LAB, NOW, SPECIALIST, sample_records
 from fedrecord.vectors.samples import PATIENT as PATIENT_ID
 
-SPEC = Path(__file__).resolve().parent.parent / "spec"
-CDDL = (SPEC / "fedrecord.cddl").read_text()
+from .cddl_schema import CDDL, schema, valid
 
 PASSPHRASE = b"test passphrase, not a secret"
 KDF_LIMITS = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
@@ -85,25 +83,11 @@ API_RULES = (
 )
 
 
-@cache
-def _schema(rule: str | None = None) -> pycddl.Schema:
-    """The CDDL with ``rule`` as its first rule (the file's own first rule when None)."""
-    return pycddl.Schema(CDDL if rule is None else f"root = {rule}\n{CDDL}")
-
-
-def _valid(rule: str | None, data: bytes) -> bool:
-    try:
-        _schema(rule).validate_cbor(data)
-    except pycddl.ValidationError:
-        return False
-    return True
-
-
 def _assert_body(rule: str, data: bytes, what: str = "") -> None:
     """``data`` is a ``rule``, an ``api-body`` and a fedrecord object, and the nodes decode it."""
     for name in (rule, "api-body", None):
         try:
-            _schema(name).validate_cbor(data)
+            schema(name).validate_cbor(data)
         except pycddl.ValidationError as exc:
             pytest.fail(f"{what or rule}: not a {name or 'fedrecord-object'}: {exc}")
     decode_body(data)  # what every receiver does first ([API-2])
@@ -120,7 +104,7 @@ def _assert_record_arrays(data: bytes, what: str) -> None:
     body = cbor.decode(data)
     for key in RECORD_ARRAYS:
         for element in body.get(key, []):
-            assert _valid("signed-record-bytes", cbor.encode(element)), f"{what}: {key} holds a non-record"
+            assert valid("signed-record-bytes", cbor.encode(element)), f"{what}: {key} holds a non-record"
 
 
 def test_every_api_rule_is_in_the_cddl_and_in_api_body() -> None:
@@ -290,12 +274,12 @@ BROKEN = [
 
 @pytest.mark.parametrize(("rule", "body", "what"), BROKEN, ids=[b[2] for b in BROKEN])
 def test_broken_bodies_are_refused(rule: str, body: bytes, what: str) -> None:
-    assert not _valid(rule, body), what
+    assert not valid(rule, body), what
 
 
 def test_arrays_of_records_hold_records() -> None:
     body = _with(_sample_bodies()["list-request"][0], chain=[SAMPLES["grant"].encoded, b"\x00"])
-    assert _valid("list-request", body)  # the shape; the elements are checked one by one:
+    assert valid("list-request", body)  # the shape; the elements are checked one by one:
     with pytest.raises(AssertionError):
         _assert_record_arrays(body, "chain with a non-record")
 
@@ -310,7 +294,7 @@ def test_broken_bodies_the_nodes_refuse_on_decoding() -> None:
     ):
         with pytest.raises(FedrecordError):
             decode_body(data, *required)
-        assert not any(_valid(rule, data) for rule in API_RULES), data.hex()
+        assert not any(valid(rule, data) for rule in API_RULES), data.hex()
 
 
 def test_invitation_payload() -> None:
@@ -320,11 +304,11 @@ def test_invitation_payload() -> None:
     code = invitation.code()
     assert code.startswith(INVITATION_PREFIX) and "=" not in code
     payload = base64.urlsafe_b64decode(code[len(INVITATION_PREFIX) :] + "=" * (-len(code) % 4))
-    assert _valid("invitation-payload", payload)
-    assert _valid(None, payload)
+    assert valid("invitation-payload", payload)
+    assert valid(None, payload)
     assert Invitation.parse(invitation.url()) == invitation
-    assert not _valid("invitation-payload", _with(payload, token=bytes(16)))
-    assert not _valid("invitation-payload", _with(payload, exp=None))
+    assert not valid("invitation-payload", _with(payload, token=bytes(16)))
+    assert not valid("invitation-payload", _with(payload, exp=None))
 
 
 # --- bodies of a real patient node -------------------------------------------------------------
@@ -449,7 +433,7 @@ async def test_state_for_is_a_state_answer(world: World) -> None:
     # Grants addressed to the clinic (deposit, read, revoked read), the revocation, the tombstone.
     assert len(state["grants"]) == 3 and len(state["revocations"]) == 1 and len(state["tombstones"]) == 1
     for encoded in (state["head"], *state["revocations"], *state["tombstones"], *state["grants"]):
-        assert _valid("signed-record", encoded)
+        assert valid("signed-record", encoded)
 
 
 async def test_state_for_a_stranger_is_a_state_answer(world: World) -> None:
@@ -465,7 +449,7 @@ async def test_documents_for_is_a_list_answer(world: World) -> None:
     _assert_body("list-answer", encode_body(documents=documents))
     assert sorted(entry["doc"] for entry in documents) == sorted(world.docs)
     for entry in documents:
-        assert _valid("document-entry", cbor.encode(entry))
+        assert valid("document-entry", cbor.encode(entry))
 
 
 async def test_fetch_request_and_key_wrap_of_a_real_fetch(world: World) -> None:
@@ -496,8 +480,8 @@ async def test_fetch_request_and_key_wrap_of_a_real_fetch(world: World) -> None:
     )
     stream = b"".join([chunk async for chunk in chunks])
     assert len(stream) == size
-    assert _valid("signed-record", wrap.encoded)
-    assert _valid("key-wrap-payload", cbor2.loads(wrap.encoded).value[2])
+    assert valid("signed-record", wrap.encoded)
+    assert valid("key-wrap-payload", cbor2.loads(wrap.encoded).value[2])
     assert await world.patient.verify_audit() == (True, 1, "the audit chain verifies")
 
 
@@ -508,8 +492,8 @@ async def test_health_and_profile_answers_of_the_server(world: World) -> None:
     _assert_body("health-answer", answer.body)
     answer = await profile(make_mocked_request("GET", "/v0/profile", app=app))
     assert isinstance(answer.body, bytes)
-    assert _valid("signed-record", answer.body)
-    assert _valid("node-profile-payload", cbor2.loads(answer.body).value[2])
+    assert valid("signed-record", answer.body)
+    assert valid("node-profile-payload", cbor2.loads(answer.body).value[2])
 
 
 # --- the bytes a served patient node answers ------------------------------------------------------
@@ -565,7 +549,7 @@ async def test_bodies_answered_over_http(tmp_path: Path) -> None:
             assert status == 200
             _assert_body("health-answer", data)
             status, data = await _send(session, None, "GET", f"{url}/v0/profile")
-            assert status == 200 and _valid("signed-record", data)
+            assert status == 200 and valid("signed-record", data)
 
             patient = runner.app[PATIENT]
             invitation = await patient.create_invitation(label="lab", now=now)
@@ -618,7 +602,7 @@ async def test_bodies_answered_over_http(tmp_path: Path) -> None:
 
             # Refusals are error bodies: unsigned, and signed (a document that is not there).
             status, data = await _send(session, None, "POST", f"{url}/v0/state", encode_body())
-            assert status == 401 and _valid("error-body", data)
+            assert status == 401 and valid("error-body", data)
             receipt = sign_record(
                 AccessReceipt(
                     patient=patient_home.did,
@@ -634,7 +618,7 @@ async def test_bodies_answered_over_http(tmp_path: Path) -> None:
             request = encode_body(chain=[read_grant.encoded], receipt=receipt.encoded)
             _assert_body("fetch-request", request)
             status, data = await _send(session, clinic, "POST", f"{url}/v0/fetch", request)
-            assert status == 404 and _valid("error-body", data)
+            assert status == 404 and valid("error-body", data)
             assert cbor.decode(data)["code"] == "not-found"
     finally:
         await runner.cleanup()
