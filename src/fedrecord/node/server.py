@@ -3,8 +3,8 @@
 Every node-to-node request is signed (RFC 9421) and its nonce remembered
 durably for the replay window before anything else happens.  Every refusal
 is a CBOR error body with its stable code and HTTP status; an unexpected
-exception is logged and answered ``internal`` without detail, never as a
-traceback.
+exception (a bug of ours) is logged and answered with status 500 and the
+message "internal error", never with a traceback.
 """
 
 from __future__ import annotations
