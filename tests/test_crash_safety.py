@@ -56,6 +56,7 @@ import pytest
 from nacl.pwhash import argon2id
 
 from fedrecord.core import AcceptedEntry, Deposit, DepositDecision, cbor, open_record
+from fedrecord.demo import serve_until_healthy
 from fedrecord.node.clinic import MAX_BACKOFF, ClinicNode
 from fedrecord.node.home import NodeHome
 from fedrecord.node.patient import PatientNode
@@ -149,22 +150,9 @@ class World:
         return f"http://127.0.0.1:{self.port}"
 
     def start_patient(self) -> None:
-        with self.log.open("ab") as out:
-            self.server = subprocess.Popen(
-                [sys.executable, "-m", "fedrecord", "serve"],
-                env=self.env(self.patient_home),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/v0/health", timeout=1):
-                    return
-            except OSError:
-                assert self.server.poll() is None, f"the patient node stopped; see {self.log}"
-                time.sleep(0.02)
-        raise AssertionError(f"the patient node did not start; see {self.log}")
+        self.server = serve_until_healthy(
+            self.env(self.patient_home), self.url, self.log, name="the patient node", poll=0.02
+        )
 
     def kill_patient(self) -> None:
         assert self.server is not None

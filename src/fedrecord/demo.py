@@ -32,6 +32,31 @@ class DemoFailed(Exception):
     """A step did not behave as expected."""
 
 
+def serve_until_healthy(
+    env: dict[str, str], url: str, log: Path, *, name: str, poll: float = 0.1
+) -> subprocess.Popen[bytes]:
+    """Start `fedrecord serve` for the node in ``env`` and wait until ``url`` answers its health check.
+
+    Raises:
+        DemoFailed: the process stopped, or did not answer within 30 s (its output is in ``log``).
+    """
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fedrecord", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v0/health", timeout=1):
+                return process
+        except OSError:
+            if process.poll() is not None:
+                raise DemoFailed(f"{name} stopped; see {log}") from None
+            time.sleep(poll)
+    process.kill()
+    raise DemoFailed(f"{name} did not start; see {log}")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -81,23 +106,7 @@ class Node:
         if not self.did:
             created = self.run("init", "--role", self.role, "--name", self.display, "--port", str(self.port))
             self.did = created["did"]
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "fedrecord", "serve"],
-                env=self.env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/v0/health", timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise DemoFailed(f"{self.name} stopped; see {log}") from None
-                time.sleep(0.1)
-        raise DemoFailed(f"{self.name} did not start; see {log}")
+        self.process = serve_until_healthy(self.env(), self.url, log, name=self.name)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

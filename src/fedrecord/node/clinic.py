@@ -104,7 +104,10 @@ class ClinicNode:
     async def connections(self) -> list[Connection]:
         rows = await self.store.connections()
         return [
-            Connection(row[0], open_record(row[1], NodeProfile).record.name, row[2], row[3]) for row in rows
+            Connection(
+                row.patient, open_record(row.profile, NodeProfile).record.name, row.endpoint, row.head_seq
+            )
+            for row in rows
         ]
 
     async def _connection(self, patient: str) -> dict[str, Any]:
@@ -112,10 +115,10 @@ class ClinicNode:
         if row is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
         return {
-            "endpoint": row[0],
-            "profile": open_record(row[1], NodeProfile),
-            "deposit_grant": open_record(row[2], Grant) if row[2] is not None else None,
-            "head_seq": row[3],
+            "endpoint": row.endpoint,
+            "profile": open_record(row.profile, NodeProfile),
+            "deposit_grant": open_record(row.deposit_grant, Grant) if row.deposit_grant is not None else None,
+            "head_seq": row.head_seq,
         }
 
     # --- depositing -----------------------------------------------------------------------
@@ -253,13 +256,13 @@ class ClinicNode:
         rows = await self.store.outbox_items()
         return [
             {
-                "id": r[0],
-                "kind": r[1],
-                "target": r[2],
-                "attempts": r[3],
-                "next_at": r[4],
-                "error": r[5],
-                "done": bool(r[6]),
+                "id": r.id,
+                "kind": r.kind,
+                "target": r.target,
+                "attempts": r.attempts,
+                "next_at": r.next_at,
+                "error": r.last_error,
+                "done": bool(r.done),
             }
             for r in rows
         ]

@@ -253,14 +253,14 @@ class PatientNode:
         rows = await self.store.inbox_rows()
         return [
             InboxItem(
-                doc=row[0],
-                author=row[1],
-                author_name=await self.peer_name(row[1]),
-                title=row[2],
-                category=row[3],
-                labels=tuple(json.loads(row[4])),
-                date=row[5],
-                size=row[6],
+                doc=row.doc,
+                author=row.author,
+                author_name=await self.peer_name(row.author),
+                title=row.title,
+                category=row.category,
+                labels=tuple(json.loads(row.labels)),
+                date=row.date,
+                size=row.size,
             )
             for row in rows
         ]
@@ -343,19 +343,19 @@ class PatientNode:
         rows = await self.store.accepted_documents()
         return [
             {
-                "doc": row[0],
-                "author": row[1],
-                "title": row[2],
-                "type": row[3],
-                "category": row[4],
-                "labels": json.loads(row[5]),
-                "date": row[6],
-                "added": row[7],
-                "size": row[8],
-                "hidden": bool(row[9]),
+                "doc": row.doc,
+                "author": row.author,
+                "title": row.title,
+                "type": row.doc_type,
+                "category": row.category,
+                "labels": json.loads(row.labels),
+                "date": row.date,
+                "added": row.added,
+                "size": row.size,
+                "hidden": bool(row.hidden),
             }
             for row in rows
-            if include_hidden or not row[9]
+            if include_hidden or not row.hidden
         ]
 
     async def read_own(self, doc: bytes) -> bytes:
