@@ -528,99 +528,111 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         _wait_for(f"http://127.0.0.1:{plain_port}/v0/health", plain, plain_log)
 
-        # 1. Authorized 4 KiB fetches against plain GETs.
-        rounds, duration, warmup = (2, 1.5, 0.3) if quick else (3, 4.0, 0.5)
-        best_get: dict[str, Any] = {"per_s": 0.0}
-        best_fetch: dict[str, Any] = {"per_s": 0.0}
-        pool = 3000
-        fetched = 0
-        for _ in range(rounds):
-            got = _measured(
-                plain, "get", port=plain_port, concurrency=concurrency, duration=duration, warmup=warmup
+        if args.only in (None, "fetch"):
+            # 1. Authorized 4 KiB fetches against plain GETs.
+            rounds, duration, warmup = (2, 1.5, 0.3) if quick else (3, 4.0, 0.5)
+            best_get: dict[str, Any] = {"per_s": 0.0}
+            best_fetch: dict[str, Any] = {"per_s": 0.0}
+            pool = 3000
+            fetched = 0
+            for _ in range(rounds):
+                got = _measured(
+                    plain, "get", port=plain_port, concurrency=concurrency, duration=duration, warmup=warmup
+                )
+                fetch = _measured(
+                    node,
+                    "fetch",
+                    port=port,
+                    home=str(world["gp_home"]),
+                    patient=world["patient"],
+                    doc=world["doc"],
+                    endpoint=world["endpoint"],
+                    pool=pool,
+                    concurrency=concurrency,
+                    duration=duration,
+                    warmup=warmup,
+                )
+                if got["errors"] or fetch["errors"]:
+                    raise SystemExit(f"refused requests: plain {got['statuses']}, node {fetch['statuses']}")
+                fetched += fetch["ok"]
+                pool = max(pool, int(fetch["per_s"] * (duration + warmup) * 1.5))
+                best_get = max(best_get, got, key=lambda r: r["per_s"])
+                best_fetch = max(best_fetch, fetch, key=lambda r: r["per_s"])
+            audit = _count(world["patient_home"], "SELECT count(*) FROM audit")
+            if audit != fetched + 1:
+                raise SystemExit(f"{fetched} fetches answered but {audit - 1} receipts in the audit log")
+            _record(
+                results,
+                best_fetch,
+                best_get,
+                "authorized_get_ratio",
+                "authorized_fetches_per_s",
+                "plain_gets_per_s",
+                "node_cpu_us_per_fetch",
+                "plain_cpu_us_per_get",
             )
-            fetch = _measured(
-                node,
-                "fetch",
-                port=port,
-                home=str(world["gp_home"]),
-                patient=world["patient"],
-                doc=world["doc"],
-                endpoint=world["endpoint"],
-                pool=pool,
-                concurrency=concurrency,
-                duration=duration,
-                warmup=warmup,
-            )
-            if got["errors"] or fetch["errors"]:
-                raise SystemExit(f"refused requests: plain {got['statuses']}, node {fetch['statuses']}")
-            fetched += fetch["ok"]
-            pool = max(pool, int(fetch["per_s"] * (duration + warmup) * 1.5))
-            best_get = max(best_get, got, key=lambda r: r["per_s"])
-            best_fetch = max(best_fetch, fetch, key=lambda r: r["per_s"])
-        audit = _count(world["patient_home"], "SELECT count(*) FROM audit")
-        if audit != fetched + 1:
-            raise SystemExit(f"{fetched} fetches answered but {audit - 1} receipts in the audit log")
-        results["authorized_get_ratio"] = round(best_fetch["per_s"] / best_get["per_s"], 3)
-        results["authorized_fetches_per_s"] = round(best_fetch["per_s"], 1)
-        results["plain_gets_per_s"] = round(best_get["per_s"], 1)
-        if "server_cpu_us" in best_fetch and "server_cpu_us" in best_get:
-            results["node_cpu_us_per_fetch"] = round(best_fetch["server_cpu_us"])
-            results["plain_cpu_us_per_get"] = round(best_get["server_cpu_us"])
-        results["fetch_body_bytes"] = fetch_size
-        results["receipts_committed"] = audit - 1
+            results["fetch_body_bytes"] = fetch_size
+            results["receipts_committed"] = audit - 1
 
-        # 2. Deposits of 100 KiB documents against raw uploads of the same bytes with fsync.
-        count = 100 if quick else 1000
-        deposit_rounds = 1 if quick else 2
-        best_upload: dict[str, Any] = {"per_s": 0.0}
-        best_deposit: dict[str, Any] = {"per_s": 0.0}
-        prepare_rates = []
-        inbox_before = _count(world["patient_home"], "SELECT count(*) FROM documents WHERE state = 'inbox'")
-        for round_number in range(deposit_rounds):
-            prepared = _load(
-                "prepare",
-                home=str(world["lab_home"]),
-                patient=world["patient"],
-                count=count,
-                size=DEPOSIT_SIZE,
-                round=round_number,
+        if args.only in (None, "deposit"):
+            # 2. Deposits of 100 KiB documents against raw uploads of the same bytes with fsync.
+            count = 100 if quick else 1000
+            deposit_rounds = 1 if quick else 2
+            best_upload: dict[str, Any] = {"per_s": 0.0}
+            best_deposit: dict[str, Any] = {"per_s": 0.0}
+            prepare_rates = []
+            inbox_before = _count(
+                world["patient_home"], "SELECT count(*) FROM documents WHERE state = 'inbox'"
             )
-            prepare_rates.append(prepared["per_s"])
-            upload = _measured(
-                plain,
-                "upload",
-                port=plain_port,
-                files=prepared["files"],
-                round=round_number,
-                concurrency=concurrency,
+            for round_number in range(deposit_rounds):
+                prepared = _load(
+                    "prepare",
+                    home=str(world["lab_home"]),
+                    patient=world["patient"],
+                    count=count,
+                    size=DEPOSIT_SIZE,
+                    round=round_number,
+                )
+                prepare_rates.append(prepared["per_s"])
+                upload = _measured(
+                    plain,
+                    "upload",
+                    port=plain_port,
+                    files=prepared["files"],
+                    round=round_number,
+                    concurrency=concurrency,
+                )
+                deposit = _measured(
+                    node,
+                    "deposit",
+                    home=str(world["lab_home"]),
+                    patient=world["patient"],
+                    payloads=prepared["payloads"],
+                    concurrency=concurrency,
+                )
+                if upload["errors"] or deposit["errors"]:
+                    raise SystemExit(f"failed uploads: plain {upload['errors']}, node {deposit['errors']}")
+                best_upload = max(best_upload, upload, key=lambda r: r["per_s"])
+                best_deposit = max(best_deposit, deposit, key=lambda r: r["per_s"])
+            stored = (
+                _count(world["patient_home"], "SELECT count(*) FROM documents WHERE state = 'inbox'")
+                - inbox_before
             )
-            deposit = _measured(
-                node,
-                "deposit",
-                home=str(world["lab_home"]),
-                patient=world["patient"],
-                payloads=prepared["payloads"],
-                concurrency=concurrency,
+            if stored != count * deposit_rounds:
+                raise SystemExit(f"{count * deposit_rounds} deposits sent but {stored} in the inbox")
+            _record(
+                results,
+                best_deposit,
+                best_upload,
+                "deposit_throughput_ratio",
+                "deposits_per_s",
+                "raw_uploads_per_s",
+                "node_cpu_us_per_deposit",
+                "plain_cpu_us_per_upload",
             )
-            if upload["errors"] or deposit["errors"]:
-                raise SystemExit(f"failed uploads: plain {upload['errors']}, node {deposit['errors']}")
-            best_upload = max(best_upload, upload, key=lambda r: r["per_s"])
-            best_deposit = max(best_deposit, deposit, key=lambda r: r["per_s"])
-        stored = (
-            _count(world["patient_home"], "SELECT count(*) FROM documents WHERE state = 'inbox'")
-            - inbox_before
-        )
-        if stored != count * deposit_rounds:
-            raise SystemExit(f"{count * deposit_rounds} deposits sent but {stored} in the inbox")
-        results["deposit_throughput_ratio"] = round(best_deposit["per_s"] / best_upload["per_s"], 3)
-        results["deposits_per_s"] = round(best_deposit["per_s"], 1)
-        results["raw_uploads_per_s"] = round(best_upload["per_s"], 1)
-        if "server_cpu_us" in best_deposit and "server_cpu_us" in best_upload:
-            results["node_cpu_us_per_deposit"] = round(best_deposit["server_cpu_us"])
-            results["plain_cpu_us_per_upload"] = round(best_upload["server_cpu_us"])
-        results["lab_prepares_per_s"] = round(max(prepare_rates), 1)
-        results["deposit_documents"] = count
-        results["deposit_bytes"] = DEPOSIT_SIZE
+            results["lab_prepares_per_s"] = round(max(prepare_rates), 1)
+            results["deposit_documents"] = count
+            results["deposit_bytes"] = DEPOSIT_SIZE
         results["concurrency"] = concurrency
     finally:
         _stop(plain)
@@ -632,6 +644,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def _record(results: dict[str, Any], node: dict[str, Any], plain: dict[str, Any], *names: str) -> None:
+    """The ratio of the node's best round to the baseline's, both rates, and each server's CPU per request."""
+    ratio, node_rate, plain_rate, node_cpu, plain_cpu = names
+    results[ratio] = round(node["per_s"] / plain["per_s"], 3)
+    results[node_rate] = round(node["per_s"], 1)
+    results[plain_rate] = round(plain["per_s"], 1)
+    if "server_cpu_us" in node and "server_cpu_us" in plain:
+        results[node_cpu] = round(node["server_cpu_us"])
+        results[plain_cpu] = round(plain["server_cpu_us"])
 
 
 def _print_profile(path: Path) -> None:
@@ -652,6 +675,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="client connections (both runs)")
     parser.add_argument("--profile", type=Path, help="run the patient node under cProfile, output here")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' temporary folder")
+    parser.add_argument(
+        "--only", choices=("fetch", "deposit"), help="measure one figure (the other is left out)"
+    )
     parser.add_argument("--serve-plain", nargs=3, metavar=("PORT", "SIZE", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=sorted(LOADS), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import pytest
 from nacl.pwhash import argon2id
 
@@ -60,7 +59,7 @@ from fedrecord.demo import serve_until_healthy
 from fedrecord.node.clinic import MAX_BACKOFF, ClinicNode
 from fedrecord.node.home import NodeHome
 from fedrecord.node.patient import PatientNode
-from fedrecord.storage.sqlite import integrity_check
+from fedrecord.storage.sqlite import Database, integrity_check
 
 # 20 kills of each kind by default (about 40 s); FEDRECORD_SOAK=1 for 100, or FEDRECORD_CRASH_RUNS=N.
 RUNS = int(os.environ.get("FEDRECORD_CRASH_RUNS") or (100 if os.environ.get("FEDRECORD_SOAK") == "1" else 20))
@@ -212,9 +211,11 @@ def _rows(home: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[An
 
 def _integrity(home: Path) -> str:
     async def check() -> str:
-        async with aiosqlite.connect(home / "node.db") as db:
-            await db.execute("PRAGMA busy_timeout = 30000")
+        db = Database(home / "node.db")
+        try:
             return await integrity_check(db)
+        finally:
+            await db.close()
 
     return asyncio.run(check())
 

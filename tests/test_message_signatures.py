@@ -61,8 +61,15 @@ def signed(
     headers = {"Content-Type": "application/cbor"}
     headers.update(
         sign_request(
-            identity=signer, method=method, url=url, headers=headers, body=body, now=now, nonce=nonce,
-            lifetime=lifetime, streamed=streamed,
+            identity=signer,
+            method=method,
+            url=url,
+            headers=headers,
+            body=body,
+            now=now,
+            nonce=nonce,
+            lifetime=lifetime,
+            streamed=streamed,
         )
     )
     return headers
@@ -140,8 +147,13 @@ def test_vector_request_headers_and_signature_base():
     """[HTTP-3], [HTTP-5]: the exact fields for seed 0^32, POST, URL, BODY, now 1790000000."""
     assert VECTOR_SIGNER.did == VECTOR_DID
     headers = sign_request(
-        identity=VECTOR_SIGNER, method="POST", url=URL, headers={"Content-Type": "application/cbor"},
-        body=BODY, now=1_790_000_000, nonce=NONCE,
+        identity=VECTOR_SIGNER,
+        method="POST",
+        url=URL,
+        headers={"Content-Type": "application/cbor"},
+        body=BODY,
+        now=1_790_000_000,
+        nonce=NONCE,
     )
     assert headers == VECTOR_REQUEST_HEADERS
     # Checked without our code: RFC 9530 digest, and Ed25519 over exactly the base string.
@@ -150,26 +162,43 @@ def test_vector_request_headers_and_signature_base():
     VerifyKey(VECTOR_SIGNER.public_key).verify(
         VECTOR_REQUEST_BASE.encode(), _signature_bytes(VECTOR_REQUEST_HEADERS["Signature"])
     )
-    result = verify_request(method="POST", url=URL, headers=VECTOR_REQUEST_HEADERS, body=BODY, now=1_790_000_000)
+    result = verify_request(
+        method="POST", url=URL, headers=VECTOR_REQUEST_HEADERS, body=BODY, now=1_790_000_000
+    )
     assert (result.signer, result.nonce, result.created, result.expires) == (
-        VECTOR_DID, NONCE, 1_790_000_000, 1_790_000_060
+        VECTOR_DID,
+        NONCE,
+        1_790_000_000,
+        1_790_000_060,
     )
 
 
 def test_vector_response_headers_and_signature_base():
     """[HTTP-12]: the answer 200 BODY to the vector request, signed at 1790000001 by the same key."""
     headers = sign_response(
-        identity=VECTOR_SIGNER, status=200, headers={}, body=BODY, request_method="POST", request_url=URL,
+        identity=VECTOR_SIGNER,
+        status=200,
+        headers={},
+        body=BODY,
+        request_method="POST",
+        request_url=URL,
         request_signature=VECTOR_REQUEST_HEADERS["Signature"],
-        request_signature_input=VECTOR_REQUEST_HEADERS["Signature-Input"], now=1_790_000_001,
+        request_signature_input=VECTOR_REQUEST_HEADERS["Signature-Input"],
+        now=1_790_000_001,
     )
     assert headers == VECTOR_RESPONSE_HEADERS
     VerifyKey(VECTOR_SIGNER.public_key).verify(
         VECTOR_RESPONSE_BASE.encode(), _signature_bytes(VECTOR_RESPONSE_HEADERS["Signature"])
     )
     verify_response(
-        expected_signer=VECTOR_DID, status=200, headers=VECTOR_RESPONSE_HEADERS, body=BODY, request_method="POST",
-        request_url=URL, request_headers=VECTOR_REQUEST_HEADERS, now=1_790_000_001,
+        expected_signer=VECTOR_DID,
+        status=200,
+        headers=VECTOR_RESPONSE_HEADERS,
+        body=BODY,
+        request_method="POST",
+        request_url=URL,
+        request_headers=VECTOR_REQUEST_HEADERS,
+        now=1_790_000_001,
     )
 
 
@@ -455,20 +484,32 @@ def test_streamed_request_covers_its_declaration_not_its_body():
     # The declaration is covered: adding it to, or removing it from, a signed request fails.
     with pytest.raises(AuthenticationError):
         verify_request(
-            method="POST", url=URL, headers={**signed(body=None), "Fedrecord-Streamed": "1"}, body=None, now=NOW
+            method="POST",
+            url=URL,
+            headers={**signed(body=None), "Fedrecord-Streamed": "1"},
+            body=None,
+            now=NOW,
         )
     without = {name: value for name, value in headers.items() if name != "Fedrecord-Streamed"}
     with pytest.raises(AuthenticationError):
         verify_request(method="POST", url=URL, headers=without, body=None, now=NOW)
     with pytest.raises(FedrecordError) as excinfo:
-        verify_request(method="POST", url=URL, headers={**headers, "Fedrecord-Streamed": "2"}, body=None, now=NOW)
+        verify_request(
+            method="POST", url=URL, headers={**headers, "Fedrecord-Streamed": "2"}, body=None, now=NOW
+        )
     assert code_of(excinfo) is Code.MALFORMED
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"nonce": "short"}, {"nonce": "A" * 22 + "!"}, {"lifetime": 0}, {"streamed": True}, {"method": "post"},
-     {"url": "/v0/inbox"}],
+    [
+        {"nonce": "short"},
+        {"nonce": "A" * 22 + "!"},
+        {"lifetime": 0},
+        {"streamed": True},
+        {"method": "post"},
+        {"url": "/v0/inbox"},
+    ],
 )
 def test_sign_request_refuses_misuse(kwargs):
     with pytest.raises(LocalProtocolError):
@@ -489,21 +530,47 @@ def test_signing_replaces_stale_signature_fields():
 # Responses bound to their request ([HTTP-12], [HTTP-13]).
 
 
-def answer(request_headers: dict[str, str], *, signer: SigningIdentity = PATIENT, status: int = 200,
-           body: bytes = BODY, now: int = NOW + 1) -> dict[str, str]:
+def answer(
+    request_headers: dict[str, str],
+    *,
+    signer: SigningIdentity = PATIENT,
+    status: int = 200,
+    body: bytes = BODY,
+    now: int = NOW + 1,
+) -> dict[str, str]:
     return sign_response(
-        identity=signer, status=status, headers={"Content-Type": "application/cbor"}, body=body,
-        request_method="POST", request_url=URL, request_signature=request_headers["Signature"],
-        request_signature_input=request_headers["Signature-Input"], now=now,
+        identity=signer,
+        status=status,
+        headers={"Content-Type": "application/cbor"},
+        body=body,
+        request_method="POST",
+        request_url=URL,
+        request_signature=request_headers["Signature"],
+        request_signature_input=request_headers["Signature-Input"],
+        now=now,
     )
 
 
-def check_answer(headers: dict[str, str], request_headers: dict[str, str], *, status: int = 200,
-                 body: bytes = BODY, signer: str = PATIENT.did, method: str = "POST", url: str = URL,
-                 now: int = NOW + 1) -> None:
+def check_answer(
+    headers: dict[str, str],
+    request_headers: dict[str, str],
+    *,
+    status: int = 200,
+    body: bytes = BODY,
+    signer: str = PATIENT.did,
+    method: str = "POST",
+    url: str = URL,
+    now: int = NOW + 1,
+) -> None:
     verify_response(
-        expected_signer=signer, status=status, headers=headers, body=body, request_method=method,
-        request_url=url, request_headers=request_headers, now=now,
+        expected_signer=signer,
+        status=status,
+        headers=headers,
+        body=body,
+        request_method=method,
+        request_url=url,
+        request_headers=request_headers,
+        now=now,
     )
 
 
@@ -561,8 +628,15 @@ def test_answer_window():
 def test_sign_response_needs_the_request_signature():
     with pytest.raises(LocalProtocolError):
         sign_response(
-            identity=PATIENT, status=200, headers={}, body=b"", request_method="POST", request_url=URL,
-            request_signature="", request_signature_input="", now=NOW,
+            identity=PATIENT,
+            status=200,
+            headers={},
+            body=b"",
+            request_method="POST",
+            request_url=URL,
+            request_signature="",
+            request_signature_input="",
+            now=NOW,
         )
 
 
@@ -585,7 +659,8 @@ class MemoryNonces:
 
 def refusal(error: FedrecordError) -> web.Response:
     return web.Response(
-        status=error.status, body=cbor.encode({"code": error.code.value, "message": error.message}),
+        status=error.status,
+        body=cbor.encode({"code": error.code.value, "message": error.message}),
         content_type="application/cbor",
     )
 
@@ -607,7 +682,9 @@ async def patient_node() -> AsyncIterator[tuple[TestServer, MemoryNonces, list[m
         except FedrecordError as error:
             return refusal(error)
         accepted.append(result)
-        return signed_response(request, identity=PATIENT, now=NOW, body=cbor.encode({"v": 0, "n": len(content)}))
+        return signed_response(
+            request, identity=PATIENT, now=NOW, body=cbor.encode({"v": 0, "n": len(content)})
+        )
 
     app = web.Application()
     app.router.add_post("/v0/inbox", inbox)
@@ -629,7 +706,9 @@ async def test_end_to_end_valid_replayed_unsigned(patient_node):
         assert [(r.signer, r.nonce) for r in accepted] == [(CLINIC.did, NONCE)]
 
         # The same signed request again: refused, and the store is unchanged.
-        headers = client_signing_headers(identity=CLINIC, method="POST", url=url, body=BODY, now=NOW, nonce=NONCE)
+        headers = client_signing_headers(
+            identity=CLINIC, method="POST", url=url, body=BODY, now=NOW, nonce=NONCE
+        )
         async with session.post(url, data=BODY, headers=headers) as response:
             assert response.status == 409
             assert cbor.decode(await response.read())["code"] == "replay"
@@ -638,7 +717,8 @@ async def test_end_to_end_valid_replayed_unsigned(patient_node):
         async with session.post(url, data=BODY) as response:
             assert response.status == 401
             assert cbor.decode(await response.read()) == {
-                "code": "bad-signature", "message": "signature did not verify"
+                "code": "bad-signature",
+                "message": "signature did not verify",
             }
         assert list(nonces.seen) == [(CLINIC.did, NONCE)]
         assert len(accepted) == 1
@@ -649,12 +729,16 @@ async def test_end_to_end_refusals_store_no_nonce(patient_node):
     url = server.make_url("/v0/inbox")
     async with aiohttp.ClientSession() as session:
         # Body changed in transit.
-        headers = client_signing_headers(identity=CLINIC, method="POST", url=url, body=BODY, now=NOW, nonce=NONCE)
+        headers = client_signing_headers(
+            identity=CLINIC, method="POST", url=url, body=BODY, now=NOW, nonce=NONCE
+        )
         async with session.post(url, data=BODY + b"!", headers=headers) as response:
             assert response.status == 401
         # Signed for another node: its Host is not one of ours.
         other = url.with_host("localhost")
-        headers = client_signing_headers(identity=CLINIC, method="POST", url=other, body=BODY, now=NOW, nonce=NONCE)
+        headers = client_signing_headers(
+            identity=CLINIC, method="POST", url=other, body=BODY, now=NOW, nonce=NONCE
+        )
         async with session.post(url, data=BODY, headers=headers) as response:
             assert response.status == 401
         # Expired.
@@ -676,7 +760,12 @@ async def test_end_to_end_streamed_body(patient_node):
 
     async with aiohttp.ClientSession() as session:
         answer = await SignedClient(session).request(
-            "post", server.make_url("/v0/inbox"), identity=CLINIC, now=NOW, nonce=NONCE, stream=chunks(),
+            "post",
+            server.make_url("/v0/inbox"),
+            identity=CLINIC,
+            now=NOW,
+            nonce=NONCE,
+            stream=chunks(),
             expected_signer=PATIENT.did,
         )
     assert cbor.decode(answer.body) == {"v": 0, "n": 280_000}
@@ -688,7 +777,12 @@ async def test_end_to_end_answer_from_wrong_node_is_refused(patient_node):
     async with aiohttp.ClientSession() as session:
         with pytest.raises(AuthenticationError):
             await SignedClient(session).request(
-                "POST", server.make_url("/v0/inbox"), identity=CLINIC, now=NOW, nonce=NONCE, body=BODY,
+                "POST",
+                server.make_url("/v0/inbox"),
+                identity=CLINIC,
+                now=NOW,
+                nonce=NONCE,
+                body=BODY,
                 expected_signer=MALLORY.did,
             )
 
@@ -698,5 +792,6 @@ def test_target_uri_normalises_default_ports():
     assert aiohttp_signing._authority("patient.example:8443", "https") == "patient.example:8443"
     assert aiohttp_signing._authority("[::1]:80", "http") == "[::1]"
     assert aiohttp_signing.signed_target_uri("https://Patient.Example:443/v0/a/../inbox?q=%20")[1:] == (
-        "patient.example", "https://patient.example/v0/inbox?q=%20"
+        "patient.example",
+        "https://patient.example/v0/inbox?q=%20",
     )

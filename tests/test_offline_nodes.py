@@ -28,8 +28,9 @@ def test_deposit_while_the_patient_node_is_offline_is_delivered_later(nodes, tmp
     patient.stop()
     result_file = tmp_path / "result.txt"
     result_file.write_text("Ferritin 85 ng/mL\n")
-    queued = lab.run("deposit", str(result_file), "--patient", patient.did, "--title", "Ferritin",
-                     "--category", "lab")
+    queued = lab.run(
+        "deposit", str(result_file), "--patient", patient.did, "--title", "Ferritin", "--category", "lab"
+    )
     assert queued["delivered"] is False and queued["pending"] == 1
     retried = lab.run("poll")
     assert retried["sent"] == 0 and retried["pending"] == 1

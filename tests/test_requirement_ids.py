@@ -164,7 +164,9 @@ def test_index_is_in_order_and_counts_its_levels() -> None:
     index = SPEC.read_text().split(INDEX_HEADING)[1]
     rows = re.findall(rf"^\| \[({ID})\] \| (MUST|SHOULD|MAY) \|", index, flags=re.MULTILINE)
     areas = list(dict.fromkeys(i.split("-")[0] for i, _level in _definitions()))
-    in_order = sorted(_definitions(), key=lambda d: (areas.index(d[0].split("-")[0]), int(d[0].split("-")[1])))
+    in_order = sorted(
+        _definitions(), key=lambda d: (areas.index(d[0].split("-")[0]), int(d[0].split("-")[1]))
+    )
     assert rows == in_order
     musts = sum(1 for _i, level in rows if level == "MUST")
     stated = re.search(r"(\d+) requirements: (\d+) MUST, (\d+) SHOULD\.", index)
@@ -197,7 +199,9 @@ def test_http_sections_define_their_area(number: int, title: str, area: str) -> 
 def test_http_signature_ids_keep_their_numbers() -> None:
     """The ids of the merged draft stay HTTP-1 to HTTP-15, all MUST."""
     levels = _levels()
-    assert {i: levels[i] for i in levels if i.startswith("HTTP-")} == {f"HTTP-{n}": "MUST" for n in range(1, 16)}
+    assert {i: levels[i] for i in levels if i.startswith("HTTP-")} == {
+        f"HTTP-{n}": "MUST" for n in range(1, 16)
+    }
 
 
 def _source_files() -> list[Path]:

@@ -16,7 +16,6 @@ import stat
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
-import aiosqlite
 import pytest
 from nacl.pwhash import argon2id
 
@@ -366,8 +365,11 @@ async def test_transaction_commits_durably_and_rolls_back_on_error(tmp_path: Pat
         assert await table_digest(db, ["notes", "tags"]) == before
 
         # What was committed is visible to another connection at once.
-        async with aiosqlite.connect(path) as other, other.execute("SELECT body FROM notes") as cursor:
-            assert list(await cursor.fetchall()) == [("a",)]
+        other = sqlite3.connect(path)
+        try:
+            assert other.execute("SELECT body FROM notes").fetchall() == [("a",)]
+        finally:
+            other.close()
         assert await integrity_check(db) == "ok"
     finally:
         await db.close()
@@ -413,6 +415,120 @@ async def test_concurrent_transactions_on_one_connection_are_serialised(tmp_path
             async with transaction(db), transaction(db):
                 pass
         assert not db.in_transaction
+    finally:
+        await db.close()
+
+
+async def test_queued_transactions_share_one_commit(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+        before = db.commits
+
+        async def writer(i: int) -> None:
+            async with transaction(db):
+                await db.execute("INSERT INTO notes (body) VALUES (?)", (f"n{i}",))
+
+        await asyncio.gather(*(writer(i) for i in range(32)))
+        # Every block returned only after a COMMIT, yet far fewer COMMITs (log syncs) than blocks.
+        assert 1 <= db.commits - before < 8
+        other = sqlite3.connect(tmp_path / "node.db")
+        try:
+            assert other.execute("SELECT count(*) FROM notes").fetchone() == (32,)
+        finally:
+            other.close()
+    finally:
+        await db.close()
+
+
+async def test_a_failing_block_leaves_its_group_unharmed(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+
+        async def writer(i: int) -> None:
+            async with transaction(db):
+                await db.execute("INSERT INTO notes (body) VALUES (?)", (f"n{i}",))
+                await asyncio.sleep(0)
+                if i % 3 == 0:
+                    raise RuntimeError(f"block {i} refused")
+
+        outcomes = await asyncio.gather(*(writer(i) for i in range(12)), return_exceptions=True)
+        assert [isinstance(o, RuntimeError) for o in outcomes] == [i % 3 == 0 for i in range(12)]
+        rows = await db.execute_fetchall("SELECT body FROM notes ORDER BY id")
+        assert [row[0] for row in rows] == [f"n{i}" for i in range(12) if i % 3]
+        assert not db.in_transaction
+    finally:
+        await db.close()
+
+
+async def test_reads_outside_a_transaction_see_only_committed_data(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+        inserted, seen = asyncio.Event(), asyncio.Event()
+        counts: list[int] = []
+
+        async def writer() -> None:
+            async with transaction(db):
+                await db.execute("INSERT INTO notes (body) VALUES ('pending')")
+                counts.append((await db.fetchone("SELECT count(*) FROM notes"))[0])  # its own write
+                inserted.set()
+                await seen.wait()
+
+        task = asyncio.create_task(writer())
+        await inserted.wait()
+        counts.append((await db.fetchone("SELECT count(*) FROM notes"))[0])  # another task: not yet
+        seen.set()
+        await task
+        counts.append((await db.fetchone("SELECT count(*) FROM notes"))[0])
+        assert counts == [1, 0, 1]
+    finally:
+        await db.close()
+
+
+async def test_a_write_outside_a_transaction_is_refused(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+        before = await table_digest(db, ["notes"])
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await db.execute("INSERT INTO notes (body) VALUES ('stray')")
+        assert await table_digest(db, ["notes"]) == before
+    finally:
+        await db.close()
+
+
+class _FailingCommit:
+    """The writer connection, except that ``COMMIT`` fails as a full disk would make it."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._connection.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._connection, name)
+
+
+async def test_a_failed_commit_fails_every_block_of_its_group(tmp_path: Path) -> None:
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+        before = await table_digest(db, ["notes"])
+        real = db._writer
+        db._writer = _FailingCommit(real)  # type: ignore[assignment]
+
+        async def writer(i: int) -> None:
+            async with transaction(db):
+                await db.execute("INSERT INTO notes (body) VALUES (?)", (f"n{i}",))
+
+        outcomes = await asyncio.gather(*(writer(i) for i in range(8)), return_exceptions=True)
+        assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
+        db._writer = real
+        assert not db.in_transaction
+        assert await table_digest(db, ["notes"]) == before
+        async with transaction(db):  # the database is usable again
+            await db.execute("INSERT INTO notes (body) VALUES ('after')")
+        assert (await table_digest(db, ["notes"]))["notes"][0] == 1
     finally:
         await db.close()
 

@@ -17,13 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from fedrecord.core import EncryptionKey, NodeProfile, Signed, SigningIdentity, sign_record
 from fedrecord.core.identity import EncryptionKeyPair
 from fedrecord.storage.documents import DocumentFiles
 from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
-from fedrecord.storage.sqlite import open_database
+from fedrecord.storage.sqlite import Database, open_database
 
 from .schema import MIGRATIONS
 from .store import NodeStore, SqliteNodeStore
@@ -93,7 +91,7 @@ class NodeHome:
     config: NodeConfig
     identity: SigningIdentity
     encryption_keys: tuple[EncryptionKeyPair, ...]
-    db: aiosqlite.Connection
+    db: Database
     files: DocumentFiles
     profile: Signed[NodeProfile]
     #: The storage interface the node logic uses, built from ``db`` (kept for tests reading tables).

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +50,17 @@ from fedrecord.core.key_wraps import open_deposit_key, wrap_key
 from fedrecord.core.sealed_box import open_sealed, seal
 
 from .home import NodeHome
+from .records_table import open_stored
 from .wire import MAX_DOCUMENT, Invitation
 
 DAY = 86_400
 GENESIS_HASH = bytes(32)
 AUDIT_DOMAIN = b"fedrecord/v0/audit-entry"
+# Key wraps served, by (document, reader, reader's key, grant, purpose): a reader reading a document again
+# gets the wrap it got before, without the document key being unsealed and wrapped anew (three X25519
+# operations and a signature).  The cache is looked up only after the request was decided allowed, and a
+# deleted document has no row left to serve, so a kept wrap never outlives the right it was made under.
+WRAP_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class PatientNode:
     def __init__(self, home: NodeHome) -> None:
         self.home = home
         self.store = home.store
+        self._wraps: OrderedDict[tuple[bytes, str, bytes, bytes, str], Signed[KeyWrap]] = OrderedDict()
 
     # --- connecting ----------------------------------------------------------------
 
@@ -518,33 +526,53 @@ class PatientNode:
 
     # --- reads by other nodes -----------------------------------------------------------
 
+    @staticmethod
+    def _open_chain(chain: Sequence[bytes]) -> list[Signed[Grant]]:
+        # The same chain comes with every request of a grantee: verified once, then from the cache.
+        return [open_stored(link, Grant) for link in chain]
+
     async def _decide(
-        self, requester: str, chain: Sequence[bytes], *, now: int, document: DocumentFacts | None = None
+        self,
+        requester: str,
+        grants: Sequence[Signed[Grant]],
+        *,
+        now: int,
+        document: DocumentFacts | None = None,
+        revocations: RevocationSet | None = None,
+        restrictions: Sequence[Signed[PrivateRestriction]] | None = None,
     ) -> Decision:
-        grants = [open_record(link, Grant) for link in chain]
         return decide(
             grants,
             patient=self.home.did,
             requester=requester,
             action=Action.READ,
             now=now,
-            revocations=await self._revocations(),
+            revocations=revocations if revocations is not None else await self._revocations(),
             document=document,
-            restrictions=await self._restrictions(),
+            restrictions=restrictions if restrictions is not None else await self._restrictions(),
         )
 
     async def documents_for(
         self, requester: str, chain: Sequence[bytes], *, now: int
     ) -> list[dict[str, Any]]:
         """The listing a grantee may see: only documents its chain reaches; hidden ones leave no trace."""
-        verdict = await self._decide(requester, chain, now=now)
+        grants = self._open_chain(chain)
+        revocations, restrictions = await self._revocations(), await self._restrictions()
+        verdict = await self._decide(
+            requester, grants, now=now, revocations=revocations, restrictions=restrictions
+        )
         if not verdict.allowed:
             assert verdict.reason is not None
             raise RemoteProtocolError(verdict.reason, verdict.message)
         listing = []
         for item in await self.documents(include_hidden=False):
             facts = await self._facts(item["doc"])
-            if facts is not None and (await self._decide(requester, chain, now=now, document=facts)).allowed:
+            if facts is None:
+                continue
+            decision = await self._decide(
+                requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
+            )
+            if decision.allowed:
                 listing.append(
                     {
                         "doc": item["doc"],
@@ -576,16 +604,26 @@ class PatientNode:
             raise AuthenticationError()
         if request.patient != self.home.did:
             raise RemoteProtocolError(Code.WRONG_AUDIENCE, "the receipt names another patient")
-        if not chain or open_record(chain[-1], Grant).id != request.grant:
+        grants = self._open_chain(chain)
+        if not grants or grants[-1].id != request.grant:
             raise RemoteProtocolError(Code.BROKEN_CHAIN, "the receipt does not name the chain's last grant")
+        revocations, restrictions = await self._revocations(), await self._restrictions()
         # Chain refusals first, without the document: they must not depend on whether it exists [CAP-12].
-        chain_verdict = await self._decide(requester, chain, now=now)
+        chain_verdict = await self._decide(
+            requester, grants, now=now, revocations=revocations, restrictions=restrictions
+        )
         if not chain_verdict.allowed:
             assert chain_verdict.reason is not None
             raise RemoteProtocolError(chain_verdict.reason, chain_verdict.message)
         facts = await self._facts(request.doc)
         hidden = await self._is_hidden(request.doc)
-        verdict = await self._decide(requester, chain, now=now, document=facts) if facts else None
+        verdict = (
+            await self._decide(
+                requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
+            )
+            if facts
+            else None
+        )
         if verdict is None or hidden or verdict.reason in (Code.OUT_OF_SCOPE, Code.RESTRICTED):
             raise _not_found()
         if not verdict.allowed:
@@ -594,10 +632,10 @@ class PatientNode:
         profile = await self.peer_profile(requester)
         if offered_profile is not None:
             # A delegate is not a connected peer: it shows its signed profile with the request (US-9).
-            offered = open_record(offered_profile, NodeProfile)
+            offered = open_stored(offered_profile, NodeProfile)
             if offered.signer != requester:
                 raise AuthenticationError()
-            if profile is None or offered.record.seq >= profile.record.seq:
+            if profile is None or offered.record.seq > profile.record.seq:
                 profile = offered
                 async with self.store.transaction():
                     await self.store.remember_peer(offered)
@@ -606,24 +644,38 @@ class PatientNode:
             raise RemoteProtocolError(Code.BAD_KEY, "no encryption key known for the reader")
         row = await self.store.key_and_size(request.doc)
         assert row is not None
-        key = self._unseal(row[0])
-        wrap = wrap_key(
-            wrapper=self.home.identity,
-            recipient=requester,
-            recipient_key=reader_key.key,
-            doc=request.doc,
-            key=key,
-            purpose=request.purpose,
-            grant=request.grant,
-            iat=now,
-            ephemeral_seed=os.urandom(32),
-        )
+        wrap = self._wrap_for(requester, reader_key.key, request, sealed_key=row[0], now=now)
         async with self.store.transaction():
             await self._append_audit(signed_receipt, now=now)
         chunks = await self.home.files.open(request.doc)
         if chunks is None:
             raise _not_found()
         return wrap, row[1], chunks
+
+    def _wrap_for(
+        self, requester: str, reader_key: bytes, request: AccessReceipt, *, sealed_key: bytes, now: int
+    ) -> Signed[KeyWrap]:
+        """The document key wrapped for an allowed reader (see ``WRAP_CACHE_SIZE``)."""
+        index = (request.doc, requester, reader_key, request.grant, request.purpose)
+        wrap = self._wraps.get(index)
+        if wrap is not None:
+            self._wraps.move_to_end(index)
+            return wrap
+        wrap = wrap_key(
+            wrapper=self.home.identity,
+            recipient=requester,
+            recipient_key=reader_key,
+            doc=request.doc,
+            key=self._unseal(sealed_key),
+            purpose=request.purpose,
+            grant=request.grant,
+            iat=now,
+            ephemeral_seed=os.urandom(32),
+        )
+        self._wraps[index] = wrap
+        if len(self._wraps) > WRAP_CACHE_SIZE:
+            self._wraps.popitem(last=False)
+        return wrap
 
     async def _is_hidden(self, doc: bytes) -> bool:
         return await self.store.is_hidden(doc)

@@ -7,13 +7,14 @@ Records read back from our own database are re-verified on the way out (the
 database is not trusted blindly), but a record's verification is pure: the
 same bytes opened as the same type always give the same result.  So the
 verified records are kept in a bounded in-process cache keyed by type and
-the exact stored bytes (which fix the record id: records are immutable and
-content-addressed), and a row whose bytes were verified before is not
-verified again.  Nothing is ever invalidated: a changed row has other bytes
-and is verified afresh.  Records arriving over the wire never go through
-this cache; they are opened with ``open_record`` on every request.  Deposit
-records (whose sealed box holds a document key that deletion must destroy)
-are never cached.
+the exact bytes (which fix the record id: records are immutable and
+content-addressed), and bytes verified before are not verified again.
+Nothing is ever invalidated: other bytes are verified afresh.  The same holds
+for records a peer sends with every request -- its grant chain, its node
+profile -- which go through the cache too; records that are new with each
+request (access receipts, deposits) are opened with ``open_record``, and
+deposit records (whose sealed box holds a document key that deletion must
+destroy) are never cached.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ _verified: OrderedDict[tuple[type[Record], bytes], Signed[Any]] = OrderedDict()
 
 
 def open_stored(encoded: bytes, cls: type[R]) -> Signed[R]:
-    """``open_record`` for bytes read from our own database, through the cache of verified records."""
+    """``open_record`` through the cache of verified records (same errors; a refused record is not kept).
+
+    Raises:
+        RemoteProtocolError: as :func:`fedrecord.core.open_record`.
+    """
     key = (cls, bytes(encoded))
     hit = _verified.get(key)
     if hit is not None:

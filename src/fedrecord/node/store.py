@@ -1,4 +1,4 @@
-"""The node's storage interface, and its SQLite adapter (aiosqlite).
+"""The node's storage interface, and its SQLite adapter.
 
 :class:`NodeStore` names what the node keeps, in intent-revealing methods;
 the node logic (patient, clinic, runner, server) speaks only to it.
@@ -15,24 +15,20 @@ Records read back are re-verified through the cache of
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-import aiosqlite
-
 from fedrecord.core import DepositDecision, NodeProfile, Record, Signed, Tombstone
-from fedrecord.storage.sqlite import transaction
+from fedrecord.storage.sqlite import Database, transaction
 
 from .records_table import open_stored
 
 R = TypeVar("R", bound=Record)
 
-# Expired nonces are purged at most this often per connection: the purge scans the whole table (about
+# Expired nonces are purged at most this often per store: the purge scans the whole table (about
 # 1.4 ms at 20,000 rows, inside the write transaction of every request), and keeping one longer is safe.
 NONCE_PURGE_INTERVAL: Final = 10
-_nonces_purged: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 class InboxRow(NamedTuple):
@@ -482,10 +478,11 @@ class NodeStore(Protocol):
 
 
 class SqliteNodeStore:
-    """:class:`NodeStore` on one aiosqlite connection to the node database (see :mod:`.schema`)."""
+    """:class:`NodeStore` on the node's :class:`~fedrecord.storage.sqlite.Database` to the node database (see :mod:`.schema`)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
+        self._nonces_purged = 0
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -499,12 +496,10 @@ class SqliteNodeStore:
             yield
 
     async def _one(self, query: str, params: Sequence[Any] = ()) -> Any:
-        async with self.db.execute(query, params) as cursor:
-            return await cursor.fetchone()
+        return await self.db.fetchone(query, params)
 
     async def _all(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self.db.execute(query, params) as cursor:
-            return list(await cursor.fetchall())
+        return await self.db.execute_fetchall(query, params)
 
     # --- records
 
@@ -827,9 +822,9 @@ class SqliteNodeStore:
     async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:
         now = int(time.time())
         async with transaction(self.db):
-            if _nonces_purged.get(self.db, 0) + NONCE_PURGE_INTERVAL <= now:
+            if self._nonces_purged + NONCE_PURGE_INTERVAL <= now:
                 await self.db.execute("DELETE FROM nonces WHERE expires < ?", (now - 60,))
-                _nonces_purged[self.db] = now
+                self._nonces_purged = now
             cursor = await self.db.execute(
                 "INSERT OR IGNORE INTO nonces (signer, nonce, expires) VALUES (?, ?, ?)",
                 (signer, nonce, expires),

@@ -1,7 +1,6 @@
 """Storage adapters: what a node keeps on its own disk.
 
-Unlike :mod:`fedrecord.core`, this package does I/O (files, SQLite through
-aiosqlite) and draws randomness (salts, nonces, temporary names).  Modules:
+Unlike :mod:`fedrecord.core`, this package does I/O (files, SQLite) and draws randomness (salts, nonces, temporary names).  Modules:
 
 * :mod:`.keyfile` -- the node's secret keys in a file encrypted under a passphrase
   (argon2id + XSalsa20-Poly1305), mode 0600, and unattended unlocking;
@@ -15,6 +14,7 @@ aiosqlite) and draws randomness (salts, nonces, temporary names).  Modules:
 from .documents import CorruptDocumentError, DocumentFiles
 from .keyfile import KeyFileError, NodeSecrets, passphrase_from_environment, read_key_file, write_key_file
 from .sqlite import (
+    Database,
     Migration,
     SchemaVersionError,
     StorageError,
@@ -27,6 +27,7 @@ from .sqlite import (
 
 __all__ = [
     "CorruptDocumentError",
+    "Database",
     "DocumentFiles",
     "KeyFileError",
     "Migration",
