@@ -195,3 +195,29 @@ def test_protected_header_names_every_record_type_and_nothing_else() -> None:
     assert not valid(
         "protected-header", cbor.encode({1: -8, 3: 0, 4: kid, 16: "fedrecord/grant"}, int_keys=True)
     )
+
+
+def test_sync_vector_messages() -> None:
+    """Every reconciliation message of the vectors is a sync-message (spec section 16.2).
+
+    The envelope is checked against ``sync-message`` with one range, and each range against
+    ``sync-range`` on its own: pycddl checks the elements of ``[+ sync-range]`` against the
+    first alternative of the choice only, which refuses valid messages.
+    """
+    checked = 0
+    for test in _vector_tests("sync.json"):
+        if test["result"] != "valid":
+            continue
+        for message in test.get("messages", []) + [test[k] for k in ("message", "reply") if k in test]:
+            version, fp_len, prefix_len, ranges = cbor2.loads(bytes.fromhex(message))
+            what = f"sync case {test['tcId']}"
+            _assert_valid("sync-message", cbor2.dumps([version, fp_len, prefix_len, [[None, b"", 0]]]), what)
+            for sync_range in ranges:
+                _assert_valid("sync-range", cbor2.dumps(sync_range), what)
+            checked += 1
+    assert checked > 30
+    for bad in ([None, b"", 9], [None, bytes(33), 0], [-1, b"", 0], [None, b"", 1, b"short"]):
+        with pytest.raises(pycddl.ValidationError):
+            schema("sync-range").validate_cbor(cbor2.dumps(bad))
+    with pytest.raises(pycddl.ValidationError):
+        schema("sync-message").validate_cbor(cbor2.dumps([0, 4, 8, [[None, b"", 0]]]))

@@ -80,6 +80,8 @@ class Code(StrEnum):
     NOT_FOUND = "not-found"
     REPLAY = "replay"
     TIMEOUT = "timeout"
+    # Reconciliation (spec section 17).
+    OUT_OF_ORDER = "out-of-order"
 
 
 # HTTP status an adapter answers with, per code (spec section "Error codes").
@@ -105,6 +107,7 @@ HTTP_STATUS: Final[dict[Code, int]] = {
     Code.ROLLBACK: 409,
     Code.REPLAY: 409,
     Code.TIMEOUT: 408,
+    Code.OUT_OF_ORDER: 400,
     Code.UNSUPPORTED_VERSION: 400,
 }
 

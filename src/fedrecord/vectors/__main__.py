@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import capability_cases, cbor_cases, crypto_cases, identity_cases, record_cases
+from . import capability_cases, cbor_cases, crypto_cases, identity_cases, record_cases, sync_cases
 from .format import VectorFile
 
 FILES: dict[str, Callable[[], VectorFile]] = {
@@ -19,6 +19,7 @@ FILES: dict[str, Callable[[], VectorFile]] = {
     "sealed_box.json": crypto_cases.build_sealed_box,
     "key_wraps.json": crypto_cases.build_key_wraps,
     "documents.json": crypto_cases.build_documents,
+    "sync.json": sync_cases.build,
 }
 
 

@@ -26,12 +26,14 @@ from fedrecord.core.capabilities import RevocationSet, decide_from_bytes
 from fedrecord.core.documents import DocumentReader
 from fedrecord.core.identity import public_key_from_did
 from fedrecord.core.key_wraps import open_deposit_key, unwrap_key
+from fedrecord.core.reconcile import Item, Params, SortedItems, respond
 from fedrecord.core.records import RECORD_CLASSES, RecordType
 from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.core.stream import CHUNK_SIZE, HEADER_SIZE, TAG_SIZE, StreamDecryptor, StreamEncryptor
 
 from .capability_cases import facts
 from .format import diag
+from .sync_cases import transcript
 
 
 class Mismatch(AssertionError):
@@ -153,6 +155,38 @@ def _document(group: dict[str, Any], test: dict[str, Any]) -> None:
         _expect("documentId", reader.document_id.hex(), test["documentId"])
 
 
+def _items(listed: list[list[Any]]) -> list[Item]:
+    return [(ts, bytes.fromhex(item_id)) for ts, item_id in listed]
+
+
+def _params(given: dict[str, int]) -> Params:
+    return Params(
+        branching=given["branching"],
+        fp_len=given["fpLen"],
+        id_list_threshold=given["idListThreshold"],
+        prefix_len=given["prefixLen"],
+        max_message=given["maxMessage"],
+    )
+
+
+def _sync_fingerprint(group: dict[str, Any], test: dict[str, Any]) -> None:
+    items = SortedItems(_items(test["items"]))
+    _expect("fingerprint", items.fingerprint(0, len(items), test["fpLen"]).hex(), test["fingerprint"])
+
+
+def _sync_respond(group: dict[str, Any], test: dict[str, Any]) -> None:
+    reply = respond(
+        SortedItems(_items(test["responderItems"])), bytes.fromhex(test["message"]), _params(test["params"])
+    )
+    _expect("reply", reply.hex(), test["reply"])
+
+
+def _sync_transcript(group: dict[str, Any], test: dict[str, Any]) -> None:
+    got = transcript(_items(test["initiatorItems"]), _items(test["responderItems"]), _params(test["params"]))
+    for name in ("messages", "need", "have"):
+        _expect(name, got[name], test[name])
+
+
 RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str | None]] = {
     "CborStrictDecode": _cbor,
     "DidKey": _did,
@@ -162,6 +196,9 @@ RUNNERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], str | None]] = {
     "SealedBox": _sealed,
     "KeyWrapOpen": _wrap,
     "DocumentDecrypt": _document,
+    "SyncFingerprint": _sync_fingerprint,
+    "SyncRespond": _sync_respond,
+    "SyncTranscript": _sync_transcript,
 }
 
 
