@@ -115,21 +115,27 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _load(mode: str, **options: Any) -> dict[str, Any]:
-    """Run this script in ``--load`` mode in a process of its own; its JSON answer."""
-    command = [sys.executable, str(HERE), "--load", mode]
+def _json_process(what: str, arguments: list[str], options: dict[str, Any], *, timeout: float) -> Any:
+    """Run ``python arguments...`` in a process of its own, ``options`` as JSON on its stdin; its JSON answer."""
     done = subprocess.run(
-        command,
+        [sys.executable, *arguments],
         input=json.dumps(options),
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
         check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(f"load generator ({mode}) failed:\n{done.stderr}")
-    result: dict[str, Any] = json.loads(done.stdout)
+        raise SystemExit(f"{what} failed:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def _load(mode: str, **options: Any) -> dict[str, Any]:
+    """Run this script in ``--load`` mode in a process of its own; its JSON answer."""
+    result: dict[str, Any] = _json_process(
+        f"load generator ({mode})", [str(HERE), "--load", mode], options, timeout=1800
+    )
     return result
 
 
@@ -668,6 +674,19 @@ def _print_profile(path: Path) -> None:
     stats.sort_stats("cumulative").print_stats(40)
 
 
+def _report(results: dict[str, Any], targets: dict[str, tuple[str, float]], path: Path | None) -> None:
+    """Print each figure, with its target (``">="`` or ``"<="`` a bound) met or not; write them as JSON."""
+    for name, value in results.items():
+        line = f"{name:36} {value}"
+        if name in targets:
+            op, bound = targets[name]
+            met = value >= bound if op == ">=" else value <= bound
+            line += f"   (target {op} {bound}: {'met' if met else 'NOT MET'})"
+        print(line)
+    if path:
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the figures to this file")
@@ -688,14 +707,7 @@ def main() -> int:
     if args.load:
         print(json.dumps(asyncio.run(LOADS[args.load](json.loads(sys.stdin.read())))))
         return 0
-    results = run(args)
-    for name, value in results.items():
-        line = f"{name:36} {value}"
-        if name in TARGETS:
-            line += f"   (target >= {TARGETS[name]}: {'met' if value >= TARGETS[name] else 'NOT MET'})"
-        print(line)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    _report(run(args), {name: (">=", bound) for name, bound in TARGETS.items()}, args.json)
     return 0
 
 

@@ -8,7 +8,8 @@ Three sources of bodies, each checked against the CDDL rule the spec names for i
 * the bodies a real :class:`PatientNode` produces (``state_for``, ``documents_for``, the grant
   of ``connect``), over a node home in ``tmp_path``;
 * the bytes a served patient node answers over HTTP to signed requests (connect, deposit,
-  state, list, health, profile, and refusals as error bodies).
+  state, list, health, profile, and refusals as error bodies), and the data of the events of its
+  event stream (state answers, spec section 15.14).
 
 Negative cases: bodies the nodes refuse are refused by the CDDL too.  CDDL maps are closed, so
 a body with a field the spec does not define is refused by the CDDL, while receivers ignore such
@@ -17,6 +18,7 @@ a field ([API-2]): senders send none.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -51,6 +53,7 @@ from fedrecord.core.errors import FedrecordError
 from fedrecord.core.key_wraps import make_deposit
 from fedrecord.core.stream import key_commitment
 from fedrecord.http.aiohttp_signing import client_signing_headers
+from fedrecord.http.event_stream import EventStreamReader, ServerEvent
 from fedrecord.node.home import NodeHome, init_home
 from fedrecord.node.patient import PatientNode
 from fedrecord.node.server import PATIENT, health, make_app, profile
@@ -537,6 +540,18 @@ async def _send(
         return response.status, await response.read()
 
 
+async def _lab_grant(patient: PatientNode, audience: str, *, now: int) -> Signed[Grant]:
+    """Lab results already in the record, to ``audience``, for 30 days."""
+    return await patient.grant(
+        audience=audience,
+        scope=Scope(categories=("lab",), past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=30,
+        now=now,
+    )
+
+
 async def test_bodies_answered_over_http(tmp_path: Path) -> None:
     now = int(time.time())
     patient_home = await _open_home(tmp_path / "patient", "patient", "Camille")
@@ -581,14 +596,7 @@ async def test_bodies_answered_over_http(tmp_path: Path) -> None:
             _assert_body("deposit-answer", data)
 
             await patient.accept(doc, now=now)
-            read_grant = await patient.grant(
-                audience=clinic_home.did,
-                scope=Scope(categories=("lab",), past=True),
-                actions=("read",),
-                purpose="treatment",
-                days=30,
-                now=now,
-            )
+            read_grant = await _lab_grant(patient, clinic_home.did, now=now)
             status, data = await _send(session, clinic, "POST", f"{url}/v0/state", encode_body())
             assert status == 200, data
             _assert_body("state-answer", data)
@@ -624,3 +632,57 @@ async def test_bodies_answered_over_http(tmp_path: Path) -> None:
         await runner.cleanup()
         await patient_home.close()
         await clinic_home.close()
+
+
+async def test_events_of_a_served_node_are_state_answers(tmp_path: Path) -> None:
+    """``POST /v0/events`` takes a state-request; each event's data is the base64url of a state-answer."""
+    now = int(time.time())
+    patient_home = await _open_home(tmp_path / "patient", "patient", "Camille")
+    clinic_home = await _open_home(tmp_path / "clinic", "clinic", "Laboratoire")
+    runner, url = await _served(patient_home)
+    patient = runner.app[PATIENT]
+    try:
+        invitation = await patient.create_invitation(label="lab", now=now)
+        await patient.connect(
+            requester=clinic_home.did, token=invitation.token, profile=clinic_home.profile.encoded, now=now
+        )
+        request = encode_body()
+        _assert_body("state-request", request)
+        headers = client_signing_headers(
+            identity=clinic_home.identity,
+            method="POST",
+            url=f"{url}/v0/events",
+            body=request,
+            now=now,
+            nonce=base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("="),
+            headers={"Content-Type": "application/cbor"},
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/v0/events", data=request, headers=headers) as response,
+        ):
+            assert response.status == 200 and response.content_type == "text/event-stream"
+            reader = EventStreamReader(max_event=1 << 21)
+            events: list[ServerEvent] = []
+            async with asyncio.timeout(10):
+                async for chunk in response.content.iter_any():
+                    events += reader.feed(chunk)
+                    if events and len(cbor.decode(_data(events[-1]))["revocations"]) == 1:
+                        break  # the state after the revocation (alone, or with the grant's)
+                    if len(events) == 1:
+                        # A change after the stream opened: a grant to the clinic, then its revocation.
+                        granted = await _lab_grant(patient, clinic_home.did, now=now)
+                        await patient.revoke(granted.id, now=now)
+        assert len(events) >= 2
+        for event in events:
+            assert event.name == "state"
+            _assert_body("state-answer", _data(event))
+    finally:
+        await runner.cleanup()
+        await patient_home.close()
+        await clinic_home.close()
+
+
+def _data(event: ServerEvent) -> bytes:
+    data = event.data
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))

@@ -80,7 +80,8 @@ class Code(StrEnum):
     NOT_FOUND = "not-found"
     REPLAY = "replay"
     TIMEOUT = "timeout"
-    # Reconciliation (spec section 17).
+    TOO_MANY = "too-many"
+    # Reconciliation (spec section 16).
     OUT_OF_ORDER = "out-of-order"
 
 
@@ -108,6 +109,7 @@ HTTP_STATUS: Final[dict[Code, int]] = {
     Code.REPLAY: 409,
     Code.TIMEOUT: 408,
     Code.OUT_OF_ORDER: 400,
+    Code.TOO_MANY: 429,
     Code.UNSUPPORTED_VERSION: 400,
 }
 

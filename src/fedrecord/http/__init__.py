@@ -4,4 +4,5 @@
 bytes in; headers or a verified result out; ``now`` is an argument) and is
 the one place where RFC 9421 signatures of requests and answers are made and
 checked.  ``aiohttp_signing`` adapts it to aiohttp clients and servers.
+``event_stream`` is the (pure) framing of the event stream of section 15.14.
 """

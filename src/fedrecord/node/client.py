@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 from fedrecord.core import SigningIdentity
 from fedrecord.core.errors import Code, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import client_signing_headers, signed_target_uri
+from fedrecord.http.event_stream import EVENT_STREAM_TYPE, EventStreamReader, ServerEvent
 from fedrecord.http.message_signatures import verify_response
 
 from .wire import CBOR_TYPE, MAX_BODY, decode_body, encode_body, read_error
@@ -45,15 +46,26 @@ class PeerClient:
     def __init__(self, identity: SigningIdentity) -> None:
         self.identity = identity
         self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False)
         return self._session
 
+    async def _stream_session(self) -> aiohttp.ClientSession:
+        # Event streams hold their connections for as long as they last: in a pool of their own,
+        # without the pool's usual cap, so that streams to many patients never starve the requests.
+        if self._streams is None or self._streams.closed:
+            self._streams = aiohttp.ClientSession(
+                timeout=TIMEOUT, auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+            )
+        return self._streams
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
 
     def _headers(
         self, method: str, url: str, body: bytes | None, extra: dict[str, str], *, streamed: bool = False
@@ -88,29 +100,47 @@ class PeerClient:
         session = await self.session()
         try:
             async with session.request(method, url, data=body, headers=headers) as response:
-                data = await response.content.read(MAX_BODY + 1)
-                if len(data) > MAX_BODY:
-                    raise RemoteProtocolError(Code.TOO_LARGE, "the answer is over the cap")
+                data = await _read_answer(response)
                 status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
-        if status >= 500:
-            # The peer's own trouble (an internal error, a busy database): retry later, never give up.
-            raise PeerUnreachable(f"{url}: HTTP {status}")
-        if expected_signer is not None:
-            verify_response(
-                expected_signer=expected_signer,
-                status=status,
-                headers=answer_headers,
-                body=data,
-                request_method=method,
-                request_url=signed_target_uri(url)[2],
-                request_headers=dict(headers),
-                now=int(time.time()),
-            )
-        if status >= 300:
-            raise read_error(data, status)
-        return decode_body(data)
+        return _checked(method, url, headers, status, answer_headers, data, expected_signer)
+
+    async def events(
+        self, url: str, *, expected_signer: str, max_event: int, **fields: Any
+    ) -> AsyncGenerator[ServerEvent, None]:
+        """POST a signed CBOR body and read the answer as an event stream, one event at a time.
+
+        The stream is not signed (spec [API-34]): what its events carry is
+        verified by the caller.  A refusal is checked as :meth:`call` checks one.
+        Close the generator (``contextlib.aclosing``) to close the connection
+        as soon as you stop reading.
+
+        Raises:
+            PeerUnreachable: no answer, a 5xx, a cut connection, or nothing at
+                all (not even a keep-alive) for ``TIMEOUT.sock_read`` seconds.
+            RemoteProtocolError: the peer's refusal, with its code; ``malformed``
+                for an answer that is not an event stream; the reader's codes
+                (``too-large`` for an event over ``max_event`` bytes).
+        """
+        body = encode_body(**fields)
+        headers = self._headers("POST", url, body, {"Content-Type": CBOR_TYPE, "Accept": EVENT_STREAM_TYPE})
+        session = await self._stream_session()
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                if response.status != 200:
+                    data = await _read_answer(response)
+                    _checked(
+                        "POST", url, headers, response.status, dict(response.headers), data, expected_signer
+                    )
+                if response.content_type != EVENT_STREAM_TYPE:
+                    raise RemoteProtocolError(Code.MALFORMED, "the answer is not an event stream")
+                reader = EventStreamReader(max_event=max_event)
+                async for chunk in response.content.iter_any():
+                    for event in reader.feed(chunk):
+                        yield event
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
 
     async def upload(
         self,
@@ -156,6 +186,48 @@ class PeerClient:
             response.release()
             raise read_error(data, response.status)
         return dict(response.headers), response.content.iter_chunked(1 << 16), response
+
+
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    data = await response.content.read(MAX_BODY + 1)
+    if len(data) > MAX_BODY:
+        raise RemoteProtocolError(Code.TOO_LARGE, "the answer is over the cap")
+    return data
+
+
+def _checked(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    status: int,
+    answer_headers: Mapping[str, str],
+    data: bytes,
+    expected_signer: str | None,
+) -> dict[str, Any]:
+    """A CBOR answer's body, once its status and (when expected) its signature are checked.
+
+    Raises:
+        PeerUnreachable: a 5xx status.
+        RemoteProtocolError: ``bad-signature`` and the codes of ``verify_response``;
+            the peer's refusal for a 3xx or 4xx status; the decoding codes.
+    """
+    if status >= 500:
+        # The peer's own trouble (an internal error, a busy database): retry later, never give up.
+        raise PeerUnreachable(f"{url}: HTTP {status}")
+    if expected_signer is not None:
+        verify_response(
+            expected_signer=expected_signer,
+            status=status,
+            headers=answer_headers,
+            body=data,
+            request_method=method,
+            request_url=signed_target_uri(url)[2],
+            request_headers=dict(headers),
+            now=int(time.time()),
+        )
+    if status >= 300:
+        raise read_error(data, status)
+    return decode_body(data)
 
 
 Progress = Callable[[int, int | None], None]

@@ -2,15 +2,18 @@
 
 Deposits go into the outbox inside the same transaction that stores the
 authored document, so an acknowledged deposit is never lost: the outbox
-retries with backoff while the patient's node is offline (US-11).  Polling
-the patient's state head applies revocations and tombstones: keys and copies
+retries with backoff while the patient's node is offline (US-11).  The
+patient's state, polled or pushed on its event stream (:mod:`.subscriptions`),
+is applied by one method, :meth:`ClinicNode.apply_state`: keys and copies
 held under a revoked grant are destroyed, deleted documents are destroyed
 and attested (US-5, US-7).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -48,7 +51,10 @@ from fedrecord.core.stream import key_commitment
 from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
 from .home import NodeHome
 from .patient import decrypt_stored
-from .wire import MAX_DOCUMENT, Invitation
+from .records_table import open_stored
+from .wire import MAX_DOCUMENT, Invitation, StateAnswer
+
+log = logging.getLogger("fedrecord.node")
 
 MAX_BACKOFF = 300
 # How old the patient's state head may be for this node to read a shared copy it holds [HEAD-4].
@@ -72,6 +78,8 @@ class ClinicNode:
         self.home = home
         self.store = home.store
         self.client = client or PeerClient(home.identity)
+        self._applying: dict[str, asyncio.Lock] = {}
+        self._flushing = asyncio.Lock()
 
     # --- connecting ---------------------------------------------------------------------
 
@@ -201,7 +209,11 @@ class ClinicNode:
         self, *, now: int | None = None, progress: Progress | None = None
     ) -> tuple[int, int]:
         """Send what is due; returns (sent, still pending).  Unreachable peers are retried with backoff."""
-        now = int(time.time()) if now is None else now
+        # One flush at a time: the serve loop and an event stream's attestations may both ask for one.
+        async with self._flushing:
+            return await self._flush_outbox(now=int(time.time()) if now is None else now, progress=progress)
+
+    async def _flush_outbox(self, *, now: int, progress: Progress | None) -> tuple[int, int]:
         due = await self.store.due_outbox(now)
         sent = 0
         for item_id, kind, target, payload, attempts in due:
@@ -552,36 +564,103 @@ class ClinicNode:
         key = open_sealed(sealed_key, self.home.encryption)
         return await decrypt_stored(self.home, doc, DocumentReader(key, expected_patient=patient))
 
-    # --- polling the patient's state -------------------------------------------------------------
+    # --- the patient's state: polled, or pushed on its event stream -------------------------------
 
     async def poll(self, patient: str, *, now: int) -> dict[str, int]:
-        """Fetch the patient's state; apply revocations and tombstones (US-5, US-7).
+        """Fetch the patient's state and apply it (US-5, US-7; [API-19]).
+
+        Returns:
+            as :meth:`apply_state`.
 
         Raises:
-            RemoteProtocolError: ``rollback`` for a head older than one seen
-                before (nothing is applied), the record codes for bad records.
+            PeerUnreachable: no answer.
+            RemoteProtocolError: ``not-found`` when not connected to ``patient``;
+                the patient's refusal; as :meth:`apply_state`.
         """
         connection = await self._connection(patient)
         answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state", expected_signer=patient)
-        head = open_record(answer["head"], StateHead)
-        if head.signer != patient:
-            raise AuthenticationError()
-        if head.record.seq < connection["head_seq"]:
-            raise RemoteProtocolError(
-                Code.ROLLBACK, f"state head {head.record.seq} is older than {connection['head_seq']}"
+        return await self.apply_state(patient, answer, now=now, polled=True)
+
+    async def apply_state(
+        self, patient: str, answer: dict[str, Any], *, now: int, polled: bool
+    ) -> dict[str, int]:
+        """Apply a state answer of ``patient``: revocations, tombstones, its grants to us, its head.
+
+        The answer was polled ([API-19]) or pushed on the patient's event
+        stream ([API-35]); either way every record in it is verified here, and
+        nothing of an answer that fails a check is applied.  Only a polled
+        answer, signed and bound to our own request, refreshes the time the
+        head's freshness is measured from ([HEAD-4]): a pushed one could be an
+        old stream replayed by someone on the path.
+
+        Returns:
+            ``{"seq": head seq, "destroyed": copies destroyed, "attested":
+            tombstones attested, "grants": grants in the answer}``.
+
+        Raises:
+            RemoteProtocolError: ``not-found`` when not connected to ``patient``;
+                ``malformed`` for an answer of the wrong shape; ``bad-signature``
+                for a head not signed by the patient; ``rollback`` for a head
+                older than one seen before; the record codes for bad records.
+        """
+        state = StateAnswer.from_body(answer)
+        # One application at a time per patient: a push and a poll racing must not interleave.
+        async with self._applying.setdefault(patient, asyncio.Lock()):
+            connection = await self.store.connection(patient)
+            if connection is None:
+                raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
+            seen = connection.head_seq
+            head = open_stored(state.head, StateHead)
+            if head.signer != patient:
+                raise AuthenticationError()
+            if head.record.seq < seen:
+                raise RemoteProtocolError(Code.ROLLBACK, f"state head {head.record.seq} is older than {seen}")
+            # The same records come with every answer: verified once, then from the cache.
+            grants = [open_stored(g, Grant) for g in state.grants]
+            revocations = [open_stored(r, Revocation) for r in state.revocations]
+            tombstones = [open_stored(t, Tombstone) for t in state.tombstones]
+            destroyed = await self._apply_revocations(
+                patient, head, grants, revocations, now=now, polled=polled
             )
-        grants = [open_record(g, Grant) for g in answer["grants"]]
-        revocations = [open_record(r, Revocation) for r in answer["revocations"]]
-        tombstones = [open_record(t, Tombstone) for t in answer["tombstones"]]
+            attested = 0
+            for tombstone in tombstones:
+                if tombstone.signer == patient and await self._apply_tombstone(patient, tombstone, now=now):
+                    attested += 1
+        if head.record.seq > seen:
+            log.info(
+                "state head %d of %s applied (%s): %d copies destroyed, %d tombstones attested",
+                head.record.seq,
+                patient,
+                "polled" if polled else "pushed",
+                destroyed,
+                attested,
+            )
+        return {"seq": head.record.seq, "destroyed": destroyed, "attested": attested, "grants": len(grants)}
+
+    async def _apply_revocations(
+        self,
+        patient: str,
+        head: Signed[StateHead],
+        grants: Sequence[Signed[Grant]],
+        revocations: Sequence[Signed[Revocation]],
+        *,
+        now: int,
+        polled: bool,
+    ) -> int:
+        """Keep grants, revocations and the head in one transaction, destroying the copies revoked.
+
+        Returns the number of copies destroyed.
+        """
         revoked = {r.record.grant for r in revocations}
-        destroyed = attested = 0
         async with self.store.transaction():
             for grant in grants:
                 if grant.signer == patient and grant.record.audience == self.home.did:
                     await self.store.put_record(grant, now=now, subject=self.home.did.encode())
             for revocation in revocations:
                 await self.store.put_record(revocation, now=now, subject=revocation.record.grant)
-            await self.store.set_head(patient, seq=head.record.seq, head=head.encoded, now=now)
+            await self.store.set_head(
+                patient, seq=head.record.seq, head=head.encoded, polled=now if polled else None
+            )
             shared = await self.store.shared_copies(patient)
             chain_ids = {
                 leaf: {open_record(link, Grant).id for link in cbor.decode(chain)}
@@ -591,42 +670,38 @@ class ClinicNode:
             doomed = [doc for doc, grant_id in shared if chain_ids.get(grant_id, {grant_id}) & revoked]
             for doc in doomed:
                 await self._forget_copy_records(doc)
-            destroyed += len(doomed)
         for doc in doomed:
             await self.home.files.destroy(doc)
-        for tombstone in tombstones:
-            if tombstone.signer == patient and await self._apply_tombstone(patient, tombstone, now=now):
-                attested += 1
-        return {"seq": head.record.seq, "destroyed": destroyed, "attested": attested, "grants": len(grants)}
+        return len(doomed)
 
     async def _apply_tombstone(self, patient: str, tombstone: Signed[Tombstone], *, now: int) -> bool:
-        """Destroy a withdrawn document (or keep our own authored copy) and attest it, once."""
+        """Destroy a withdrawn document (or keep our own authored copy) and attest it, once [API-27]."""
         doc = tombstone.record.doc
         if await self.store.attested(doc):
-            return False
-        state = await self.store.document_state(doc)
-        held = (state,) if state is not None else None
-        if held is None:
-            outcome: dict[str, Any] = {"outcome": "destroyed"}
-        elif held[0] == "authored":
-            outcome = {
-                "outcome": "retained",
-                "retain_until": now + RETENTION,
-                "basis": "author's legal duty to keep its medical record",
-            }
-        else:
-            outcome = {"outcome": "destroyed"}
-        attestation = sign_record(
-            DeletionAttestation(patient=patient, doc=doc, tombstone=tombstone.id, iat=now, **outcome),
-            self.home.identity,
-        )
+            return False  # the usual case, every answer repeats every tombstone: no write lock taken
         async with self.store.transaction():
+            # Again under the write lock: another process (`fedrecord poll`) may have attested it meanwhile.
+            if await self.store.attested(doc):
+                return False
+            state = await self.store.document_state(doc)
+            if state == "authored":
+                outcome: dict[str, Any] = {
+                    "outcome": "retained",
+                    "retain_until": now + RETENTION,
+                    "basis": "author's legal duty to keep its medical record",
+                }
+            else:
+                outcome = {"outcome": "destroyed"}
+            attestation = sign_record(
+                DeletionAttestation(patient=patient, doc=doc, tombstone=tombstone.id, iat=now, **outcome),
+                self.home.identity,
+            )
             await self.store.put_record(tombstone, now=now, subject=doc)
             await self.store.put_record(attestation, now=now, subject=doc)
-            if held is not None and held[0] != "authored":
+            if state is not None and state != "authored":
                 await self._forget_copy_records(doc)
             await self.store.queue_outbox("attestation", target=patient, payload=attestation.encoded, now=now)
-        if held is not None and held[0] != "authored":
+        if state is not None and state != "authored":
             await self.home.files.destroy(doc)
         return True
 

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,9 +94,18 @@ def _not_found() -> RemoteProtocolError:
 class PatientNode:
     """The patient's side of the protocol, over an opened :class:`NodeHome`."""
 
-    def __init__(self, home: NodeHome) -> None:
+    def __init__(self, home: NodeHome, *, state_changed: Callable[[], None] | None = None) -> None:
+        """The patient's side over ``home``.
+
+        Args:
+            state_changed: called after each commit that changes what
+                :meth:`state_for` answers (a grant, a revocation, a deletion, a
+                new head): the event streams then push it at once rather than at
+                their next look at the database (:mod:`.state_feed`).
+        """
         self.home = home
         self.store = home.store
+        self._state_changed = state_changed or (lambda: None)
         self._wraps: OrderedDict[tuple[bytes, str, bytes, bytes, str], Signed[KeyWrap]] = OrderedDict()
 
     # --- connecting ----------------------------------------------------------------
@@ -150,6 +159,7 @@ class PatientNode:
             await self.store.put_record(grant, now=now, subject=requester.encode())
             await self.store.use_invitation(token_hash, used_by=requester, grant_id=grant.id)
             await self.store.remember_peer(clinic)
+        self._state_changed()
         return grant
 
     async def peer_profile(self, did: str) -> Signed[NodeProfile] | None:
@@ -318,6 +328,7 @@ class PatientNode:
             await self.store.put_record(entry, now=now, subject=doc)
             await self.store.accept_document(doc, labels=json.dumps(merged), added=now)
             await self._sign_head(now)
+        self._state_changed()
         return entry
 
     async def reject(self, doc: bytes, *, now: int) -> Signed[DepositDecision]:
@@ -431,6 +442,7 @@ class PatientNode:
                     self.home.identity,
                 )
                 await self.store.put_record(restriction, now=now, subject=grant.id)
+        self._state_changed()
         return grant
 
     async def restrict(
@@ -475,6 +487,7 @@ class PatientNode:
         async with self.store.transaction():
             await self.store.put_record(revocation, now=now, subject=grant_id)
             await self._sign_head(now)
+        self._state_changed()
         return revocation
 
     async def _revocations(self) -> RevocationSet:
@@ -742,6 +755,7 @@ class PatientNode:
             await self.store.put_record(tombstone, now=now, subject=doc)
             await self._forget_document(doc)
             await self._sign_head(now)
+        self._state_changed()
         await self.home.files.destroy(doc)
         return tombstone
 

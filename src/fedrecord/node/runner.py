@@ -1,8 +1,9 @@
 """``fedrecord serve``: the HTTP API plus the node's background duties, until interrupted.
 
-Clinic nodes flush their outbox and poll their patients' state every
-``poll_interval`` seconds (the push of the sync milestone will make polling
-the fallback); patient nodes deliver their own outbox (rejection notices).
+Clinic nodes follow their patients' event streams (:mod:`.subscriptions`:
+revocations and deletions arrive within a second), and flush their outbox and
+poll their patients' state every ``poll_interval`` seconds, the fallback when
+a stream is down; patient nodes deliver their own outbox (rejection notices).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .client import PeerClient, PeerUnreachable
 from .clinic import ClinicNode
 from .home import NodeHome
 from .server import make_app
+from .subscriptions import StateSubscriptions
 
 log = logging.getLogger("fedrecord.node")
 
@@ -78,11 +80,13 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     announce(home.config.endpoint)
-    background = asyncio.create_task(duties(home, clinic, client, stop))
+    background = [asyncio.create_task(duties(home, clinic, client, stop))]
+    if clinic is not None:
+        background.append(asyncio.create_task(StateSubscriptions(clinic).run(stop)))
     try:
         await stop.wait()
     finally:
-        await background
+        await asyncio.gather(*background)
         await runner.cleanup()
         await client.close()
         await home.close()

@@ -20,20 +20,26 @@ from yarl import URL
 
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import signed_response, verified, was_verified
+from fedrecord.http.event_stream import EVENT_STREAM_TYPE, KEEP_ALIVE, encode_event
 
 from .client import b64, unb64
 from .clinic import ClinicNode
 from .home import NodeHome
 from .patient import PatientNode
+from .state_feed import StateFeed, Subscription
 from .wire import CBOR_TYPE, MAX_BODY, MAX_DOCUMENT, decode_body, encode_body, error_body
 
 log = logging.getLogger("fedrecord.node")
 
 BODY_TIMEOUT = 30.0  # seconds for a whole CBOR body [API-33]
 STREAM_IDLE_TIMEOUT = 30.0  # seconds without a byte of a document stream [API-33]
+KEEP_ALIVE_INTERVAL = 15.0  # seconds of silence on an event stream before a keep-alive comment [API-34]
+SEND_TIMEOUT = 10.0  # seconds an event stream's reader has to take one write before it is dropped [API-34]
+LIVENESS_INTERVAL = 1.0  # how often a quiet event stream checks that its reader is still connected
 
 HOME: web.AppKey[NodeHome] = web.AppKey("home", NodeHome)
 PATIENT: web.AppKey[PatientNode] = web.AppKey("patient", PatientNode)
+FEED: web.AppKey[StateFeed] = web.AppKey("feed", StateFeed)
 CLINIC: web.AppKey[ClinicNode] = web.AppKey("clinic", ClinicNode)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -194,6 +200,80 @@ async def state(request: web.Request) -> web.Response:
     return answer(request, **await request.app[PATIENT].state_for(signer, now=int(time.time())))
 
 
+async def events(request: web.Request) -> web.StreamResponse:
+    """The requester's state now and after each change, as an event stream, until it leaves [API-34].
+
+    Raises:
+        RemoteProtocolError: the codes of a signed request; ``not-found`` for a
+            requester this node does not know; ``too-many`` beyond the limits of
+            :class:`StateFeed`.  Nothing is raised once the stream has begun.
+    """
+    signer, _body = await signed_body(request)
+    patient, feed = request.app[PATIENT], request.app[FEED]
+    # An open stream holds a connection: only for nodes the patient connected or let read.
+    if await patient.peer_profile(signer) is None:
+        raise RemoteProtocolError(Code.NOT_FOUND, "no event stream for an unknown node")
+    with feed.subscribe(signer) as subscription:
+        response = web.StreamResponse(
+            headers={"Content-Type": EVENT_STREAM_TYPE, "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        try:
+            await _stream_state(request, response, patient, feed, subscription)
+        except Exception:
+            # The answer has begun: no error body can follow.  End the stream; the requester reconnects.
+            log.exception("event stream of %s", signer)
+    return response
+
+
+async def _stream_state(
+    request: web.Request,
+    response: web.StreamResponse,
+    patient: PatientNode,
+    feed: StateFeed,
+    subscription: Subscription,
+) -> None:
+    """Send the state now, again after each change that alters it, a keep-alive after 15 s of silence."""
+    loop = asyncio.get_running_loop()
+    sent = b""
+    quiet_since = loop.time()
+    changed = True  # the first event is the state as it is now
+    while not subscription.closed:
+        if changed:
+            # The mark before the state: a change committed in between shows as a newer mark, sent next.
+            subscription.seen = await feed.mark()
+            body = encode_body(**await patient.state_for(subscription.requester, now=int(time.time())))
+            if body != sent:
+                if not await _send(request, response, encode_event("state", b64(body)), subscription):
+                    return
+                sent, quiet_since = body, loop.time()
+        elif loop.time() - quiet_since >= KEEP_ALIVE_INTERVAL:
+            if not await _send(request, response, KEEP_ALIVE, subscription):
+                return
+            quiet_since = loop.time()
+        if request.transport is None or request.transport.is_closing():
+            return  # the requester left: its subscription ends with this handler
+        changed = await subscription.changed(timeout=LIVENESS_INTERVAL)
+
+
+async def _send(
+    request: web.Request, response: web.StreamResponse, data: bytes, subscription: Subscription
+) -> bool:
+    """Write to an event stream; false when the requester left or did not take it within SEND_TIMEOUT."""
+    try:
+        async with asyncio.timeout(SEND_TIMEOUT):
+            await response.write(data)
+    except TimeoutError:
+        # A reader that does not read is dropped, not queued for: it catches up by polling or reconnecting.
+        log.info("event stream of %s dropped: it took nothing for %s s", subscription.requester, SEND_TIMEOUT)
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    except ConnectionResetError:
+        return False
+    return True
+
+
 async def listing(request: web.Request) -> web.Response:
     signer, body = await signed_body(request, "chain")
     documents = await request.app[PATIENT].documents_for(signer, _chain(body), now=int(time.time()))
@@ -270,10 +350,14 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
     app.router.add_get("/v0/profile", profile)
     app.router.add_get("/v0/health", health)
     if home.config.role == "patient":
-        app[PATIENT] = PatientNode(home)
+        feed = StateFeed(home.store)
+        app[FEED] = feed
+        app[PATIENT] = PatientNode(home, state_changed=feed.poke)
+        app.on_shutdown.append(_close_feed)
         app.router.add_post("/v0/connect", connect)
         app.router.add_put("/v0/documents/{doc}", deposit)
         app.router.add_post("/v0/state", state)
+        app.router.add_post("/v0/events", events)
         app.router.add_post("/v0/list", listing)
         app.router.add_post("/v0/fetch", fetch)
         app.router.add_post("/v0/attestations", attestation)
@@ -282,3 +366,8 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
         app.router.add_post("/v0/decisions", decision)
         app.router.add_post("/v0/grants", delegation)
     return app
+
+
+async def _close_feed(app: web.Application) -> None:
+    # Before the server waits for its handlers to finish: open event streams would never finish.
+    await app[FEED].close()

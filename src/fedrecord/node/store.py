@@ -19,7 +19,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
-from fedrecord.core import DepositDecision, NodeProfile, Record, Signed, Tombstone
+from fedrecord.core import (
+    DepositDecision,
+    Grant,
+    NodeProfile,
+    Record,
+    Revocation,
+    Signed,
+    StateHead,
+    Tombstone,
+)
 from fedrecord.storage.sqlite import Database, transaction
 
 from .records_table import open_stored
@@ -200,6 +209,11 @@ class NodeStore(Protocol):
 
     async def attested(self, doc: bytes) -> bool:
         """Whether a deletion attestation about ``doc`` is kept."""
+        ...
+
+    async def state_mark(self) -> tuple[int, int]:
+        """A value that changes whenever a grant, revocation, state head or tombstone is kept, by this
+        process or another one writing the same database (what the patient's event streams watch)."""
         ...
 
     # --- invitations and peers
@@ -460,8 +474,13 @@ class NodeStore(Protocol):
         """
         ...
 
-    async def set_head(self, patient: str, *, seq: int, head: bytes, now: int) -> None:
-        """Record the newest state head polled from ``patient``.  Call inside a transaction."""
+    async def set_head(self, patient: str, *, seq: int, head: bytes, polled: int | None) -> None:
+        """Record the newest state head seen from ``patient``, and when it was last polled.
+
+        ``polled`` is ``None`` for a head that came another way (an event stream): the time of the
+        last poll is left as it was.  A head older than the one kept changes nothing (another
+        process may have kept a newer one meanwhile).  Call inside a transaction.
+        """
         ...
 
     async def delegations(self, patient: str) -> list[tuple[bytes, bytes]]:
@@ -544,6 +563,15 @@ class SqliteNodeStore:
             ("fedrecord/deletion-attestation", doc),
         )
         return bool(row and row[0])
+
+    async def state_mark(self) -> tuple[int, int]:
+        # These records are never deleted, so their count and highest rowid only grow.  Read on the
+        # reader connection, it sees what any connection or process committed.
+        row = await self._one(
+            "SELECT count(*), coalesce(max(rowid), 0) FROM records WHERE typ IN (?, ?, ?, ?)",
+            tuple(cls.TYPE.value for cls in (Grant, Revocation, StateHead, Tombstone)),
+        )
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
     # --- invitations and peers
 
@@ -905,10 +933,11 @@ class SqliteNodeStore:
                 (patient, endpoint, profile),
             )
 
-    async def set_head(self, patient: str, *, seq: int, head: bytes, now: int) -> None:
+    async def set_head(self, patient: str, *, seq: int, head: bytes, polled: int | None) -> None:
         await self.db.execute(
-            "UPDATE connections SET head_seq = ?, head = ?, polled = ? WHERE patient = ?",
-            (seq, head, now, patient),
+            "UPDATE connections SET head_seq = ?, head = ?, polled = coalesce(?, polled)"
+            " WHERE patient = ? AND head_seq <= ?",
+            (seq, head, polled, patient, seq),
         )
 
     async def delegations(self, patient: str) -> list[tuple[bytes, bytes]]:

@@ -59,6 +59,36 @@ def read_error(data: bytes, status: int) -> RemoteProtocolError:
         return RemoteProtocolError(Code.MALFORMED, f"peer answered HTTP {status} without a readable error")
 
 
+@dataclass(frozen=True, kw_only=True)
+class StateAnswer:
+    """The fields of a ``state-answer`` (a polled state, or one event of the event stream), still encoded.
+
+    Checked for shape only: the receiver opens each record (spec [API-19]).
+    """
+
+    head: bytes
+    revocations: tuple[bytes, ...]
+    tombstones: tuple[bytes, ...]
+    grants: tuple[bytes, ...]
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> StateAnswer:
+        """The state fields of a decoded body.
+
+        Raises:
+            RemoteProtocolError: ``malformed`` for a missing field or one of the wrong type.
+        """
+        lists = {}
+        for key in ("revocations", "tombstones", "grants"):
+            value = body.get(key)
+            if type(value) is not list or not all(type(item) is bytes for item in value):
+                raise RemoteProtocolError(Code.MALFORMED, f"{key} is an array of records")
+            lists[key] = tuple(value)
+        if type(body.get("head")) is not bytes:
+            raise RemoteProtocolError(Code.MALFORMED, "head is a record")
+        return cls(head=body["head"], **lists)
+
+
 @dataclass(frozen=True)
 class Invitation:
     """What a clinic needs to connect: the patient node's id and endpoint, a one-time token, an expiry."""
