@@ -500,6 +500,34 @@ def test_streamed_request_covers_its_declaration_not_its_body():
     assert code_of(excinfo) is Code.MALFORMED
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_range_field_is_covered_last(streamed: bool) -> None:
+    """[HTTP-4]: a request with a Range field covers "range" last; changed, added or removed, it fails."""
+    body = None if streamed else BODY
+    fields = {"Content-Type": "application/cbor", "Range": "bytes=100-"}
+    headers = {
+        **fields,
+        **sign_request(
+            identity=CLINIC,
+            method="POST",
+            url=URL,
+            headers=fields,
+            body=body,
+            now=NOW,
+            nonce=NONCE,
+            streamed=streamed,
+        ),
+    }
+    middle = '"fedrecord-streamed"' if streamed else '"content-digest"'
+    assert f'("@method" "@target-uri" "@authority" {middle} "range");' in headers["Signature-Input"]
+    assert verify_request(method="POST", url=URL, headers=headers, body=body, now=NOW).signer == CLINIC.did
+    without = {name: value for name, value in headers.items() if name != "Range"}
+    added = {**signed(body=body, streamed=streamed), "Range": "bytes=100-"}
+    for changed in ({**headers, "Range": "bytes=0-"}, without, added):
+        with pytest.raises(AuthenticationError):
+            verify_request(method="POST", url=URL, headers=changed, body=body, now=NOW)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

@@ -14,6 +14,7 @@ exactly one more row, and every other table is unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import random
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from multidict import CIMultiDict
 
 from fedrecord.core import (
     Code,
@@ -577,10 +579,10 @@ async def test_tampered_key_wrap(
     original = gp.client.download
 
     async def tampering_download(target: str, **fields: object):
-        headers, chunks, response = await original(target, **fields)
-        wrap = unb64(headers["Fedrecord-Key-Wrap"])
-        headers = {**headers, "Fedrecord-Key-Wrap": b64(tamper(wrap, story))}
-        return headers, chunks, response
+        answer = await original(target, **fields)
+        headers = CIMultiDict(answer.headers)
+        headers["Fedrecord-Key-Wrap"] = b64(tamper(unb64(headers["Fedrecord-Key-Wrap"]), story))
+        return dataclasses.replace(answer, headers=headers)
 
     monkeypatch.setattr(gp.client, "download", tampering_download)
     before = await snapshot(gp)

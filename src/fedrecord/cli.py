@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import io
 import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
@@ -676,7 +677,7 @@ async def deposit(
         now = int(time.time())
         doc = await clinic.deposit(
             patient,
-            file.read_bytes(),
+            file,  # read and encrypted piece by piece: any size up to the cap, flat memory
             title=title,
             category=category,
             doc_type=doc_type,
@@ -742,32 +743,53 @@ async def list_documents(ctx: Context, patient: str | None) -> None:
 @pass_context
 @fail_cleanly
 async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> None:
-    """Read a document: from your record (patient) or from a patient under a grant (clinic)."""
-    async with opened(ctx) as home:
-        if home.config.role == "patient":
-            from fedrecord.node.patient import PatientNode
+    """Read a document: from your record (patient) or from a patient under a grant (clinic).
 
-            content = await PatientNode(home).read_own(await _resolve(home, doc))
-        else:
-            async with clinic_of(home) as clinic:
-                if patient is None:
-                    doc_id = await _resolve(home, doc)
-                    await _poll_holder(clinic, doc_id)
-                    content = await clinic.read_held(doc_id, now=int(time.time()))
-                else:
-                    now = int(time.time())
-                    await clinic.poll(patient, now=now)
-                    doc_id = _doc_id(doc) if len(doc) == 64 else await _listed(clinic, patient, doc, now)
-                    with transfer_bar(ctx, "fetching") as progress:
-                        content = await clinic.fetch(patient, doc_id, now=now, progress=progress)
+    With ``--out`` the document is written there piece by piece, whatever its size; a fetch
+    that is cut short is resumed by running the same command again.
+    """
+    async with opened(ctx) as home:
         if out is not None:
-            out.write_bytes(content)
-        ctx.emit(
-            {"size": len(content), "out": str(out) if out else None},
-            f"wrote {len(content)} bytes to {out}"
-            if out
-            else (lambda: click.echo(content.decode(errors="replace"), nl=False)),
-        )
+            with _written_whole(out) as file:
+                size = await _read(ctx, home, doc, patient, file)
+            ctx.emit({"size": size, "out": str(out)}, f"wrote {size} bytes to {out}")
+            return
+        memory = io.BytesIO()
+        size = await _read(ctx, home, doc, patient, memory)
+        content = memory.getvalue()
+        ctx.emit({"size": size, "out": None}, lambda: click.echo(content.decode(errors="replace"), nl=False))
+
+
+async def _read(ctx: Context, home: Any, doc: str, patient: str | None, into: BinaryIO) -> int:
+    """Decrypt a document into ``into``: the patient's own, a copy held, or one fetched from a patient."""
+    if home.config.role == "patient":
+        from fedrecord.node.patient import PatientNode
+
+        return int(await PatientNode(home).read_own_into(await _resolve(home, doc), into))
+    async with clinic_of(home) as clinic:
+        if patient is None:
+            doc_id = await _resolve(home, doc)
+            await _poll_holder(clinic, doc_id)
+            return int(await clinic.read_held_into(doc_id, into, now=int(time.time())))
+        now = int(time.time())
+        await clinic.poll(patient, now=now)
+        doc_id = _doc_id(doc) if len(doc) == 64 else await _listed(clinic, patient, doc, now)
+        with transfer_bar(ctx, "fetching") as progress:
+            return int(await clinic.fetch_into(patient, doc_id, into, now=now, progress=progress))
+
+
+@contextlib.contextmanager
+def _written_whole(out: Path) -> Iterator[BinaryIO]:
+    """A file beside ``out`` that becomes ``out`` only when the block ends well: a document is
+    authenticated only as a whole, so no part of one that fails is left under its name."""
+    partial = out.with_name(f".{out.name}.part")
+    try:
+        with partial.open("wb") as file:
+            yield file
+        os.replace(partial, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
 
 
 async def _poll_holder(clinic: Any, doc: bytes) -> None:

@@ -81,6 +81,7 @@ class Code(StrEnum):
     REPLAY = "replay"
     TIMEOUT = "timeout"
     TOO_MANY = "too-many"
+    BAD_RANGE = "bad-range"
     # Reconciliation (spec section 16).
     OUT_OF_ORDER = "out-of-order"
 
@@ -110,6 +111,7 @@ HTTP_STATUS: Final[dict[Code, int]] = {
     Code.TIMEOUT: 408,
     Code.OUT_OF_ORDER: 400,
     Code.TOO_MANY: 429,
+    Code.BAD_RANGE: 416,
     Code.UNSUPPORTED_VERSION: 400,
 }
 

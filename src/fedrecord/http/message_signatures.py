@@ -10,7 +10,8 @@ whose covered components and parameters are fixed by the protocol:
 
 * components ``"@method" "@target-uri" "@authority"``, then ``"content-digest"``
   when the request has a (buffered, non-empty) body, or ``"fedrecord-streamed"``
-  when the body is streamed ([HTTP-11]);
+  when the body is streamed ([HTTP-11]), then ``"range"`` when the request
+  carries a ``Range`` field (a resumed fetch, [API-40]);
 * parameters ``created``, ``keyid`` (the signer's did:key), ``alg="ed25519"``,
   ``expires`` (created + lifetime, at most 300 s), ``nonce`` and
   ``tag="fedrecord/v0"``.
@@ -20,6 +21,9 @@ the covered header ``Fedrecord-Streamed: 1`` and is *not* digested: it is
 authenticated by the signed record it travels with and by the STREAM chunks
 of spec section 8, so neither side buffers it.  The header being covered
 means a signature made for a bodiless request cannot be reused with a body.
+A ``Range`` field is covered for the same reason: added, removed or changed on
+the path, it makes the signature fail, so nobody between the nodes can make a
+node send a document from another offset than the one its requester asked for.
 
 An answer that matters (revocation, state head, not-found) is signed by the
 answering node, bound to the request it answers (RFC 9421 section 2.4):
@@ -89,6 +93,7 @@ __all__ = [
     "REQUEST_COMPONENTS",
     "BODY_COMPONENT",
     "STREAMED_COMPONENT",
+    "RANGE_COMPONENT",
     "RESPONSE_COMPONENTS",
     "VerifiedRequest",
     "NonceStore",
@@ -112,6 +117,7 @@ DEFAULT_MAX_SKEW: Final = 30
 REQUEST_COMPONENTS: Final = ('"@method"', '"@target-uri"', '"@authority"')
 BODY_COMPONENT: Final = '"content-digest"'
 STREAMED_COMPONENT: Final = '"fedrecord-streamed"'
+RANGE_COMPONENT: Final = '"range"'
 RESPONSE_COMPONENTS: Final = (
     '"@status"',
     '"content-digest"',
@@ -217,9 +223,10 @@ def sign_request(
         method: the request method, upper case as sent.
         url: the absolute target URI as sent (``scheme://host[:port]/path?query``);
             its authority must equal the ``Host`` header the request carries.
-        headers: the request's other header fields; none of them is covered,
-            but ``Signature``, ``Signature-Input``, ``Content-Digest`` and
-            ``Fedrecord-Streamed`` among them are replaced by the result.
+        headers: the request's other header fields; none of them is covered
+            but ``Range``, which is when present; ``Signature``,
+            ``Signature-Input``, ``Content-Digest`` and ``Fedrecord-Streamed``
+            among them are replaced by the result.
         body: the whole body, or None.  A non-empty body is covered by
             ``Content-Digest``; an empty one is the same as None.
         now: the signing time (``created``).
@@ -251,7 +258,10 @@ def sign_request(
     elif streamed:
         added[STREAMED_HEADER] = "1"
         components.append(STREAMED_COMPONENT)
-    view = _Request(method=method, url=url, headers=_fields_without_signatures(headers, added))
+    fields = _fields_without_signatures(headers, added)
+    if "range" in fields:
+        components.append(RANGE_COMPONENT)
+    view = _Request(method=method, url=url, headers=fields)
     return added | _sign(identity, view, components, now=now, lifetime=lifetime, nonce=nonce)
 
 
@@ -302,6 +312,8 @@ def verify_request(
         expected.append(STREAMED_COMPONENT)
     elif body:
         expected.append(BODY_COMPONENT)
+    if "range" in fields:
+        expected.append(RANGE_COMPONENT)
     parsed = _parse_signature(fields, _REQUEST_PARAMETERS)
     if parsed.components != expected:
         raise AuthenticationError()

@@ -12,6 +12,7 @@ import base64
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,7 @@ from fedrecord.http.aiohttp_signing import client_signing_headers, signed_target
 from fedrecord.http.event_stream import EVENT_STREAM_TYPE, EventStreamReader, ServerEvent
 from fedrecord.http.message_signatures import verify_response
 
+from .ranges import range_header
 from .wire import CBOR_TYPE, MAX_BODY, decode_body, encode_body, read_error
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
@@ -170,22 +172,62 @@ class PeerClient:
             raise read_error(data, status)
         return decode_body(data)
 
-    async def download(
-        self, url: str, **fields: Any
-    ) -> tuple[dict[str, str], AsyncIterator[bytes], aiohttp.ClientResponse]:
-        """POST a CBOR body and return the answer's headers and streamed body (caller releases the response)."""
+    async def download(self, url: str, *, start: int | None = None, **fields: Any) -> Download:
+        """POST a CBOR body and return the answer's status, headers and streamed body.
+
+        The caller releases the answer (:meth:`Download.release`).
+
+        Args:
+            start: ask for the stream from this byte on (``Range: bytes=start-``,
+                covered by the signature); the answer is then 206, or 200 from a
+                node that serves whole streams only.
+
+        Raises:
+            PeerUnreachable: no answer, or a 5xx one.
+            RemoteProtocolError: the peer's refusal, with its code.
+
+        Iterating the body raises :class:`PeerUnreachable` when the transfer is cut.
+        """
         body = encode_body(**fields)
-        headers = self._headers("POST", url, body, {"Content-Type": CBOR_TYPE})
+        extra = {"Content-Type": CBOR_TYPE, **(range_header(start) if start is not None else {})}
+        headers = self._headers("POST", url, body, extra)
         session = await self.session()
         try:
             response = await session.post(url, data=body, headers=headers)
+            if response.status >= 300:
+                data = await response.read()
+                response.release()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        if response.status >= 500:
+            raise PeerUnreachable(f"{url}: HTTP {response.status}")
         if response.status >= 300:
-            data = await response.read()
-            response.release()
             raise read_error(data, response.status)
-        return dict(response.headers), response.content.iter_chunked(1 << 16), response
+        return Download(response.status, response.headers, _cut_is_unreachable(url, response), response)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A streamed answer: its status, header fields and body, and the response to release."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: AsyncIterator[bytes]
+    response: aiohttp.ClientResponse
+
+    def release(self) -> None:
+        self.response.release()
+
+
+async def _cut_is_unreachable(url: str, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The body in pieces of 64 KiB; a transfer cut short is no answer, worth resuming later."""
+    try:
+        async for chunk in response.content.iter_chunked(1 << 16):
+            yield chunk
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise PeerUnreachable(
+            f"{url}: the transfer was cut ({exc.__class__.__name__}: {exc}); fetching again resumes it"
+        ) from None
 
 
 async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
@@ -235,9 +277,9 @@ Progress = Callable[[int, int | None], None]
 
 
 async def counted(
-    chunks: AsyncIterable[bytes], progress: Progress | None, total: int | None = None
+    chunks: AsyncIterable[bytes], progress: Progress | None, total: int | None = None, *, done: int = 0
 ) -> AsyncIterator[bytes]:
-    done = 0
+    """``chunks`` as they are, telling ``progress`` the bytes so far (counted from ``done``)."""
     async for chunk in chunks:
         done += len(chunk)
         if progress is not None:
@@ -245,4 +287,4 @@ async def counted(
         yield chunk
 
 
-__all__ = ["PeerClient", "PeerUnreachable", "RemoteProtocolError", "b64", "unb64"]
+__all__ = ["Download", "PeerClient", "PeerUnreachable", "RemoteProtocolError", "b64", "unb64"]

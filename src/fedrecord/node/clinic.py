@@ -7,18 +7,27 @@ patient's state, polled or pushed on its event stream (:mod:`.subscriptions`),
 is applied by one method, :meth:`ClinicNode.apply_state`: keys and copies
 held under a revoked grant are destroyed, deleted documents are destroyed
 and attested (US-5, US-7).
+
+Documents of any size (up to the cap) stream through: a deposit is read and
+encrypted from its file piece by piece, a fetch is written to disk as it
+arrives and decrypted from there.  A fetch cut short keeps what arrived, and
+the next fetch of the document asks only for the rest (spec section 15.15,
+:mod:`fedrecord.node.resume`); those bytes die with the document or the grant
+they came under, as a copy would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from fedrecord.core import (
     AccessReceipt,
@@ -43,15 +52,17 @@ from fedrecord.core import (
     sign_record,
 )
 from fedrecord.core.documents import DocumentReader, DocumentWriter
-from fedrecord.core.errors import AuthenticationError
+from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key
 from fedrecord.core.sealed_box import open_sealed, seal
-from fedrecord.core.stream import key_commitment
+from fedrecord.core.stream import CHUNK_SIZE, key_commitment
+from fedrecord.storage.partial import PartialDownload
 
 from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
 from .home import NodeHome
-from .patient import decrypt_stored
+from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
+from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
 from .wire import MAX_DOCUMENT, Invitation, StateAnswer
 
 log = logging.getLogger("fedrecord.node")
@@ -69,6 +80,18 @@ class Connection:
     name: str
     endpoint: str
     head_seq: int
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """A fetch of one document under one chain: what each of its attempts sends, and to whom."""
+
+    endpoint: str
+    patient: str
+    doc: bytes
+    chain: list[Signed[Grant]]
+    now: int
+    progress: Progress | None
 
 
 class ClinicNode:
@@ -134,7 +157,7 @@ class ClinicNode:
     async def deposit(
         self,
         patient: str,
-        content: bytes,
+        content: bytes | Path,
         *,
         title: str,
         category: str,
@@ -149,32 +172,49 @@ class ClinicNode:
         The document is stored as this clinic's own record and the deposit
         is in the outbox once this returns: it survives a crash or an
         offline patient node.
+
+        Args:
+            content: the document, or the path of a file holding it, read and
+                encrypted 64 KiB at a time in a worker thread (flat memory for
+                any size up to the cap).
+
+        Raises:
+            RemoteProtocolError: ``not-found`` when not connected to ``patient``,
+                ``bad-key`` when its profile has no current encryption key.
+            LocalProtocolError: ``too-large`` for a document over the cap,
+                ``invalid-record`` for a file that changed size while read.
+            OSError: the file cannot be read.
         """
         connection = await self._connection(patient)
         patient_key = connection["profile"].record.encryption_key_at(now)
         if patient_key is None:
             raise RemoteProtocolError(Code.BAD_KEY, "the patient's profile has no current encryption key")
-        key, prefix = os.urandom(32), os.urandom(16)
-        header = DocumentHeader(
-            patient=patient,
-            title=title,
-            doc_type=doc_type,
-            category=category,
-            labels=tuple(labels),
-            date=now if date is None else date,
-            media_type=media_type,
-            size=len(content),
-            commitment=key_commitment(key, prefix),
-        )
-        writer = DocumentWriter(self.home.identity, header, key=key, prefix=prefix)
-        # The content is in memory already; its ciphertext is what the id is computed over.
-        ciphertext = b"".join(writer.encrypt([content]))
-        doc = writer.document_id
-
-        async def pieces() -> AsyncIterator[bytes]:
-            yield ciphertext
-
-        size = await self.home.files.put(doc, pieces(), max_size=MAX_DOCUMENT)
+        with contextlib.ExitStack() as closing:
+            if isinstance(content, Path):
+                file = closing.enter_context(content.open("rb"))
+                length = os.fstat(file.fileno()).st_size
+                pieces: Iterable[bytes] = iter(lambda: file.read(CHUNK_SIZE), b"")
+            else:
+                length, pieces = len(content), [content]
+            if length > MAX_DOCUMENT:
+                raise LocalProtocolError(Code.TOO_LARGE, f"documents are capped at {MAX_DOCUMENT} bytes")
+            key, prefix = os.urandom(32), os.urandom(16)
+            header = DocumentHeader(
+                patient=patient,
+                title=title,
+                doc_type=doc_type,
+                category=category,
+                labels=tuple(labels),
+                date=now if date is None else date,
+                media_type=media_type,
+                size=length,
+                commitment=key_commitment(key, prefix),
+            )
+            writer = DocumentWriter(self.home.identity, header, key=key, prefix=prefix)
+            # The id is the hash of the whole ciphertext: the files store names it once it is written.
+            doc, size = await self.home.files.add(
+                pulled_in_thread(writer.encrypt(pieces)), max_size=MAX_DOCUMENT
+            )
         deposit = make_deposit(
             depositor=self.home.identity,
             patient=patient,
@@ -338,9 +378,40 @@ class ClinicNode:
     async def fetch(self, patient: str, doc: bytes, *, now: int, progress: Progress | None = None) -> bytes:
         """Fetch, verify and decrypt a document under a grant; the signed request is the receipt (US-4, US-8).
 
+        A transfer cut short is resumed by the next fetch of the document
+        ([API-42]); see :meth:`fetch_into` for documents too large to hold.
+
         Raises:
             RemoteProtocolError: ``not-found`` when no grant reaches it, or the patient node's refusal.
+            PeerUnreachable: the patient's node did not answer, or the transfer was cut.
         """
+        pieces: list[bytes] = []
+        await self._fetch(patient, doc, pieces.append, now=now, progress=progress)
+        return b"".join(pieces)
+
+    async def fetch_into(
+        self, patient: str, doc: bytes, into: BinaryIO, *, now: int, progress: Progress | None = None
+    ) -> int:
+        """Fetch as :meth:`fetch` does, writing the content into ``into`` as it is decrypted (flat memory).
+
+        Returns:
+            The size of the content.  When this raises, what was written is
+            not the document: discard it.
+
+        Raises:
+            RemoteProtocolError, PeerUnreachable: as :meth:`fetch`.
+        """
+        return await self._fetch(patient, doc, into.write, now=now, progress=progress)
+
+    async def _fetch(
+        self,
+        patient: str,
+        doc: bytes,
+        sink: Callable[[bytes], object],
+        *,
+        now: int,
+        progress: Progress | None,
+    ) -> int:
         connection = await self._connection(patient)
         chains = await self.chains_from(patient, now=now)
         if not chains:
@@ -351,25 +422,14 @@ class ClinicNode:
             raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
         last_error: RemoteProtocolError | None = None
         for chain in chains:
-            leaf = chain[-1]
-            receipt = sign_record(
-                AccessReceipt(
-                    patient=patient,
-                    doc=doc,
-                    grant=leaf.id,
-                    action="read",
-                    purpose=leaf.record.purpose,
-                    iat=now,
-                    nonce=os.urandom(16),
-                ),
-                self.home.identity,
-            )
             try:
-                return await self._fetch_under(
-                    connection, patient, doc, chain, receipt, now=now, progress=progress
+                wrap, key = await self._transfer(
+                    _Fetch(connection["endpoint"], patient, doc, chain, now=now, progress=progress)
                 )
             except RemoteProtocolError as exc:
                 last_error = exc
+                continue
+            return await self._keep_copy(patient, doc, chain[-1], wrap, key, sink, now=now)
         assert last_error is not None
         raise last_error
 
@@ -457,45 +517,93 @@ class ClinicNode:
                 await self.store.put_record(link, now=now, subject=link.record.audience.encode())
         return links[-1]
 
-    async def _fetch_under(
-        self,
-        connection: dict[str, Any],
-        patient: str,
-        doc: bytes,
-        chain: list[Signed[Grant]],
-        receipt: Signed[AccessReceipt],
-        *,
-        now: int,
-        progress: Progress | None = None,
-    ) -> bytes:
-        grant = chain[-1]
-        headers, body, response = await self.client.download(
-            f"{connection['endpoint']}/v0/fetch",
-            chain=[link.encoded for link in chain],
+    async def _transfer(self, fetch: _Fetch) -> tuple[Signed[KeyWrap], bytes]:
+        """Bring the document's ciphertext to its final file under one chain: resumed when bytes are kept.
+
+        Returns:
+            The key wrap and the document key it carried.
+        """
+        async with self.home.partials.begin(fetch.doc) as partial:
+            start = resume_point(partial, fetch.patient)
+            try:
+                return await self._download(fetch, partial, start)
+            except RemoteProtocolError as exc:
+                if not start or exc.code not in RESTARTABLE:
+                    raise
+            # The kept bytes do not complete into the document: start again from byte 0 [API-42].
+            assert partial is not None
+            await partial.discard()
+            return await self._download(fetch, partial, 0)
+
+    async def _download(
+        self, fetch: _Fetch, partial: PartialDownload | None, start: int
+    ) -> tuple[Signed[KeyWrap], bytes]:
+        """One fetch request, with its own receipt, for the stream from ``start``; the bytes into ``partial``."""
+        leaf = fetch.chain[-1]
+        receipt = sign_record(
+            AccessReceipt(
+                patient=fetch.patient,
+                doc=fetch.doc,
+                grant=leaf.id,
+                action="read",
+                purpose=leaf.record.purpose,
+                iat=fetch.now,
+                nonce=os.urandom(16),
+            ),
+            self.home.identity,
+        )
+        answer = await self.client.download(
+            f"{fetch.endpoint}/v0/fetch",
+            start=start or None,
+            chain=[link.encoded for link in fetch.chain],
             receipt=receipt.encoded,
             profile=self.home.profile.encoded,
         )
         try:
-            wrap = open_record(unb64(headers["Fedrecord-Key-Wrap"]), KeyWrap)
-            if wrap.signer != patient:
-                raise AuthenticationError()
-            keys = self.home.keys_for(wrap.record.recipient_key)
-            if keys is None:
-                raise RemoteProtocolError(
-                    Code.WRAP_MISMATCH, "the key wrap is sealed to a key we do not hold"
-                )
-            key = unwrap_key(wrap, recipient=self.home.did, keys=keys, doc=doc).key
-            size = headers.get("Content-Length")
-            await self.home.files.put(
-                doc,
-                counted(body, progress, int(size) if size and size.isdigit() else None),
-                max_size=MAX_DOCUMENT,
-            )
+            wrap, key = self._open_wrap(answer.headers, fetch.patient, fetch.doc)
+            first, size = stream_span(answer, start)
+            body = counted(answer.body, fetch.progress, size, done=first)
+            if partial is None:
+                # Another download of this document holds its kept bytes: this one is not resumable.
+                await self.home.files.put(fetch.doc, body, max_size=size)
+            else:
+                await partial.keep(KeptStream(patient=fetch.patient, size=size, wrap=wrap).encode())
+                await partial.finish(body, start=first, max_size=size)
         finally:
-            response.release()
+            answer.release()
+        return wrap, key
+
+    def _open_wrap(
+        self, headers: Mapping[str, str], patient: str, doc: bytes
+    ) -> tuple[Signed[KeyWrap], bytes]:
+        """The key wrap of a fetch answer and the key it carries, checked as [API-24] says."""
+        try:
+            encoded = unb64(headers["Fedrecord-Key-Wrap"])
+        except (KeyError, ValueError):
+            raise RemoteProtocolError(Code.MALFORMED, "the fetch answer carries no key wrap") from None
+        wrap = open_record(encoded, KeyWrap)
+        if wrap.signer != patient:
+            raise AuthenticationError()
+        keys = self.home.keys_for(wrap.record.recipient_key)
+        if keys is None:
+            raise RemoteProtocolError(Code.WRAP_MISMATCH, "the key wrap is sealed to a key we do not hold")
+        return wrap, unwrap_key(wrap, recipient=self.home.did, keys=keys, doc=doc).key
+
+    async def _keep_copy(
+        self,
+        patient: str,
+        doc: bytes,
+        grant: Signed[Grant],
+        wrap: Signed[KeyWrap],
+        key: bytes,
+        sink: Callable[[bytes], object],
+        *,
+        now: int,
+    ) -> int:
+        """Decrypt a fetched ciphertext into ``sink`` and keep the copy; nothing is kept when it fails."""
         try:
             reader = DocumentReader(key, expected_patient=patient)
-            content = await decrypt_stored(self.home, doc, reader)
+            size = await decrypt_stored(self.home, doc, reader, sink=sink)
             assert reader.header is not None
             header = reader.header
             async with self.store.transaction():
@@ -510,14 +618,14 @@ class ClinicNode:
                     labels=json.dumps(list(header.record.labels)),
                     date=header.record.date,
                     added=now,
-                    size=len(content),
+                    size=size,
                     sealed_key=seal(key, self.home.encryption.public_key, os.urandom(32)),
                 )
                 await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
             await self._forget_copy(doc)
             raise
-        return content
+        return size
 
     async def _forget_copy_records(self, doc: bytes) -> None:
         """Drop a shared copy's row and the key wraps that carried its key.  In a transaction."""
@@ -553,6 +661,24 @@ class ClinicNode:
         Raises:
             RemoteProtocolError: ``not-found``; ``stale`` when the patient's head is too old (poll first).
         """
+        return await read_stored(self.home, doc, await self._held_reader(doc, now, max_head_age))
+
+    async def read_held_into(
+        self, doc: bytes, into: BinaryIO, *, now: int, max_head_age: int = MAX_HEAD_AGE
+    ) -> int:
+        """Read a copy this node holds, as :meth:`read_held` does, into ``into`` piece by piece.
+
+        Returns:
+            The content's size.  When this raises, what was written is not the
+            document: discard it.
+
+        Raises:
+            RemoteProtocolError: as :meth:`read_held`.
+        """
+        reader = await self._held_reader(doc, now, max_head_age)
+        return await decrypt_stored(self.home, doc, reader, sink=into.write)
+
+    async def _held_reader(self, doc: bytes, now: int, max_head_age: int) -> DocumentReader:
         row = await self.store.held_copy(doc)
         if row is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
@@ -562,7 +688,7 @@ class ClinicNode:
         if state == "shared" and (polled is None or now - polled > max_head_age):
             raise RemoteProtocolError(Code.STALE, "the patient's state head is too old to use a shared copy")
         key = open_sealed(sealed_key, self.home.encryption)
-        return await decrypt_stored(self.home, doc, DocumentReader(key, expected_patient=patient))
+        return DocumentReader(key, expected_patient=patient)
 
     # --- the patient's state: polled, or pushed on its event stream -------------------------------
 
@@ -622,6 +748,8 @@ class ClinicNode:
             destroyed = await self._apply_revocations(
                 patient, head, grants, revocations, now=now, polled=polled
             )
+            withdrawn = {t.record.doc for t in tombstones if t.signer == patient}
+            destroyed += await self._destroy_dead_partials(patient, withdrawn, now=now)
             attested = 0
             for tombstone in tombstones:
                 if tombstone.signer == patient and await self._apply_tombstone(patient, tombstone, now=now):
@@ -674,6 +802,30 @@ class ClinicNode:
             await self.home.files.destroy(doc)
         return len(doomed)
 
+    async def _destroy_dead_partials(self, patient: str, withdrawn: set[bytes], *, now: int) -> int:
+        """Destroy the partial downloads from ``patient`` that no live chain of ours reaches any more [API-43].
+
+        A partial download lives as long as its document (not in
+        ``withdrawn``, the documents the patient deleted) and the grant it was
+        fetched under (the leaf named by its key wrap), which must head a
+        live chain: withdrawn, revoked up the chain or expired, its bytes are
+        destroyed as a whole copy would be.
+
+        Returns:
+            How many were destroyed.
+        """
+        kept = await self.home.partials.kept()
+        if not kept:
+            return 0
+        live = {chain[-1].id for chain in await self.chains_from(patient, now=now)}
+        destroyed = 0
+        for download in kept:
+            stream = KeptStream.decode(download.meta)
+            dead = stream is not None and stream.patient == patient and stream.wrap.record.grant not in live
+            if dead or download.doc in withdrawn:
+                destroyed += await self.home.partials.destroy(download.doc)
+        return destroyed
+
     async def _apply_tombstone(self, patient: str, tombstone: Signed[Tombstone], *, now: int) -> bool:
         """Destroy a withdrawn document (or keep our own authored copy) and attest it, once [API-27]."""
         doc = tombstone.record.doc
@@ -704,6 +856,29 @@ class ClinicNode:
         if state is not None and state != "authored":
             await self.home.files.destroy(doc)
         return True
+
+
+async def pulled_in_thread(pieces: Iterator[bytes], batch: int = 1 << 20) -> AsyncIterator[bytes]:
+    """Pull a blocking iterator (file reads and encryption) in a worker thread, about ``batch`` bytes a trip.
+
+    The event loop keeps serving while a large document is encrypted; a trip
+    to the thread costs about a hundred microseconds, so pieces travel in
+    batches rather than one by one.
+    """
+
+    def next_batch() -> list[bytes]:
+        taken: list[bytes] = []
+        size = 0
+        for piece in pieces:
+            taken.append(piece)
+            size += len(piece)
+            if size >= batch:
+                break
+        return taken
+
+    while taken := await asyncio.to_thread(next_batch):
+        for piece in taken:
+            yield piece
 
 
 __all__ = ["ClinicNode", "Connection"]

@@ -5,7 +5,7 @@ Layout of ``<home>``::
     node.json      role, display name, public endpoint, listening address (not secret)
     node.key       signing and encryption seeds, encrypted with the passphrase (mode 0600)
     node.db        the SQLite database (WAL)
-    documents/     ciphertext files, named by document id
+    documents/     ciphertext files, named by document id (partial/: downloads to resume)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fedrecord.core import EncryptionKey, NodeProfile, Signed, SigningIdentity, 
 from fedrecord.core.identity import EncryptionKeyPair
 from fedrecord.storage.documents import DocumentFiles
 from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
+from fedrecord.storage.partial import PartialDownloads
 from fedrecord.storage.sqlite import Database, open_database
 
 from .schema import MIGRATIONS
@@ -96,9 +97,12 @@ class NodeHome:
     profile: Signed[NodeProfile]
     #: The storage interface the node logic uses, built from ``db`` (kept for tests reading tables).
     store: NodeStore = field(init=False)
+    #: Fetches cut short, kept to be resumed (spec [API-42]).
+    partials: PartialDownloads = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = SqliteNodeStore(self.db)
+        self.partials = PartialDownloads(self.files)
 
     @property
     def did(self) -> str:

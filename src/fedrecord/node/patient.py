@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -250,7 +250,7 @@ class PatientNode:
 
     async def _read_header(self, doc: bytes, key: bytes, *, author: str | None) -> Any:
         reader = DocumentReader(key, expected_author=author, expected_patient=self.home.did)
-        await decrypt_stored(self.home, doc, reader, keep=False)
+        await decrypt_stored(self.home, doc, reader)
         if reader.document_id != doc:
             raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
         assert reader.header is not None
@@ -379,11 +379,22 @@ class PatientNode:
 
     async def read_own(self, doc: bytes) -> bytes:
         """The patient reads a document of the record (decrypted by the node)."""
+        return await read_stored(self.home, doc, await self._own_reader(doc))
+
+    async def read_own_into(self, doc: bytes, into: BinaryIO) -> int:
+        """Read a document of the record into ``into``, piece by piece (flat memory for any size).
+
+        Returns:
+            The content's size.  When this raises, what was written is not the
+            document: discard it.
+        """
+        return await decrypt_stored(self.home, doc, await self._own_reader(doc), sink=into.write)
+
+    async def _own_reader(self, doc: bytes) -> DocumentReader:
         sealed = await self.store.sealed_key(doc)
         if sealed is None:
             raise _not_found()
-        reader = DocumentReader(self._unseal(sealed), expected_patient=self.home.did)
-        return await decrypt_stored(self.home, doc, reader)
+        return DocumentReader(self._unseal(sealed), expected_patient=self.home.did)
 
     async def label(self, doc: bytes, labels: Sequence[str], *, remove: bool = False) -> list[str]:
         async with self.store.transaction():
@@ -604,12 +615,23 @@ class PatientNode:
         *,
         now: int,
         offered_profile: bytes | None = None,
+        start: int = 0,
     ) -> tuple[Signed[KeyWrap], int, AsyncIterator[bytes]]:
         """Serve a document under a grant: the receipt is committed to the audit log before any byte (US-8).
 
+        Args:
+            start: serve the stream from this byte on (a resumed fetch, [API-40]).
+                The fetch is decided and receipted as any other.
+
+        Returns:
+            The key wrap for the requester, the length of the whole stream, and
+            the stream from ``start`` on.
+
         Raises:
             RemoteProtocolError: ``not-found`` for absent, out-of-scope and
-                restricted documents alike; the decision's code otherwise.
+                restricted documents alike; the decision's code otherwise;
+                ``bad-range`` for a ``start`` not below the stream's length
+                ([API-41]), before anything is logged.
         """
         signed_receipt = open_record(receipt, AccessReceipt)
         request = signed_receipt.record
@@ -657,10 +679,13 @@ class PatientNode:
             raise RemoteProtocolError(Code.BAD_KEY, "no encryption key known for the reader")
         row = await self.store.key_and_size(request.doc)
         assert row is not None
+        if start and start >= row[1]:
+            # Refused before the receipt is logged: a read that sends nothing leaves no entry [API-41].
+            raise RemoteProtocolError(Code.BAD_RANGE, "the range starts at or past the end of the stream")
         wrap = self._wrap_for(requester, reader_key.key, request, sealed_key=row[0], now=now)
         async with self.store.transaction():
             await self._append_audit(signed_receipt, now=now)
-        chunks = await self.home.files.open(request.doc)
+        chunks = await self.home.files.open(request.doc, start=start)
         if chunks is None:
             raise _not_found()
         return wrap, row[1], chunks
@@ -783,27 +808,46 @@ def _month(now: int) -> str:
     return time.strftime("%Y%m", time.gmtime(now))
 
 
-async def decrypt_stored(home: NodeHome, doc: bytes, reader: DocumentReader, *, keep: bool = True) -> bytes:
+async def decrypt_stored(
+    home: NodeHome, doc: bytes, reader: DocumentReader, *, sink: Callable[[bytes], object] | None = None
+) -> int:
     """Decrypt a stored ciphertext file with the core's (synchronous) reader, in a worker thread.
 
-    Returns the content, or nothing when ``keep`` is false (the caller only
-    wants the checks and the header).
+    The file is read and decrypted 64 KiB at a time, so memory stays flat for
+    any size.  Each piece of content goes to ``sink`` (called in the worker
+    thread) as it is decrypted; without one the content is only checked.
+    Pieces are authenticated as a whole only once this returns: a caller that
+    writes them out discards them when it raises ([ENC-9]).
+
+    Returns:
+        The size of the content.
 
     Raises:
         RemoteProtocolError: ``not-found`` when the file is missing; the reader's codes.
     """
     path = home.files.path_of(doc)
 
-    def run() -> bytes:
+    def run() -> int:
+        size = 0
         try:
             with path.open("rb") as file:
-                pieces = reader.decrypt(iter(lambda: file.read(1 << 16), b""))
-                if keep:
-                    return b"".join(pieces)
-                for _piece in pieces:
-                    pass
-                return b""
+                for piece in reader.decrypt(iter(lambda: file.read(1 << 16), b"")):
+                    size += len(piece)
+                    if sink is not None:
+                        sink(piece)
         except FileNotFoundError:
             raise _not_found() from None
+        return size
 
     return await asyncio.to_thread(run)
+
+
+async def read_stored(home: NodeHome, doc: bytes, reader: DocumentReader) -> bytes:
+    """The content of a stored document, decrypted whole into memory (small documents; see :func:`decrypt_stored`).
+
+    Raises:
+        RemoteProtocolError: as :func:`decrypt_stored`.
+    """
+    pieces: list[bytes] = []
+    await decrypt_stored(home, doc, reader, sink=pieces.append)
+    return b"".join(pieces)

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
@@ -26,6 +26,7 @@ from .client import b64, unb64
 from .clinic import ClinicNode
 from .home import NodeHome
 from .patient import PatientNode
+from .ranges import content_range, parse_range
 from .state_feed import StateFeed, Subscription
 from .wire import CBOR_TYPE, MAX_BODY, MAX_DOCUMENT, decode_body, encode_body, error_body
 
@@ -281,20 +282,27 @@ async def listing(request: web.Request) -> web.Response:
 
 
 async def fetch(request: web.Request) -> web.StreamResponse:
+    # The signature covers a Range field ([HTTP-4]); its form is checked once the request is known [API-41].
     signer, body = await signed_body(request, "chain", "receipt")
+    start = parse_range(request.headers.getall(hdrs.RANGE, []))
     profile = body.get("profile")
     if profile is not None and type(profile) is not bytes:
         raise RemoteProtocolError(Code.MALFORMED, "profile is an encoded node profile")
     wrap, size, chunks = await request.app[PATIENT].fetch(
-        signer, _chain(body), body["receipt"], now=int(time.time()), offered_profile=profile
+        signer, _chain(body), body["receipt"], now=int(time.time()), offered_profile=profile, start=start or 0
     )
     headers = {"Fedrecord-Key-Wrap": b64(wrap.encoded), "Content-Type": "application/octet-stream"}
+    status, length = 200, size
+    if start is not None:
+        # The rest of the stream from `start` [API-40].
+        status, length = 206, size - start
+        headers[hdrs.CONTENT_RANGE] = content_range(start, size)
     first = await anext(chunks, b"")
-    if len(first) == size and await anext(chunks, None) is None:  # the second read ends the reader
+    if len(first) == length and await anext(chunks, None) is None:  # the second read ends the reader
         # A one-piece document (most are) goes out with its head in one write.
-        return web.Response(body=first, headers=headers)
-    response = web.StreamResponse(headers=headers)
-    response.content_length = size
+        return web.Response(status=status, body=first, headers=headers)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
     await response.prepare(request)
     await response.write(first)
     async for chunk in chunks:

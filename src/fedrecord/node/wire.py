@@ -18,7 +18,7 @@ from fedrecord.core.schema import PROTOCOL_VERSION
 
 CBOR_TYPE: Final = "application/cbor"
 MAX_BODY: Final = 1 << 20  # small CBOR bodies; document streams have their own cap
-MAX_DOCUMENT: Final = 256 << 20
+MAX_DOCUMENT: Final = 4 << 30  # 4 GiB; streams keep every path flat in memory [API-3]
 INVITATION_PREFIX: Final = "fr0-"
 
 

@@ -8,7 +8,9 @@ Unlike :mod:`fedrecord.core`, this package does I/O (files, SQLite) and draws ra
   ``secure_delete``), versioned migrations, transactions around every
   acknowledged write, and the integrity and digest checks tests rely on;
 * :mod:`.documents` -- ciphertext files at rest, streamed in and out with
-  their document id checked.
+  their document id checked;
+* :mod:`.partial` -- downloads cut short, kept to be resumed and checked
+  whole before they join the files at rest.
 """
 
 from .documents import CorruptDocumentError, DocumentFiles

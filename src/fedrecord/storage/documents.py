@@ -29,6 +29,12 @@ corrupted file is never served as a complete stream.
 Commits and destruction of one id are serialised within the process, so a
 ``destroy`` racing a ``put`` of the same id ends with the file either present
 or absent, never half-overwritten.
+
+A stored document can be read from an offset (the rest of a stream a peer
+holds the beginning of, [API-40]): the bytes before it are read and hashed
+too, so the check above holds for every read.  Downloads that may be cut and
+resumed are written by :mod:`fedrecord.storage.partial`, which commits them
+here with :meth:`DocumentFiles.adopt`.
 """
 
 from __future__ import annotations
@@ -36,17 +42,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Final, TypeVar
+from typing import Any, BinaryIO, Final
 
-from fedrecord.core.errors import Code, LocalProtocolError, RemoteProtocolError
+from fedrecord.core.errors import Code, LocalProtocolError
 from fedrecord.core.stream import CHUNK_SIZE, TAG_SIZE
+
+from ._files import (
+    WRITE_BLOCK,
+    check_document_id,
+    document_digest,
+    fsync_directory,
+    in_thread,
+    overwrite_and_unlink,
+    write_hashed,
+)
 
 __all__ = [
     "DOCUMENT_ID_SIZE",
@@ -59,16 +74,10 @@ __all__ = [
 DOCUMENT_ID_SIZE: Final = 32
 READ_CHUNK: Final = CHUNK_SIZE + TAG_SIZE
 """Size of the pieces :meth:`DocumentFiles.open` yields: one sealed STREAM chunk."""
-WRITE_BLOCK: Final = 256 * 1024
-"""Incoming bytes are gathered up to this size before one hash-and-write."""
-INLINE_WRITES: Final = 1024 * 1024
-"""The first bytes of an upload, up to this many, are hashed and written on the event loop; later ones in a thread."""
+_SKIPPED_BLOCK: Final = 1024 * 1024
+"""Bytes before the start of a ranged read are hashed in blocks of this size, not sent."""
 
-# The same tag as fedrecord.core.stream's document id (spec [ENC-6]).
-_DOCUMENT_ID_TAG: Final = b"fedrecord/v0/document-id"
 _TEMPORARY: Final = "tmp"
-_ZEROS: Final = bytes(1024 * 1024)
-_T = TypeVar("_T")
 
 
 class CorruptDocumentError(Exception):
@@ -87,21 +96,9 @@ def _hex(doc_id: bytes) -> str:
     return doc_id.hex()
 
 
-async def _in_thread(function: Callable[..., _T], *args: Any) -> _T:
-    """Run a blocking call in a worker thread and, even when cancelled, wait for it to finish.
-
-    A cancelled ``asyncio.to_thread`` returns at once while the thread goes on;
-    here the clean-up that follows a cancellation must not close a descriptor
-    the thread is still writing to.
-    """
-    future = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        while not future.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((future,))
-        raise
+def _check_cap(max_size: int) -> None:
+    if max_size < 0:
+        raise LocalProtocolError(Code.TOO_LARGE, "max_size must not be negative")
 
 
 def _sync_and_close(fd: int) -> None:
@@ -121,21 +118,6 @@ def _discard(fd: int, temporary: Path) -> None:
 
 def _open_for_reading(path: Path) -> BinaryIO:
     return open(path, "rb", buffering=0)  # closed by the reading generator
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, block: bytes, digest: Any) -> None:
-    digest.update(block)
-    view = memoryview(block)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class DocumentFiles:
@@ -201,49 +183,67 @@ class DocumentFiles:
             OSError: the disk failed; nothing is stored either.
         """
         final = self.path_of(doc_id)
-        if max_size < 0:
-            raise LocalProtocolError(Code.TOO_LARGE, "max_size must not be negative")
-        # Small steps are taken inline (a trip to a worker thread costs about a hundred microseconds,
-        # more than a stat or a page-cache write of a small document); the big ones go to a thread:
-        # writing past INLINE_WRITES bytes, and the syncs.
+        _check_cap(max_size)
+        # A stat is cheaper inline than a trip to a worker thread (about a hundred microseconds).
         with contextlib.suppress(FileNotFoundError):
             return os.stat(final).st_size
-        temporary, fd, writing = await _in_thread(self._create_temporary, final.name)
+        _doc, size = await self._store(chunks, max_size=max_size, expected=doc_id)
+        return size
+
+    async def add(self, chunks: AsyncIterable[bytes], *, max_size: int) -> tuple[bytes, int]:
+        """Store a ciphertext under the id its bytes hash to: a document this node has just encrypted.
+
+        The id of a document is known only once its whole stream is
+        written; this stores a stream of any size without holding it, where
+        :meth:`put` needs the id first.
+
+        Returns:
+            The document id and the size of the stored ciphertext.
+
+        Raises:
+            LocalProtocolError: ``too-large`` for a negative ``max_size``.
+            RemoteProtocolError: ``too-large`` past ``max_size``; nothing is stored then.
+            OSError: the disk failed; nothing is stored either.
+        """
+        return await self._store(chunks, max_size=max_size, expected=None)
+
+    async def _store(
+        self, chunks: AsyncIterable[bytes], *, max_size: int, expected: bytes | None
+    ) -> tuple[bytes, int]:
+        _check_cap(max_size)
+        name = self.path_of(expected).name if expected is not None else "new"
+        temporary, fd, writing = await in_thread(self._create_temporary, name)
         try:
-            digest = hashlib.sha256(_DOCUMENT_ID_TAG)
-            size = 0
-            pending: list[bytes] = []
-            pending_size = 0
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > max_size:
-                    raise RemoteProtocolError(Code.TOO_LARGE, f"document exceeds the cap of {max_size} bytes")
-                if not chunk:
-                    continue
-                pending.append(bytes(chunk))
-                pending_size += len(chunk)
-                if pending_size >= WRITE_BLOCK:
-                    block = b"".join(pending)
-                    pending, pending_size = [], 0
-                    if size <= INLINE_WRITES:
-                        _write_all(fd, block, digest)
-                    else:
-                        await _in_thread(_write_all, fd, block, digest)
-            if pending:
-                _write_all(fd, b"".join(pending), digest)
-            # spec [ENC-6]: the id is the hash of the whole stream; nothing else may be stored under it.
-            if not hmac.compare_digest(digest.digest(), doc_id):
-                raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
+            digest = document_digest()
+            size = await write_hashed(fd, chunks, digest, written=0, max_size=max_size)
+            if expected is not None:
+                check_document_id(digest, expected)
             # Forget the descriptor first: it is closed even when fsync fails.
             closing, fd = fd, -1
-            async with self._locked(doc_id):
-                await _in_thread(self._sync_and_commit, closing, temporary, final)
+            doc_id = digest.digest()
+            await self.adopt(doc_id, closing, temporary)
         except BaseException:
-            await _in_thread(_discard, fd, temporary)
+            await in_thread(_discard, fd, temporary)
             raise
         finally:
             os.close(writing)  # from now on a sweep may clean tmp again
-        return size
+        return doc_id, size
+
+    async def adopt(self, doc_id: bytes, fd: int, path: Path) -> None:
+        """Commit a checked ciphertext written elsewhere: fsync and close ``fd``, rename ``path`` into place.
+
+        The caller has hashed every byte of the file into ``doc_id``; ``fd`` is
+        closed whatever happens.  When the document is stored already, ``path``
+        is removed instead (a file at a final path always matches its name).
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes.
+            OSError: the disk failed, or ``path`` is gone (destroyed meanwhile):
+                nothing is committed.
+        """
+        final = self.path_of(doc_id)
+        async with self._locked(doc_id):
+            await in_thread(self._sync_and_commit, fd, path, final)
 
     def _sync_and_commit(self, fd: int, temporary: Path, final: Path) -> None:
         _sync_and_close(fd)
@@ -269,11 +269,13 @@ class DocumentFiles:
         shard = final.parent
         if not shard.is_dir():
             shard.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _fsync_directory(self._root)
+            fsync_directory(self._root)
         os.replace(temporary, final)
-        _fsync_directory(shard)
+        fsync_directory(shard)
 
-    async def open(self, doc_id: bytes, *, verify: bool = True) -> AsyncIterator[bytes] | None:
+    async def open(
+        self, doc_id: bytes, *, verify: bool = True, start: int = 0
+    ) -> AsyncIterator[bytes] | None:
         """The stored ciphertext as an async iterator of pieces of 64 KiB + 16, or None if absent.
 
         The file is opened now, so the iterator reads it even if it is
@@ -284,14 +286,20 @@ class DocumentFiles:
             doc_id: the document id.
             verify: hash the bytes while reading and hold back the last piece
                 until the hash matches ``doc_id``.
+            start: yield the bytes from this offset on (the rest of a stream
+                whose beginning the reader holds already).  With ``verify``
+                the bytes before it are read and hashed too, not yielded.
 
         Raises:
-            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes.
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32
+                bytes or a negative ``start``.
 
         The iterator raises:
             CorruptDocumentError: the file no longer matches its id (with ``verify``).
         """
         path = self.path_of(doc_id)
+        if start < 0:
+            raise LocalProtocolError(Code.MALFORMED, "a stream is read from a non-negative offset")
         try:
             # Opening and the first piece are done inline: they take microseconds when the file is in the
             # page cache, whereas a trip to a worker thread costs about a hundred (most documents are one
@@ -299,22 +307,24 @@ class DocumentFiles:
             file = _open_for_reading(path)
         except FileNotFoundError:
             return None
-        return self._read(file, doc_id, verify)
+        return self._read(file, doc_id, verify, start)
 
     @staticmethod
-    async def _read(file: BinaryIO, doc_id: bytes, verify: bool) -> AsyncIterator[bytes]:
+    async def _read(file: BinaryIO, doc_id: bytes, verify: bool, start: int) -> AsyncIterator[bytes]:
         try:
-            digest = hashlib.sha256(_DOCUMENT_ID_TAG)
+            digest = document_digest() if verify else None
+            if start:
+                await asyncio.to_thread(_skip, file, start, digest)
             held: bytes | None = None
-            piece = _read_piece(file, digest if verify else None)
+            piece = _read_piece(file, digest)
             while piece:
                 if held is not None:
                     yield held
                 held = piece
                 if len(piece) < READ_CHUNK:
                     break  # a short piece is the last one
-                piece = await asyncio.to_thread(_read_piece, file, digest if verify else None)
-            if verify and not hmac.compare_digest(digest.digest(), doc_id):
+                piece = await asyncio.to_thread(_read_piece, file, digest)
+            if digest is not None and not hmac.compare_digest(digest.digest(), doc_id):
                 raise CorruptDocumentError(f"stored document {doc_id.hex()} does not match its id")
             # An empty file is never a valid STREAM; yield nothing for it.
             if held is not None:
@@ -352,7 +362,7 @@ class DocumentFiles:
         """
         path = self.path_of(doc_id)
         async with self._locked(doc_id):
-            return await asyncio.to_thread(_overwrite_and_unlink, path)
+            return await asyncio.to_thread(overwrite_and_unlink, path)
 
     async def sweep_temporary(self) -> int:
         """Remove what interrupted uploads left in ``<root>/tmp``; call it before serving.
@@ -382,6 +392,20 @@ class DocumentFiles:
             os.close(guard)
 
 
+def _skip(file: BinaryIO, start: int, digest: Any) -> None:
+    """Move past the first ``start`` bytes, hashing them when there is a digest to feed."""
+    if digest is None:
+        file.seek(start)
+        return
+    left = start
+    while left:
+        block = file.read(min(left, _SKIPPED_BLOCK))
+        if not block:
+            return  # a short file: the digest will not match
+        digest.update(block)
+        left -= len(block)
+
+
 def _read_piece(file: BinaryIO, digest: Any) -> bytes:
     # A raw (unbuffered) read may return less than asked: fill the piece.
     parts: list[bytes] = []
@@ -396,21 +420,3 @@ def _read_piece(file: BinaryIO, digest: Any) -> bytes:
     if digest is not None:
         digest.update(piece)
     return piece
-
-
-def _overwrite_and_unlink(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        remaining = os.fstat(fd).st_size
-        while remaining:
-            written = os.write(fd, _ZEROS[: min(remaining, len(_ZEROS))])
-            remaining -= written
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.unlink(path)
-    _fsync_directory(path.parent)
-    return True

@@ -41,6 +41,8 @@ from fedrecord.core import cbor
 from fedrecord.core.errors import FedrecordError
 from fedrecord.core.identity import EncryptionKeyPair, SigningIdentity
 
+from ._files import fsync_directory
+
 __all__ = [
     "KDF_NAME",
     "DEFAULT_OPS",
@@ -224,15 +226,7 @@ def _write_atomically(path: Path, content: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(directory)
 
 
 def _read_private_file(path: Path, what: str, max_size: int) -> bytes:
