@@ -16,6 +16,7 @@ and look at a node's store and files, for the adversarial tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import time
@@ -53,6 +54,8 @@ from fedrecord.node.patient import PatientNode
 from fedrecord.node.schema import TABLES
 from fedrecord.node.server import PATIENT, make_app
 from fedrecord.storage.sqlite import integrity_check, table_digest
+
+from .fault_proxy import FaultProxy
 
 PASSPHRASE = b"adversarial tests, not a secret"
 KDF_LIMITS = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
@@ -503,3 +506,20 @@ async def assert_unchanged(node: ServedNode, before: Snapshot, *, nonce_spent: b
         assert after.digest["nonces"] == before.digest["nonces"]
     assert after.files == before.files, "document files changed"
     assert await integrity_check(node.h.db) == "ok"
+
+
+async def route_gp_through_proxy(story: Story) -> FaultProxy:
+    """The GP reaches the patient through a proxy; the patient's endpoint names it, so its Host verifies.
+
+    The address the patient listens on stays one of its authorities ([HTTP-9]), for the lab and
+    the crafted requests that go to it directly.
+    """
+    proxy = await FaultProxy(story.patient.port).start()
+    home = story.patient.h
+    home.with_endpoint(proxy.url)
+    home.config = dataclasses.replace(home.config, port=story.patient.port)
+    async with story.gp.h.store.transaction():
+        await story.gp.h.store.save_connection(
+            story.patient.did, endpoint=proxy.url, profile=story.patient.h.profile.encoded
+        )
+    return proxy

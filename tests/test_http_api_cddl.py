@@ -83,6 +83,10 @@ API_RULES = (
     "delegation-request",
     "delegation-answer",
     "health-answer",
+    "sync-request",
+    "sync-answer",
+    "records-request",
+    "records-answer",
 )
 
 
@@ -151,6 +155,12 @@ def _child_grant() -> Signed[Grant]:
     )
 
 
+# A reconciliation message: one skip over the whole space (spec section 16.2).  The ranges of other
+# modes are checked in tests/test_cddl.py: pycddl checks the elements of [+ sync-range] against the
+# first alternative of the choice only.
+_FIRST_SYNC_MESSAGE = cbor.encode([0, 12, 8, [[None, b"", 0]]])
+
+
 def _sample_bodies() -> dict[str, list[bytes]]:
     s = SAMPLES
     chain = [s["grant"].encoded]
@@ -195,6 +205,17 @@ def _sample_bodies() -> dict[str, list[bytes]]:
         "health-answer": [
             encode_body(node=LAB.did, role="clinic", versions=[0]),
             encode_body(node=PATIENT_ID.did, role="patient", versions=[0]),
+        ],
+        "sync-request": [
+            encode_body(message=_FIRST_SYNC_MESSAGE),
+            encode_body(message=_FIRST_SYNC_MESSAGE, chain=chain),
+            encode_body(message=_FIRST_SYNC_MESSAGE, chain=[]),
+        ],
+        "sync-answer": [encode_body(message=_FIRST_SYNC_MESSAGE)],
+        "records-request": [encode_body(ids=[]), encode_body(ids=[bytes(32)] * 3, chain=chain)],
+        "records-answer": [
+            encode_body(records=[]),
+            encode_body(records=[s["grant"].encoded, s["tombstone"].encoded]),
         ],
     }
 

@@ -22,7 +22,6 @@ file (streamed), accepted by the patient and fetched by the GP under its grant.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import sys
@@ -46,6 +45,7 @@ from .node_helpers import (
     build_story,
     fetch_body,
     now,
+    route_gp_through_proxy,
     send,
     send_signed,
     signed_headers,
@@ -66,27 +66,10 @@ class Setting:
     files: Path
 
 
-async def _route_through_proxy(story: Story) -> FaultProxy:
-    """The GP reaches the patient through a proxy; the patient's endpoint names it, so its Host verifies.
-
-    The address the patient listens on stays one of its authorities ([HTTP-9]), for the lab and
-    the crafted requests that go to it directly.
-    """
-    proxy = await FaultProxy(story.patient.port).start()
-    home = story.patient.h
-    home.with_endpoint(proxy.url)
-    home.config = dataclasses.replace(home.config, port=story.patient.port)
-    async with story.gp.h.store.transaction():
-        await story.gp.h.store.save_connection(
-            story.patient.did, endpoint=proxy.url, profile=story.patient.h.profile.encoded
-        )
-    return proxy
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def setting(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setting]:
     story = await build_story(tmp_path_factory.mktemp("nodes"))
-    proxy = await _route_through_proxy(story)
+    proxy = await route_gp_through_proxy(story)
     try:
         yield Setting(story, proxy, tmp_path_factory.mktemp("files"))
     finally:
@@ -355,7 +338,7 @@ async def test_deletion_destroys_an_interrupted_fetch(setting: Setting) -> None:
 async def test_revocation_destroys_an_interrupted_fetch(tmp_path: Path) -> None:
     """[API-43]: the grant the bytes were fetched under is revoked; the GP's next poll destroys them."""
     story = await build_story(tmp_path / "nodes")
-    proxy = await _route_through_proxy(story)
+    proxy = await route_gp_through_proxy(story)
     try:
         setting = Setting(story, proxy, tmp_path)
         large = await deposit_large(setting)

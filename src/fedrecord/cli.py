@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -72,6 +73,31 @@ def transfer_bar(ctx: Context, description: str) -> Iterator[Callable[[int, int 
 
         def advance(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+@contextlib.contextmanager
+def stage_bars(ctx: Context) -> Iterator[Callable[[str, int, int], None] | None]:
+    """Rich progress bars on stderr, one per stage of a sync (records, documents), when a person watches."""
+    if ctx.as_json or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
 
         yield advance
 
@@ -871,6 +897,43 @@ async def poll(ctx: Context, patient: str | None) -> None:
             )
             + "".join(f"\n{p[:32]}...: unreachable, will retry" for p in unreachable)
             + f"\noutbox: {sent} sent, {pending} pending",
+        )
+
+
+@main.command()
+@click.option("--patient", help="Only this patient.")
+@click.option("--records-only", is_flag=True, help="Fetch the missing records, not the document bodies.")
+@pass_context
+@fail_cleanly
+async def sync(ctx: Context, patient: str | None, records_only: bool) -> None:
+    """Clinic: reconcile with patients' nodes; fetch the records and documents this node lacks."""
+    from fedrecord.node.client import PeerUnreachable
+
+    async with opened(ctx, "clinic") as home, clinic_of(home) as clinic:
+        now = int(time.time())
+        reports: dict[str, Any] = {}
+        unreachable = {}
+        with stage_bars(ctx) as progress:
+            for connection in await clinic.connections():
+                if patient is None or connection.patient == patient:
+                    try:
+                        report = await clinic.sync(
+                            connection.patient, now=now, bodies=not records_only, progress=progress
+                        )
+                    except PeerUnreachable as exc:
+                        # What was stored stays; the next sync goes on from there.
+                        unreachable[connection.patient] = str(exc)
+                        continue
+                    reports[connection.patient] = dataclasses.asdict(report)
+        ctx.emit(
+            {"patients": reports, "unreachable": unreachable},
+            "\n".join(
+                f"{p[:32]}...: {r['rounds']} rounds, {r['bytes_sent'] + r['bytes_received']} bytes; "
+                f"{r['records_stored']} records and {r['documents_fetched']} documents fetched"
+                + (f"; {len(r['documents_failed'])} refused" if r["documents_failed"] else "")
+                for p, r in reports.items()
+            )
+            + "".join(f"\n{p[:32]}...: unreachable, sync again later" for p in unreachable),
         )
 
 

@@ -231,10 +231,16 @@ async def _cut_is_unreachable(url: str, response: aiohttp.ClientResponse) -> Asy
 
 
 async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
-    data = await response.content.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise RemoteProtocolError(Code.TOO_LARGE, "the answer is over the cap")
-    return data
+    # read(n) gives what has arrived, up to n: gather pieces until the end, refusing past the cap.
+    data = bytearray()
+    while piece := await response.content.read(MAX_BODY + 1 - len(data)):
+        data += piece
+        if len(data) > MAX_BODY:
+            raise RemoteProtocolError(Code.TOO_LARGE, "the answer is over the cap")
+    if response.content_length is not None and len(data) < response.content_length:
+        # The connection closed mid-answer: no answer, as a dropped link (retry later).
+        raise PeerUnreachable(f"{response.url}: the answer was cut short")
+    return bytes(data)
 
 
 def _checked(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from fedrecord.core import (
+    AcceptedEntry,
     AccessReceipt,
     Action,
     Code,
@@ -54,6 +55,7 @@ from fedrecord.core import (
 from fedrecord.core.documents import DocumentReader, DocumentWriter
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key
+from fedrecord.core.reconcile import SortedItems
 from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.core.stream import CHUNK_SIZE, key_commitment
 from fedrecord.storage.partial import PartialDownload
@@ -63,6 +65,8 @@ from .home import NodeHome
 from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
 from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
+from .sync import Progress as SyncProgress
+from .sync import SyncReport, item_of, sync_with_patient
 from .wire import MAX_DOCUMENT, Invitation, StateAnswer
 
 log = logging.getLogger("fedrecord.node")
@@ -689,6 +693,87 @@ class ClinicNode:
             raise RemoteProtocolError(Code.STALE, "the patient's state head is too old to use a shared copy")
         key = open_sealed(sealed_key, self.home.encryption)
         return DocumentReader(key, expected_patient=patient)
+
+    # --- syncing with a patient's node (spec 15.16, :mod:`.sync`) ----------------------------------
+
+    async def sync(
+        self, patient: str, *, now: int, bodies: bool = True, progress: SyncProgress | None = None
+    ) -> SyncReport:
+        """Reconcile with ``patient``'s node, then fetch the records and bodies this node lacks.
+
+        Raises:
+            as :func:`fedrecord.node.sync.sync_with_patient`.
+        """
+        return await sync_with_patient(self, patient, now=now, bodies=bodies, progress=progress)
+
+    async def sync_target(self, patient: str, *, now: int) -> tuple[str, list[bytes]]:
+        """The patient node's endpoint and the chain to sync under (none: the control records only).
+
+        Raises:
+            RemoteProtocolError: ``not-found`` when not connected to ``patient``.
+        """
+        connection = await self._connection(patient)
+        chains = await self.chains_from(patient, now=now)
+        return connection["endpoint"], [link.encoded for link in chains[0]] if chains else []
+
+    async def sync_items(self, patient: str) -> SortedItems:
+        """The reconciliation items of the records this node holds from ``patient`` ([SYNC-1])."""
+        held: list[Signed[Any]] = []
+        for cls in (StateHead, Tombstone, AcceptedEntry):
+            held += await self.store.records(cls, signer=patient)
+        held += await self.store.records(Revocation)
+        held += await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
+        return SortedItems(item_of(signed) for signed in held)
+
+    async def keep_synced(self, patient: str, records: Sequence[Signed[Any]], *, now: int) -> int:
+        """Store verified records of ``patient`` in one transaction; how many were new."""
+        before = len(await self.sync_items(patient))
+        async with self.store.transaction():
+            for signed in records:
+                record = signed.record
+                if isinstance(record, Grant):
+                    if record.audience != self.home.did:
+                        continue
+                    subject: bytes | None = self.home.did.encode()
+                elif isinstance(record, Revocation):
+                    subject = record.grant
+                elif isinstance(record, (Tombstone, AcceptedEntry)):
+                    subject = record.doc
+                else:
+                    subject = None
+                await self.store.put_record(signed, now=now, subject=subject)
+        return len(await self.sync_items(patient)) - before
+
+    async def apply_held_state(self, patient: str, *, now: int) -> None:
+        """Apply the revocations and tombstones just synced, as a pushed answer (no freshness, [API-35])."""
+        heads = await self.store.records(StateHead, signer=patient)
+        if not heads:
+            return
+        head = max(heads, key=lambda h: h.record.seq)
+        connection = await self.store.connection(patient)
+        if connection is None or head.record.seq < connection.head_seq:
+            return  # a poll or a push already applied a newer head
+        answer = {
+            "v": 0,
+            "head": head.encoded,
+            "revocations": [r.encoded for r in await self.store.records(Revocation)],
+            "tombstones": [t.encoded for t in await self.store.records(Tombstone, signer=patient)],
+            "grants": [
+                g.encoded
+                for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
+            ],
+        }
+        await self.apply_state(patient, answer, now=now, polled=False)
+
+    async def missing_bodies(self, patient: str) -> list[bytes]:
+        """Documents whose accepted entry was synced but whose body this node does not hold."""
+        withdrawn = {t.record.doc for t in await self.store.records(Tombstone, signer=patient)}
+        missing = []
+        for entry in await self.store.records(AcceptedEntry, signer=patient):
+            doc = entry.record.doc
+            if doc not in withdrawn and await self.store.held_copy(doc) is None:
+                missing.append(doc)
+        return missing
 
     # --- the patient's state: polled, or pushed on its event stream -------------------------------
 

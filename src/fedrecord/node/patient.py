@@ -51,6 +51,7 @@ from fedrecord.core.sealed_box import open_sealed, seal
 
 from .home import NodeHome
 from .records_table import open_stored
+from .sync import ViewCache
 from .wire import MAX_DOCUMENT, Invitation
 
 DAY = 86_400
@@ -107,6 +108,7 @@ class PatientNode:
         self.store = home.store
         self._state_changed = state_changed or (lambda: None)
         self._wraps: OrderedDict[tuple[bytes, str, bytes, bytes, str], Signed[KeyWrap]] = OrderedDict()
+        self.sync_views = ViewCache()
 
     # --- connecting ----------------------------------------------------------------
 
@@ -575,6 +577,21 @@ class PatientNode:
             document=document,
             restrictions=restrictions if restrictions is not None else await self._restrictions(),
         )
+
+    async def reading_chain(self, requester: str, chain: Sequence[bytes], *, now: int) -> list[Signed[Grant]]:
+        """The requester's chain, opened and decided allowed for reading; empty for no chain.
+
+        Raises:
+            RemoteProtocolError: the chain's refusal, with the decision's code.
+        """
+        if not chain:
+            return []
+        grants = self._open_chain(chain)
+        verdict = await self._decide(requester, grants, now=now)
+        if not verdict.allowed:
+            assert verdict.reason is not None
+            raise RemoteProtocolError(verdict.reason, verdict.message)
+        return grants
 
     async def documents_for(
         self, requester: str, chain: Sequence[bytes], *, now: int

@@ -28,6 +28,7 @@ from .home import NodeHome
 from .patient import PatientNode
 from .ranges import content_range, parse_range
 from .state_feed import StateFeed, Subscription
+from .sync import answer_round, records_by_id
 from .wire import CBOR_TYPE, MAX_BODY, MAX_DOCUMENT, decode_body, encode_body, error_body
 
 log = logging.getLogger("fedrecord.node")
@@ -281,6 +282,28 @@ async def listing(request: web.Request) -> web.Response:
     return answer(request, documents=documents)
 
 
+async def sync_round(request: web.Request) -> web.Response:
+    signer, body = await signed_body(request, "message")
+    message = body["message"]
+    if type(message) is not bytes:
+        raise RemoteProtocolError(Code.MALFORMED, "message is an encoded sync-message")
+    reply = await answer_round(
+        request.app[PATIENT], signer, _chain(body, optional=True), message, now=int(time.time())
+    )
+    return answer(request, message=reply)
+
+
+async def records(request: web.Request) -> web.Response:
+    signer, body = await signed_body(request, "ids")
+    ids = body["ids"]
+    if type(ids) is not list:
+        raise RemoteProtocolError(Code.MALFORMED, "ids is an array of record ids")
+    found = await records_by_id(
+        request.app[PATIENT], signer, _chain(body, optional=True), ids, now=int(time.time())
+    )
+    return answer(request, records=found)
+
+
 async def fetch(request: web.Request) -> web.StreamResponse:
     # The signature covers a Range field ([HTTP-4]); its form is checked once the request is known [API-41].
     signer, body = await signed_body(request, "chain", "receipt")
@@ -317,7 +340,9 @@ async def attestation(request: web.Request) -> web.Response:
     return answer(request, 201, status="stored")
 
 
-def _chain(body: dict[str, Any]) -> list[bytes]:
+def _chain(body: dict[str, Any], *, optional: bool = False) -> list[bytes]:
+    if optional and "chain" not in body:
+        return []
     chain = body["chain"]
     if type(chain) is not list or not all(type(link) is bytes for link in chain) or len(chain) > 8:
         raise RemoteProtocolError(Code.MALFORMED, "chain is an array of at most 8 encoded grants")
@@ -368,6 +393,8 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
         app.router.add_post("/v0/events", events)
         app.router.add_post("/v0/list", listing)
         app.router.add_post("/v0/fetch", fetch)
+        app.router.add_post("/v0/sync", sync_round)
+        app.router.add_post("/v0/records", records)
         app.router.add_post("/v0/attestations", attestation)
     else:
         app[CLINIC] = clinic or ClinicNode(home)

@@ -416,6 +416,10 @@ class NodeStore(Protocol):
         ...
 
     # --- nonces
+    async def data_version(self) -> int:
+        """A number that changes whenever any connection, here or in another process, commits a change."""
+        ...
+
     async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:
         """Keep a request nonce in its own transaction (purging expired ones now and then).
 
@@ -846,6 +850,11 @@ class SqliteNodeStore:
         return [AuditLink(*row) for row in rows]
 
     # --- nonces
+
+    async def data_version(self) -> int:
+        # The reader's data_version moves with every commit but its own, and the reader never writes.
+        row = await self._one("PRAGMA data_version")
+        return int(row[0])
 
     async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:
         now = int(time.time())

@@ -1,0 +1,254 @@
+"""Syncing a clinic with a patient's node: reconcile the records it may see, fetch what it lacks (spec 15.16).
+
+The patient's node answers reconciliation rounds (``POST /v0/sync``) over the
+*view* of the requester ([SYNC-10]): the records the requester may see, and
+nothing else --
+
+* the patient's state heads and tombstones, and every revocation it holds (what polling gives);
+* the grants the patient issued to the requester;
+* the accepted entry of each document the requester's chain reaches now
+  (in scope, not restricted, not hidden): the entry names the document, whose
+  body the requester then fetches with a receipt like any other read.
+
+Each item is (the record's ``iat``, its id); accepted entries carry no
+``iat`` and sit at timestamp 0.  The view of one (requester, chain) is built
+once and kept until the database changes (``PRAGMA data_version``), so the
+rounds of one sync, and the next syncs of an idle record, cost no rebuild.
+
+The clinic (:func:`sync_with_patient`) reconciles the records it holds from
+that patient against the view, fetches what it lacks in batches
+(``POST /v0/records``), verifies each record (signed by the patient, of a
+type the view holds, the id asked for) before storing any of a batch, applies
+revocations and tombstones as a polled answer would (:meth:`ClinicNode.apply_state`),
+then fetches the bodies of the documents it does not hold yet; a body cut
+short resumes where it stopped ([API-42]).  Everything is idempotent: a sync
+interrupted at any point is finished by the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from fedrecord.core import (
+    AcceptedEntry,
+    Code,
+    Grant,
+    RemoteProtocolError,
+    Revocation,
+    Signed,
+    StateHead,
+    Tombstone,
+    open_any_record,
+)
+from fedrecord.core.errors import AuthenticationError
+from fedrecord.core.reconcile import Item, Reconciler, SortedItems, respond
+
+from .records_table import open_stored
+
+if TYPE_CHECKING:
+    from .clinic import ClinicNode
+    from .patient import PatientNode
+
+MAX_IDS: Final = 512
+"""Record ids asked for in one ``POST /v0/records`` (their records fit well within the 1 MiB body cap)."""
+MAX_ROUNDS: Final = 64
+"""Reconciliation rounds one sync may take: a peer that never lets it finish is refused."""
+VIEW_TYPES: Final = (StateHead, Revocation, Tombstone, Grant, AcceptedEntry)
+CHAIN_REFUSALS: Final = frozenset(
+    {Code.REVOKED, Code.EXPIRED, Code.NOT_YET_VALID, Code.BROKEN_CHAIN, Code.NOT_PATIENT_ROOT, Code.WIDENED}
+)
+
+
+def item_of(signed: Signed[Any]) -> Item:
+    """The reconciliation item of a record: (its ``iat``, or 0 when it has none; its id)."""
+    return (int(getattr(signed.record, "iat", 0)), signed.id)
+
+
+@dataclass
+class View:
+    """What one requester may see of the patient's records: the index and the records by id."""
+
+    items: SortedItems
+    records: dict[bytes, bytes]
+    version: int
+
+
+@dataclass
+class ViewCache:
+    """Views by (requester, chain), dropped when the database changes."""
+
+    views: dict[tuple[str, tuple[bytes, ...]], View] = field(default_factory=dict)
+    limit: int = 64
+
+
+async def patient_view(
+    node: PatientNode, requester: str, grants: Sequence[Signed[Grant]], *, now: int
+) -> View:
+    """The requester's view ([SYNC-10]), from the cache when the database has not changed.
+
+    ``grants`` is the requester's chain, already decided allowed for reading;
+    an empty chain gives the control records only (a depositing clinic).
+    """
+    version = await node.store.data_version()
+    cache: ViewCache = node.sync_views
+    key = (requester, tuple(g.id for g in grants))
+    view = cache.views.get(key)
+    if view is not None and view.version == version:
+        return view
+    patient = node.home.did
+    records: dict[bytes, Signed[Any]] = {}
+    for cls in (StateHead, Tombstone):
+        for signed in await node.store.records(cls, signer=patient):
+            records[signed.id] = signed
+    # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated (US-9).
+    for revocation in await node.store.records(Revocation):
+        records[revocation.id] = revocation
+    for grant in await node.store.records(Grant, signer=patient, subject=requester.encode()):
+        records[grant.id] = grant
+    if grants:
+        reachable = {
+            item["doc"] for item in await node.documents_for(requester, [g.encoded for g in grants], now=now)
+        }
+        for entry in await node.store.records(AcceptedEntry, signer=patient):
+            if entry.record.doc in reachable:
+                records[entry.id] = entry
+    view = View(
+        SortedItems(item_of(s) for s in records.values()), {i: s.encoded for i, s in records.items()}, version
+    )
+    if len(cache.views) >= cache.limit:
+        cache.views.clear()
+    cache.views[key] = view
+    return view
+
+
+async def answer_round(
+    node: PatientNode, requester: str, chain: Sequence[bytes], message: bytes, *, now: int
+) -> bytes:
+    """The responder's answer to one reconciliation message of ``requester``.
+
+    Raises:
+        RemoteProtocolError: the chain's refusal (as a listing's); the message's codes ([SYNC-5]).
+    """
+    view = await patient_view(node, requester, await node.reading_chain(requester, chain, now=now), now=now)
+    return respond(view.items, message)
+
+
+async def records_by_id(
+    node: PatientNode, requester: str, chain: Sequence[bytes], ids: Sequence[bytes], *, now: int
+) -> list[bytes]:
+    """The records of ``ids`` that are in the requester's view; ids outside it are left out silently.
+
+    Raises:
+        RemoteProtocolError: the chain's refusal; ``malformed`` for more than
+            :data:`MAX_IDS` ids or an id that is not 32 bytes.
+    """
+    if len(ids) > MAX_IDS or not all(type(i) is bytes and len(i) == 32 for i in ids):
+        raise RemoteProtocolError(Code.MALFORMED, f"ids is an array of at most {MAX_IDS} record ids")
+    view = await patient_view(node, requester, await node.reading_chain(requester, chain, now=now), now=now)
+    return [view.records[i] for i in ids if i in view.records]
+
+
+# --- the clinic's side -------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyncReport:
+    """What one sync did."""
+
+    rounds: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    records_fetched: int = 0
+    records_stored: int = 0
+    documents_fetched: int = 0
+    documents_failed: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as records and documents arrive."""
+
+
+async def sync_with_patient(
+    clinic: ClinicNode, patient: str, *, now: int, bodies: bool = True, progress: Progress | None = None
+) -> SyncReport:
+    """Reconcile with ``patient``'s node, fetch and store the missing records, then the missing bodies.
+
+    Raises:
+        RemoteProtocolError: ``not-found`` when not connected; the patient
+            node's refusal; ``bad-signature`` for a record not signed by the
+            patient; ``malformed`` for an answer with records not asked for or
+            a reconciliation that does not end.
+        PeerUnreachable: the patient's node did not answer (what was stored so far stays).
+    """
+    endpoint, chain = await clinic.sync_target(patient, now=now)
+    report = SyncReport()
+    try:
+        need = await _reconcile(clinic, patient, endpoint, chain, report)
+    except RemoteProtocolError as exc:
+        if not chain or exc.code not in CHAIN_REFUSALS:
+            raise
+        # Our chain died (a revocation we have not learnt of yet): sync the control records without
+        # it, which is how we learn of the revocation and destroy what it covered.
+        chain = []
+        need = await _reconcile(clinic, patient, endpoint, chain, report)
+    for start in range(0, len(need), MAX_IDS):
+        batch = need[start : start + MAX_IDS]
+        answer = await clinic.client.call(
+            "POST", f"{endpoint}/v0/records", expected_signer=patient, chain=chain, ids=batch
+        )
+        records = _verified_batch(answer.get("records"), set(batch), patient)
+        report.records_fetched += len(records)
+        report.records_stored += await clinic.keep_synced(patient, records, now=now)
+        if progress is not None:
+            progress("records", min(start + MAX_IDS, len(need)), len(need))
+    await clinic.apply_held_state(patient, now=now)
+    if bodies:
+        missing = await clinic.missing_bodies(patient)
+        for done, doc in enumerate(missing, 1):
+            try:
+                await clinic.fetch(patient, doc, now=now)
+                report.documents_fetched += 1
+            except RemoteProtocolError as exc:
+                report.documents_failed.append(f"{doc.hex()}: {exc.code.value}")
+            if progress is not None:
+                progress("documents", done, len(missing))
+    return report
+
+
+async def _reconcile(
+    clinic: ClinicNode, patient: str, endpoint: str, chain: list[bytes], report: SyncReport
+) -> list[bytes]:
+    """Run the reconciliation rounds; the ids of the records the patient's node has and we lack."""
+    reconciler = Reconciler(await clinic.sync_items(patient))
+    message: bytes | None = reconciler.initiate()
+    while message is not None:
+        if report.rounds >= MAX_ROUNDS:
+            raise RemoteProtocolError(Code.MALFORMED, f"reconciliation did not end in {MAX_ROUNDS} rounds")
+        answer = await clinic.client.call(
+            "POST", f"{endpoint}/v0/sync", expected_signer=patient, chain=chain, message=message
+        )
+        reply = answer.get("message")
+        if type(reply) is not bytes:
+            raise RemoteProtocolError(Code.MALFORMED, "a sync answer carries a message")
+        report.rounds += 1
+        message = reconciler.receive(reply)
+    report.bytes_sent += reconciler.bytes_sent
+    report.bytes_received += reconciler.bytes_received
+    return reconciler.need
+
+
+def _verified_batch(records: object, asked: set[bytes], patient: str) -> list[Signed[Any]]:
+    """Every record of an answer, verified, signed by the patient, of a view type, and asked for."""
+    if type(records) is not list or not all(type(r) is bytes for r in records):
+        raise RemoteProtocolError(Code.MALFORMED, "records is an array of encoded records")
+    verified = []
+    for encoded in records:
+        signed = open_any_record(encoded)
+        if signed.signer != patient and not isinstance(signed.record, Revocation):
+            raise AuthenticationError()
+        if not isinstance(signed.record, VIEW_TYPES) or signed.id not in asked:
+            raise RemoteProtocolError(Code.MALFORMED, "an answer holds a record that was not asked for")
+        verified.append(open_stored(encoded, type(signed.record)))
+    return verified

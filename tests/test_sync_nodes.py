@@ -1,0 +1,206 @@
+"""Syncing a clinic with the patient's node over HTTP (spec section 16, [SYNC-10]; ``POST /v0/sync``, ``/v0/records``).
+
+The demo's story between served nodes: the GP may read lab results except those labelled PSY.
+A sync brings the GP the records of its view -- the patient's heads, revocations and tombstones,
+its grant, the accepted entry of the blood count -- and the body of the blood count; never the
+restricted lithium level or the X-ray report, whose ids it cannot even learn.  A second sync is
+one round.  Forged, replayed and malformed rounds are refused with their codes and leave the
+patient's store as it was.  Through a proxy that cuts connections at random points, a hundred
+syncs each converge, with no duplicate row and nothing lost.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from fedrecord.core import AcceptedEntry, Revocation, StateHead, Tombstone, cbor
+from fedrecord.core.reconcile import Reconciler, SortedItems
+from fedrecord.node.client import PeerUnreachable
+from fedrecord.node.sync import patient_view
+
+from .node_helpers import (
+    Impostor,
+    Story,
+    assert_unchanged,
+    body,
+    build_story,
+    now,
+    route_gp_through_proxy,
+    send,
+    send_signed,
+    signed_headers,
+    snapshot,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def story(tmp_path: Path) -> AsyncIterator[Story]:
+    built = await build_story(tmp_path)
+    yield built
+    await built.close()
+
+
+async def entries_held(story: Story) -> set[bytes]:
+    return {e.record.doc for e in await story.gp.h.store.records(AcceptedEntry, signer=story.patient.did)}
+
+
+async def test_sync_brings_the_view_and_only_the_view(story: Story) -> None:
+    gp, patient = story.gp.clinic, story.patient.did
+    report = await gp.sync(patient, now=now())
+    assert report.records_stored == report.records_fetched > 0
+    assert await entries_held(story) == {story.docs["cbc"]}
+    assert report.documents_fetched == 1 and not report.documents_failed
+    assert await gp.read_held(story.docs["cbc"], now=now()) == b"Hemoglobin 14.1 g/dL\nLeukocytes 6.2 G/L\n"
+    # Everything the GP holds from the patient is what the patient's node has in the GP's view.
+    view = await patient_view(story.patient.patient, story.gp.did, [story.gp_grant], now=now())
+    mine = await gp.sync_items(patient)
+    assert {i for _, i in mine.items(0, len(mine))} == set(view.records)
+    hidden = {story.docs["lithium"], story.docs["xray"]}
+    for entry in await story.patient.h.store.records(AcceptedEntry, signer=patient):
+        assert (entry.id in view.records) == (entry.record.doc not in hidden)
+    # Nothing new: one round, nothing fetched.
+    again = await gp.sync(patient, now=now())
+    assert (again.rounds, again.records_fetched, again.documents_fetched) == (1, 0, 0)
+
+
+async def test_sync_follows_new_documents_revocations_and_deletions(story: Story) -> None:
+    gp, patient, lab = story.gp.clinic, story.patient.did, story.lab.clinic
+    await gp.sync(patient, now=now())
+    doc = await lab.deposit(
+        patient,
+        b"Potassium 4.1 mmol/L\n",
+        title="Potassium",
+        category="lab",
+        doc_type="lab-result",
+        now=now(),
+    )
+    assert await lab.flush_outbox() == (1, 0)
+    await story.patient.patient.accept(doc, now=now())
+    report = await gp.sync(patient, now=now())
+    assert report.documents_fetched == 1 and await entries_held(story) == {story.docs["cbc"], doc}
+    # Deleted: the tombstone arrives with the next sync, the copy is destroyed and attested.
+    await story.patient.patient.delete(doc, now=now())
+    await gp.sync(patient, now=now())
+    assert await story.gp.h.store.held_copy(doc) is None
+    assert doc in {t.record.doc for t in await story.gp.h.store.records(Tombstone, signer=patient)}
+    # Revoked: the GP's chain is refused, it syncs the control records without it and learns why.
+    await story.patient.patient.revoke(story.gp_grant.id, now=now())
+    report = await gp.sync(patient, now=now())
+    assert story.gp_grant.id in {r.record.grant for r in await story.gp.h.store.records(Revocation)}
+    assert await story.gp.h.store.held_copy(story.docs["cbc"]) is None
+    heads = await story.gp.h.store.records(StateHead, signer=patient)
+    newest = max(h.record.seq for h in heads)
+    assert (await story.gp.h.store.connection(patient)).head_seq == newest
+
+
+async def test_bad_rounds_are_refused_and_change_nothing(story: Story) -> None:
+    patient, url = story.patient, f"{story.patient.url}/v0/sync"
+    gp = story.gp.identity
+    chain = [story.gp_grant.encoded]
+    first = Reconciler(SortedItems()).initiate()
+    cases = [
+        (gp, body(chain=chain, message=b"\x00"), 400, "malformed"),
+        (
+            gp,
+            body(chain=chain, message=cbor.encode([1, 12, 8, [[None, b"", 0]]])),
+            400,
+            "unsupported-version",
+        ),
+        (gp, body(chain=chain, message=cbor.encode([0, 12, 8, [[5, b"", 0]]])), 400, "out-of-order"),
+        (
+            gp,
+            body(chain=chain, message=cbor.encode([0, 12, 8, [[None, b"", 4, b"", b"", bytes(12)]]])),
+            400,
+            "out-of-order",
+        ),
+        (gp, body(chain=chain, message="not bytes"), 400, "malformed"),
+        (gp, body(chain=[story.gp_grant.encoded[:-1] + b"\x00"], message=first), 401, "bad-signature"),
+        (Impostor(gp.did, story.lab.identity), body(chain=chain, message=first), 401, "bad-signature"),
+    ]
+    for signer, data, status, code in cases:
+        before = await snapshot(patient)
+        answer = await send_signed(story.session, signer, "POST", url, data)
+        assert (answer.status, answer.code) == (status, code), code
+        await assert_unchanged(patient, before, nonce_spent=not isinstance(signer, Impostor))
+    # Unsigned, and replayed.
+    before = await snapshot(patient)
+    answer = await send(story.session, "POST", url, body=body(chain=chain, message=first))
+    assert (answer.status, answer.code) == (401, "bad-signature")
+    await assert_unchanged(patient, before, nonce_spent=False)
+    data = body(chain=chain, message=first)
+    headers = signed_headers(gp, "POST", url, data)
+    assert (await send(story.session, "POST", url, body=data, headers=headers)).status == 200
+    before = await snapshot(patient)
+    replayed = await send(story.session, "POST", url, body=data, headers=headers)
+    assert (replayed.status, replayed.code) == (409, "replay")
+    await assert_unchanged(patient, before, nonce_spent=False)
+
+
+async def test_records_outside_the_view_are_never_served(story: Story) -> None:
+    hidden = [
+        e.id
+        for e in await story.patient.h.store.records(AcceptedEntry, signer=story.patient.did)
+        if e.record.doc in (story.docs["lithium"], story.docs["xray"])
+    ]
+    answer = await send_signed(
+        story.session,
+        story.gp.identity,
+        "POST",
+        f"{story.patient.url}/v0/records",
+        body(chain=[story.gp_grant.encoded], ids=hidden),
+    )
+    assert answer.status == 200 and answer.decoded["records"] == []
+    too_many = body(chain=[story.gp_grant.encoded], ids=[bytes(32)] * 513)
+    before = await snapshot(story.patient)
+    answer = await send_signed(
+        story.session, story.gp.identity, "POST", f"{story.patient.url}/v0/records", too_many
+    )
+    assert (answer.status, answer.code) == (400, "malformed")
+    await assert_unchanged(story.patient, before, nonce_spent=True)
+
+
+async def test_syncs_cut_at_random_points_converge(story: Story) -> None:
+    proxy = await route_gp_through_proxy(story)
+    gp, patient = story.gp.clinic, story.patient.did
+    rnd = random.Random(7)
+    try:
+        cut = 0
+        for i in range(100):
+            if i % 10 == 0:
+                # Something new on the patient's node now and then.
+                doc = await story.lab.clinic.deposit(
+                    patient,
+                    f"Sodium {130 + i} mmol/L\n".encode(),
+                    title=f"Sodium {i}",
+                    category="lab",
+                    doc_type="lab-result",
+                    now=now(),
+                )
+                await story.lab.clinic.flush_outbox()
+                await story.patient.patient.accept(doc, now=now())
+            proxy.cut_after(rnd.randrange(50, 6000))
+            try:
+                await gp.sync(patient, now=now())
+            except PeerUnreachable:
+                cut += 1
+        proxy.cut_after(1 << 40)  # no more faults: the last sync completes
+        final = await gp.sync(patient, now=now())
+        assert cut > 10, "the proxy cut too few syncs to mean anything"
+        view = await patient_view(story.patient.patient, story.gp.did, [story.gp_grant], now=now())
+        mine = await gp.sync_items(patient)
+        assert {i for _, i in mine.items(0, len(mine))} == set(view.records)
+        assert not final.documents_failed
+        assert await gp.missing_bodies(patient) == []
+        rows = await story.gp.h.db.execute_fetchall(
+            "SELECT id, count(*) FROM records GROUP BY id HAVING count(*) > 1"
+        )
+        assert rows == []
+    finally:
+        await proxy.close()
