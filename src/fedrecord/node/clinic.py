@@ -726,8 +726,12 @@ class ClinicNode:
         return SortedItems(item_of(signed) for signed in held)
 
     async def keep_synced(self, patient: str, records: Sequence[Signed[Any]], *, now: int) -> int:
-        """Store verified records of ``patient`` in one transaction; how many were new."""
-        before = len(await self.sync_items(patient))
+        """Store verified records of ``patient`` in one transaction (idempotent); how many were kept.
+
+        The records are those reconciliation found missing here, so each is new unless another
+        process of this node stored it meanwhile (then it is kept once).
+        """
+        kept = 0
         async with self.store.transaction():
             for signed in records:
                 record = signed.record
@@ -742,7 +746,8 @@ class ClinicNode:
                 else:
                     subject = None
                 await self.store.put_record(signed, now=now, subject=subject)
-        return len(await self.sync_items(patient)) - before
+                kept += 1
+        return kept
 
     async def apply_held_state(self, patient: str, *, now: int) -> None:
         """Apply the revocations and tombstones just synced, as a pushed answer (no freshness, [API-35])."""
