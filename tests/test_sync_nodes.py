@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import AcceptedEntry, Revocation, StateHead, Tombstone, cbor
+from fedrecord.core import AcceptedEntry, RemoteProtocolError, Revocation, StateHead, Tombstone, cbor
 from fedrecord.core.reconcile import Reconciler, SortedItems
 from fedrecord.node.client import PeerUnreachable
 from fedrecord.node.sync import patient_view
@@ -204,3 +204,36 @@ async def test_syncs_cut_at_random_points_converge(story: Story) -> None:
         assert rows == []
     finally:
         await proxy.close()
+
+
+async def test_a_depositing_clinic_syncs_the_control_records_only(story: Story) -> None:
+    lab, patient = story.lab.clinic, story.patient.did
+    report = await lab.sync(patient, now=now())
+    assert report.records_stored > 0 and report.documents_fetched == 0
+    assert await story.lab.h.store.records(AcceptedEntry, signer=patient) == []
+    assert await story.lab.h.store.records(StateHead, signer=patient)
+
+
+async def test_an_answer_with_records_not_asked_for_stores_nothing(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A patient's node that lies cannot be made from ours: its answers are replaced here.
+    gp, patient = story.gp.clinic, story.patient.did
+    real_call = gp.client.call
+    entries = await story.patient.h.store.records(AcceptedEntry, signer=patient)
+    extra = next(e.encoded for e in entries if e.record.doc == story.docs["xray"])  # outside the GP's view
+
+    async def lying(method: str, url: str, **fields: object) -> dict[str, object]:
+        answer = await real_call(method, url, **fields)  # type: ignore[arg-type]
+        if url.endswith("/v0/records"):
+            answer = {**answer, "records": [*answer["records"], extra]}
+        return answer
+
+    monkeypatch.setattr(gp.client, "call", lying)
+    before = await snapshot(story.gp)
+    with pytest.raises(RemoteProtocolError) as caught:
+        await gp.sync(patient, now=now())
+    assert caught.value.code.value == "malformed"
+    after = await snapshot(story.gp)
+    changed = sorted(t for t in before.digest if t != "nonces" and before.digest[t] != after.digest[t])
+    assert changed == [], changed
