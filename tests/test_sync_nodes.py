@@ -18,13 +18,24 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import AcceptedEntry, RemoteProtocolError, Revocation, StateHead, Tombstone, cbor
+from fedrecord.core import (
+    AcceptedEntry,
+    Grant,
+    PrivateRestriction,
+    RemoteProtocolError,
+    Revocation,
+    Scope,
+    StateHead,
+    Tombstone,
+    cbor,
+)
 from fedrecord.core.reconcile import Reconciler, SortedItems
 from fedrecord.node.client import PeerUnreachable
 from fedrecord.node.sync import patient_view
 
 from .node_helpers import (
     Impostor,
+    ServedNode,
     Story,
     assert_unchanged,
     body,
@@ -237,3 +248,48 @@ async def test_an_answer_with_records_not_asked_for_stores_nothing(
     after = await snapshot(story.gp)
     changed = sorted(t for t in before.digest if t != "nonces" and before.digest[t] != after.digest[t])
     assert changed == [], changed
+
+
+async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it(
+    story: Story, tmp_path: Path
+) -> None:
+    """US-12 with the decision of [API-46]: a device grant carries manage; what the device issued dies with it."""
+    patient, lab = story.patient, story.lab
+    phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
+    try:
+        invitation = await patient.patient.create_invitation(label="phone", now=now())
+        await phone.clinic.connect(invitation.url(), now=now())
+        device_grant = await patient.patient.grant(
+            audience=phone.did,
+            scope=Scope(past=True, future=True),
+            actions=("read", "delegate", "manage"),
+            purpose="device",
+            days=365,
+            now=now(),
+        )
+        await phone.clinic.poll(patient.did, now=now())
+        report = await phone.clinic.sync(patient.did, now=now())
+        # The whole record: every entry (the GP's restriction does not apply to the device), every
+        # grant the patient issued, the private restriction, every body.
+        assert {e.record.doc for e in await phone.h.store.records(AcceptedEntry, signer=patient.did)} == set(
+            story.docs.values()
+        )
+        assert await phone.h.store.records(PrivateRestriction, signer=patient.did)
+        assert story.gp_grant.id in {g.id for g in await phone.h.store.records(Grant, signer=patient.did)}
+        assert report.documents_fetched == len(story.docs) and not report.documents_failed
+        # The device acts for the patient as far as its grant allows: it delegates lab results to the lab.
+        child = await phone.clinic.delegate(
+            patient.did, to=lab.did, to_endpoint=lab.url, categories=("lab",), days=30, now=now()
+        )
+        assert child.record.parent == device_grant.id
+        assert await lab.clinic.fetch(patient.did, story.docs["cbc"], now=now())
+        # The phone is lost: the patient revokes its grant; what it issued lapses with it.
+        await patient.patient.revoke(device_grant.id, now=now())
+        with pytest.raises(RemoteProtocolError) as caught:
+            await lab.clinic.fetch(patient.did, story.docs["cbc"], now=now())
+        assert caught.value.code.value == "revoked"
+        # And the phone itself learns it at its next sync: its copies are destroyed.
+        await phone.clinic.sync(patient.did, now=now())
+        assert await phone.h.store.held_copy(story.docs["cbc"]) is None
+    finally:
+        await phone.stop()

@@ -398,6 +398,11 @@ async def reject(ctx: Context, doc: str) -> None:
 @click.option("--days", default=90, show_default=True, type=int, help="Days until the grant expires.")
 @click.option("--purpose", default="treatment", show_default=True)
 @click.option("--delegate", is_flag=True, help="Allow the grantee to pass on a narrower grant.")
+@click.option(
+    "--device",
+    is_flag=True,
+    help="Enroll one of your own devices: the whole record, read, delegate and manage (US-12).",
+)
 @click.option("--hide", "hide_labels", multiple=True, help="Privately keep labels (e.g. PSY, SEX) from it.")
 @pass_context
 @fail_cleanly
@@ -413,9 +418,10 @@ async def grant(
     days: int,
     purpose: str,
     delegate: bool,
+    device: bool,
     hide_labels: tuple[str, ...],
 ) -> None:
-    """Grant a node read access to part of your record (US-4)."""
+    """Grant a node read access to part of your record (US-4), or enroll a device (US-12)."""
     from fedrecord.core import Scope
     from fedrecord.node.patient import PatientNode
 
@@ -430,7 +436,13 @@ async def grant(
             past=past and select,
             future=future and select,
         )
-        actions = ("delegate", "read") if delegate else ("read",)
+        actions: tuple[str, ...] = ("delegate", "read") if delegate else ("read",)
+        if device:
+            if categories or labels or docs or since_days or hide_labels:
+                raise click.UsageError(
+                    "a device grant covers the whole record: no --category, --label, --doc or --hide"
+                )
+            scope, actions, purpose = Scope(past=True, future=True), ("delegate", "manage", "read"), "device"
         issued = await PatientNode(home).grant(
             audience=audience,
             scope=scope,

@@ -41,6 +41,7 @@ from fedrecord.core import (
     Grant,
     KeyWrap,
     NodeProfile,
+    PrivateRestriction,
     RemoteProtocolError,
     Revocation,
     RevocationSet,
@@ -718,11 +719,9 @@ class ClinicNode:
 
     async def sync_items(self, patient: str) -> SortedItems:
         """The reconciliation items of the records this node holds from ``patient`` ([SYNC-1])."""
-        held: list[Signed[Any]] = []
-        for cls in (StateHead, Tombstone, AcceptedEntry):
+        held: list[Signed[Any]] = await self.store.records(Revocation)
+        for cls in (StateHead, Tombstone, AcceptedEntry, Grant, PrivateRestriction, DepositDecision):
             held += await self.store.records(cls, signer=patient)
-        held += await self.store.records(Revocation)
-        held += await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
         return SortedItems(item_of(signed) for signed in held)
 
     async def keep_synced(self, patient: str, records: Sequence[Signed[Any]], *, now: int) -> int:
@@ -731,23 +730,19 @@ class ClinicNode:
         The records are those reconciliation found missing here, so each is new unless another
         process of this node stored it meanwhile (then it is kept once).
         """
-        kept = 0
         async with self.store.transaction():
             for signed in records:
                 record = signed.record
                 if isinstance(record, Grant):
-                    if record.audience != self.home.did:
-                        continue
-                    subject: bytes | None = self.home.did.encode()
+                    subject: bytes | None = record.audience.encode()
                 elif isinstance(record, Revocation):
                     subject = record.grant
-                elif isinstance(record, (Tombstone, AcceptedEntry)):
+                elif isinstance(record, (Tombstone, AcceptedEntry, DepositDecision)):
                     subject = record.doc
                 else:
                     subject = None
                 await self.store.put_record(signed, now=now, subject=subject)
-                kept += 1
-        return kept
+        return len(records)
 
     async def apply_held_state(self, patient: str, *, now: int) -> None:
         """Apply the revocations and tombstones just synced, as a pushed answer (no freshness, [API-35])."""

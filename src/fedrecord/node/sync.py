@@ -33,8 +33,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from fedrecord.core import (
     AcceptedEntry,
+    Action,
     Code,
+    DepositDecision,
     Grant,
+    PrivateRestriction,
     RemoteProtocolError,
     Revocation,
     Signed,
@@ -56,6 +59,8 @@ MAX_IDS: Final = 512
 MAX_ROUNDS: Final = 64
 """Reconciliation rounds one sync may take: a peer that never lets it finish is refused."""
 VIEW_TYPES: Final = (StateHead, Revocation, Tombstone, Grant, AcceptedEntry)
+DEVICE_TYPES: Final = (*VIEW_TYPES, PrivateRestriction, DepositDecision)
+"""A device holding ``manage`` sees these too: the whole record the patient signed ([API-46])."""
 CHAIN_REFUSALS: Final = frozenset(
     {Code.REVOKED, Code.EXPIRED, Code.NOT_YET_VALID, Code.BROKEN_CHAIN, Code.NOT_PATIENT_ROOT, Code.WIDENED}
 )
@@ -99,21 +104,26 @@ async def patient_view(
         return view
     patient = node.home.did
     records: dict[bytes, Signed[Any]] = {}
-    for cls in (StateHead, Tombstone):
-        for signed in await node.store.records(cls, signer=patient):
-            records[signed.id] = signed
-    # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated (US-9).
-    for revocation in await node.store.records(Revocation):
-        records[revocation.id] = revocation
-    for grant in await node.store.records(Grant, signer=patient, subject=requester.encode()):
-        records[grant.id] = grant
-    if grants:
-        reachable = {
-            item["doc"] for item in await node.documents_for(requester, [g.encoded for g in grants], now=now)
-        }
-        for entry in await node.store.records(AcceptedEntry, signer=patient):
-            if entry.record.doc in reachable:
-                records[entry.id] = entry
+    if grants and Action.MANAGE in grants[-1].record.actions:
+        # One of the patient's devices: the whole record ([API-46]).
+        for cls in DEVICE_TYPES:
+            for signed in await node.store.records(cls, signer=None if cls is Revocation else patient):
+                records[signed.id] = signed
+    else:
+        for cls in (StateHead, Tombstone):
+            for signed in await node.store.records(cls, signer=patient):
+                records[signed.id] = signed
+        # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated.
+        for revocation in await node.store.records(Revocation):
+            records[revocation.id] = revocation
+        for grant in await node.store.records(Grant, signer=patient, subject=requester.encode()):
+            records[grant.id] = grant
+        if grants:
+            chain = [g.encoded for g in grants]
+            reachable = {item["doc"] for item in await node.documents_for(requester, chain, now=now)}
+            for entry in await node.store.records(AcceptedEntry, signer=patient):
+                if entry.record.doc in reachable:
+                    records[entry.id] = entry
     view = View(
         SortedItems(item_of(s) for s in records.values()), {i: s.encoded for i, s in records.items()}, version
     )
@@ -248,7 +258,7 @@ def _verified_batch(records: object, asked: set[bytes], patient: str) -> list[Si
         signed = open_any_record(encoded)
         if signed.signer != patient and not isinstance(signed.record, Revocation):
             raise AuthenticationError()
-        if not isinstance(signed.record, VIEW_TYPES) or signed.id not in asked:
+        if not isinstance(signed.record, DEVICE_TYPES) or signed.id not in asked:
             raise RemoteProtocolError(Code.MALFORMED, "an answer holds a record that was not asked for")
         verified.append(open_stored(encoded, type(signed.record)))
     return verified
