@@ -42,6 +42,29 @@ MIGRATIONS = (
             " last_error TEXT, done INTEGER NOT NULL DEFAULT 0)",
         ),
     ),
+    Migration(
+        version=2,
+        description="view epoch: counts the changes to records and documents, for caches of sync views",
+        statements=(
+            # A change to what a peer may see changes records or documents; nonces, audit entries and
+            # outbox rows do not.  The count moves in the same transaction as the change, whichever
+            # process (the node, a CLI command) made it.
+            "CREATE TABLE view_epoch (n INTEGER NOT NULL)",
+            "INSERT INTO view_epoch (n) VALUES (0)",
+            "CREATE TRIGGER records_insert_epoch AFTER INSERT ON records"
+            " BEGIN UPDATE view_epoch SET n = n + 1; END",
+            "CREATE TRIGGER records_update_epoch AFTER UPDATE ON records"
+            " BEGIN UPDATE view_epoch SET n = n + 1; END",
+            "CREATE TRIGGER records_delete_epoch AFTER DELETE ON records"
+            " BEGIN UPDATE view_epoch SET n = n + 1; END",
+            "CREATE TRIGGER documents_insert_epoch AFTER INSERT ON documents"
+            " BEGIN UPDATE view_epoch SET n = n + 1; END",
+            "CREATE TRIGGER documents_update_epoch AFTER UPDATE ON documents"
+            " BEGIN UPDATE view_epoch SET n = n + 1; END",
+            "CREATE TRIGGER documents_delete_epoch AFTER DELETE ON documents"
+            " BEGIN UPDATE view_epoch SET n = n + 1; END",
+        ),
+    ),
 )
 
 TABLES = (
@@ -55,4 +78,5 @@ TABLES = (
     "connections",
     "delegations",
     "outbox",
+    "view_epoch",
 )

@@ -416,8 +416,8 @@ class NodeStore(Protocol):
         ...
 
     # --- nonces
-    async def data_version(self) -> int:
-        """A number that changes whenever any connection, here or in another process, commits a change."""
+    async def view_epoch(self) -> int:
+        """A number that changes with every committed change to records or documents, from any process."""
         ...
 
     async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:
@@ -851,9 +851,8 @@ class SqliteNodeStore:
 
     # --- nonces
 
-    async def data_version(self) -> int:
-        # The reader's data_version moves with every commit but its own, and the reader never writes.
-        row = await self._one("PRAGMA data_version")
+    async def view_epoch(self) -> int:
+        row = await self._one("SELECT n FROM view_epoch")
         return int(row[0])
 
     async def remember_nonce(self, signer: str, nonce: str, expires: int) -> bool:

@@ -12,8 +12,9 @@ nothing else --
 
 Each item is (the record's ``iat``, its id); accepted entries carry no
 ``iat`` and sit at timestamp 0.  The view of one (requester, chain) is built
-once and kept until the database changes (``PRAGMA data_version``), so the
-rounds of one sync, and the next syncs of an idle record, cost no rebuild.
+once and kept until records or documents change (the ``view_epoch`` count that
+triggers keep in the database), so the rounds of one sync, and the next syncs of
+an idle record, cost no rebuild; nonces and audit entries do not count.
 
 The clinic (:func:`sync_with_patient`) reconciles the records it holds from
 that patient against the view, fetches what it lacks in batches
@@ -82,7 +83,7 @@ class View:
 
 @dataclass
 class ViewCache:
-    """Views by (requester, chain), dropped when the database changes."""
+    """Views by (requester, chain), dropped when records or documents change."""
 
     views: dict[tuple[str, tuple[bytes, ...]], View] = field(default_factory=dict)
     limit: int = 64
@@ -96,7 +97,7 @@ async def patient_view(
     ``grants`` is the requester's chain, already decided allowed for reading;
     an empty chain gives the control records only (a depositing clinic).
     """
-    version = await node.store.data_version()
+    version = await node.store.view_epoch()
     cache: ViewCache = node.sync_views
     key = (requester, tuple(g.id for g in grants))
     view = cache.views.get(key)
