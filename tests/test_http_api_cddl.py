@@ -87,6 +87,8 @@ API_RULES = (
     "sync-answer",
     "records-request",
     "records-answer",
+    "push-request",
+    "push-answer",
 )
 
 
@@ -217,6 +219,8 @@ def _sample_bodies() -> dict[str, list[bytes]]:
             encode_body(records=[]),
             encode_body(records=[s["grant"].encoded, s["tombstone"].encoded]),
         ],
+        "push-request": [encode_body(chain=chain, records=[_child_grant().encoded])],
+        "push-answer": [encode_body(stored=0), encode_body(stored=1)],
     }
 
 

@@ -283,6 +283,20 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
         )
         assert child.record.parent == device_grant.id
         assert await lab.clinic.fetch(patient.did, story.docs["cbc"], now=now())
+        # Both ways: the device's next sync sends the patient's node the grant it issued.
+        pushed = await phone.clinic.sync(patient.did, now=now())
+        assert pushed.records_pushed == 1
+        assert child.id in {g.id for g in await patient.h.store.records(Grant, signer=phone.did)}
+        assert (await phone.clinic.sync(patient.did, now=now())).records_pushed == 0
+        # A clinic cannot push: its chain has no manage.
+        answer = await send_signed(
+            story.session,
+            story.gp.identity,
+            "POST",
+            f"{patient.url}/v0/push",
+            body(chain=[story.gp_grant.encoded], records=[child.encoded]),
+        )
+        assert (answer.status, answer.code) == (403, "action-not-granted")
         # The phone is lost: the patient revokes its grant; what it issued lapses with it.
         await patient.patient.revoke(device_grant.id, now=now())
         with pytest.raises(RemoteProtocolError) as caught:

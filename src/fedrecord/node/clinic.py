@@ -718,11 +718,31 @@ class ClinicNode:
         return connection["endpoint"], [link.encoded for link in chains[0]] if chains else []
 
     async def sync_items(self, patient: str) -> SortedItems:
-        """The reconciliation items of the records this node holds from ``patient`` ([SYNC-1])."""
+        """The reconciliation items of the records this node holds from ``patient`` ([SYNC-1]).
+
+        Grants this node issued under the patient's grants to it are among them: a device pushes
+        them to the patient's node ([API-48]).
+        """
         held: list[Signed[Any]] = await self.store.records(Revocation)
         for cls in (StateHead, Tombstone, AcceptedEntry, Grant, PrivateRestriction, DepositDecision):
             held += await self.store.records(cls, signer=patient)
+        mine = {g.id for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())}
+        held += [g for g in await self.store.records(Grant, signer=self.home.did) if g.record.parent in mine]
         return SortedItems(item_of(signed) for signed in held)
+
+    async def issued_under(self, grant_id: bytes, among: set[bytes]) -> list[Signed[Any]]:
+        """The grants this node issued under ``grant_id``, and its revocations of them, among ``among`` ids."""
+        issued = [
+            g for g in await self.store.records(Grant, signer=self.home.did) if g.record.parent == grant_id
+        ]
+        ids = {g.id for g in issued}
+        revocations = [
+            r
+            for r in await self.store.records(Revocation)
+            if r.signer == self.home.did and r.record.grant in ids
+        ]
+        found: list[Signed[Any]] = [*issued, *revocations]
+        return [s for s in found if s.id in among]
 
     async def keep_synced(self, patient: str, records: Sequence[Signed[Any]], *, now: int) -> int:
         """Store verified records of ``patient`` in one transaction (idempotent); how many were kept.

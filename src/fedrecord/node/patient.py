@@ -578,6 +578,21 @@ class PatientNode:
             restrictions=restrictions if restrictions is not None else await self._restrictions(),
         )
 
+    async def keep_pushed(self, records: Sequence[Signed[Any]], *, now: int) -> int:
+        """Store what a device pushed (checked by the caller) in one transaction; how many were new."""
+        known = {g.id for g in await self.store.records(Grant)} | {
+            r.id for r in await self.store.records(Revocation)
+        }
+        async with self.store.transaction():
+            for signed in records:
+                record = signed.record
+                subject = record.audience.encode() if isinstance(record, Grant) else record.grant
+                await self.store.put_record(signed, now=now, subject=subject)
+        fresh = [s for s in records if s.id not in known]
+        if any(isinstance(s.record, Revocation) for s in fresh):
+            self._state_changed()
+        return len(fresh)
+
     async def reading_chain(self, requester: str, chain: Sequence[bytes], *, now: int) -> list[Signed[Grant]]:
         """The requester's chain, opened and decided allowed for reading; empty for no chain.
 

@@ -28,7 +28,7 @@ from .home import NodeHome
 from .patient import PatientNode
 from .ranges import content_range, parse_range
 from .state_feed import StateFeed, Subscription
-from .sync import answer_round, records_by_id
+from .sync import answer_round, receive_pushed, records_by_id
 from .wire import CBOR_TYPE, MAX_BODY, MAX_DOCUMENT, decode_body, encode_body, error_body
 
 log = logging.getLogger("fedrecord.node")
@@ -304,6 +304,15 @@ async def records(request: web.Request) -> web.Response:
     return answer(request, records=found)
 
 
+async def push(request: web.Request) -> web.Response:
+    signer, body = await signed_body(request, "chain", "records")
+    pushed = body["records"]
+    if type(pushed) is not list:
+        raise RemoteProtocolError(Code.MALFORMED, "records is an array of encoded records")
+    stored = await receive_pushed(request.app[PATIENT], signer, _chain(body), pushed, now=int(time.time()))
+    return answer(request, stored=stored)
+
+
 async def fetch(request: web.Request) -> web.StreamResponse:
     # The signature covers a Range field ([HTTP-4]); its form is checked once the request is known [API-41].
     signer, body = await signed_body(request, "chain", "receipt")
@@ -395,6 +404,7 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
         app.router.add_post("/v0/fetch", fetch)
         app.router.add_post("/v0/sync", sync_round)
         app.router.add_post("/v0/records", records)
+        app.router.add_post("/v0/push", push)
         app.router.add_post("/v0/attestations", attestation)
     else:
         app[CLINIC] = clinic or ClinicNode(home)

@@ -108,7 +108,9 @@ async def patient_view(
     if grants and Action.MANAGE in grants[-1].record.actions:
         # One of the patient's devices: the whole record ([API-46]).
         for cls in DEVICE_TYPES:
-            for signed in await node.store.records(cls, signer=None if cls is Revocation else patient):
+            # Grants and revocations whoever signed them: a device's own are part of the record ([API-48]).
+            anyone = cls in (Revocation, Grant)
+            for signed in await node.store.records(cls, signer=None if anyone else patient):
                 records[signed.id] = signed
     else:
         for cls in (StateHead, Tombstone):
@@ -173,6 +175,7 @@ class SyncReport:
     bytes_received: int = 0
     records_fetched: int = 0
     records_stored: int = 0
+    records_pushed: int = 0
     documents_fetched: int = 0
     documents_failed: list[str] = field(default_factory=list)
 
@@ -196,14 +199,14 @@ async def sync_with_patient(
     endpoint, chain = await clinic.sync_target(patient, now=now)
     report = SyncReport()
     try:
-        need = await _reconcile(clinic, patient, endpoint, chain, report)
+        need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
     except RemoteProtocolError as exc:
         if not chain or exc.code not in CHAIN_REFUSALS:
             raise
         # Our chain died (a revocation we have not learnt of yet): sync the control records without
         # it, which is how we learn of the revocation and destroy what it covered.
         chain = []
-        need = await _reconcile(clinic, patient, endpoint, chain, report)
+        need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
     for start in range(0, len(need), MAX_IDS):
         batch = need[start : start + MAX_IDS]
         answer = await clinic.client.call(
@@ -215,6 +218,8 @@ async def sync_with_patient(
         if progress is not None:
             progress("records", min(start + MAX_IDS, len(need)), len(need))
     await clinic.apply_held_state(patient, now=now)
+    if chain and reconciler_have:
+        report.records_pushed = await _push_own(clinic, patient, endpoint, chain, reconciler_have)
     if bodies:
         missing = await clinic.missing_bodies(patient)
         for done, doc in enumerate(missing, 1):
@@ -230,8 +235,8 @@ async def sync_with_patient(
 
 async def _reconcile(
     clinic: ClinicNode, patient: str, endpoint: str, chain: list[bytes], report: SyncReport
-) -> list[bytes]:
-    """Run the reconciliation rounds; the ids of the records the patient's node has and we lack."""
+) -> tuple[list[bytes], list[bytes]]:
+    """Run the reconciliation rounds: (ids the patient's node has and we lack, ids we have and it lacks)."""
     reconciler = Reconciler(await clinic.sync_items(patient))
     message: bytes | None = reconciler.initiate()
     while message is not None:
@@ -247,7 +252,60 @@ async def _reconcile(
         message = reconciler.receive(reply)
     report.bytes_sent += reconciler.bytes_sent
     report.bytes_received += reconciler.bytes_received
-    return reconciler.need
+    return reconciler.need, reconciler.have
+
+
+async def _push_own(
+    clinic: ClinicNode, patient: str, endpoint: str, chain: list[bytes], have: list[bytes]
+) -> int:
+    """A device sends the patient's node the grants and revocations it issued there ([API-48])."""
+    leaf = open_stored(chain[-1], Grant)
+    if Action.MANAGE not in leaf.record.actions:
+        return 0
+    own = await clinic.issued_under(leaf.id, set(have))
+    if not own:
+        return 0
+    answer = await clinic.client.call(
+        "POST", f"{endpoint}/v0/push", expected_signer=patient, chain=chain, records=[r.encoded for r in own]
+    )
+    stored = answer.get("stored")
+    return stored if type(stored) is int else 0
+
+
+async def receive_pushed(
+    node: PatientNode, requester: str, chain: Sequence[bytes], records: Sequence[bytes], *, now: int
+) -> int:
+    """Keep the grants and revocations a device issued under its device grant ([API-48]); how many were new.
+
+    Raises:
+        RemoteProtocolError: the chain's refusal; ``action-not-granted`` when
+            its leaf does not list ``manage``; ``malformed`` for more than
+            :data:`MAX_IDS` records or a record that is not the requester's
+            grant under its device grant, or its revocation of one.
+    """
+    grants = await node.reading_chain(requester, chain, now=now)
+    if not grants or Action.MANAGE not in grants[-1].record.actions:
+        raise RemoteProtocolError(
+            Code.ACTION_NOT_GRANTED, "only a device's chain, with manage, may push records"
+        )
+    if len(records) > MAX_IDS or not all(type(r) is bytes for r in records):
+        raise RemoteProtocolError(Code.MALFORMED, f"records is an array of at most {MAX_IDS} encoded records")
+    device_grant = grants[-1].id
+    opened = [open_any_record(encoded) for encoded in records]
+    issued = {s.id for s in opened if isinstance(s.record, Grant)}
+    issued |= {g.id for g in await node.store.records(Grant, signer=requester)}
+    for signed in opened:
+        if signed.signer != requester:
+            raise AuthenticationError()
+        record = signed.record
+        ok = (isinstance(record, Grant) and record.parent == device_grant) or (
+            isinstance(record, Revocation) and record.grant in issued
+        )
+        if not ok:
+            raise RemoteProtocolError(
+                Code.MALFORMED, "a device pushes only what it issued under its device grant"
+            )
+    return await node.keep_pushed(opened, now=now)
 
 
 def _verified_batch(records: object, asked: set[bytes], patient: str) -> list[Signed[Any]]:
