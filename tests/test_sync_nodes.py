@@ -11,6 +11,7 @@ syncs each converge, with no duplicate row and nothing lost.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from fedrecord.core import (
     StateHead,
     Tombstone,
     cbor,
+    sign_record,
 )
 from fedrecord.core.reconcile import Reconciler, SortedItems
 from fedrecord.node.client import PeerUnreachable
@@ -297,6 +299,21 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
             body(chain=[story.gp_grant.encoded], records=[child.encoded]),
         )
         assert (answer.status, answer.code) == (403, "action-not-granted")
+        # A device pushes only what it issued under its device grant: anything else stores nothing.
+        stray = sign_record(dataclasses.replace(child.record, parent=story.gp_grant.id), phone.identity)
+        forged = sign_record(dataclasses.replace(child.record, nonce=bytes(16)), lab.identity)
+        device_chain = [device_grant.encoded]
+        for record, status, code in ((stray, 400, "malformed"), (forged, 401, "bad-signature")):
+            before = await snapshot(patient)
+            answer = await send_signed(
+                story.session,
+                phone.identity,
+                "POST",
+                f"{patient.url}/v0/push",
+                body(chain=device_chain, records=[record.encoded]),
+            )
+            assert (answer.status, answer.code) == (status, code)
+            await assert_unchanged(patient, before, nonce_spent=True)
         # The phone is lost: the patient revokes its grant; what it issued lapses with it.
         await patient.patient.revoke(device_grant.id, now=now())
         with pytest.raises(RemoteProtocolError) as caught:
