@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from fedrecord.core import (
     AcceptedEntry,
+    AuditCheckpoint,
     Grant,
     PrivateRestriction,
     RemoteProtocolError,
@@ -278,6 +279,12 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
         )
         assert await phone.h.store.records(PrivateRestriction, signer=patient.did)
         assert story.gp_grant.id in {g.id for g in await phone.h.store.records(Grant, signer=patient.did)}
+        # Its reads are in the patient's audit log; its next sync brings a checkpoint of that log, which
+        # the log must go on matching.
+        await phone.clinic.sync(patient.did, now=now())
+        (checkpoint,) = await phone.h.store.records(AuditCheckpoint, signer=patient.did)
+        assert checkpoint.record.entry_hash == (await patient.h.store.audit_tail())[1]
+        assert (await patient.patient.verify_audit())[0]
         assert report.documents_fetched == len(story.docs) and not report.documents_failed
         # The device acts for the patient as far as its grant allows: it delegates lab results to the lab.
         child = await phone.clinic.delegate(
@@ -322,5 +329,10 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
         # And the phone itself learns it at its next sync: its copies are destroyed.
         await phone.clinic.sync(patient.did, now=now())
         assert await phone.h.store.held_copy(story.docs["cbc"]) is None
+        # A log cut below a checkpoint still chains, but no longer matches what the devices keep.
+        async with patient.h.store.transaction():
+            await patient.h.db.execute("DELETE FROM audit WHERE seq >= ?", (checkpoint.record.seq,))
+        ok, _count, message = await patient.patient.verify_audit()
+        assert not ok and "checkpoint" in message
     finally:
         await phone.stop()

@@ -51,6 +51,7 @@ __all__ = [
     "Revocation",
     "StateHead",
     "Tombstone",
+    "AuditCheckpoint",
     "DeletionAttestation",
     "DepositDecision",
     "AccessReceipt",
@@ -78,6 +79,7 @@ class RecordType(StrEnum):
     DELETION_ATTESTATION = "fedrecord/deletion-attestation"
     DEPOSIT_DECISION = "fedrecord/deposit-decision"
     ACCESS_RECEIPT = "fedrecord/access-receipt"
+    AUDIT_CHECKPOINT = "fedrecord/audit-checkpoint"
 
 
 class Action(StrEnum):
@@ -364,6 +366,21 @@ class Tombstone(Record):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditCheckpoint(Record):
+    """The patient's node vouches for its audit log up to an entry; shared with the patient's devices."""
+
+    TYPE: ClassVar[RecordType] = RecordType.AUDIT_CHECKPOINT
+    v: int = wire("v", _VERSION, default=PROTOCOL_VERSION)
+    seq: int = wire("seq", UInt())
+    entry_hash: bytes = wire("hash", _ID)
+    iat: int = wire("iat", UInt())
+
+    def check_record(self) -> None:
+        if self.seq < 1:
+            raise _invalid(self, "seq counts audit entries from 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeletionAttestation(Record):
     """A node's answer to a tombstone: destroyed, or retained by its author until a date."""
 
@@ -427,5 +444,6 @@ RECORD_CLASSES: Final[dict[RecordType, type[Record]]] = {
         DeletionAttestation,
         DepositDecision,
         AccessReceipt,
+        AuditCheckpoint,
     )
 }

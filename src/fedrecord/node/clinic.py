@@ -33,6 +33,7 @@ from fedrecord.core import (
     AcceptedEntry,
     AccessReceipt,
     Action,
+    AuditCheckpoint,
     Code,
     DeletionAttestation,
     Deposit,
@@ -724,7 +725,15 @@ class ClinicNode:
         them to the patient's node ([API-48]).
         """
         held: list[Signed[Any]] = await self.store.records(Revocation)
-        for cls in (StateHead, Tombstone, AcceptedEntry, Grant, PrivateRestriction, DepositDecision):
+        for cls in (
+            StateHead,
+            Tombstone,
+            AcceptedEntry,
+            Grant,
+            PrivateRestriction,
+            DepositDecision,
+            AuditCheckpoint,
+        ):
             held += await self.store.records(cls, signer=patient)
         mine = {g.id for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())}
         held += [g for g in await self.store.records(Grant, signer=self.home.did) if g.record.parent in mine]

@@ -22,6 +22,7 @@ from fedrecord.core import (
     AcceptedEntry,
     AccessReceipt,
     Action,
+    AuditCheckpoint,
     Code,
     DeletionAttestation,
     Deposit,
@@ -578,6 +579,21 @@ class PatientNode:
             restrictions=restrictions if restrictions is not None else await self._restrictions(),
         )
 
+    async def checkpoint_audit(self, *, now: int) -> Signed[AuditCheckpoint] | None:
+        """Sign a checkpoint of the audit log's newest entry, unless the newest checkpoint is of it already."""
+        last = await self.store.audit_tail()
+        if last is None:
+            return None
+        held = await self.store.records(AuditCheckpoint, signer=self.home.did)
+        if held and max(c.record.seq for c in held) >= last[0]:
+            return None
+        checkpoint = sign_record(
+            AuditCheckpoint(seq=last[0], entry_hash=last[1], iat=now), self.home.identity
+        )
+        async with self.store.transaction():
+            await self.store.put_record(checkpoint, now=now)
+        return checkpoint
+
     async def keep_pushed(self, records: Sequence[Signed[Any]], *, now: int) -> int:
         """Store what a device pushed (checked by the caller) in one transaction; how many were new."""
         known = {g.id for g in await self.store.records(Grant)} | {
@@ -788,6 +804,7 @@ class PatientNode:
         """
         prev_hash = GENESIS_HASH
         count = 0
+        hashes: dict[int, bytes] = {}
         rows = await self.store.audit_links()
         for seq, receipt, at, stored_prev, entry_hash, countersignature in rows:
             try:
@@ -798,7 +815,12 @@ class PatientNode:
             if stored_prev != prev_hash or entry_hash != _audit_hash(seq, prev_hash, signed.id, at):
                 return False, count, f"entry {seq}: the hash chain is broken"
             prev_hash = entry_hash
+            hashes[seq] = entry_hash
             count += 1
+        # Checkpoints shared with the devices: the log must still hold what each vouched for.
+        for checkpoint in await self.store.records(AuditCheckpoint, signer=self.home.did):
+            if hashes.get(checkpoint.record.seq) != checkpoint.record.entry_hash:
+                return False, count, f"entry {checkpoint.record.seq}: differs from its checkpoint"
         return True, count, "the audit chain verifies"
 
     # --- deletion -----------------------------------------------------------------------

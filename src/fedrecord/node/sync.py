@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from fedrecord.core import (
     AcceptedEntry,
     Action,
+    AuditCheckpoint,
     Code,
     DepositDecision,
     Grant,
@@ -60,7 +61,7 @@ MAX_IDS: Final = 512
 MAX_ROUNDS: Final = 64
 """Reconciliation rounds one sync may take: a peer that never lets it finish is refused."""
 VIEW_TYPES: Final = (StateHead, Revocation, Tombstone, Grant, AcceptedEntry)
-DEVICE_TYPES: Final = (*VIEW_TYPES, PrivateRestriction, DepositDecision)
+DEVICE_TYPES: Final = (*VIEW_TYPES, PrivateRestriction, DepositDecision, AuditCheckpoint)
 """A device holding ``manage`` sees these too: the whole record the patient signed ([API-46])."""
 CHAIN_REFUSALS: Final = frozenset(
     {Code.REVOKED, Code.EXPIRED, Code.NOT_YET_VALID, Code.BROKEN_CHAIN, Code.NOT_PATIENT_ROOT, Code.WIDENED}
@@ -97,6 +98,9 @@ async def patient_view(
     ``grants`` is the requester's chain, already decided allowed for reading;
     an empty chain gives the control records only (a depositing clinic).
     """
+    if grants and Action.MANAGE in grants[-1].record.actions:
+        # A device syncs: it takes a checkpoint of the audit log along ([API-46]).
+        await node.checkpoint_audit(now=now)
     version = await node.store.view_epoch()
     cache: ViewCache = node.sync_views
     key = (requester, tuple(g.id for g in grants))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedrecord.core import (
     AcceptedEntry,
     AccessReceipt,
+    AuditCheckpoint,
     DeletionAttestation,
     Deposit,
     DepositDecision,
@@ -139,6 +140,7 @@ def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
             PATIENT,
         ),
         ("tombstone", Tombstone(doc=DOC_ID, iat=NOW), PATIENT),
+        ("audit checkpoint", AuditCheckpoint(seq=42, entry_hash=fixed_seed("audit-entry"), iat=NOW), PATIENT),
         (
             "deletion attestation: destroyed",
             DeletionAttestation(
