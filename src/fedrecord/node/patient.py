@@ -511,16 +511,17 @@ class PatientNode:
         return await self.store.records(PrivateRestriction, signer=self.home.did)
 
     async def state_head(self, *, now: int) -> Signed[StateHead]:
-        heads = await self.store.records(StateHead, signer=self.home.did)
-        if heads:
-            return max(heads, key=lambda head: head.record.seq)
+        # This node signs its heads one after the other, each in the transaction that keeps it: the
+        # head kept last is the newest (reading them all made every accept cost one per head before).
+        head = await self.store.newest_record(StateHead, signer=self.home.did)
+        if head is not None:
+            return head
         async with self.store.transaction():
             return await self._sign_head(now)
 
     async def _sign_head(self, now: int) -> Signed[StateHead]:
         """A new head summarising revocations and the record set.  Call inside a transaction."""
-        heads = await self.store.records(StateHead, signer=self.home.did)
-        previous = max(heads, key=lambda head: head.record.seq) if heads else None
+        previous = await self.store.newest_record(StateHead, signer=self.home.did)
         revoked = sorted(r.record.grant for r in await self.store.records(Revocation))
         docs = await self.store.accepted_ids()
         head = sign_record(

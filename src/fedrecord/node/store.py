@@ -203,6 +203,10 @@ class NodeStore(Protocol):
         """One kept record of type ``cls`` by id, verified; ``None`` when absent."""
         ...
 
+    async def newest_record(self, cls: type[R], *, signer: str) -> Signed[R] | None:
+        """The record of type ``cls`` by ``signer`` kept last, verified; ``None`` when there is none."""
+        ...
+
     async def decided(self, doc: bytes) -> bool:
         """Whether a deposit decision or tombstone about ``doc`` is kept (the patient decided)."""
         ...
@@ -545,6 +549,13 @@ class SqliteNodeStore:
             params.append(subject)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
         return [open_stored(row[0], cls) for row in rows]
+
+    async def newest_record(self, cls: type[R], *, signer: str) -> Signed[R] | None:
+        row = await self._one(
+            "SELECT encoded FROM records WHERE typ = ? AND signer = ? ORDER BY rowid DESC LIMIT 1",
+            (cls.TYPE.value, signer),
+        )
+        return open_stored(row[0], cls) if row is not None else None
 
     async def record(self, cls: type[R], record_id: bytes) -> Signed[R] | None:
         rows = list(
