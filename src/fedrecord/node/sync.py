@@ -28,6 +28,7 @@ interrupted at any point is finished by the next one.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -58,6 +59,8 @@ if TYPE_CHECKING:
 
 MAX_IDS: Final = 512
 """Record ids asked for in one ``POST /v0/records`` (their records fit well within the 1 MiB body cap)."""
+BODY_FETCHES: Final = 8
+"""Documents fetched at once by a sync."""
 MAX_ROUNDS: Final = 64
 """Reconciliation rounds one sync may take: a peer that never lets it finish is refused."""
 VIEW_TYPES: Final = (StateHead, Revocation, Tombstone, Grant, AcceptedEntry)
@@ -225,16 +228,38 @@ async def sync_with_patient(
     if chain and reconciler_have:
         report.records_pushed = await _push_own(clinic, patient, endpoint, chain, reconciler_have)
     if bodies:
-        missing = await clinic.missing_bodies(patient)
-        for done, doc in enumerate(missing, 1):
+        await _fetch_bodies(
+            clinic, patient, await clinic.missing_bodies(patient), report, now=now, progress=progress
+        )
+    return report
+
+
+async def _fetch_bodies(
+    clinic: ClinicNode,
+    patient: str,
+    missing: Sequence[bytes],
+    report: SyncReport,
+    *,
+    now: int,
+    progress: Progress | None,
+) -> None:
+    """Fetch documents a few at a time: their commits are grouped on both sides and their syncs overlap."""
+    pending = iter(missing)
+    done = 0
+
+    async def worker() -> None:
+        nonlocal done
+        for doc in pending:
             try:
                 await clinic.fetch(patient, doc, now=now)
                 report.documents_fetched += 1
             except RemoteProtocolError as exc:
                 report.documents_failed.append(f"{doc.hex()}: {exc.code.value}")
+            done += 1
             if progress is not None:
                 progress("documents", done, len(missing))
-    return report
+
+    await asyncio.gather(*(worker() for _ in range(min(BODY_FETCHES, len(missing)))))
 
 
 async def _reconcile(
