@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/node.py --json bench-node.json
 	$(BIN)/python benchmarks/propagation.py --json bench-propagation.json
 	$(BIN)/python benchmarks/sync.py --json bench-sync.json
+	$(BIN)/python benchmarks/initial_sync.py --json bench-initial-sync.json
 
 ## soak: the crash-safety test with 100 kills of each kind instead of 20
 soak: $(STAMP)

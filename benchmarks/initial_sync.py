@@ -1,0 +1,469 @@
+"""Benchmark of a clinic's initial sync with a patient's node over HTTP, as a ratio against raw Ed25519.
+
+    python benchmarks/initial_sync.py [--json PATH] [--quick | --count N] [--profile DIR] [--keep]
+
+Real processes on loopback, as in ``benchmarks/node.py``: the patient's node
+is ``python -m fedrecord serve`` (its own SQLite database, WAL,
+``synchronous=FULL``; its own document files), and the GP's side of the sync
+runs in a process of its own (this script in ``--sync-child`` mode), so each
+side has its own interpreter and cold caches, as after a restart.
+
+Setup (not measured).  Homes for the patient, a lab and two GPs (argon2id at
+its interactive cost).  The patient's node is served; the lab connects from an
+invitation and deposits N documents of 1 KiB (category ``lab``) through its
+real path -- ``ClinicNode.deposit`` (encrypted, signed, stored, queued), then
+``ClinicNode.flush_outbox`` (signed, streamed ``PUT /v0/documents/{id}`` to the
+served node, which verifies and stores them in its inbox) -- and the patient
+accepts each one with ``PatientNode.accept`` (accepted entry and decision
+signed and stored, a new state head signed), in this process against the
+patient's home, each batch of deposits overlapping the acceptance of the
+batch before.  Each GP connects, receives a grant (scope categories
+``("lab",)``, past and future, 90 days, actions ``read``, purpose
+``treatment``) and polls once, so it holds its grant and nothing else of the
+record.
+
+Measured.  The patient's node is restarted (cold), then the GP process runs
+``ClinicNode.sync(patient, now=...)`` with bodies: reconciliation rounds
+(``POST /v0/sync``), the records it lacks in batches (``POST /v0/records``,
+every record verified before any is stored), the revocations, tombstones and
+newest head applied, then every document body fetched, each with a signed
+``POST /v0/fetch`` of its own carrying its own access receipt (committed to the
+patient's audit log), the key wrap unwrapped, the ciphertext verified and
+decrypted, the copy kept -- however many at a time the sync driver runs.  CPU
+time is counted for the sync only: the GP process's own
+``time.process_time()`` (all its threads) and the node's user + system time
+from ``/proc/<pid>/stat`` (all its threads), both read just before and just
+after the sync.
+
+* ``initial_sync_ratio`` = (``records_stored`` + ``documents_fetched``) per
+  CPU-second of both processes together / raw PyNaCl Ed25519 verifications
+  per CPU-second (``nacl.bindings.crypto_sign_open`` of a 200-byte message
+  with its 64-byte signature, best of several rounds of ``time.process_time``,
+  measured in this run, before and after the syncs).  Target >= 0.35.
+  ``records_stored`` counts every record the GP verified and stored: the
+  accepted entry of each document, but also every state head the patient
+  ever signed (one per accept: the view holds them all, [API-44]) and its
+  grants -- so about 2N for N documents (``accepted_entries_stored`` and
+  ``state_heads_stored`` say how many of each).
+* ``initial_sync_ratio_records_only``: the same with ``bodies=False`` by a
+  second GP (fresh home, node restarted again): the ratio when the document
+  bodies are left for later.  No target; for information.
+* Also: ``records_per_cpu_s``, ``verifications_per_cpu_s``, each process's
+  CPU and the kernel's share of both (``cpu_s_kernel``: system time, fsyncs
+  and the like), ``sync_wall_s``, ``rounds``, ``reconciliation_bytes`` (the
+  messages' bytes both ways, from the report), ``cpu_ms_per_body`` -- the CPU
+  of the body phase (full sync less the records-only sync) per document
+  fetched -- and ``cpu_us_per_record_records_only``.
+
+After each sync the GP's database is checked: every accepted entry held, and
+with bodies every document held as a copy (``missing_bodies`` empty, one
+shared copy per document); the script fails loudly otherwise.
+
+Size.  The acceptance point is 20,000 documents, but its setup takes about
+10 minutes on a 2-core machine (every accept signs a head over all the
+accepted ids, so the setup grows a little faster than linearly), against
+about 3 minutes for the default, 9,000 (``DEFAULT_COUNT``).  The figure is
+per CPU-second, so sizes compare as far as the sync's own costs grow
+linearly; the printed ``n_documents`` says which size was measured, and
+``--count 20000`` measures the acceptance point itself.  ``--quick``: 500
+documents.  ``--profile DIR`` runs the node and the GP's sync under cProfile
+(their event-loop threads only; figures then inflated) and prints where each spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent / "src"))
+
+from node import (  # noqa: E402
+    PASSPHRASE,
+    _env,
+    _free_port,
+    _json_process,
+    _print_profile,
+    _report,
+    _stop,
+    _wait_for,
+)
+
+DOCUMENT_SIZE = 1024
+FULL_COUNT = 20_000
+DEFAULT_COUNT = 9_000
+QUICK_COUNT = 500
+BATCH = 250
+SIGNED_MESSAGE_SIZE = 200
+TARGETS: dict[str, tuple[str, float]] = {"initial_sync_ratio": (">=", 0.35)}
+
+
+# --- the baseline -----------------------------------------------------------------------------------------
+
+
+def raw_verifications_per_cpu_s(rounds: int = 7, count: int = 2000) -> float:
+    """Raw ``crypto_sign_open`` calls per CPU-second on one signed 200-byte message, best of ``rounds``."""
+    import nacl.bindings as sodium
+
+    public_key, secret_key = sodium.crypto_sign_seed_keypair(bytes(range(32)))
+    signed = sodium.crypto_sign(os.urandom(SIGNED_MESSAGE_SIZE), secret_key)
+    best = float("inf")
+    for _ in range(rounds):
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.process_time()
+            for _ in range(count):
+                sodium.crypto_sign_open(signed, public_key)
+            best = min(best, time.process_time() - start)
+        finally:
+            gc.enable()
+    return count / best
+
+
+# --- setup ----------------------------------------------------------------------------------------------------
+
+
+def _init_homes(root: Path, port: int) -> dict[str, Path]:
+    from nacl.pwhash import argon2id
+
+    from fedrecord.node.home import init_home
+
+    kdf = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+    homes = {}
+    for name, role, node_port in (
+        ("patient", "patient", port),
+        ("lab", "clinic", 0),
+        ("gp", "clinic", 0),
+        ("gp-records-only", "clinic", 0),
+    ):
+        init_home(
+            root / name,
+            role=role,
+            name=name,
+            endpoint=f"http://127.0.0.1:{node_port or _free_port()}",
+            passphrase=PASSPHRASE.encode(),
+            port=node_port,
+            kdf_limits=kdf,
+        )
+        homes[name] = root / name
+    return homes
+
+
+async def _populate(homes: dict[str, Path], count: int) -> str:
+    """Deposits, acceptances, grants and polls against the served patient node; the patient's did."""
+    from fedrecord.core import Scope
+    from fedrecord.node.clinic import ClinicNode
+    from fedrecord.node.home import NodeHome
+    from fedrecord.node.patient import PatientNode
+
+    passphrase = PASSPHRASE.encode()
+    patient_home = await NodeHome.open(homes["patient"], passphrase)
+    clinic_homes = [await NodeHome.open(homes[name], passphrase) for name in ("lab", "gp", "gp-records-only")]
+    lab, *gps = clinics = [ClinicNode(home) for home in clinic_homes]
+    patient = PatientNode(patient_home)
+    did = patient_home.did
+    try:
+        for clinic in clinics:
+            invitation = await patient.create_invitation(label=clinic.home.config.name, now=int(time.time()))
+            await clinic.connect(invitation.code(), now=int(time.time()))
+
+        async def deposit_and_send(first: int, size: int) -> list[bytes]:
+            docs = [
+                await lab.deposit(
+                    did,
+                    os.urandom(DOCUMENT_SIZE),
+                    title=f"Result {first + i}",
+                    category="lab",
+                    doc_type="lab-result",
+                    now=int(time.time()),
+                )
+                for i in range(size)
+            ]
+            if await lab.flush_outbox(now=int(time.time())) != (size, 0):
+                raise SystemExit("setting up: the lab's deposits were not all delivered")
+            return docs
+
+        async def accept_all(docs: list[bytes]) -> None:
+            for doc in docs:
+                await patient.accept(doc, now=int(time.time()))
+
+        started = time.perf_counter()
+        pending: list[bytes] = []
+        for first in range(0, count, BATCH):
+            # The node verifies and stores this batch while this process accepts the one before.
+            pending, _ = await asyncio.gather(
+                deposit_and_send(first, min(BATCH, count - first)), accept_all(pending)
+            )
+            print(
+                f"  deposited {first + len(pending):>6} / {count}, accepted {first:>6}"
+                f" ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+            )
+        await accept_all(pending)
+        now = int(time.time())
+        for gp in gps:
+            await patient.grant(
+                audience=gp.home.did,
+                scope=Scope(categories=("lab",), past=True, future=True),
+                actions=("read",),
+                purpose="treatment",
+                days=90,
+                now=now,
+            )
+            await gp.poll(did, now=now)
+        accepted = len(await patient.documents())
+        if accepted != count:
+            raise SystemExit(f"setting up: {accepted} documents accepted, not {count}")
+    finally:
+        for clinic in clinics:
+            await clinic.client.close()
+        for home in (patient_home, *clinic_homes):
+            await home.close()
+    return did
+
+
+# --- the measured sync (``--sync-child``), in a process of its own ----------------------------------------
+
+
+def _node_cpu(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of a process and all its threads, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        raise SystemExit("the node's CPU time is read from /proc, which this system does not have") from None
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick
+
+
+async def _sync_child(options: dict[str, Any]) -> dict[str, Any]:
+    """One sync of the GP with the patient's node; CPU of both processes around it, then the checks."""
+    import cProfile
+
+    from fedrecord.core import AcceptedEntry, StateHead
+    from fedrecord.node.clinic import ClinicNode
+    from fedrecord.node.home import NodeHome
+
+    home = await NodeHome.open(Path(options["home"]), PASSPHRASE.encode())
+    clinic = ClinicNode(home)
+    patient, node_pid, bodies = options["patient"], options["node_pid"], options["bodies"]
+    profiler = cProfile.Profile() if options.get("profile") else None
+    try:
+        now = int(time.time())
+        node_before, node_kernel_before = _node_cpu(node_pid)
+        own_before, own_kernel_before = time.process_time(), os.times().system
+        wall_before = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
+        report = await clinic.sync(patient, now=now, bodies=bodies)
+        if profiler is not None:
+            profiler.disable()
+        wall = time.perf_counter() - wall_before
+        own, own_kernel = time.process_time() - own_before, os.times().system - own_kernel_before
+        node_after, node_kernel_after = _node_cpu(node_pid)
+        if profiler is not None:
+            profiler.dump_stats(options["profile"])
+
+        # The checks, not measured.
+        entries = {e.record.doc for e in await home.store.records(AcceptedEntry, signer=patient)}
+        heads = len(await home.store.records(StateHead, signer=patient))
+        missing = await clinic.missing_bodies(patient)
+        held = sum(1 for d in await clinic.held() if d["patient"] == patient and d["state"] == "shared")
+    finally:
+        await clinic.client.close()
+        await home.close()
+    return {
+        "records_stored": report.records_stored,
+        "records_fetched": report.records_fetched,
+        "documents_fetched": report.documents_fetched,
+        "documents_failed": report.documents_failed,
+        "rounds": report.rounds,
+        "reconciliation_bytes": report.bytes_sent + report.bytes_received,
+        "cpu_s_gp": own,
+        "cpu_s_node": node_after - node_before,
+        "cpu_s_kernel": own_kernel + node_kernel_after - node_kernel_before,
+        "wall_s": wall,
+        "entries_held": len(entries),
+        "heads_held": heads,
+        "missing_bodies": len(missing),
+        "copies_held": held,
+    }
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+
+def _serve(home: Path, port: int, log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "fedrecord", "serve"]
+    if profile is not None:
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "fedrecord", "serve"]
+    with log.open("ab") as out:
+        node = subprocess.Popen(command, env=_env(home), stdout=out, stderr=out)
+    _wait_for(f"http://127.0.0.1:{port}/v0/health", node, log)
+    return node
+
+
+def _measure_sync(
+    name: str,
+    homes: dict[str, Path],
+    patient: str,
+    *,
+    port: int,
+    root: Path,
+    bodies: bool,
+    count: int,
+    profile: Path | None,
+) -> dict[str, Any]:
+    """Restart the patient's node, sync GP ``name`` with it in a process of its own; check what it holds."""
+    node_profile = profile / f"patient-node-{name}.prof" if profile else None
+    node = _serve(homes["patient"], port, root / f"patient-node-{name}.log", node_profile)
+    try:
+        result: dict[str, Any] = _json_process(
+            f"sync of {name}",
+            [str(HERE), "--sync-child"],
+            {
+                "home": str(homes[name]),
+                "patient": patient,
+                "node_pid": node.pid,
+                "bodies": bodies,
+                "profile": str(profile / f"{name}-sync.prof") if profile else None,
+            },
+            timeout=6 * 3600,
+        )
+    finally:
+        _stop(node)
+    failures = []
+    if result["documents_failed"]:
+        failures.append(f"{len(result['documents_failed'])} bodies refused: {result['documents_failed'][:3]}")
+    if result["entries_held"] != count:
+        failures.append(f"{result['entries_held']} accepted entries held, not {count}")
+    if bodies and (result["missing_bodies"] or result["copies_held"] != count):
+        failures.append(
+            f"{result['copies_held']} copies held and {result['missing_bodies']} missing, of {count}"
+        )
+    if not bodies and result["documents_fetched"]:
+        failures.append(f"{result['documents_fetched']} bodies fetched by a records-only sync")
+    if result["records_stored"] != result["records_fetched"]:
+        failures.append(f"{result['records_fetched']} records fetched but {result['records_stored']} stored")
+    if failures:
+        raise SystemExit(f"{name}: the sync is incomplete: " + "; ".join(failures))
+    if profile:
+        for path in (node_profile, profile / f"{name}-sync.prof"):
+            print(f"\n=== {path}", file=sys.stderr)
+            assert path is not None
+            _print_profile(path)
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    count = QUICK_COUNT if args.quick else args.count
+    root = Path(tempfile.mkdtemp(prefix="fedrecord-bench-sync-"))
+    port = _free_port()
+    results: dict[str, Any] = {"n_documents": count, "document_bytes": DOCUMENT_SIZE}
+    if count < FULL_COUNT:
+        results["size_note"] = (
+            f"{count} documents, not the acceptance point's {FULL_COUNT}, whose setup takes about"
+            f" 10 minutes (--count {FULL_COUNT}): see the docstring"
+        )
+    started = time.perf_counter()
+    try:
+        homes = _init_homes(root, port)
+        node = _serve(homes["patient"], port, root / "patient-node-setup.log", None)
+        try:
+            patient = asyncio.run(_populate(homes, count))
+        finally:
+            _stop(node)
+        results["setup_s"] = round(time.perf_counter() - started, 1)
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        verify_rate = raw_verifications_per_cpu_s()
+        full, records_only = (
+            _measure_sync(
+                name, homes, patient, port=port, root=root, bodies=bodies, count=count, profile=args.profile
+            )
+            for name, bodies in (("gp", True), ("gp-records-only", False))
+        )
+        verify_rate = max(verify_rate, raw_verifications_per_cpu_s())
+    finally:
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def rate(result: dict[str, Any]) -> float:
+        return float(result["records_stored"] + result["documents_fetched"]) / float(
+            result["cpu_s_gp"] + result["cpu_s_node"]
+        )
+
+    results["initial_sync_ratio"] = round(rate(full) / verify_rate, 4)
+    results["records_stored"] = full["records_stored"]
+    results["accepted_entries_stored"] = full["entries_held"]
+    results["state_heads_stored"] = full["heads_held"]
+    results["documents_fetched"] = full["documents_fetched"]
+    results["cpu_s_total"] = round(full["cpu_s_gp"] + full["cpu_s_node"], 2)
+    results["cpu_s_gp"] = round(full["cpu_s_gp"], 2)
+    results["cpu_s_patient_node"] = round(full["cpu_s_node"], 2)
+    results["cpu_s_kernel"] = round(full["cpu_s_kernel"], 2)
+    results["records_per_cpu_s"] = round(rate(full), 1)
+    results["verifications_per_cpu_s"] = round(verify_rate, 1)
+    results["sync_wall_s"] = round(full["wall_s"], 2)
+    results["rounds"] = full["rounds"]
+    results["reconciliation_bytes"] = full["reconciliation_bytes"]
+    results["initial_sync_ratio_records_only"] = round(rate(records_only) / verify_rate, 4)
+    results["records_stored_records_only"] = records_only["records_stored"]
+    results["cpu_s_total_records_only"] = round(records_only["cpu_s_gp"] + records_only["cpu_s_node"], 2)
+    results["cpu_s_gp_records_only"] = round(records_only["cpu_s_gp"], 2)
+    results["cpu_s_patient_node_records_only"] = round(records_only["cpu_s_node"], 2)
+    results["cpu_s_kernel_records_only"] = round(records_only["cpu_s_kernel"], 2)
+    results["records_per_cpu_s_records_only"] = round(rate(records_only), 1)
+    results["sync_wall_s_records_only"] = round(records_only["wall_s"], 2)
+    body_cpu = results["cpu_s_total"] - results["cpu_s_total_records_only"]
+    results["cpu_ms_per_body"] = round(body_cpu / max(1, full["documents_fetched"]) * 1e3, 2)
+    results["cpu_us_per_record_records_only"] = round(
+        results["cpu_s_total_records_only"] / max(1, records_only["records_stored"]) * 1e6, 1
+    )
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    if args.profile:
+        results["profiled"] = "yes: CPU figures are inflated by cProfile"
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help=f"{QUICK_COUNT} documents, for a smoke run")
+    size.add_argument(
+        "--count",
+        type=int,
+        default=DEFAULT_COUNT,
+        help=f"documents to sync (default {DEFAULT_COUNT}; the acceptance point is {FULL_COUNT})",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="run the node and the GP's sync under cProfile, output here"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' temporary folder")
+    parser.add_argument("--sync-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sync_child:
+        print(json.dumps(asyncio.run(_sync_child(json.loads(sys.stdin.read())))))
+        return 0
+    if args.count < 1:
+        parser.error("--count must be at least 1")
+    _report(run(args), TARGETS, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
