@@ -33,7 +33,6 @@ from fedrecord.core import (
     AcceptedEntry,
     AccessReceipt,
     Action,
-    AuditCheckpoint,
     Code,
     DeletionAttestation,
     Deposit,
@@ -42,7 +41,6 @@ from fedrecord.core import (
     Grant,
     KeyWrap,
     NodeProfile,
-    PrivateRestriction,
     RemoteProtocolError,
     Revocation,
     RevocationSet,
@@ -67,8 +65,8 @@ from .home import NodeHome
 from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
 from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
+from .sync import DEVICE_TYPES, SyncReport, item_of, subject_of, sync_with_patient
 from .sync import Progress as SyncProgress
-from .sync import SyncReport, item_of, sync_with_patient
 from .wire import MAX_DOCUMENT, Invitation, StateAnswer
 
 log = logging.getLogger("fedrecord.node")
@@ -726,16 +724,9 @@ class ClinicNode:
         them to the patient's node ([API-48]).
         """
         held: list[Signed[Any]] = await self.store.records(Revocation)
-        for cls in (
-            StateHead,
-            Tombstone,
-            AcceptedEntry,
-            Grant,
-            PrivateRestriction,
-            DepositDecision,
-            AuditCheckpoint,
-        ):
-            held += await self.store.records(cls, signer=patient)
+        for cls in DEVICE_TYPES:
+            if cls is not Revocation:  # every revocation counts, whoever signed it
+                held += await self.store.records(cls, signer=patient)
         mine = {g.id for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())}
         held += [g for g in await self.store.records(Grant, signer=self.home.did) if g.record.parent in mine]
         return SortedItems(item_of(signed) for signed in held)
@@ -762,16 +753,7 @@ class ClinicNode:
         """
         async with self.store.transaction():
             for signed in records:
-                record = signed.record
-                if isinstance(record, Grant):
-                    subject: bytes | None = record.audience.encode()
-                elif isinstance(record, Revocation):
-                    subject = record.grant
-                elif isinstance(record, (Tombstone, AcceptedEntry, DepositDecision)):
-                    subject = record.doc
-                else:
-                    subject = None
-                await self.store.put_record(signed, now=now, subject=subject)
+                await self.store.put_record(signed, now=now, subject=subject_of(signed))
         return len(records)
 
     async def apply_held_state(self, patient: str, *, now: int) -> None:

@@ -52,7 +52,7 @@ from fedrecord.core.sealed_box import open_sealed, seal
 
 from .home import NodeHome
 from .records_table import open_stored
-from .sync import ViewCache
+from .sync import ViewCache, subject_of
 from .wire import MAX_DOCUMENT, Invitation
 
 DAY = 86_400
@@ -597,15 +597,10 @@ class PatientNode:
 
     async def keep_pushed(self, records: Sequence[Signed[Any]], *, now: int) -> int:
         """Store what a device pushed (checked by the caller) in one transaction; how many were new."""
-        known = {g.id for g in await self.store.records(Grant)} | {
-            r.id for r in await self.store.records(Revocation)
-        }
+        fresh = [s for s in records if await self.store.record(type(s.record), s.id) is None]
         async with self.store.transaction():
             for signed in records:
-                record = signed.record
-                subject = record.audience.encode() if isinstance(record, Grant) else record.grant
-                await self.store.put_record(signed, now=now, subject=subject)
-        fresh = [s for s in records if s.id not in known]
+                await self.store.put_record(signed, now=now, subject=subject_of(signed))
         if any(isinstance(s.record, Revocation) for s in fresh):
             self._state_changed()
         return len(fresh)

@@ -71,6 +71,18 @@ CHAIN_REFUSALS: Final = frozenset(
 )
 
 
+def subject_of(signed: Signed[Any]) -> bytes | None:
+    """What a synced record is kept under (``records.subject``), as the node keeps it when it makes it."""
+    record = signed.record
+    if isinstance(record, Grant):
+        return record.audience.encode()
+    if isinstance(record, Revocation):
+        return record.grant
+    if isinstance(record, (Tombstone, AcceptedEntry, DepositDecision)):
+        return record.doc
+    return None
+
+
 def item_of(signed: Signed[Any]) -> Item:
     """The reconciliation item of a record: (its ``iat``, or 0 when it has none; its id)."""
     return (int(getattr(signed.record, "iat", 0)), signed.id)
