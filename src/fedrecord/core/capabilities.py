@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Final
 
-from .errors import Code, FedrecordError
+from .errors import Code, FedrecordError, RemoteProtocolError
 from .records import Action, Grant, PrivateRestriction, Revocation, Scope, StateHead
 from .signed import Signed, open_record
 
@@ -79,6 +79,16 @@ class Decision:
 
     def __bool__(self) -> bool:
         return self.allowed
+
+    def require(self) -> None:
+        """Raise the refusal when not allowed.
+
+        Raises:
+            RemoteProtocolError: with ``reason`` and ``message``.
+        """
+        if not self.allowed:
+            assert self.reason is not None
+            raise RemoteProtocolError(self.reason, self.message)
 
 
 def _deny(reason: Code, message: str) -> Decision:

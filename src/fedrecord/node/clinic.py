@@ -512,9 +512,7 @@ class ClinicNode:
                 Code.BROKEN_CHAIN, "a delegation ends with a grant issued by its sender"
             )
         verdict = decide(links, patient=patient, requester=self.home.did, action=Action.READ, now=now)
-        if not verdict.allowed:
-            assert verdict.reason is not None
-            raise RemoteProtocolError(verdict.reason, verdict.message)
+        verdict.require()
         async with self.store.transaction():
             await self.store.save_connection(patient, endpoint=endpoint, profile=patient_profile.encoded)
             await self.store.save_delegation(links[-1].id, patient=patient, chain=cbor.encode(list(chain)))

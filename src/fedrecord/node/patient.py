@@ -207,9 +207,7 @@ class PatientNode:
             now=now,
             revocations=await self._revocations(),
         )
-        if not verdict.allowed:
-            assert verdict.reason is not None
-            raise RemoteProtocolError(verdict.reason, verdict.message)
+        verdict.require()
         known = await self.store.document_deposit(record.doc)
         if known is not None:
             if known[0] == signed.id:
@@ -614,10 +612,7 @@ class PatientNode:
         if not chain:
             return []
         grants = self._open_chain(chain)
-        verdict = await self._decide(requester, grants, now=now)
-        if not verdict.allowed:
-            assert verdict.reason is not None
-            raise RemoteProtocolError(verdict.reason, verdict.message)
+        (await self._decide(requester, grants, now=now)).require()
         return grants
 
     async def documents_for(
@@ -626,12 +621,9 @@ class PatientNode:
         """The listing a grantee may see: only documents its chain reaches; hidden ones leave no trace."""
         grants = self._open_chain(chain)
         revocations, restrictions = await self._revocations(), await self._restrictions()
-        verdict = await self._decide(
-            requester, grants, now=now, revocations=revocations, restrictions=restrictions
-        )
-        if not verdict.allowed:
-            assert verdict.reason is not None
-            raise RemoteProtocolError(verdict.reason, verdict.message)
+        (
+            await self._decide(requester, grants, now=now, revocations=revocations, restrictions=restrictions)
+        ).require()
         listing = []
         for item in await self.documents(include_hidden=False):
             facts = await self._facts(item["doc"])
@@ -691,9 +683,7 @@ class PatientNode:
         chain_verdict = await self._decide(
             requester, grants, now=now, revocations=revocations, restrictions=restrictions
         )
-        if not chain_verdict.allowed:
-            assert chain_verdict.reason is not None
-            raise RemoteProtocolError(chain_verdict.reason, chain_verdict.message)
+        chain_verdict.require()
         facts = await self._facts(request.doc)
         hidden = await self._is_hidden(request.doc)
         verdict = (
@@ -705,9 +695,7 @@ class PatientNode:
         )
         if verdict is None or hidden or verdict.reason in (Code.OUT_OF_SCOPE, Code.RESTRICTED):
             raise _not_found()
-        if not verdict.allowed:
-            assert verdict.reason is not None
-            raise RemoteProtocolError(verdict.reason, verdict.message)
+        verdict.require()
         profile = await self.peer_profile(requester)
         if offered_profile is not None:
             # A delegate is not a connected peer: it shows its signed profile with the request (US-9).
