@@ -52,6 +52,7 @@ from fedrecord.core.sealed_box import open_sealed, seal
 
 from .home import NodeHome
 from .records_table import open_stored
+from .store import AuditRow
 from .sync import ViewCache, subject_of
 from .wire import MAX_DOCUMENT, Invitation
 
@@ -75,17 +76,6 @@ class InboxItem:
     labels: tuple[str, ...]
     date: int
     size: int
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    reader: str
-    doc: bytes
-    grant: bytes
-    purpose: str
-    at: int
-    entry_hash: bytes
 
 
 def _not_found() -> RemoteProtocolError:
@@ -777,8 +767,8 @@ class PatientNode:
             countersignature=self.home.identity.sign(entry_hash),
         )
 
-    async def audit_log(self) -> list[AuditEntry]:
-        return [AuditEntry(*row) for row in await self.store.audit_entries()]
+    async def audit_log(self) -> list[AuditRow]:
+        return await self.store.audit_entries()
 
     async def verify_audit(self) -> tuple[bool, int, str]:
         """Walk the chain: every receipt verifies, every hash links, every countersignature holds.
