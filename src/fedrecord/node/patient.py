@@ -573,8 +573,9 @@ class PatientNode:
         last = await self.store.audit_tail()
         if last is None:
             return None
-        held = await self.store.records(AuditCheckpoint, signer=self.home.did)
-        if held and max(c.record.seq for c in held) >= last[0]:
+        # Signed in audit order, one after the other: the one kept last is of the highest entry.
+        newest = await self.store.newest_record(AuditCheckpoint, signer=self.home.did)
+        if newest is not None and newest.record.seq >= last[0]:
             return None
         checkpoint = sign_record(
             AuditCheckpoint(seq=last[0], entry_hash=last[1], iat=now), self.home.identity
