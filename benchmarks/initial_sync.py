@@ -98,6 +98,7 @@ from node import (  # noqa: E402
     _report,
     _stop,
     _wait_for,
+    bench_home,
 )
 
 DOCUMENT_SIZE = 1024
@@ -136,11 +137,6 @@ def raw_verifications_per_cpu_s(rounds: int = 7, count: int = 2000) -> float:
 
 
 def _init_homes(root: Path, port: int) -> dict[str, Path]:
-    from nacl.pwhash import argon2id
-
-    from fedrecord.node.home import init_home
-
-    kdf = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
     homes = {}
     for name, role, node_port in (
         ("patient", "patient", port),
@@ -148,16 +144,7 @@ def _init_homes(root: Path, port: int) -> dict[str, Path]:
         ("gp", "clinic", 0),
         ("gp-records-only", "clinic", 0),
     ):
-        init_home(
-            root / name,
-            role=role,
-            name=name,
-            endpoint=f"http://127.0.0.1:{node_port or _free_port()}",
-            passphrase=PASSPHRASE.encode(),
-            port=node_port,
-            kdf_limits=kdf,
-        )
-        homes[name] = root / name
+        homes[name] = bench_home(root / name, role, port=node_port)
     return homes
 
 

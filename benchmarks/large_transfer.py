@@ -54,7 +54,7 @@ sys.path[:0] = [str(HERE.parent), str(ROOT / "src"), str(ROOT)]
 
 from tests.fault_proxy import FaultProxy  # noqa: E402
 
-from node import PASSPHRASE, _env, _free_port, _stop, _wait_for  # noqa: E402
+from node import PASSPHRASE, _env, _free_port, _stop, _wait_for, bench_home  # noqa: E402
 
 TARGETS = {"transfer_overhead_ratio": 1.10, "peak_extra_rss_mib": 100}
 _PIECE = 1 << 20
@@ -269,28 +269,17 @@ async def _interrupted_fetch(
 
 
 async def _measure(size: int, interrupt: str) -> dict[str, Any]:
-    from nacl.pwhash import argon2id
-
-    from fedrecord.node.home import init_home
-
     root = Path(tempfile.mkdtemp(prefix="fedrecord-large-"))
     port = _free_port()
     proxy = await FaultProxy(port).start()
     node: subprocess.Popen[bytes] | None = None
     try:
-        kdf = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
         for name, role in (("patient", "patient"), ("lab", "clinic"), ("gp", "clinic")):
             # The patient's public endpoint is the proxy; it listens on its own port, also one of its authorities.
-            endpoint = proxy.url if role == "patient" else f"http://127.0.0.1:{_free_port()}"
-            init_home(
-                root / name,
-                role=role,
-                name=name,
-                endpoint=endpoint,
-                passphrase=PASSPHRASE.encode(),
-                port=port if role == "patient" else 0,
-                kdf_limits=kdf,
-            )
+            if role == "patient":
+                bench_home(root / name, role, port=port, endpoint=proxy.url)
+            else:
+                bench_home(root / name, role)
         log = root / "patient-node.log"
         with log.open("ab") as output:
             command = [sys.executable, "-m", "fedrecord", "serve"]

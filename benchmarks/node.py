@@ -425,23 +425,32 @@ LOADS = {
 # --- the run -------------------------------------------------------------------------------------------------
 
 
-def _set_up(root: Path, port: int) -> dict[str, Any]:
-    """Patient, GP and lab homes (argon2id at its interactive cost: this measures the nodes, not the KDF)."""
+def bench_home(path: Path, role: str, *, port: int = 0, endpoint: str | None = None) -> Path:
+    """A node home for a benchmark, named after its folder, argon2id at its interactive cost.
+
+    This measures the nodes, not the KDF.  The endpoint is ``http://127.0.0.1:<port>`` (a free
+    port when ``port`` is 0) unless given.
+    """
     from nacl.pwhash import argon2id
 
     from fedrecord.node.home import init_home
 
-    kdf = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+    init_home(
+        path,
+        role=role,
+        name=path.name,
+        endpoint=endpoint or f"http://127.0.0.1:{port or _free_port()}",
+        passphrase=PASSPHRASE.encode(),
+        port=port,
+        kdf_limits=(argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE),
+    )
+    return path
+
+
+def _set_up(root: Path, port: int) -> dict[str, Any]:
+    """Patient, GP and lab homes."""
     for name, role, node_port in (("patient", "patient", port), ("gp", "clinic", 0), ("lab", "clinic", 0)):
-        init_home(
-            root / name,
-            role=role,
-            name=name,
-            endpoint=f"http://127.0.0.1:{node_port or _free_port()}",
-            passphrase=PASSPHRASE.encode(),
-            port=node_port,
-            kdf_limits=kdf,
-        )
+        bench_home(root / name, role, port=node_port)
     return {"patient_home": root / "patient", "gp_home": root / "gp", "lab_home": root / "lab"}
 
 

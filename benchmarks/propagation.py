@@ -65,6 +65,7 @@ from node import (  # noqa: E402  (benchmarks/node.py: starting nodes, reading t
     _report,
     _stop,
     _wait_for,
+    bench_home,
 )
 
 TARGET_P99 = 1.0
@@ -81,24 +82,13 @@ FOLLOWING = "following the event stream of"
 
 
 def _init_homes(root: Path, subscribers: int) -> dict[str, Any]:
-    """Patient, lab (the depositor) and clinic homes, argon2id at its interactive cost."""
-    from nacl.pwhash import argon2id
+    """Patient, lab (the depositor) and clinic homes."""
+    from fedrecord.node.home import NodeConfig
 
-    from fedrecord.node.home import NodeConfig, init_home
-
-    kdf = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
     names = ["patient", "lab", *(f"clinic{i}" for i in range(subscribers))]
     ports = {name: _free_port() for name in names}
     for name in names:
-        init_home(
-            root / name,
-            role="patient" if name == "patient" else "clinic",
-            name=name,
-            endpoint=f"http://127.0.0.1:{ports[name]}",
-            passphrase=PASSPHRASE.encode(),
-            port=ports[name],
-            kdf_limits=kdf,
-        )
+        bench_home(root / name, "patient" if name == "patient" else "clinic", port=ports[name])
     for name in names[2:]:
         config = NodeConfig.load(root / name)
         NodeConfig(**{**asdict(config), "poll_interval": CLINIC_POLL_INTERVAL}).save(root / name)
