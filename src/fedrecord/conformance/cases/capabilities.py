@@ -1,0 +1,1 @@
+"""Cases: capabilities (being written)."""

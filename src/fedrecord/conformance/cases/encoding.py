@@ -1,0 +1,1 @@
+"""Cases: encoding (being written)."""

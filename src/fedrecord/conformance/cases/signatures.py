@@ -1,0 +1,1 @@
+"""Cases: signatures (being written)."""
