@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint vectors bench soak clean
+.PHONY: demo test lint vectors bench soak conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/propagation.py --json bench-propagation.json
 	$(BIN)/python benchmarks/sync.py --json bench-sync.json
 	$(BIN)/python benchmarks/initial_sync.py --json bench-initial-sync.json
+
+## conformance: the conformance suite against the reference node (patient and clinic), started as spec/conformance.md says
+conformance: $(STAMP)
+	$(BIN)/fedrecord-conformance --launch "$(BIN)/python -m fedrecord.conformance.reference" \
+		--launch-peer "$(BIN)/python -m fedrecord.conformance.reference" \
+		--junit conformance-junit.xml --json conformance.json
 
 ## soak: the crash-safety test with 100 kills of each kind instead of 20
 soak: $(STAMP)
