@@ -51,6 +51,7 @@ from fedrecord.node.client import PeerClient, b64
 from fedrecord.node.clinic import ClinicNode
 from fedrecord.node.home import NodeHome, init_home
 from fedrecord.node.patient import PatientNode
+from fedrecord.node.runner import NodeRunner
 from fedrecord.node.schema import TABLES
 from fedrecord.node.server import PATIENT, make_app
 from fedrecord.storage.sqlite import integrity_check, table_digest
@@ -108,7 +109,7 @@ class ServedNode:
         clinic = ClinicNode(home, client) if self.role == "clinic" else None
         app = make_app(home, clinic=clinic)
         # As fedrecord.node.runner.run_node builds it.
-        runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+        runner = NodeRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port)
         await site.start()

@@ -8,8 +8,8 @@ Three sources of bodies, each checked against the CDDL rule the spec names for i
 * the bodies a real :class:`PatientNode` produces (``state_for``, ``documents_for``, the grant
   of ``connect``), over a node home in ``tmp_path``;
 * the bytes a served patient node answers over HTTP to signed requests (connect, deposit,
-  state, list, health, profile, and refusals as error bodies), and the data of the events of its
-  event stream (state answers, spec section 15.14).
+  state, list, health, profile, every op of manage, and refusals as error bodies), and the data of
+  the events of its event stream (state answers, spec section 15.14).
 
 Negative cases: bodies the nodes refuse are refused by the CDDL too.  CDDL maps are closed, so
 a body with a field the spec does not define is refused by the CDDL, while receivers ignore such
@@ -40,6 +40,7 @@ from fedrecord.core import (
     Deposit,
     DocumentHeader,
     Grant,
+    PrivateRestriction,
     Record,
     Scope,
     Signed,
@@ -89,6 +90,8 @@ API_RULES = (
     "records-answer",
     "push-request",
     "push-answer",
+    "manage-request",
+    "manage-answer",
 )
 
 
@@ -106,7 +109,7 @@ def _assert_body(rule: str, data: bytes, what: str = "") -> None:
 
 # Arrays of records are ``[n*m bstr]`` in the CDDL (pycddl 0.6 does not count the elements of an
 # array under .cbor): each element is checked against signed-record-bytes here.
-RECORD_ARRAYS = ("chain", "revocations", "tombstones", "grants")
+RECORD_ARRAYS = ("chain", "revocations", "tombstones", "grants", "records")
 
 
 def _assert_record_arrays(data: bytes, what: str) -> None:
@@ -114,6 +117,37 @@ def _assert_record_arrays(data: bytes, what: str) -> None:
     for key in RECORD_ARRAYS:
         for element in body.get(key, []):
             assert valid("signed-record-bytes", cbor.encode(element)), f"{what}: {key} holds a non-record"
+
+
+def _assert_manage(op: str, kind: str, data: bytes) -> None:
+    """A manage body is the rule of its op ("manage-<op>-request" / "-answer"), then a manage body.
+
+    pycddl 0.6 is lenient with a choice of maps (spec/fedrecord.cddl), so the rule of the op is the
+    one that says whether the body is right.
+    """
+    try:
+        schema(f"manage-{op}-{kind}").validate_cbor(data)
+    except pycddl.ValidationError as exc:
+        pytest.fail(f"{op}: not a manage-{op}-{kind}: {exc}")
+    _assert_body(f"manage-{kind}", data, f"manage {op} {kind}")
+
+
+MANAGE_OPS = ("invite", "accept", "reject", "label", "hide", "revoke", "delete", "keep", "inbox", "audit")
+
+
+# The rules that are one map each: pycddl 0.6 takes even an array for a choice of maps, so a body
+# is refused by the rules of its ops rather than by manage-request or manage-answer.
+ONE_MAP_RULES = (
+    *(rule for rule in API_RULES if rule not in ("manage-request", "manage-answer")),
+    *(f"manage-{op}-{kind}" for op in MANAGE_OPS for kind in ("request", "answer")),
+)
+
+
+def test_every_manage_op_has_its_rules() -> None:
+    for kind in ("request", "answer"):
+        choice = CDDL.split(f"\nmanage-{kind} = ")[1].split("\n\n")[0]
+        names = sorted(name.strip() for name in choice.replace("\n", " ").split("/"))
+        assert names == sorted(f"manage-{op}-{kind}" for op in MANAGE_OPS)
 
 
 def test_every_api_rule_is_in_the_cddl_and_in_api_body() -> None:
@@ -221,7 +255,75 @@ def _sample_bodies() -> dict[str, list[bytes]]:
         ],
         "push-request": [encode_body(chain=chain, records=[_child_grant().encoded])],
         "push-answer": [encode_body(stored=0), encode_body(stored=1)],
+        "manage-request": [request for request, _answer in _manage_samples().values()],
+        "manage-answer": [answer for _request, answer in _manage_samples().values()],
     }
+
+
+def _manage_samples() -> dict[str, tuple[bytes, bytes]]:
+    """One (request, answer) of each manage op, by op."""
+    s = SAMPLES
+    invitation = Invitation(
+        node=PATIENT_ID.did, endpoint="https://patient.example", token=bytes(32), expires=NOW
+    )
+    item = {
+        "doc": bytes(32),
+        "author": LAB.did,
+        "title": "Ferritin",
+        "category": "lab",
+        "labels": ["PSY"],
+        "date": NOW,
+        "size": 4148,
+    }
+    doc = bytes(range(32))
+    return {
+        "invite": (
+            encode_body(op="invite", label="Laboratoire", ttl=7 * DAY),
+            encode_body(code=invitation.code(), exp=NOW),
+        ),
+        "accept": (
+            encode_body(op="accept", doc=doc, labels=["PSY"]),
+            encode_body(entry=s["accepted-entry"].encoded),
+        ),
+        "reject": (encode_body(op="reject", doc=doc), encode_body(decision=s["deposit-decision"].encoded)),
+        "label": (
+            encode_body(op="label", doc=doc, labels=["HIV", "SEX"], remove=False),
+            encode_body(labels=["HIV", "SEX"]),
+        ),
+        "hide": (encode_body(op="hide", doc=doc, hidden=True), encode_body()),
+        "revoke": (
+            encode_body(op="revoke", grant=s["grant"].id, reason="lost device"),
+            encode_body(revocation=s["revocation"].encoded),
+        ),
+        "delete": (encode_body(op="delete", doc=doc), encode_body(tombstone=s["tombstone"].encoded)),
+        "keep": (
+            encode_body(op="keep", records=[s["grant"].encoded, s["private-restriction"].encoded]),
+            encode_body(stored=2),
+        ),
+        "inbox": (encode_body(op="inbox"), encode_body(items=[item])),
+        "audit": (
+            encode_body(op="audit"),
+            encode_body(
+                entries=[
+                    {
+                        "seq": 1,
+                        "receipt": s["access-receipt"].encoded,
+                        "at": NOW,
+                        "prev_hash": bytes(32),
+                        "entry_hash": bytes(range(32)),
+                        "countersignature": bytes(64),
+                    }
+                ]
+            ),
+        ),
+    }
+
+
+@pytest.mark.parametrize("op", MANAGE_OPS)
+def test_manage_sample_bodies_follow_the_rules_of_their_op(op: str) -> None:
+    request, answer = _manage_samples()[op]
+    _assert_manage(op, "request", request)
+    _assert_manage(op, "answer", answer)
 
 
 SAMPLE_BODIES = [(rule, body) for rule, bodies in _sample_bodies().items() for body in bodies]
@@ -297,6 +399,22 @@ BROKEN = [
     ("delegation-request", _with(_sample_bodies()["delegation-request"][0], patient="patient"), "not a did"),
     ("health-answer", encode_body(node=LAB.did, role="device", versions=[0]), "device role"),
     ("health-answer", encode_body(node=LAB.did, role="clinic", versions=[]), "no version"),
+    ("manage-request", encode_body(op="frobnicate"), "unknown op"),
+    ("manage-request", encode_body(), "no op"),
+    ("manage-invite-request", encode_body(op="invite", ttl=0), "ttl 0"),
+    ("manage-invite-request", encode_body(op="invite", ttl=30 * DAY + 1), "ttl over 30 days"),
+    ("manage-accept-request", encode_body(op="accept"), "accept without doc"),
+    ("manage-accept-request", encode_body(op="accept", doc=bytes(31)), "31-byte doc"),
+    ("manage-accept-request", encode_body(op="accept", doc=bytes(32), labels=["not a token"]), "bad label"),
+    ("manage-label-request", encode_body(op="label", doc=bytes(32)), "label without labels"),
+    ("manage-hide-request", encode_body(op="hide", doc=bytes(32)), "hide without hidden"),
+    ("manage-hide-request", encode_body(op="hide", doc=bytes(32), hidden=1), "hidden not a boolean"),
+    ("manage-revoke-request", encode_body(op="revoke", grant=bytes(32), reason=""), "empty reason"),
+    ("manage-keep-request", encode_body(op="keep", records=[b""] * 513), "513 records"),
+    ("manage-inbox-request", encode_body(op="inbox", doc=bytes(32)), "inbox with an argument"),
+    ("manage-invite-answer", encode_body(code="nope", exp=NOW), "not an invitation code"),
+    ("manage-invite-answer", encode_body(code="fr0-abc"), "code without exp"),
+    ("manage-hide-answer", encode_body(stored=1), "a field hide does not answer"),
 ]
 
 
@@ -322,7 +440,7 @@ def test_broken_bodies_the_nodes_refuse_on_decoding() -> None:
     ):
         with pytest.raises(FedrecordError):
             decode_body(data, *required)
-        assert not any(valid(rule, data) for rule in API_RULES), data.hex()
+        assert not any(valid(rule, data) for rule in ONE_MAP_RULES), data.hex()
 
 
 def test_invitation_payload() -> None:
@@ -711,3 +829,76 @@ async def test_events_of_a_served_node_are_state_answers(tmp_path: Path) -> None
 def _data(event: ServerEvent) -> bytes:
     data = event.data
     return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+async def test_manage_bodies_answered_over_http(tmp_path: Path) -> None:
+    """Every op of ``POST /v0/manage``, signed with the node's own key: requests and answers follow
+    the rules of their op (spec section 15.19); another node's request is answered with an error body."""
+    now = int(time.time())
+    patient_home = await _open_home(tmp_path / "patient", "patient", "Camille")
+    clinic_home = await _open_home(tmp_path / "clinic", "clinic", "Laboratoire")
+    runner, url = await _served(patient_home)
+    patient = runner.app[PATIENT]
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+
+            async def manage(op: str, **args: Any) -> dict[str, Any]:
+                request = encode_body(op=op, **args)
+                _assert_manage(op, "request", request)
+                status, data = await _send(
+                    session, patient_home.identity, "POST", f"{url}/v0/manage", request
+                )
+                assert status == 200, cbor.decode(data)
+                _assert_manage(op, "answer", data)
+                answer: dict[str, Any] = cbor.decode(data)
+                return answer
+
+            invitation = Invitation.parse((await manage("invite", label="lab", ttl=DAY))["code"])
+            deposit_grant = await patient.connect(
+                requester=clinic_home.did,
+                token=invitation.token,
+                profile=clinic_home.profile.encoded,
+                now=now,
+            )
+            docs = []
+            for title in ("Ferritin", "Lipid panel", "Complete blood count"):
+                deposit, stream = _document(clinic_home, patient_home, deposit_grant.id, title=title, now=now)
+                await patient.receive_deposit(
+                    requester=clinic_home.did, deposit=deposit, ciphertext=_stream(stream), now=now
+                )
+                docs.append(open_record(deposit, Deposit).record.doc)
+            assert [item["doc"] for item in (await manage("inbox"))["items"]] == docs
+            await manage("accept", doc=docs[0], labels=["PSY"])
+            await manage("accept", doc=docs[1])
+            await manage("reject", doc=docs[2])
+            assert (await manage("label", doc=docs[0], labels=["SEX"]))["labels"] == ["PSY", "SEX"]
+            await manage("hide", doc=docs[1], hidden=True)
+            grant = sign_record(
+                Grant(
+                    audience=clinic_home.did,
+                    scope=Scope(categories=("lab",), past=True),
+                    actions=("read",),
+                    purpose="treatment",
+                    iat=now,
+                    nbf=now,
+                    exp=now + DAY,
+                    nonce=os.urandom(16),
+                ),
+                patient_home.identity,
+            )
+            restriction = sign_record(
+                PrivateRestriction(grants=(grant.id,), labels=("PSY",), iat=now), patient_home.identity
+            )
+            assert (await manage("keep", records=[grant.encoded, restriction.encoded]))["stored"] == 2
+            await manage("revoke", grant=grant.id, reason="moved away")
+            await manage("delete", doc=docs[0])
+            assert (await manage("audit"))["entries"] == []  # nothing was fetched
+
+            request = encode_body(op="inbox")
+            status, data = await _send(session, clinic_home.identity, "POST", f"{url}/v0/manage", request)
+            assert status == 403 and valid("error-body", data)
+            assert cbor.decode(data)["code"] == "wrong-audience"
+    finally:
+        await runner.cleanup()
+        await patient_home.close()
+        await clinic_home.close()

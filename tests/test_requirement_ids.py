@@ -224,7 +224,8 @@ def test_every_id_cited_in_tests_and_benchmarks_is_defined() -> None:
 def test_code_cites_ids_in_brackets() -> None:
     """A bare ``HTTP-7`` escapes the checks above; ``[HTTP-7]`` is checked."""
     areas = "|".join(sorted({i.split("-")[0] for i in _levels()}))
-    bare = re.compile(rf"(?<![\[\w-])((?:{areas})-\d+)\b(?!\])")
+    # A quoted id ("API-7") is a value, as in the conformance cases' ``requires=[...]``, checked below.
+    bare = re.compile(rf"(?<![\[\w\"-])((?:{areas})-\d+)\b(?![\]\"])")
     found = [
         f"{path.relative_to(ROOT)}: {match.group(1)}"
         for path in _source_files()
@@ -232,6 +233,14 @@ def test_code_cites_ids_in_brackets() -> None:
         for match in bare.finditer(path.read_text(errors="replace"))
     ]
     assert not found, f"requirement ids cited without brackets: {found}"
+
+
+def test_every_id_a_conformance_case_checks_is_defined() -> None:
+    from fedrecord.conformance.registry import all_cases
+
+    levels = _levels()
+    undefined = {c.id: [r for r in c.requirements if r not in levels] for c in all_cases()}
+    assert not {k: v for k, v in undefined.items() if v}, f"conformance cases name undefined ids: {undefined}"
 
 
 def test_spec_files_named_in_the_code_exist() -> None:

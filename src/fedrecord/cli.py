@@ -227,12 +227,28 @@ def _date(seconds: int | None) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8470, show_default=True, type=int)
 @click.option("--endpoint", help="Public URL of this node (default http://HOST:PORT).")
+@click.option(
+    "--signing-seed-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Make the signing identity from the 32-byte Ed25519 seed this file holds as 64 hex digits "
+    "(a key you already hold, e.g. for a conformance suite acting as the patient); random otherwise.",
+)
 @pass_context
 @fail_cleanly
-async def init(ctx: Context, role: str, name: str, host: str, port: int, endpoint: str | None) -> None:
+async def init(
+    ctx: Context,
+    role: str,
+    name: str,
+    host: str,
+    port: int,
+    endpoint: str | None,
+    signing_seed_file: Path | None,
+) -> None:
     """Create a node: keys (in a passphrase-encrypted key file), database, profile (US-1)."""
-    from fedrecord.node.home import NodeHome, init_home
+    from fedrecord.node.home import NodeHome, init_home, read_signing_seed
 
+    # Read before the passphrase is asked for: a bad file fails at once, and its content is never shown.
+    signing_seed = read_signing_seed(signing_seed_file) if signing_seed_file is not None else None
     passphrase = ctx.passphrase()
     identity = init_home(
         ctx.home,
@@ -243,6 +259,7 @@ async def init(ctx: Context, role: str, name: str, host: str, port: int, endpoin
         host=host,
         port=port,
         kdf_limits=_kdf_limits(),
+        signing_seed=signing_seed,
     )
     home = await NodeHome.open(ctx.home, passphrase)
     await home.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .store import NodeStore, SqliteNodeStore
 
 ROLES = ("patient", "clinic")
 ENCRYPTION_KEY_LIFETIME = 2 * 365 * 86_400
+SEED_FILE_MAX = 4096  # a seed file holds 64 hex digits and white space; anything larger is not one
+_SEED_HEX = re.compile(rb"[0-9A-Fa-f]{64}")
 
 
 class HomeError(Exception):
@@ -66,22 +69,51 @@ def init_home(
     host: str = "127.0.0.1",
     port: int = 0,
     kdf_limits: tuple[int, int] | None = None,
+    signing_seed: bytes | None = None,
 ) -> SigningIdentity:
     """Create a node: fresh keys (drawn here, the adapter), the key file and the configuration.
 
+    Args:
+        signing_seed: the 32-byte Ed25519 seed of the node's signing identity, when the caller
+            holds it already (a patient key kept elsewhere, a conformance suite acting as the
+            patient); drawn here when absent.  The encryption seed is always drawn here.
+
     Raises:
-        HomeError: when ``home`` already holds a node or ``role`` is unknown.
+        HomeError: when ``home`` already holds a node, ``role`` is unknown or
+            ``signing_seed`` is not 32 bytes.
     """
     if role not in ROLES:
         raise HomeError(f"role must be one of {', '.join(ROLES)}")
+    if signing_seed is not None and (type(signing_seed) is not bytes or len(signing_seed) != 32):
+        raise HomeError("a signing seed is 32 bytes")
     if (home / "node.key").exists():
         raise HomeError(f"{home} already holds a node")
     home.mkdir(parents=True, exist_ok=True)
-    secrets = NodeSecrets(signing_seed=os.urandom(32), encryption_seeds=(os.urandom(32),))
+    seed = os.urandom(32) if signing_seed is None else signing_seed
+    secrets = NodeSecrets(signing_seed=seed, encryption_seeds=(os.urandom(32),))
     extra = {} if kdf_limits is None else {"ops": kdf_limits[0], "mem": kdf_limits[1]}
     write_key_file(home / "node.key", secrets, passphrase, **extra)
     NodeConfig(role=role, name=name, endpoint=endpoint, host=host, port=port).save(home)
     return secrets.identity
+
+
+def read_signing_seed(path: Path) -> bytes:
+    """The 32-byte signing seed a file holds as 64 hexadecimal digits, white space allowed around them.
+
+    The messages never quote the file's content: it is a secret key.
+
+    Raises:
+        HomeError: when the file cannot be read or holds anything else.
+    """
+    try:
+        with path.open("rb") as file:
+            content = file.read(SEED_FILE_MAX + 1)
+    except OSError as error:
+        raise HomeError(f"cannot read the signing seed file {path}: {error.strerror}") from None
+    text = content.strip()
+    if len(content) > SEED_FILE_MAX or not _SEED_HEX.fullmatch(text):
+        raise HomeError(f"{path} does not hold a signing seed: 64 hexadecimal digits are expected")
+    return bytes.fromhex(text.decode("ascii"))
 
 
 @dataclass

@@ -40,6 +40,7 @@ from fedrecord.core import (
     StateHead,
     Tombstone,
     decide,
+    open_any_record,
     open_record,
     sign_record,
 )
@@ -587,11 +588,48 @@ class PatientNode:
     async def keep_pushed(self, records: Sequence[Signed[Any]], *, now: int) -> int:
         """Store what a device pushed (checked by the caller) in one transaction; how many were new."""
         fresh = [s for s in records if await self.store.record(type(s.record), s.id) is None]
+        revoked = any(isinstance(s.record, Revocation) for s in fresh)
         async with self.store.transaction():
             for signed in records:
                 await self.store.put_record(signed, now=now, subject=subject_of(signed))
-        if any(isinstance(s.record, Revocation) for s in fresh):
+            if revoked:
+                # The revocation set changed: a new head, in the same transaction ([HEAD-2], [API-17]).
+                await self._sign_head(now)
+        if revoked:
             self._state_changed()
+        return len(fresh)
+
+    async def keep_own(self, records: Sequence[bytes], *, now: int) -> int:
+        """Keep grants and private restrictions signed with this node's key elsewhere ([API-53]).
+
+        Every record is verified before any is stored; they are then kept, in one transaction, as
+        the ones :meth:`grant` and :meth:`restrict` sign here, so listings, decisions, state
+        answers and sync views use them.
+
+        Returns:
+            How many of them were new.
+
+        Raises:
+            RemoteProtocolError: the code of the first record that does not open (Section 5.2);
+                ``bad-signature`` for one not signed by this node's key; ``wrong-type`` for one
+                that is neither a grant nor a private restriction.  Nothing is stored then.
+        """
+        opened: dict[bytes, Signed[Any]] = {}
+        for encoded in records:
+            signed = open_any_record(encoded)
+            if signed.signer != self.home.did:
+                raise AuthenticationError()
+            if not isinstance(signed.record, (Grant, PrivateRestriction)):
+                raise RemoteProtocolError(
+                    Code.WRONG_TYPE, "only grants and private restrictions are kept this way"
+                )
+            opened[signed.id] = signed
+        async with self.store.transaction():
+            fresh = [s for s in opened.values() if await self.store.record(type(s.record), s.id) is None]
+            for signed in opened.values():
+                await self.store.put_record(signed, now=now, subject=_own_subject(signed))
+        if any(isinstance(s.record, Grant) for s in fresh):
+            self._state_changed()  # a grant is in the state answer of its audience
         return len(fresh)
 
     async def reading_chain(self, requester: str, chain: Sequence[bytes], *, now: int) -> list[Signed[Grant]]:
@@ -693,7 +731,8 @@ class PatientNode:
             offered = open_stored(offered_profile, NodeProfile)
             if offered.signer != requester:
                 raise AuthenticationError()
-            if profile is None or offered.record.seq > profile.record.seq:
+            if profile is None or (offered.record.seq >= profile.record.seq and offered.id != profile.id):
+                # A greater or equal seq replaces the stored profile ([API-22] step 7).
                 profile = offered
                 async with self.store.transaction():
                     await self.store.remember_peer(offered)
@@ -825,6 +864,16 @@ class PatientNode:
 
     async def attestations(self, doc: bytes) -> list[Signed[DeletionAttestation]]:
         return await self.store.records(DeletionAttestation, subject=doc)
+
+
+def _own_subject(signed: Signed[Any]) -> bytes | None:
+    """What a grant or restriction this node signed is kept under, as :meth:`PatientNode.grant` keeps it."""
+    record = signed.record
+    if isinstance(record, Grant):
+        return record.audience.encode()
+    if isinstance(record, PrivateRestriction) and record.grants is not None and len(record.grants) == 1:
+        return record.grants[0]
+    return None
 
 
 def _audit_hash(seq: int, prev_hash: bytes, receipt_id: bytes, at: int) -> bytes:

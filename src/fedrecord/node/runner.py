@@ -16,14 +16,17 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
-from fedrecord.core.errors import FedrecordError
+from fedrecord.core.errors import AuthenticationError, Code, FedrecordError, RemoteProtocolError
 
 from .client import PeerClient, PeerUnreachable
 from .clinic import ClinicNode
 from .home import NodeHome
 from .server import make_app
 from .subscriptions import StateSubscriptions
+from .wire import CBOR_TYPE, error_body
 
 log = logging.getLogger("fedrecord.node")
 
@@ -70,8 +73,7 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
     client = PeerClient(home.identity)
     clinic = ClinicNode(home, client) if home.config.role == "clinic" else None
     app = make_app(home, clinic=clinic)
-    # auto_decompress=False: compressed request bodies reach the handlers, which refuse them with a CBOR error.
-    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
+    runner = NodeRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, home.config.host, home.config.port)
     await site.start()
@@ -90,3 +92,57 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
         await runner.cleanup()
         await client.close()
         await home.close()
+
+
+class _CborRefusals(RequestHandler):
+    """aiohttp's handler of one connection, answering what its HTTP parser refuses with a CBOR error body.
+
+    A request aiohttp cannot parse never reaches the application: the parser
+    answers it itself, with text.  The protocol wants every refusal as an
+    error body ([API-5]), and a request without exactly one ``Host`` field
+    refused with ``bad-signature`` ([HTTP-9]), so those answers are rewritten.
+    """
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        answer = super().handle_error(request, status, exc, message)
+        if status >= 500:
+            return answer
+        refusal: RemoteProtocolError
+        if "'Host' header" in (message or ""):
+            refusal = AuthenticationError()
+        elif status == 413:
+            refusal = RemoteProtocolError(Code.TOO_LARGE, "request head too large")
+        else:
+            refusal = RemoteProtocolError(Code.MALFORMED, "not a well-formed HTTP/1.1 request")
+        rewritten = web.Response(status=refusal.status, body=error_body(refusal), content_type=CBOR_TYPE)
+        rewritten.force_close()
+        return rewritten
+
+
+class _NodeServer(web.Server):
+    __slots__ = ()
+
+    def __call__(self) -> RequestHandler:
+        return _CborRefusals(self, loop=self._loop, **self._kwargs)
+
+
+class NodeRunner(web.AppRunner):
+    """The runner of a node's app: no access log, no request decompression, CBOR refusals from the parser.
+
+    ``auto_decompress=False``: compressed request bodies reach the handlers, which refuse them with a
+    CBOR error ([API-4]).
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__(app, access_log=None, auto_decompress=False)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _NodeServer
+        return server

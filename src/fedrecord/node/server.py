@@ -26,6 +26,7 @@ from .client import b64, unb64
 from .clinic import ClinicNode
 from .home import NodeHome
 from .patient import PatientNode
+from .patient_control import manage
 from .ranges import content_range, parse_range
 from .state_feed import StateFeed, Subscription
 from .sync import answer_round, receive_pushed, records_by_id
@@ -349,6 +350,17 @@ async def attestation(request: web.Request) -> web.Response:
     return answer(request, 201, status="stored")
 
 
+async def patient_control(request: web.Request) -> web.Response:
+    """``POST /v0/manage``: the patient, signing with the node's own key, runs one op on its node (15.19).
+
+    Raises:
+        RemoteProtocolError: the codes of a signed request; ``wrong-audience`` for any other
+            signer ([API-50]); the op's codes ([API-51], [API-53]).
+    """
+    signer, body = await signed_body(request)
+    return answer(request, **await manage(request.app[PATIENT], signer, body, now=int(time.time())))
+
+
 def _chain(body: dict[str, Any], *, optional: bool = False) -> list[bytes]:
     if optional and "chain" not in body:
         return []
@@ -406,6 +418,7 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
         app.router.add_post("/v0/records", records)
         app.router.add_post("/v0/push", push)
         app.router.add_post("/v0/attestations", attestation)
+        app.router.add_post("/v0/manage", patient_control)
     else:
         app[CLINIC] = clinic or ClinicNode(home)
         app.router.add_post("/v0/decisions", decision)

@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     capabilities,
     documents,
     encoding,
+    peer,
     signatures,
     sync,
 )

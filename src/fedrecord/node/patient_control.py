@@ -1,0 +1,193 @@
+"""The patient's control of its own node over HTTP: ``POST /v0/manage`` (spec/fedrecord.md, 15.19).
+
+The local CLI drives a patient's node by opening its home directory.  A tool
+that holds the patient's signing key somewhere else -- the patient's CLI on
+another machine, a conformance suite acting as the patient -- does the same
+through this endpoint: a request signed by the node's *own* key ([API-50])
+names an ``op`` and its arguments, and the op runs the very
+:class:`PatientNode` method the CLI command runs (same transaction, same
+state head, same outbox entry, same event-stream push).
+
+Theory of operation: :data:`OPS` is the one table of ops.  Each entry checks
+its arguments (``malformed`` for a missing or ill-typed one, [API-51]) before
+it calls the node, and the node method refuses an unknown document or grant
+with ``not-found`` inside its transaction, so a refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+from fedrecord.core import Code, RemoteProtocolError
+from fedrecord.core.schema import Token
+
+from .patient import DAY, PatientNode
+from .sync import MAX_IDS
+
+MAX_TTL: Final = 30 * DAY
+"""The longest an invitation made through the endpoint lives (seconds)."""
+DEFAULT_TTL: Final = 7 * DAY
+"""An invitation's life when the request names none, as ``fedrecord invite`` ([API-8])."""
+DEFAULT_LABEL: Final = "clinic"
+MAX_LABELS: Final = 64
+"""Labels one request may name."""
+
+Op = Callable[[PatientNode, Mapping[str, Any], int], Awaitable[dict[str, Any]]]
+
+
+def _malformed(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(Code.MALFORMED, message)
+
+
+def _id(body: Mapping[str, Any], key: str) -> bytes:
+    value = body.get(key)
+    if type(value) is not bytes or len(value) != 32:
+        raise _malformed(f"{key} is a 32-byte id")
+    return value
+
+
+def _text(body: Mapping[str, Any], key: str, max_length: int) -> str | None:
+    value = body.get(key)
+    if value is not None and (type(value) is not str or not 0 < len(value) <= max_length):
+        raise _malformed(f"{key} is a text of 1 to {max_length} characters")
+    return value
+
+
+def _flag(body: Mapping[str, Any], key: str, *, required: bool) -> bool:
+    value = body.get(key, None if required else False)
+    if type(value) is not bool:
+        raise _malformed(f"{key} is a boolean")
+    return value
+
+
+def _labels(body: Mapping[str, Any], *, required: bool) -> list[str]:
+    if "labels" not in body and not required:
+        return []
+    value = body.get("labels")
+    if (
+        type(value) is not list
+        or len(value) > MAX_LABELS
+        or any(Token().check(label) is not None for label in value)
+    ):
+        raise _malformed(f"labels is an array of at most {MAX_LABELS} tokens")
+    return value
+
+
+async def _invite(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    label = _text(body, "label", 128) or DEFAULT_LABEL
+    ttl = body.get("ttl", DEFAULT_TTL)
+    if type(ttl) is not int or not 1 <= ttl <= MAX_TTL:
+        raise _malformed(f"ttl is a number of seconds from 1 to {MAX_TTL}")
+    invitation = await patient.create_invitation(label=label, now=now, ttl=ttl)
+    return {"code": invitation.code(), "exp": invitation.expires}
+
+
+async def _accept(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    doc, labels = _id(body, "doc"), _labels(body, required=False)
+    entry = await patient.accept(doc, labels=labels, now=now)
+    return {"entry": entry.encoded}
+
+
+async def _reject(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    decision = await patient.reject(_id(body, "doc"), now=now)
+    return {"decision": decision.encoded}
+
+
+async def _label(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    doc, labels = _id(body, "doc"), _labels(body, required=True)
+    remove = _flag(body, "remove", required=False)
+    return {"labels": await patient.label(doc, labels, remove=remove)}
+
+
+async def _hide(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    doc, hidden = _id(body, "doc"), _flag(body, "hidden", required=True)
+    await patient.hide(doc, hidden)
+    return {}
+
+
+async def _revoke(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    grant, reason = _id(body, "grant"), _text(body, "reason", 256)
+    revocation = await patient.revoke(grant, now=now, reason=reason)
+    return {"revocation": revocation.encoded}
+
+
+async def _delete(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    tombstone = await patient.delete(_id(body, "doc"), now=now)
+    return {"tombstone": tombstone.encoded}
+
+
+async def _keep(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    records = body.get("records")
+    if type(records) is not list or len(records) > MAX_IDS or not all(type(r) is bytes for r in records):
+        raise _malformed(f"records is an array of at most {MAX_IDS} encoded records")
+    return {"stored": await patient.keep_own(records, now=now)}
+
+
+async def _inbox(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    items = [
+        {
+            "doc": item.doc,
+            "author": item.author,
+            "title": item.title,
+            "category": item.category,
+            "labels": list(item.labels),
+            "date": item.date,
+            "size": item.size,
+        }
+        for item in await patient.inbox()
+    ]
+    return {"items": items}
+
+
+async def _audit(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
+    entries = [
+        {
+            "seq": link.seq,
+            "receipt": link.receipt,
+            "at": link.at,
+            "prev_hash": link.prev_hash,
+            "entry_hash": link.entry_hash,
+            "countersignature": link.countersignature,
+        }
+        for link in await patient.store.audit_links()
+    ]
+    return {"entries": entries}
+
+
+OPS: Final[Mapping[str, Op]] = {
+    "invite": _invite,
+    "accept": _accept,
+    "reject": _reject,
+    "label": _label,
+    "hide": _hide,
+    "revoke": _revoke,
+    "delete": _delete,
+    "keep": _keep,
+    "inbox": _inbox,
+    "audit": _audit,
+}
+"""Every op of ``manage-request``, by name ([API-51]): any other is ``malformed``."""
+
+
+async def manage(
+    patient: PatientNode, requester: str, body: Mapping[str, Any], *, now: int
+) -> dict[str, Any]:
+    """Run one op of a verified, decoded ``manage-request``; the fields of its ``manage-answer``.
+
+    Args:
+        requester: the did that signed the request (verified by the caller, [HTTP-7]).
+
+    Raises:
+        RemoteProtocolError: ``wrong-audience`` when ``requester`` is not the node itself
+            ([API-50]), before the body is looked at; ``malformed`` for an unknown ``op`` or
+            a missing or ill-typed argument ([API-51]); ``not-found`` for an unknown document
+            or grant; the codes of ``keep`` ([API-53]).  Nothing is changed then.
+    """
+    if requester != patient.home.did:
+        raise RemoteProtocolError(Code.WRONG_AUDIENCE, "only the patient's own key manages its node")
+    op = body.get("op")
+    run = OPS.get(op) if type(op) is str else None
+    if run is None:
+        raise _malformed(f"op is one of {', '.join(OPS)}")
+    return await run(patient, body, now)

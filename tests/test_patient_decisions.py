@@ -1,0 +1,124 @@
+"""Regressions found by the conformance suite's capabilities cases (src/fedrecord/conformance/cases/capabilities.py).
+
+- A revocation a device pushes changes the patient's revocation set: the node signs a new state
+  head counting it, in the same transaction ([HEAD-2], [API-17]).
+- A fetch's offered profile replaces the stored one when its ``seq`` is greater *or equal*
+  ([API-22] step 7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from fedrecord.core import (
+    Grant,
+    NodeProfile,
+    Revocation,
+    Scope,
+    Signed,
+    SigningIdentity,
+    StateHead,
+    sign_record,
+)
+from fedrecord.core.identity import EncryptionKeyPair
+from fedrecord.core.records import EncryptionKey
+
+from .node_helpers import DAY, Story, body, build_story, now, receipt_for, send_signed
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story]:
+    built = await build_story(tmp_path_factory.mktemp("decisions"))
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+def grant(
+    issuer: SigningIdentity, audience: str, actions: tuple[str, ...], parent: bytes | None = None
+) -> Signed[Grant]:
+    t = now()
+    return sign_record(
+        Grant(
+            audience=audience,
+            scope=Scope(past=True, future=True),
+            actions=actions,
+            purpose="treatment",
+            iat=t,
+            nbf=t - 5,
+            exp=t + DAY,
+            parent=parent,
+            nonce=os.urandom(16),
+        ),
+        issuer,
+    )
+
+
+async def newest_head(story: Story) -> Signed[StateHead]:
+    head = await story.patient.h.store.newest_record(StateHead, signer=story.patient.did)
+    assert head is not None
+    return head
+
+
+async def test_a_pushed_revocation_signs_a_new_head(story: Story) -> None:
+    device = SigningIdentity.from_seed(os.urandom(32))
+    device_grant = grant(story.patient.identity, device.did, ("read", "delegate", "manage"))
+    child = grant(device, SigningIdentity.from_seed(os.urandom(32)).did, ("read",), parent=device_grant.id)
+    await story.patient.patient.keep_own([device_grant.encoded], now=now())
+    await story.patient.patient.keep_pushed([child], now=now())
+    before = await newest_head(story)
+    revocation = sign_record(Revocation(grant=child.id, iat=now()), device)
+    assert await story.patient.patient.keep_pushed([revocation], now=now()) == 1
+    after = await newest_head(story)
+    assert after.record.seq == before.record.seq + 1 and after.record.prev == before.id
+    named = sorted(r.record.grant for r in await story.patient.h.store.records(Revocation))
+    assert after.record.revocation_count == len(named)
+    assert after.record.revocations == hashlib.sha256(b"".join(named)).digest()
+    # The same revocation pushed again changes nothing: no new head.
+    assert await story.patient.patient.keep_pushed([revocation], now=now()) == 0
+    assert (await newest_head(story)).id == after.id
+
+
+def profile(identity: SigningIdentity, key: bytes, *, seq: int, valid: bool) -> bytes:
+    t = now()
+    window = (t - DAY, t + DAY) if valid else (t - 2 * DAY, t - DAY)
+    return sign_record(
+        NodeProfile(
+            name="Delegate",
+            role="clinic",
+            endpoints=("http://127.0.0.1:9",),
+            enc_keys=(EncryptionKey(key=key, nbf=window[0], exp=window[1]),),
+            versions=(0,),
+            seq=seq,
+            iat=t,
+        ),
+        identity,
+    ).encoded
+
+
+async def test_an_offered_profile_of_equal_seq_replaces_the_stored_one(story: Story) -> None:
+    reader = SigningIdentity.from_seed(os.urandom(32))
+    keys = EncryptionKeyPair.from_seed(os.urandom(32))
+    chain = [grant(story.patient.identity, reader.did, ("read",))]
+    doc = story.docs["cbc"]
+    receipt = receipt_for(reader, patient=story.patient.did, doc=doc, grant=chain[0])
+    url = story.patient.url + "/v0/fetch"
+    encoded = [g.encoded for g in chain]
+    stale = profile(reader, keys.public_key, seq=7, valid=False)
+    answer = await send_signed(
+        story.session, reader, "POST", url, body(chain=encoded, receipt=receipt, profile=stale)
+    )
+    assert (answer.status, answer.code) == (400, "bad-key")
+    current = profile(reader, keys.public_key, seq=7, valid=True)
+    answer = await send_signed(
+        story.session, reader, "POST", url, body(chain=encoded, receipt=receipt, profile=current)
+    )
+    assert answer.status == 200, answer.body
