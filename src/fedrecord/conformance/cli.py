@@ -22,7 +22,7 @@ def _tags(value: str | None) -> set[str]:
     return {t.strip() for t in (value or "").split(",") if t.strip()}
 
 
-def _seed(text: str | None) -> bytes | None:
+def _seed(text: str | None, option: str = "--patient-seed") -> bytes | None:
     if text is None:
         return None
     try:
@@ -30,9 +30,7 @@ def _seed(text: str | None) -> bytes | None:
     except ValueError:
         seed = b""
     if len(seed) != 32:
-        raise click.BadParameter(
-            "the patient seed is 32 bytes written as 64 hex digits", param_hint="--patient-seed"
-        )
+        raise click.BadParameter("a seed is 32 bytes written as 64 hex digits", param_hint=option)
     return seed
 
 
@@ -81,6 +79,7 @@ def main(
     peer: str | None,
     launch_peer: str | None,
     patient_seed: str | None,
+    peer_seed: str | None,
     only: str | None,
     skip: str | None,
     junit: Path | None,
@@ -114,6 +113,9 @@ def main(
                 "--target needs --patient-seed: the seed the target's patient key was made from"
             )
         seed = os.urandom(32)
+    clinic_seed = _seed(peer_seed, "--peer-seed")
+    if launch_peer and clinic_seed is None:
+        clinic_seed = os.urandom(32)
     if not cases:
         raise click.UsageError(f"no case matches --only {only}")
 
@@ -135,9 +137,11 @@ def main(
             peer_url = peer
             if launch_peer:
                 peer_url = await stack.enter_async_context(
-                    launched(launch_peer, role="clinic", seed=None, log=log)
+                    launched(launch_peer, role="clinic", seed=clinic_seed, log=log)
                 )
-            session = await Session.open(url, seed, peer=peer_url, skips=sorted(_tags(skip)))
+            session = await Session.open(
+                url, seed, peer=peer_url, peer_seed=clinic_seed, skips=sorted(_tags(skip))
+            )
             stack.push_async_callback(session.close)
             return await run_cases(session, cases, on_result=show), url, peer_url
 

@@ -57,11 +57,19 @@ class Session:
     patient: Patient
     peer: Wire | None = None
     declared_skips: frozenset[str] = frozenset()
+    #: The clinic's signing key, when the suite knows its seed: it drives the clinic through its control endpoint.
+    peer_identity: SigningIdentity | None = None
     _world: World | None = field(default=None, init=False)
 
     @classmethod
     async def open(
-        cls, target: str, seed: bytes, *, peer: str | None = None, skips: Sequence[str] = ()
+        cls,
+        target: str,
+        seed: bytes,
+        *,
+        peer: str | None = None,
+        peer_seed: bytes | None = None,
+        skips: Sequence[str] = (),
     ) -> Session:
         """Read the target's profile and check that its key is the one the seed makes (spec/conformance.md).
 
@@ -82,7 +90,13 @@ class Session:
                 f"the target is {profile.signer}, not the patient node of the seed ({identity.did}): "
                 "start it with the suite's seed (spec/conformance.md)"
             )
-        return cls(wire, Patient(identity, profile), Wire(peer) if peer else None, frozenset(skips))
+        return cls(
+            wire,
+            Patient(identity, profile),
+            Wire(peer) if peer else None,
+            frozenset(skips),
+            SigningIdentity.from_seed(peer_seed) if peer and peer_seed else None,
+        )
 
     async def close(self) -> None:
         await self.wire.close()
