@@ -9,7 +9,10 @@ Three sources of bodies, each checked against the CDDL rule the spec names for i
   of ``connect``), over a node home in ``tmp_path``;
 * the bytes a served patient node answers over HTTP to signed requests (connect, deposit,
   state, list, health, profile, every op of manage, and refusals as error bodies), and the data of
-  the events of its event stream (state answers, spec section 15.14).
+  the events of its event stream (state answers, spec section 15.14);
+* the bytes a served clinic node answers to every op of its own manage endpoint (spec section
+  15.20), driven against a served patient node, and its refusals (``wrong-audience``,
+  ``unreachable``) as error bodies.
 
 Negative cases: bodies the nodes refuse are refused by the CDDL too.  CDDL maps are closed, so
 a body with a field the spec does not define is refused by the CDDL, while receivers ignore such
@@ -57,7 +60,7 @@ from fedrecord.http.aiohttp_signing import client_signing_headers
 from fedrecord.http.event_stream import EventStreamReader, ServerEvent
 from fedrecord.node.home import NodeHome, init_home
 from fedrecord.node.patient import PatientNode
-from fedrecord.node.server import PATIENT, health, make_app, profile
+from fedrecord.node.server import CLINIC, PATIENT, health, make_app, profile
 from fedrecord.node.wire import INVITATION_PREFIX, Invitation, decode_body, encode_body
 from fedrecord.vectors.samples import GP, LAB, NOW, SPECIALIST, sample_records
 from fedrecord.vectors.samples import PATIENT as PATIENT_ID
@@ -92,6 +95,8 @@ API_RULES = (
     "push-answer",
     "manage-request",
     "manage-answer",
+    "clinic-manage-request",
+    "clinic-manage-answer",
 )
 
 
@@ -115,7 +120,9 @@ RECORD_ARRAYS = ("chain", "revocations", "tombstones", "grants", "records")
 def _assert_record_arrays(data: bytes, what: str) -> None:
     body = cbor.decode(data)
     for key in RECORD_ARRAYS:
-        for element in body.get(key, []):
+        # A clinic's poll answer counts its "grants" (uint): only arrays hold records.
+        array = body.get(key)
+        for element in array if type(array) is list else []:
             assert valid("signed-record-bytes", cbor.encode(element)), f"{what}: {key} holds a non-record"
 
 
@@ -133,13 +140,26 @@ def _assert_manage(op: str, kind: str, data: bytes) -> None:
 
 
 MANAGE_OPS = ("invite", "accept", "reject", "label", "hide", "revoke", "delete", "keep", "inbox", "audit")
+CLINIC_OPS = ("connect", "deposit", "flush", "poll", "fetch", "held", "sync", "delegate")
+
+
+def _assert_clinic_manage(op: str, kind: str, data: bytes) -> None:
+    """A clinic's manage body is the rule of its op ("clinic-<op>-request" / "-answer"), then a
+    clinic-manage body (spec section 15.20), as :func:`_assert_manage` checks the patient's."""
+    try:
+        schema(f"clinic-{op}-{kind}").validate_cbor(data)
+    except pycddl.ValidationError as exc:
+        pytest.fail(f"{op}: not a clinic-{op}-{kind}: {exc}")
+    _assert_body(f"clinic-manage-{kind}", data, f"clinic manage {op} {kind}")
 
 
 # The rules that are one map each: pycddl 0.6 takes even an array for a choice of maps, so a body
 # is refused by the rules of its ops rather than by manage-request or manage-answer.
+CHOICE_RULES = ("manage-request", "manage-answer", "clinic-manage-request", "clinic-manage-answer")
 ONE_MAP_RULES = (
-    *(rule for rule in API_RULES if rule not in ("manage-request", "manage-answer")),
+    *(rule for rule in API_RULES if rule not in CHOICE_RULES),
     *(f"manage-{op}-{kind}" for op in MANAGE_OPS for kind in ("request", "answer")),
+    *(f"clinic-{op}-{kind}" for op in CLINIC_OPS for kind in ("request", "answer")),
 )
 
 
@@ -148,6 +168,13 @@ def test_every_manage_op_has_its_rules() -> None:
         choice = CDDL.split(f"\nmanage-{kind} = ")[1].split("\n\n")[0]
         names = sorted(name.strip() for name in choice.replace("\n", " ").split("/"))
         assert names == sorted(f"manage-{op}-{kind}" for op in MANAGE_OPS)
+
+
+def test_every_clinic_manage_op_has_its_rules() -> None:
+    for kind in ("request", "answer"):
+        choice = CDDL.split(f"\nclinic-manage-{kind} = ")[1].split("\n\n")[0]
+        names = sorted(name.strip() for name in choice.replace("\n", " ").split("/"))
+        assert names == sorted(f"clinic-{op}-{kind}" for op in CLINIC_OPS)
 
 
 def test_every_api_rule_is_in_the_cddl_and_in_api_body() -> None:
@@ -257,6 +284,8 @@ def _sample_bodies() -> dict[str, list[bytes]]:
         "push-answer": [encode_body(stored=0), encode_body(stored=1)],
         "manage-request": [request for request, _answer in _manage_samples().values()],
         "manage-answer": [answer for _request, answer in _manage_samples().values()],
+        "clinic-manage-request": [request for request, _answer in _clinic_manage_samples().values()],
+        "clinic-manage-answer": [answer for _request, answer in _clinic_manage_samples().values()],
     }
 
 
@@ -317,6 +346,94 @@ def _manage_samples() -> dict[str, tuple[bytes, bytes]]:
             ),
         ),
     }
+
+
+def _clinic_manage_samples() -> dict[str, tuple[bytes, bytes]]:
+    """One (request, answer) of each op of a clinic's manage endpoint, by op."""
+    s = SAMPLES
+    invitation = Invitation(
+        node=PATIENT_ID.did, endpoint="https://patient.example", token=bytes(32), expires=NOW
+    )
+    doc = bytes(range(32))
+    counts = {
+        "rounds": 2,
+        "bytes_sent": 310,
+        "bytes_received": 4096,
+        "records_fetched": 5,
+        "records_stored": 5,
+        "records_pushed": 0,
+        "documents_fetched": 1,
+        "documents_failed": 0,
+    }
+    return {
+        "connect": (
+            encode_body(op="connect", code=invitation.code()),
+            encode_body(patient=PATIENT_ID.did, grant=s["grant"].encoded),
+        ),
+        "deposit": (
+            encode_body(
+                op="deposit",
+                patient=PATIENT_ID.did,
+                content=b"Ferritin 80 ng/mL\n",
+                title="Ferritin",
+                category="lab",
+                type="lab-result",
+                labels=["PSY"],
+                media="text/plain",
+            ),
+            encode_body(doc=doc),
+        ),
+        "flush": (encode_body(op="flush"), encode_body(sent=1, pending=0)),
+        "poll": (
+            encode_body(op="poll", patient=PATIENT_ID.did),
+            encode_body(seq=7, destroyed=0, attested=1, grants=2),
+        ),
+        "fetch": (
+            encode_body(op="fetch", patient=PATIENT_ID.did, doc=doc),
+            encode_body(content=b"Ferritin 80 ng/mL\n"),
+        ),
+        "held": (
+            encode_body(op="held", patient=PATIENT_ID.did),
+            encode_body(docs=[{"doc": doc, "patient": PATIENT_ID.did}]),
+        ),
+        "sync": (encode_body(op="sync", patient=PATIENT_ID.did, records_only=True), encode_body(**counts)),
+        "delegate": (
+            encode_body(
+                op="delegate",
+                patient=PATIENT_ID.did,
+                to=SPECIALIST.did,
+                endpoint="https://specialist.example/fedrecord",
+                categories=["lab"],
+                days=30,
+            ),
+            encode_body(grant=_child_grant().encoded),
+        ),
+    }
+
+
+@pytest.mark.parametrize("op", CLINIC_OPS)
+def test_clinic_manage_sample_bodies_follow_the_rules_of_their_op(op: str) -> None:
+    request, answer = _clinic_manage_samples()[op]
+    _assert_clinic_manage(op, "request", request)
+    _assert_clinic_manage(op, "answer", answer)
+
+
+def test_clinic_manage_minimal_bodies() -> None:
+    """Every optional argument left out; a fetch answered with the size of a large document."""
+    _assert_clinic_manage("held", "request", encode_body(op="held"))
+    _assert_clinic_manage("sync", "request", encode_body(op="sync", patient=PATIENT_ID.did))
+    _assert_clinic_manage(
+        "deposit",
+        "request",
+        encode_body(op="deposit", patient=PATIENT_ID.did, content=b"", title="Note", category="note"),
+    )
+    _assert_clinic_manage(
+        "delegate",
+        "request",
+        encode_body(op="delegate", patient=PATIENT_ID.did, to=SPECIALIST.did, endpoint="http://127.0.0.1:8"),
+    )
+    _assert_clinic_manage("fetch", "answer", encode_body(size=786_433))
+    _assert_clinic_manage("held", "answer", encode_body(docs=[]))
 
 
 @pytest.mark.parametrize("op", MANAGE_OPS)
@@ -415,6 +532,47 @@ BROKEN = [
     ("manage-invite-answer", encode_body(code="nope", exp=NOW), "not an invitation code"),
     ("manage-invite-answer", encode_body(code="fr0-abc"), "code without exp"),
     ("manage-hide-answer", encode_body(stored=1), "a field hide does not answer"),
+    ("clinic-manage-request", encode_body(op="frobnicate"), "unknown clinic op"),
+    ("clinic-connect-request", encode_body(op="connect"), "connect without code"),
+    ("clinic-connect-request", encode_body(op="connect", code=""), "empty code"),
+    (
+        "clinic-deposit-request",
+        encode_body(op="deposit", patient=PATIENT_ID.did, content=bytes(786_433), title="t", category="c"),
+        "content over the cap",
+    ),
+    (
+        "clinic-deposit-request",
+        encode_body(
+            op="deposit", patient=PATIENT_ID.did, content=b"", title="t", category="c", labels=["L"] * 33
+        ),
+        "33 labels",
+    ),
+    (
+        "clinic-deposit-request",
+        encode_body(op="deposit", patient="patient", content=b"", title="t", category="c"),
+        "patient not a did",
+    ),
+    ("clinic-poll-request", encode_body(op="poll"), "poll without patient"),
+    ("clinic-fetch-request", encode_body(op="fetch", patient=PATIENT_ID.did, doc=bytes(31)), "31-byte doc"),
+    ("clinic-sync-request", encode_body(op="sync", patient=PATIENT_ID.did, records_only=1), "records_only 1"),
+    (
+        "clinic-delegate-request",
+        encode_body(op="delegate", patient=PATIENT_ID.did, to=LAB.did, endpoint="ftp://lab.example"),
+        "ftp endpoint",
+    ),
+    (
+        "clinic-delegate-request",
+        encode_body(op="delegate", patient=PATIENT_ID.did, to=LAB.did, endpoint="http://lab", days=366),
+        "366 days",
+    ),
+    ("clinic-fetch-answer", encode_body(content=b"x", size=1), "content and size"),
+    ("clinic-fetch-answer", encode_body(size=10), "size of a document that fits"),
+    ("clinic-fetch-answer", encode_body(), "neither content nor size"),
+    ("clinic-flush-answer", encode_body(sent=1), "flush without pending"),
+    ("clinic-poll-answer", encode_body(seq=1, destroyed=0, attested=0), "poll without grants"),
+    ("clinic-held-answer", encode_body(docs=[{"doc": bytes(32)}]), "held item without patient"),
+    ("clinic-sync-answer", encode_body(rounds=1), "sync without its counts"),
+    ("clinic-delegate-answer", encode_body(grant=bytes(32)), "a grant id, not the record"),
 ]
 
 
@@ -902,3 +1060,70 @@ async def test_manage_bodies_answered_over_http(tmp_path: Path) -> None:
         await runner.cleanup()
         await patient_home.close()
         await clinic_home.close()
+
+
+async def test_clinic_manage_bodies_answered_over_http(tmp_path: Path) -> None:
+    """Every op of ``POST /v0/manage`` on a served clinic, signed with the clinic's own key, run
+    against a served patient node: requests and answers follow the rules of their op (spec section
+    15.20); another node's request and a patient that does not answer get error bodies."""
+    now = int(time.time())
+    patient_home = await _open_home(tmp_path / "patient", "patient", "Camille")
+    clinic_home = await _open_home(tmp_path / "clinic", "clinic", "Laboratoire")
+    specialist_home = await _open_home(tmp_path / "specialist", "clinic", "Cardiologue")
+    patient_runner, _patient_url = await _served(patient_home)
+    clinic_runner, url = await _served(clinic_home)
+    specialist_runner, specialist_url = await _served(specialist_home)
+    patient = patient_runner.app[PATIENT]
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+
+            async def manage(op: str, **args: Any) -> dict[str, Any]:
+                request = encode_body(op=op, **args)
+                _assert_clinic_manage(op, "request", request)
+                status, data = await _send(session, clinic_home.identity, "POST", f"{url}/v0/manage", request)
+                assert status == 200, cbor.decode(data)
+                _assert_clinic_manage(op, "answer", data)
+                answer: dict[str, Any] = cbor.decode(data)
+                return answer
+
+            invitation = await patient.create_invitation(label="lab", now=now)
+            assert (await manage("connect", code=invitation.code()))["patient"] == patient_home.did
+            them = {"patient": patient_home.did}
+            doc = (
+                await manage(
+                    "deposit", **them, content=b"Ferritin 80 ng/mL\n", title="Ferritin", category="lab"
+                )
+            )["doc"]
+            assert await manage("flush") == {"v": 0, "sent": 1, "pending": 0}
+            await patient.accept(doc, now=now)
+            await patient.grant(
+                audience=clinic_home.did,
+                scope=Scope(categories=("lab",), past=True),
+                actions=("delegate", "read"),
+                purpose="treatment",
+                days=30,
+                now=now,
+            )
+            assert (await manage("poll", **them))["grants"] == 2
+            assert (await manage("fetch", **them, doc=doc))["content"] == b"Ferritin 80 ng/mL\n"
+            assert (await manage("held", **them))["docs"] == [{"doc": doc, **them}]
+            await manage("sync", **them, records_only=True)
+            await manage("delegate", **them, to=specialist_home.did, endpoint=specialist_url, days=7)
+
+            request = encode_body(op="flush")
+            status, data = await _send(session, patient_home.identity, "POST", f"{url}/v0/manage", request)
+            assert status == 403 and valid("error-body", data)
+            assert cbor.decode(data)["code"] == "wrong-audience"
+            await patient_runner.cleanup()
+            status, data = await _send(
+                session, clinic_home.identity, "POST", f"{url}/v0/manage", encode_body(op="poll", **them)
+            )
+            assert status == 502 and valid("error-body", data)
+            assert cbor.decode(data)["code"] == "unreachable"
+    finally:
+        for runner in (patient_runner, clinic_runner, specialist_runner):
+            await runner.cleanup()
+        for runner in (clinic_runner, specialist_runner):
+            await runner.app[CLINIC].client.close()
+        for home in (patient_home, clinic_home, specialist_home):
+            await home.close()

@@ -52,6 +52,11 @@ def _seed(text: str | None, option: str = "--patient-seed") -> bytes | None:
     help="The 32-byte seed of the patient's signing key the target was started with (random with --launch).",
 )
 @click.option(
+    "--peer-seed",
+    metavar="HEX",
+    help="The 32-byte seed of the clinic node's signing key the peer was started with (random with --launch-peer).",
+)
+@click.option(
     "--only",
     metavar="TAGS",
     help="Comma-separated tags, case ids, id prefixes ending in '.', or requirement ids.",

@@ -53,13 +53,14 @@ def summary(results: list[Result], coverage: Coverage) -> str:
 def write_junit(path: Path, results: list[Result], *, target: str) -> None:
     tally = counts(results)
     total_time = sum(r.seconds for r in results)
+    # No ``skipped`` count on ``testsuites``: the JUnit schema CI servers read (Jenkins' junit-10.xsd)
+    # does not have it there; the ``testsuite`` below carries it.
     suites = ElementTree.Element(
         "testsuites",
         name=SUITE,
         tests=str(len(results)),
         failures=str(tally["failed"]),
         errors="0",
-        skipped=str(tally["skipped"]),
         time=f"{total_time:.3f}",
     )
     suite = ElementTree.SubElement(

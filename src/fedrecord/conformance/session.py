@@ -310,6 +310,21 @@ class Session:
             raise Skipped("needs a second node (--peer URL)")
         return self.peer
 
+    async def clinic_manage(self, op: str, **args: Any) -> Answer:
+        """``POST /v0/manage`` on the clinic under test (15.20), signed with the clinic's own key.
+
+        Returns the answer as it came (a refusal is not a set-up failure here:
+        the clinic cases read the codes the clinic answers with).
+
+        Raises:
+            Skipped: no peer, or the suite does not know the clinic's seed.
+        """
+        peer = self.require_peer()
+        identity = getattr(self, "peer_identity", None)
+        if identity is None:
+            raise Skipped("needs the clinic's seed (--launch-peer, or --peer with --peer-seed)")
+        return await peer.call("/v0/manage", identity, {"op": op, **args})
+
 
 async def _chunks(data: bytes):  # type: ignore[no-untyped-def]
     for piece in pieces(data):
@@ -352,4 +367,5 @@ STATUS = {
     "timeout": 408,
     "too-many": 429,
     "bad-range": 416,
+    "unreachable": 502,
 }

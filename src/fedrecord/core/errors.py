@@ -82,6 +82,8 @@ class Code(StrEnum):
     TIMEOUT = "timeout"
     TOO_MANY = "too-many"
     BAD_RANGE = "bad-range"
+    # A clinic's control endpoint reporting that the peer it had to ask gave no answer ([API-5], [API-63]).
+    UNREACHABLE = "unreachable"
     # Reconciliation (spec section 16).
     OUT_OF_ORDER = "out-of-order"
 
@@ -112,6 +114,7 @@ HTTP_STATUS: Final[dict[Code, int]] = {
     Code.OUT_OF_ORDER: 400,
     Code.TOO_MANY: 429,
     Code.BAD_RANGE: 416,
+    Code.UNREACHABLE: 502,
     Code.UNSUPPORTED_VERSION: 400,
 }
 

@@ -3,7 +3,10 @@
 Every request carries an RFC 9421 signature by the node's key
 (:mod:`fedrecord.http.message_signatures`).  Errors come back as the peer's
 CBOR error body and are raised with the peer's code; a peer that cannot be
-reached raises :class:`PeerUnreachable`, which the outbox retries.
+reached raises :class:`PeerUnreachable`, which the outbox retries.  So does an
+answer that counts as no answer ([API-5]): a 5xx status, an error answer whose
+body is not a readable error body, and an answer that fails [HTTP-13] when a
+signed one was expected -- never taken for the peer's refusal.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from fedrecord.core import SigningIdentity
-from fedrecord.core.errors import Code, RemoteProtocolError
+from fedrecord.core import SigningIdentity, cbor
+from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import client_signing_headers, signed_target_uri
 from fedrecord.http.event_stream import EVENT_STREAM_TYPE, EventStreamReader, ServerEvent
 from fedrecord.http.message_signatures import verify_response
@@ -31,7 +34,8 @@ TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
 
 
 class PeerUnreachable(Exception):
-    """The peer did not answer (refused, timed out, connection cut); worth retrying later."""
+    """The peer did not answer (refused, timed out, connection cut), or its answer counts as none
+    ([API-5]); worth retrying later."""
 
 
 def b64(data: bytes) -> str:
@@ -152,8 +156,14 @@ class PeerClient:
         *,
         progress: Progress | None = None,
         total: int | None = None,
+        expected_signer: str | None = None,
     ) -> dict[str, Any]:
-        """Stream a body (a ciphertext); it is authenticated by the records in ``headers``, not by a digest."""
+        """Stream a body (a ciphertext); it is authenticated by the records in ``headers``, not by a digest.
+
+        The answer is checked as :meth:`call` checks one: an answer that is not
+        signed by ``expected_signer`` and bound to this request is no answer
+        ([HTTP-13]), so that nobody on the path can acknowledge a deposit.
+        """
         signed_headers = self._headers(
             "PUT", url, None, {**headers, "Content-Type": "application/octet-stream"}, streamed=True
         )
@@ -162,17 +172,15 @@ class PeerClient:
             async with session.put(
                 url, data=counted(chunks, progress, total), headers=signed_headers
             ) as response:
-                data = await response.read()
-                status = response.status
+                data = await _read_answer(response)
+                status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
-        if status >= 500:
-            raise PeerUnreachable(f"{url}: HTTP {status}")  # the peer's trouble: the outbox retries
-        if status >= 300:
-            raise read_error(data, status)
-        return decode_body(data)
+        return _checked("PUT", url, signed_headers, status, answer_headers, data, expected_signer)
 
-    async def download(self, url: str, *, start: int | None = None, **fields: Any) -> Download:
+    async def download(
+        self, url: str, *, start: int | None = None, expected_signer: str | None = None, **fields: Any
+    ) -> Download:
         """POST a CBOR body and return the answer's status, headers and streamed body.
 
         The caller releases the answer (:meth:`Download.release`).
@@ -181,6 +189,10 @@ class PeerClient:
             start: ask for the stream from this byte on (``Range: bytes=start-``,
                 covered by the signature); the answer is then 206, or 200 from a
                 node that serves whole streams only.
+            expected_signer: the did of the node addressed: a refusal must be
+                signed by it and bound to this request ([API-23], [HTTP-13]), else
+                it is no answer.  A stream (200, 206) is not signed: the key wrap
+                and the document id authenticate it.
 
         Raises:
             PeerUnreachable: no answer, or a 5xx one.
@@ -195,14 +207,14 @@ class PeerClient:
         try:
             response = await session.post(url, data=body, headers=headers)
             if response.status >= 300:
-                data = await response.read()
-                response.release()
+                try:
+                    data = await _read_answer(response)
+                finally:
+                    response.release()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
-        if response.status >= 500:
-            raise PeerUnreachable(f"{url}: HTTP {response.status}")
         if response.status >= 300:
-            raise read_error(data, response.status)
+            _checked("POST", url, headers, response.status, dict(response.headers), data, expected_signer)
         return Download(response.status, response.headers, _cut_is_unreachable(url, response), response)
 
 
@@ -255,27 +267,50 @@ def _checked(
     """A CBOR answer's body, once its status and (when expected) its signature are checked.
 
     Raises:
-        PeerUnreachable: a 5xx status.
-        RemoteProtocolError: ``bad-signature`` and the codes of ``verify_response``;
-            the peer's refusal for a 3xx or 4xx status; the decoding codes.
+        PeerUnreachable: a 5xx status; an answer that fails [HTTP-13] (unsigned, signed by
+            another key, bound to another request, out of its window); an error answer
+            whose body is not a readable error body ([API-5]).
+        RemoteProtocolError: the peer's refusal for a 3xx or 4xx status; the decoding codes.
     """
     if status >= 500:
         # The peer's own trouble (an internal error, a busy database): retry later, never give up.
         raise PeerUnreachable(f"{url}: HTTP {status}")
     if expected_signer is not None:
-        verify_response(
-            expected_signer=expected_signer,
-            status=status,
-            headers=answer_headers,
-            body=data,
-            request_method=method,
-            request_url=signed_target_uri(url)[2],
-            request_headers=dict(headers),
-            now=int(time.time()),
-        )
+        try:
+            verify_response(
+                expected_signer=expected_signer,
+                status=status,
+                headers=answer_headers,
+                body=data,
+                request_method=method,
+                request_url=signed_target_uri(url)[2],
+                request_headers=dict(headers),
+                now=int(time.time()),
+            )
+        except FedrecordError as exc:
+            # Anyone on the path can send an unsigned answer: it is no answer, never a refusal.
+            raise PeerUnreachable(
+                f"{url}: the answer is not signed by the node asked ({exc.code.value})"
+            ) from None
     if status >= 300:
-        raise read_error(data, status)
+        raise _refusal(url, data, status)
     return decode_body(data)
+
+
+def _refusal(url: str, data: bytes, status: int) -> RemoteProtocolError:
+    """The peer's refusal in an error answer, to raise.
+
+    Raises:
+        PeerUnreachable: the body is not an error body at all ([API-5]: no answer).
+    """
+    try:
+        body = cbor.decode(data)
+    except FedrecordError:
+        body = None
+    if type(body) is not dict or type(body.get("code")) is not str or type(body.get("message")) is not str:
+        raise PeerUnreachable(f"{url}: HTTP {status} without a readable error body")
+    # A readable body with a code we do not know is still a refusal ([ERR-5]): read_error says so.
+    return read_error(data, status)
 
 
 Progress = Callable[[int, int | None], None]

@@ -300,6 +300,7 @@ class ClinicNode:
                 {"Fedrecord-Deposit": b64(payload)},
                 progress=progress,
                 total=deposit.record.size,
+                expected_signer=target,
             )
         elif kind == "attestation":
             await self.client.call(
@@ -558,6 +559,7 @@ class ClinicNode:
         answer = await self.client.download(
             f"{fetch.endpoint}/v0/fetch",
             start=start or None,
+            expected_signer=fetch.patient,
             chain=[link.encoded for link in fetch.chain],
             receipt=receipt.encoded,
             profile=self.home.profile.encoded,

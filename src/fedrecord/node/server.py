@@ -24,6 +24,7 @@ from fedrecord.http.event_stream import EVENT_STREAM_TYPE, KEEP_ALIVE, encode_ev
 
 from .client import b64, unb64
 from .clinic import ClinicNode
+from .clinic_control import manage as clinic_manage
 from .home import NodeHome
 from .patient import PatientNode
 from .patient_control import manage
@@ -397,6 +398,17 @@ async def delegation(request: web.Request) -> web.Response:
     return answer(request, 201, grant=leaf.id)
 
 
+async def clinic_control(request: web.Request) -> web.Response:
+    """``POST /v0/manage`` on a clinic: the clinic, signing with the node's own key, runs one op (15.20).
+
+    Raises:
+        RemoteProtocolError: the codes of a signed request; ``wrong-audience`` for any other
+            signer ([API-60]); the op's codes ([API-61]), the other node's ([API-63]).
+    """
+    signer, body = await signed_body(request)
+    return answer(request, **await clinic_manage(request.app[CLINIC], signer, body, now=int(time.time())))
+
+
 def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Application:
     """The aiohttp application of one node (patient or clinic routes by its role)."""
     app = web.Application(middlewares=[errors_as_cbor], client_max_size=MAX_BODY)
@@ -423,6 +435,7 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
         app[CLINIC] = clinic or ClinicNode(home)
         app.router.add_post("/v0/decisions", decision)
         app.router.add_post("/v0/grants", delegation)
+        app.router.add_post("/v0/manage", clinic_control)
     return app
 
 

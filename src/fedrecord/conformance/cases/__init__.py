@@ -3,6 +3,7 @@
 from . import (  # noqa: F401
     basics,
     capabilities,
+    clinic,
     documents,
     encoding,
     peer,

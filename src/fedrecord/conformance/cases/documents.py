@@ -404,10 +404,11 @@ async def connect_unknown_token(s: Session) -> None:
 @case("documents.connect-expired", requires=["API-10"], adversarial=True)
 async def connect_expired(s: Session) -> None:
     """An invitation past its exp is refused with expired (a used one with replay, checked first)."""
-    unused, used = await s.manage("invite", ttl=1), await s.manage("invite", ttl=1)
+    # Three seconds: whole-second clocks leave the first connect at least two of them before exp.
+    unused, used = await s.manage("invite", ttl=3), await s.manage("invite", ttl=3)
     actor, early = Actor.create("Conformance late"), Actor.create("Conformance early")
     expect_status(await connect_with(s, early, code_payload(used["code"])["token"]), 201, what="connect")
-    await asyncio.sleep(max(0.0, max(unused["exp"], used["exp"]) + 0.3 - time.time()))
+    await asyncio.sleep(max(0.0, max(unused["exp"], used["exp"]) + 1.1 - time.time()))
     expect_refusal(
         await connect_with(s, actor, code_payload(unused["code"])["token"]),
         "expired",

@@ -87,7 +87,7 @@ class _Delegation:
         )
 
 
-@case("peer.profile-and-health", requires=["API-1", "API-7"])
+@case("peer.profile-and-health", requires=["API-1", "API-7", "API-60"])
 async def profile_and_health(s: Session) -> None:
     """The clinic's profile and health say role clinic, and it does not serve the patient endpoints."""
     peer, did = await _clinic(s)
@@ -109,8 +109,10 @@ async def profile_and_health(s: Session) -> None:
     ):
         raise Failed(f"the clinic's health answer is {health!r}")
     someone = Actor.create("Conformance node")
-    for path in ("/v0/state", "/v0/list", "/v0/manage"):
+    for path in ("/v0/state", "/v0/list", "/v0/fetch", "/v0/sync"):
         expect_refusal(await peer.call(path, someone.identity, {}), "not-found", what=f"{path} on a clinic")
+    # Both roles serve the control endpoint, each for its own key only (15.19, 15.20).
+    expect_refusal(await peer.call("/v0/manage", someone.identity, {"op": "held"}), "wrong-audience")
 
 
 @case("peer.decision-unknown-deposit", requires=["API-15"], adversarial=True)
