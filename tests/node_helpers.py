@@ -326,6 +326,24 @@ async def send_signed(
 def body(**fields: Any) -> bytes:
     return cbor.encode({"v": 0, **fields})
 
+def answered(answer: Answer) -> dict[str, Any]:
+    """The fields of a signed 200 CBOR answer, ``v`` left out."""
+    assert answer.status == 200, (answer.status, answer.body)
+    assert answer.content_type == "application/cbor"
+    assert "Signature" in answer.headers, "the answer to a verified request is signed ([HTTP-12])"
+    decoded = answer.decoded
+    assert decoded["v"] == 0
+    return {key: value for key, value in decoded.items() if key != "v"}
+
+
+def refused(answer: Answer, status: int, code: str, *, signed: bool = False) -> None:
+    """``answer`` is an error body with ``code`` and ``status`` (signed, when refused after verification)."""
+    assert (answer.status, answer.code) == (status, code), (answer.status, answer.body)
+    assert set(answer.decoded) == {"code", "message"}
+    if signed:
+        assert "Signature" in answer.headers, "a refusal of a verified request is signed ([API-5])"
+
+
 
 def receipt_for(identity: SigningIdentity, *, patient: str, doc: bytes, grant: Signed[Grant]) -> bytes:
     return sign_record(

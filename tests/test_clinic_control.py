@@ -43,10 +43,12 @@ from .node_helpers import (
     Impostor,
     ServedNode,
     Story,
+    answered,
     assert_unchanged,
     body,
     build_story,
     now,
+    refused,
     send_signed,
     snapshot,
 )
@@ -89,19 +91,6 @@ async def manage(
     )
 
 
-def answered(answer: Answer) -> dict[str, Any]:
-    assert answer.status == 200, (answer.status, answer.body)
-    assert answer.content_type == "application/cbor"
-    assert "Signature" in answer.headers, "the answer to a verified request is signed ([HTTP-12])"
-    decoded = answer.decoded
-    assert decoded["v"] == 0
-    return {key: value for key, value in decoded.items() if key != "v"}
-
-
-def refused(answer: Answer, status: int, code: str) -> None:
-    assert (answer.status, answer.code) == (status, code), (answer.status, answer.body)
-    assert set(answer.decoded) == {"code", "message"}
-    assert "Signature" in answer.headers, "a refusal of a verified request is signed ([API-5])"
 
 
 async def refused_unchanged(
@@ -120,7 +109,7 @@ async def refused_unchanged(
     ``status`` and ``code`` are positional only: ``code`` is also the argument of ``connect``.
     """
     before = await snapshot(clinic)
-    refused(await manage(story, clinic, op, signer=signer, **args), status, code)
+    refused(await manage(story, clinic, op, signer=signer, **args), status, code, signed=True)
     await assert_unchanged(clinic, before, nonce_spent=True)
 
 
@@ -343,7 +332,7 @@ async def test_each_node_serves_the_ops_of_its_role(story: Story) -> None:
     answer = await send_signed(
         story.session, story.patient.identity, "POST", story.patient.url + "/v0/manage", body(op="flush")
     )
-    refused(answer, 400, "malformed")
+    refused(answer, 400, "malformed", signed=True)
     await refused_unchanged(story, story.gp, "inbox", 400, "malformed")
 
 

@@ -41,11 +41,13 @@ from .node_helpers import (
     Answer,
     Impostor,
     Story,
+    answered,
     assert_unchanged,
     body,
     build_story,
     fetch_body,
     now,
+    refused,
     send_signed,
     snapshot,
     throwaway_profile,
@@ -77,18 +79,6 @@ async def manage(
     )
 
 
-def answered(answer: Answer) -> dict[str, Any]:
-    assert answer.status == 200, (answer.status, answer.body)
-    assert answer.content_type == "application/cbor"
-    assert "Signature" in answer.headers, "the answer to a verified request is signed ([HTTP-12])"
-    decoded = answer.decoded
-    assert decoded["v"] == 0
-    return {key: value for key, value in decoded.items() if key != "v"}
-
-
-def refused(answer: Answer, status: int, code: str) -> None:
-    assert (answer.status, answer.code) == (status, code), (answer.status, answer.body)
-    assert set(answer.decoded) == {"code", "message"}
 
 
 async def refused_unchanged(

@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -64,6 +64,30 @@ FOUR_GIB = 4294967296
 #: A point of order 4 on Curve25519 (RFC 7748 Section 6.1): X25519 with it gives the all-zero secret.
 LOW_ORDER_POINT = bytes(32)
 INVITATION_CODE = re.compile(r"^fr0-[A-Za-z0-9_-]+$")
+
+
+def request_head(method: str, path: str, headers: Mapping[str, str], *, content_length: int) -> str:
+    """The head of an HTTP/1.1 request written by hand, announcing ``content_length`` body bytes."""
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return head + f"Content-Length: {content_length}\r\nConnection: close\r\n\r\n"
+
+
+def deposit_head(s: Session, author: Actor, sealed: SealedDocument, *, content_length: int) -> str:
+    """The signed head of ``sealed``'s deposit, for bodies sent by hand (a lying length, a stall)."""
+    path = f"/v0/documents/{sealed.hex}"
+    headers = s.wire.signed_headers(
+        author.identity,
+        "PUT",
+        path,
+        None,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Fedrecord-Streamed": "1",
+            "Fedrecord-Deposit": b64(sealed.deposit.encoded),
+        },
+        streamed=True,
+    )
+    return request_head("PUT", path, headers, content_length=content_length)
 
 
 # --- streams and deposits built by hand ------------------------------------------------------------
@@ -575,21 +599,7 @@ async def deposit_size_cap(s: Session) -> None:
     await refused_deposit(
         s, await s.put(lab, sealed, deposit=huge.encoded), "too-large", sealed.doc, what="a size over 4 GiB"
     )
-    path = f"/v0/documents/{sealed.hex}"
-    headers = s.wire.signed_headers(
-        lab.identity,
-        "PUT",
-        path,
-        None,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Fedrecord-Streamed": "1",
-            "Fedrecord-Deposit": b64(sealed.deposit.encoded),
-        },
-        streamed=True,
-    )
-    head = f"PUT {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    head += f"Content-Length: {FOUR_GIB + 1}\r\nConnection: close\r\n\r\n"
+    head = deposit_head(s, lab, sealed, content_length=FOUR_GIB + 1)
     target = URL(s.wire.base_url)
     # Only a first piece of the body is sent: the node must answer without waiting for the rest.
     raw = await raw_exchange(
@@ -1328,29 +1338,14 @@ async def slow_senders(s: Session) -> None:
     """A CBOR body or a document stream that stalls for 30 s is refused with timeout; nothing is kept."""
     lab, grant = await connected(s)
     sealed = s.seal(lab, grant, b"ferritin 80 ug/L", title="Ferritin")
-    path = f"/v0/documents/{sealed.hex}"
-    streamed = s.wire.signed_headers(
-        lab.identity,
-        "PUT",
-        path,
-        None,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Fedrecord-Streamed": "1",
-            "Fedrecord-Deposit": b64(sealed.deposit.encoded),
-        },
-        streamed=True,
-    )
-    stream_head = f"PUT {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in streamed.items())
-    stream_head += f"Content-Length: {len(sealed.ciphertext)}\r\nConnection: close\r\n\r\n"
+    stream_head = deposit_head(s, lab, sealed, content_length=len(sealed.ciphertext))
     invitation = await s.invitation()
     stranger = Actor.create("Conformance slow clinic")
     data = cbor.encode({"v": 0, "token": invitation["token"], "profile": stranger.profile.encoded})
     signed = s.wire.signed_headers(
         stranger.identity, "POST", "/v0/connect", data, headers={"Content-Type": "application/cbor"}
     )
-    cbor_head = "POST /v0/connect HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in signed.items())
-    cbor_head += f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    cbor_head = request_head("POST", "/v0/connect", signed, content_length=len(data))
     # Both stall at once: the run waits the limit once, not twice.
     stream_answer, cbor_answer = await asyncio.gather(
         _stalled(s, stream_head, sealed.ciphertext[:100]), _stalled(s, cbor_head, data[:10])
