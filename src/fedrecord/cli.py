@@ -316,6 +316,39 @@ async def status(ctx: Context) -> None:
 # --- patient commands -----------------------------------------------------------------------------
 
 
+@main.command("web-password")
+@click.option(
+    "--password-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the new password from this file instead of asking (FEDRECORD_WEB_PASSWORD works too).",
+)
+@pass_context
+@fail_cleanly
+async def web_password(ctx: Context, password_file: Path | None) -> None:
+    """Set the password of the patient's web page (its own credential, not the key file's passphrase)."""
+    from fedrecord.node.home import NodeConfig
+    from fedrecord.web.auth import set_password
+
+    config = NodeConfig.load(ctx.home)
+    if config.role != "patient":
+        raise click.ClickException("only a patient's node has a web page")
+    if password_file is not None:
+        password = password_file.read_text().strip()
+    elif os.environ.get("FEDRECORD_WEB_PASSWORD"):
+        password = os.environ["FEDRECORD_WEB_PASSWORD"]
+    else:
+        password = click.prompt("New web password", hide_input=True, confirmation_prompt=True)
+    try:
+        set_password(ctx.home, password, limits=_kdf_limits())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    port = config.web_port if config.web_port is not None else config.port + 1
+    ctx.emit(
+        {"web": f"http://{config.web_host}:{port}/"},
+        f"web password set; the page is at http://{config.web_host}:{port}/ while `fedrecord serve` runs",
+    )
+
+
 @main.command()
 @click.option("--label", default="clinic", help="Who the invitation is for (for your own list).")
 @click.option("--days", default=7, show_default=True, type=int, help="Days before the invitation expires.")

@@ -46,6 +46,10 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 0
     poll_interval: float = 5.0
+    #: The patient's web page (patient nodes): loopback only unless the patient says otherwise.
+    web_host: str = "127.0.0.1"
+    #: Its port; None: the API's port plus one (no web page when the API's port is 0).
+    web_port: int | None = None
 
     @classmethod
     def load(cls, home: Path) -> NodeConfig:

@@ -24,7 +24,7 @@ from fedrecord.core.errors import AuthenticationError, Code, FedrecordError, Rem
 from .client import PeerClient, PeerUnreachable
 from .clinic import ClinicNode
 from .home import NodeHome
-from .server import make_app
+from .server import PATIENT, make_app
 from .subscriptions import StateSubscriptions
 from .wire import CBOR_TYPE, error_body
 
@@ -77,6 +77,7 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
     await runner.setup()
     site = web.TCPSite(runner, home.config.host, home.config.port)
     await site.start()
+    web_runner = await _start_web_page(home, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -89,9 +90,27 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
         await stop.wait()
     finally:
         await asyncio.gather(*background)
+        if web_runner is not None:
+            await web_runner.cleanup()
         await runner.cleanup()
         await client.close()
         await home.close()
+
+
+async def _start_web_page(home: NodeHome, api: web.Application) -> web.AppRunner | None:
+    """The patient's web page, on its own listener (loopback by default), over the API's PatientNode."""
+    if home.config.role != "patient":
+        return None
+    port = home.config.web_port if home.config.web_port is not None else home.config.port + 1
+    if home.config.web_port is None and home.config.port == 0:
+        return None
+    from fedrecord.web.app import make_web_app
+
+    runner = web.AppRunner(make_web_app(home, api[PATIENT]), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, home.config.web_host, port).start()
+    log.info("the patient's web page is at http://%s:%d/", home.config.web_host, port)
+    return runner
 
 
 class _CborRefusals(RequestHandler):

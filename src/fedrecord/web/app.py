@@ -1,0 +1,228 @@
+"""The web page's aiohttp application: middlewares, rendering, sign-in and the page modules' routes.
+
+Every page but sign-in needs a session; every form post needs the session's
+CSRF token and, when the browser sends one, an ``Origin`` of this page.
+Answers carry a strict Content-Security-Policy (no inline script, nothing
+from elsewhere), ``no-store`` caching and no referrer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from fedrecord.node.home import NodeHome
+from fedrecord.node.patient import PatientNode
+
+from . import i18n
+from .auth import COOKIE, CredentialError, Session, Sessions, password_matches, same_token
+
+HERE = Path(__file__).parent
+HOME = web.AppKey("home", NodeHome)
+PATIENT = web.AppKey("patient", PatientNode)
+SESSIONS = web.AppKey("sessions", Sessions)
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
+SESSION = "fedrecord.session"
+LANGUAGE = "fedrecord.language"
+OPEN_PATHS = ("/signin", "/static/", "/language")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+i18n.register(
+    {
+        "app.name": ("My health record", "Mon dossier de santé"),
+        "nav.label": ("Main menu", "Menu principal"),
+        "nav.record": ("My record", "Mon dossier"),
+        "nav.inbox": ("Inbox", "Boîte de réception"),
+        "nav.sharing": ("Sharing", "Partage"),
+        "nav.audit": ("Who looked", "Qui a consulté"),
+        "nav.connect": ("Connect a clinic", "Connecter un cabinet"),
+        "nav.devices": ("My devices", "Mes appareils"),
+        "skip": ("Skip to the content", "Aller au contenu"),
+        "signout": ("Sign out", "Se déconnecter"),
+        "language.label": ("Language", "Langue"),
+        "language.switch": ("Change", "Changer"),
+        "signin.title": ("Sign in", "Connexion"),
+        "signin.password": ("Password", "Mot de passe"),
+        "signin.submit": ("Sign in", "Se connecter"),
+        "signin.wrong": ("Wrong password.", "Mot de passe incorrect."),
+        "signin.wait": (
+            "Too many wrong passwords. Try again in {minutes} minutes.",
+            "Trop de mots de passe incorrects. Réessayez dans {minutes} minutes.",
+        ),
+        "signin.unset": (
+            "No password is set for this page yet. On the node, run: fedrecord web-password",
+            "Aucun mot de passe n'est encore défini pour cette page. Sur le nœud, lancez : fedrecord web-password",
+        ),
+        "signin.ended": (
+            "You were signed out after 15 minutes without activity.",
+            "Vous avez été déconnecté après 15 minutes d'inactivité.",
+        ),
+        "csrf.refused": (
+            "This form has expired. Please go back, reload the page and try again.",
+            "Ce formulaire a expiré. Revenez en arrière, rechargez la page et réessayez.",
+        ),
+        "error.title": ("Something went wrong", "Un problème est survenu"),
+        "error.back": ("Back to my record", "Retour à mon dossier"),
+    }
+)
+
+
+def session_of(request: web.Request) -> Session:
+    session: Session = request[SESSION]
+    return session
+
+
+def notify(request: web.Request, key: str, **values: object) -> None:
+    """Show a message on the next page."""
+    session_of(request).notices.append((key, values))
+
+
+def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
+    """The page ``template`` in the request's language, with the layout's context."""
+    language = request.get(LANGUAGE, i18n.DEFAULT)
+    session: Session | None = request.get(SESSION)
+    translate = i18n.translator(language)
+    notices = []
+    if session is not None:
+        notices = [translate(key, **values) for key, values in session.notices]
+        session.notices.clear()
+    page = request.app[TEMPLATES].get_template(template)
+    html = page.render(
+        _=translate,
+        lang=language,
+        csrf=session.csrf if session else "",
+        signed_in=session is not None,
+        path=request.path,
+        notices=notices,
+        **context,
+    )
+    return web.Response(status=status, text=html, content_type="text/html", charset="utf-8")
+
+
+def redirect(location: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(location)
+
+
+@web.middleware
+async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@web.middleware
+async def language(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[LANGUAGE] = i18n.choose(request.cookies.get(i18n.COOKIE), request.headers.get("Accept-Language"))
+    return await handler(request)
+
+
+@web.middleware
+async def signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pages need a session; a form post needs its CSRF token (and this page as its Origin)."""
+    session = request.app[SESSIONS].find(request.cookies.get(COOKIE))
+    if session is not None:
+        request[SESSION] = session
+    if request.path.startswith(OPEN_PATHS):
+        return await handler(request)
+    if session is None:
+        ended = "?ended=1" if request.cookies.get(COOKIE) else ""
+        if request.method == "GET":
+            raise redirect(f"/signin{ended}")
+        return render(request, "refused.html", status=401, message_key="signin.ended")
+    if request.method == "POST":
+        form = await request.post()
+        origin = request.headers.get("Origin")
+        if not same_token(str(form.get("csrf", "")), session.csrf) or (
+            origin is not None and origin != f"{request.scheme}://{request.host}"
+        ):
+            return render(request, "refused.html", status=403, message_key="csrf.refused")
+    return await handler(request)
+
+
+async def signin_page(request: web.Request) -> web.Response:
+    if SESSION in request:
+        raise redirect("/record")
+    return render(request, "signin.html", ended="ended" in request.query)
+
+
+async def signin(request: web.Request) -> web.Response:
+    sessions = request.app[SESSIONS]
+    client = request.remote or "unknown"
+    wait = sessions.wait_seconds(client)
+    if wait:
+        return render(request, "signin.html", status=429, error=("signin.wait", {"minutes": (wait + 59) // 60}))
+    form = await request.post()
+    try:
+        ok = password_matches(request.app[HOME].path, str(form.get("password", "")))
+    except CredentialError:
+        return render(request, "signin.html", status=503, error=("signin.unset", {}))
+    if not ok:
+        sessions.failed(client)
+        return render(request, "signin.html", status=401, error=("signin.wrong", {}))
+    sessions.succeeded(client)
+    sessions.end(request.cookies.get(COOKIE))  # a fresh token at each sign-in (no fixation)
+    session = sessions.start()
+    response = redirect("/record")
+    response.set_cookie(COOKIE, session.token, httponly=True, samesite="Strict", path="/")
+    raise response
+
+
+async def signout(request: web.Request) -> web.Response:
+    request.app[SESSIONS].end(request.cookies.get(COOKIE))
+    response = redirect("/signin")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+async def switch_language(request: web.Request) -> web.Response:
+    form = await request.post()
+    chosen = str(form.get("lang", ""))
+    back = str(form.get("back", "/record"))
+    response = redirect(back if back.startswith("/") and not back.startswith("//") else "/record")
+    if chosen in i18n.LANGUAGES:
+        response.set_cookie(i18n.COOKIE, chosen, samesite="Strict", path="/", max_age=365 * 86_400)
+    raise response
+
+
+async def root(request: web.Request) -> web.Response:
+    raise redirect("/record")
+
+
+def make_web_app(home: NodeHome, patient: PatientNode, *, sessions: Sessions | None = None) -> web.Application:
+    """The patient's web page over ``patient``, the node's own :class:`PatientNode` (one per process)."""
+    from .pages import register_pages
+
+    app = web.Application(middlewares=[headers, language, signed_in], client_max_size=64 << 20)
+    app[HOME] = home
+    app[PATIENT] = patient
+    app[SESSIONS] = sessions or Sessions()
+    app[TEMPLATES] = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    app[TEMPLATES].filters["date"] = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t)) if t else ""
+    app[TEMPLATES].filters["hex"] = lambda b: b.hex()
+    app.router.add_get("/", root)
+    app.router.add_get("/signin", signin_page)
+    app.router.add_post("/signin", signin)
+    app.router.add_post("/signout", signout)
+    app.router.add_post("/language", switch_language)
+    app.router.add_static("/static/", HERE / "static")
+    register_pages(app)
+    return app

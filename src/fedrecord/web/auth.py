@@ -1,0 +1,150 @@
+"""The web credential, sessions, the rate limit on sign-in, and CSRF tokens.
+
+The page has a credential of its own, not the key file's passphrase: a
+password, kept as an argon2id hash (PyNaCl's ``pwhash``) in ``web.json`` in
+the node's home, mode 0600.  A session is a random token in an HttpOnly,
+SameSite=Strict cookie; the node keeps its sessions in memory only, so a
+cookie from another node (or from before a restart) opens nothing.  Each
+session has its own CSRF token, which every form carries back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nacl import pwhash
+from nacl.exceptions import InvalidkeyError
+
+COOKIE = "fr_session"
+#: A session ends after this long without a request ("lock after inactivity").
+IDLE_SECONDS = 15 * 60
+#: Wrong passwords allowed per client address in :data:`WINDOW_SECONDS`, then sign-in waits.
+MAX_FAILURES = 5
+#: Wrong passwords allowed from all addresses together in the window (a slow, spread-out guesser).
+MAX_FAILURES_ALL = 50
+WINDOW_SECONDS = 15 * 60
+MIN_PASSWORD = 10
+
+
+class CredentialError(Exception):
+    """No web password is set, or the file holding it is damaged."""
+
+
+def credential_path(home: Path) -> Path:
+    return home / "web.json"
+
+
+def set_password(home: Path, password: str, *, limits: tuple[int, int] | None = None) -> None:
+    """Store the argon2id hash of ``password`` (mode 0600); sessions already open stay open until they end.
+
+    Raises:
+        ValueError: a password shorter than :data:`MIN_PASSWORD` characters.
+    """
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"the web password needs at least {MIN_PASSWORD} characters")
+    ops, mem = limits or (pwhash.argon2id.OPSLIMIT_MODERATE, pwhash.argon2id.MEMLIMIT_MODERATE)
+    hashed = pwhash.argon2id.str(password.encode(), opslimit=ops, memlimit=mem).decode()
+    path = credential_path(home)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"password": hashed}, file)
+    os.replace(temporary, path)
+
+
+def password_matches(home: Path, password: str) -> bool:
+    """Check ``password`` against the stored hash.
+
+    Raises:
+        CredentialError: no password set.
+    """
+    try:
+        stored = json.loads(credential_path(home).read_text())["password"].encode()
+    except (FileNotFoundError, KeyError, ValueError):
+        raise CredentialError("no web password is set: run `fedrecord web-password`") from None
+    try:
+        return bool(pwhash.verify(stored, password.encode()))
+    except InvalidkeyError:
+        return False
+
+
+@dataclass
+class Session:
+    token: str
+    csrf: str
+    last_seen: float
+    #: Messages for the next page shown ("Document accepted"): keys of the text catalog and their values.
+    notices: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+
+@dataclass
+class Sessions:
+    """The open sessions of one node, in memory, and the sign-in rate limit."""
+
+    idle_seconds: float = IDLE_SECONDS
+    _open: dict[str, Session] = field(default_factory=dict)
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _all_failures: deque[float] = field(default_factory=deque)
+
+    def start(self, now: float | None = None) -> Session:
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now or time.monotonic())
+        self._open[session.token] = session
+        return session
+
+    def find(self, token: str | None, now: float | None = None) -> Session | None:
+        """The session of ``token`` if it is open and was used in the last :data:`IDLE_SECONDS`; touches it."""
+        if not token:
+            return None
+        now = time.monotonic() if now is None else now
+        session = self._open.get(token)
+        if session is None:
+            return None
+        if now - session.last_seen > self.idle_seconds:
+            del self._open[token]
+            return None
+        session.last_seen = now
+        return session
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._open.pop(token, None)
+
+    def end_all(self) -> None:
+        self._open.clear()
+
+    # --- rate limit -------------------------------------------------------------------------
+
+    def _recent(self, queue: deque[float], now: float) -> int:
+        while queue and now - queue[0] > WINDOW_SECONDS:
+            queue.popleft()
+        return len(queue)
+
+    def wait_seconds(self, client: str, now: float | None = None) -> int:
+        """Seconds before ``client`` may try a password again (0: now)."""
+        now = time.monotonic() if now is None else now
+        mine = self._failures.setdefault(client, deque())
+        if self._recent(mine, now) >= MAX_FAILURES:
+            return int(WINDOW_SECONDS - (now - mine[0])) + 1
+        if self._recent(self._all_failures, now) >= MAX_FAILURES_ALL:
+            return int(WINDOW_SECONDS - (now - self._all_failures[0])) + 1
+        return 0
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._failures.setdefault(client, deque()).append(now)
+        self._all_failures.append(now)
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+def same_token(a: str | None, b: str | None) -> bool:
+    """Constant-time comparison of two tokens (None never matches)."""
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
