@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/propagation.py --json bench-propagation.json
 	$(BIN)/python benchmarks/sync.py --json bench-sync.json
 	$(BIN)/python benchmarks/initial_sync.py --json bench-initial-sync.json
+	$(BIN)/python benchmarks/web.py --json bench-web.json
 
 ## conformance: the conformance suite against the reference node (patient and clinic), started as spec/conformance.md says
 conformance: $(STAMP)

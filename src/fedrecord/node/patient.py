@@ -53,7 +53,7 @@ from fedrecord.core.sealed_box import open_sealed, seal
 
 from .home import NodeHome
 from .records_table import open_stored
-from .store import AuditRow
+from .store import AuditChainRow, AuditRow
 from .sync import ViewCache, subject_of
 from .wire import MAX_DOCUMENT, Invitation
 
@@ -65,6 +65,13 @@ AUDIT_DOMAIN = b"fedrecord/v0/audit-entry"
 # operations and a signature).  The cache is looked up only after the request was decided allowed, and a
 # deleted document has no row left to serve, so a kept wrap never outlives the right it was made under.
 WRAP_CACHE_SIZE = 1024
+# Audit entries read from the database at a time while the chain is verified.
+AUDIT_BATCH = 1000
+# What the web page keeps in the meta table: how far the audit chain verified, and where it broke.
+AUDIT_VERIFIED_KEY = "audit.verified"
+AUDIT_BROKEN_KEY = "audit.broken"
+# Seconds one page load spends at most verifying new audit entries.
+AUDIT_BUDGET = 0.5
 
 
 @dataclass(frozen=True)
@@ -813,29 +820,56 @@ class PatientNode:
     async def verify_audit(self) -> tuple[bool, int, str]:
         """Walk the chain: every receipt verifies, every hash links, every countersignature holds.
 
+        What it finds is kept for :meth:`verify_audit_since_last` (the web
+        page): how far the chain verified, or where it broke.
+
         Returns:
             (ok, entries checked, message naming the first broken entry).
         """
         prev_hash = GENESIS_HASH
-        count = 0
+        count = after = 0
         hashes: dict[int, bytes] = {}
-        rows = await self.store.audit_links()
-        for seq, receipt, at, stored_prev, entry_hash, countersignature in rows:
-            try:
-                signed = open_record(receipt, AccessReceipt)
-                verify_ed25519(self.home.identity.public_key, entry_hash, countersignature)
-            except RemoteProtocolError as exc:
-                return False, count, f"entry {seq}: {exc.code.value}"
-            if stored_prev != prev_hash or entry_hash != _audit_hash(seq, prev_hash, signed.id, at):
-                return False, count, f"entry {seq}: the hash chain is broken"
-            prev_hash = entry_hash
-            hashes[seq] = entry_hash
-            count += 1
+        while rows := await self.store.audit_chain(after=after, limit=AUDIT_BATCH):
+            for row in rows:
+                problem = self._audit_entry_problem(row, prev_hash)
+                if problem is not None:
+                    await self._audit_broken(row.seq, problem, 0)
+                    return False, count, f"entry {row.seq}: {problem}"
+                prev_hash = row.entry_hash
+                hashes[row.seq] = row.entry_hash
+                count += 1
+            after = rows[-1].seq
         # Checkpoints shared with the devices: the log must still hold what each vouched for.
         for checkpoint in await self.store.records(AuditCheckpoint, signer=self.home.did):
             if hashes.get(checkpoint.record.seq) != checkpoint.record.entry_hash:
+                await self._audit_broken(checkpoint.record.seq, "differs from its checkpoint", 0)
                 return False, count, f"entry {checkpoint.record.seq}: differs from its checkpoint"
+        async with self.store.transaction():
+            await self.store.set_meta_value(AUDIT_BROKEN_KEY, None)
+            await self.store.set_meta_value(
+                AUDIT_VERIFIED_KEY, after.to_bytes(8, "big") + prev_hash if after else None
+            )
         return True, count, "the audit chain verifies"
+
+    def _audit_entry_problem(self, row: AuditChainRow, prev_hash: bytes) -> str | None:
+        """What is wrong with one entry following ``prev_hash``, or None: its receipt verifies, its hash
+        links, its countersignature holds, and what the log lists of it is what its receipt says."""
+        try:
+            signed = open_record(row.receipt, AccessReceipt)
+            verify_ed25519(self.home.identity.public_key, row.entry_hash, row.countersignature)
+        except RemoteProtocolError as exc:
+            return exc.code.value
+        if row.prev_hash != prev_hash or row.entry_hash != _audit_hash(row.seq, prev_hash, signed.id, row.at):
+            return "the hash chain is broken"
+        record = signed.record
+        if (row.reader, row.doc, row.grant, row.purpose) != (
+            signed.signer,
+            record.doc,
+            record.grant,
+            record.purpose,
+        ):
+            return "the entry differs from its receipt"
+        return None
 
     # --- deletion -----------------------------------------------------------------------
 
@@ -864,6 +898,97 @@ class PatientNode:
 
     async def attestations(self, doc: bytes) -> list[Signed[DeletionAttestation]]:
         return await self.store.records(DeletionAttestation, subject=doc)
+
+    # --- the web page: the audit chain verified a little at a time, deletions and who answers them
+
+    async def verify_audit_since_last(self, *, budget: float = AUDIT_BUDGET) -> AuditStanding:
+        """Verify the entries logged since the last call, with the checks of :meth:`verify_audit`.
+
+        How far the chain verified (the highest seq and its entry hash) is kept
+        in the database, so each call checks only new entries, and that the
+        entry last verified is still there unchanged.  A failure is kept too
+        and answered by every later call, until :meth:`forget_audit_verification`.
+        A long backlog is verified ``budget`` seconds at a time (an entry costs
+        two signature checks, some 0.2 ms): the standing says how far it got.
+        """
+        tail = await self.store.audit_tail()
+        total = tail[0] if tail else 0
+        kept = await self.store.meta_value(AUDIT_BROKEN_KEY)
+        if kept is not None:
+            broken = json.loads(kept)
+            return AuditStanding(
+                verified=int(broken["seq"]) - 1,
+                total=total,
+                broken=int(broken["seq"]),
+                problem=str(broken["problem"]),
+            )
+        mark = await self.store.meta_value(AUDIT_VERIFIED_KEY)
+        after, prev_hash = (int.from_bytes(mark[:8], "big"), mark[8:]) if mark else (0, GENESIS_HASH)
+        if after and await self.store.audit_entry_hash(after) != prev_hash:
+            return await self._audit_broken(after, "differs from when it was verified", total)
+        start = after
+        hashes: dict[int, bytes] = {}
+        deadline = time.monotonic() + budget
+        while after < total and time.monotonic() < deadline:
+            rows = await self.store.audit_chain(after=after, limit=AUDIT_BATCH)
+            if not rows:
+                break
+            checked, failure = await asyncio.to_thread(self._check_audit_run, rows, prev_hash)
+            for seq, entry_hash in checked:
+                hashes[seq] = entry_hash
+                after, prev_hash = seq, entry_hash
+            if failure is not None:
+                await self._remember_audit_mark(start, after, prev_hash)
+                return await self._audit_broken(failure[0], failure[1], total)
+        if hashes:
+            for checkpoint in await self.store.records(AuditCheckpoint, signer=self.home.did):
+                seq = checkpoint.record.seq
+                if start < seq <= after and hashes.get(seq) != checkpoint.record.entry_hash:
+                    return await self._audit_broken(seq, "differs from its checkpoint", total)
+            await self._remember_audit_mark(start, after, prev_hash)
+        return AuditStanding(verified=after, total=total, broken=None, problem="")
+
+    async def forget_audit_verification(self) -> None:
+        """Forget how far the audit chain verified (and any failure): the next check walks it all again."""
+        async with self.store.transaction():
+            await self.store.set_meta_value(AUDIT_VERIFIED_KEY, None)
+            await self.store.set_meta_value(AUDIT_BROKEN_KEY, None)
+
+    def _check_audit_run(
+        self, rows: Sequence[AuditChainRow], prev_hash: bytes
+    ) -> tuple[list[tuple[int, bytes]], tuple[int, str] | None]:
+        """The (seq, entry hash) of the entries that verify, in order, and the first failure (seq, problem)."""
+        checked: list[tuple[int, bytes]] = []
+        for row in rows:
+            problem = self._audit_entry_problem(row, prev_hash)
+            if problem is not None:
+                return checked, (row.seq, problem)
+            checked.append((row.seq, row.entry_hash))
+            prev_hash = row.entry_hash
+        return checked, None
+
+    async def _remember_audit_mark(self, start: int, seq: int, entry_hash: bytes) -> None:
+        if seq > start:
+            async with self.store.transaction():
+                await self.store.set_meta_value(AUDIT_VERIFIED_KEY, seq.to_bytes(8, "big") + entry_hash)
+
+    async def _audit_broken(self, seq: int, problem: str, total: int) -> AuditStanding:
+        async with self.store.transaction():
+            await self.store.set_meta_value(
+                AUDIT_BROKEN_KEY, json.dumps({"seq": seq, "problem": problem}).encode()
+            )
+        return AuditStanding(verified=seq - 1, total=total, broken=seq, problem=problem)
+
+    async def tombstone_of(self, doc: bytes) -> Signed[Tombstone] | None:
+        """This node's tombstone of ``doc``, or None when the patient has not deleted it."""
+        found = await self.store.records(Tombstone, signer=self.home.did, subject=doc)
+        return found[0] if found else None
+
+    async def expected_attestations(self, doc: bytes) -> list[str]:
+        """Who should answer the deletion of ``doc`` with an attestation: every connected clinic (each
+        is sent every tombstone) and every node that read the document."""
+        clinics = {did for did, _name in await self.store.peers_with_role("clinic")}
+        return sorted(clinics | set(await self.store.audit_readers_of(doc)))
 
 
 def _own_subject(signed: Signed[Any]) -> bytes | None:
@@ -929,3 +1054,22 @@ async def read_stored(home: NodeHome, doc: bytes, reader: DocumentReader) -> byt
     pieces: list[bytes] = []
     await decrypt_stored(home, doc, reader, sink=pieces.append)
     return b"".join(pieces)
+
+
+@dataclass(frozen=True)
+class AuditStanding:
+    """How far the audit chain verified (:meth:`PatientNode.verify_audit_since_last`)."""
+
+    #: Entries 1 to ``verified`` verify.
+    verified: int
+    #: The log's last entry.
+    total: int
+    #: The entry where verification failed, or None.
+    broken: int | None
+    #: What failed there (a protocol code or a sentence), empty when nothing did.
+    problem: str
+
+    @property
+    def complete(self) -> bool:
+        """The whole log verified."""
+        return self.broken is None and self.verified >= self.total

@@ -65,6 +65,25 @@ MIGRATIONS = (
             " BEGIN UPDATE view_epoch SET n = n + 1; END",
         ),
     ),
+    Migration(
+        version=3,
+        description="audit log indexes: the patient's page lists it by reader, by document and by time",
+        statements=(
+            # Each index ends with the rowid (seq): pages walk them newest first, by (at, seq).
+            "CREATE INDEX audit_by_reader ON audit (reader, at)",
+            "CREATE INDEX audit_by_doc ON audit (doc, at)",
+            "CREATE INDEX audit_by_time ON audit (at)",
+        ),
+    ),
+    Migration(
+        version=4,
+        description="documents indexes: the patient's page lists the record newest first, by category",
+        statements=(
+            # Also what the inbox and every "WHERE state = ..." read use instead of a scan of the table.
+            "CREATE INDEX documents_by_state_date ON documents (state, date, id)",
+            "CREATE INDEX documents_by_state_category ON documents (state, category, date, id)",
+        ),
+    ),
 )
 
 TABLES = (

@@ -14,7 +14,9 @@ Records read back are re-verified through the cache of
 
 from __future__ import annotations
 
+import json
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
@@ -503,6 +505,67 @@ class NodeStore(Protocol):
         """Keep (or replace) a delegated chain.  Call inside a transaction."""
         ...
 
+    async def invitations(self) -> list[InvitationRow]:
+        """Every invitation this node made, newest expiry first: label, expiry, who used it (never the token)."""
+        ...
+
+    # --- the web page: the audit log by page and filter, its verification mark, peers by role
+
+    async def audit_page(
+        self, where: AuditFilter, *, before: int | None = None, after: int | None = None, limit: int
+    ) -> list[AuditRow]:
+        """Up to ``limit`` entries matching ``where``, newest first by (at, seq): the newest older than
+        entry ``before`` (or the newest of all), or, with ``after``, the oldest newer than entry ``after``;
+        none when the cursor names no entry."""
+        ...
+
+    async def audit_readers(self) -> list[str]:
+        """Every reader that appears in the log."""
+        ...
+
+    async def audit_readers_of(self, doc: bytes) -> list[str]:
+        """Every reader that read ``doc``."""
+        ...
+
+    async def audit_chain(self, *, after: int, limit: int) -> list[AuditChainRow]:
+        """Up to ``limit`` entries above seq ``after``, in order, with all that their verification checks."""
+        ...
+
+    async def audit_entry_hash(self, seq: int) -> bytes | None:
+        """The stored hash of entry ``seq``, or ``None`` when there is none."""
+        ...
+
+    async def meta_value(self, key: str) -> bytes | None:
+        """A value the node keeps about itself (``meta`` table), or ``None``."""
+        ...
+
+    async def set_meta_value(self, key: str, value: bytes | None) -> None:
+        """Keep (or, with ``None``, drop) a value of the ``meta`` table.  Call inside a transaction."""
+        ...
+
+    async def peers_with_role(self, role: str) -> list[tuple[str, str]]:
+        """(did, name) of each known peer of ``role``."""
+        ...
+
+    # --- the web page: the record's timeline by page and filter
+
+    async def record_page(self, where: RecordFilter, *, limit: int, offset: int) -> RecordPage:
+        """The record's documents matching ``where``, newest first (by date, then id): ``limit`` of them
+        after skipping ``offset``, and how many match in all."""
+        ...
+
+    async def record_facets(self) -> RecordFacets:
+        """How many documents the record holds, and the categories and labels they use (sorted)."""
+        ...
+
+    async def accepted_document(self, doc: bytes) -> AcceptedRow | None:
+        """One document of the record; ``None`` when ``doc`` is not in the record."""
+        ...
+
+    async def document_titles(self, docs: Sequence[bytes]) -> dict[bytes, str]:
+        """The titles of those of ``docs`` this node holds, by id."""
+        ...
+
 
 class SqliteNodeStore:
     """:class:`NodeStore` on the node's :class:`~fedrecord.storage.sqlite.Database` to the node database (see :mod:`.schema`)."""
@@ -972,3 +1035,278 @@ class SqliteNodeStore:
             "INSERT OR REPLACE INTO delegations (leaf, patient, chain) VALUES (?, ?, ?)",
             (leaf, patient, chain),
         )
+
+    async def invitations(self) -> list[InvitationRow]:
+        rows = await self._all(
+            "SELECT token_hash, label, expires, used_by, grant_id FROM invitations ORDER BY expires DESC, rowid DESC"
+        )
+        return [InvitationRow(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+
+    # --- the web page: the audit log by page and filter, its verification mark, peers by role
+
+    async def audit_page(
+        self, where: AuditFilter, *, before: int | None = None, after: int | None = None, limit: int
+    ) -> list[AuditRow]:
+        clauses, params = _audit_where(where)
+        cursor = after if after is not None else before
+        if cursor is not None:
+            at = await self._one("SELECT at FROM audit WHERE seq = ?", (cursor,))
+            if at is None:
+                return []
+            # Row values: the walk starts at the cursor in the (at, seq) index, whatever the filters.
+            clauses.append("(at, seq) > (?, ?)" if after is not None else "(at, seq) < (?, ?)")
+            params.extend((at[0], cursor))
+        condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if after is not None else "DESC"
+        rows = await self._all(
+            f"SELECT seq, reader, doc, grant_id, purpose, at, entry_hash FROM audit{condition}"
+            f" ORDER BY at {order}, seq {order} LIMIT ?",
+            (*params, limit),
+        )
+        entries = [AuditRow(*row) for row in rows]
+        return entries[::-1] if order == "ASC" else entries
+
+    async def audit_readers(self) -> list[str]:
+        # One index probe per reader (audit_by_reader), not a walk over every entry.
+        rows = await self._all(
+            "WITH RECURSIVE r (reader) AS (SELECT min(reader) FROM audit UNION ALL"
+            " SELECT (SELECT min(reader) FROM audit WHERE reader > r.reader) FROM r WHERE r.reader IS NOT NULL)"
+            " SELECT reader FROM r WHERE reader IS NOT NULL"
+        )
+        return [row[0] for row in rows]
+
+    async def audit_readers_of(self, doc: bytes) -> list[str]:
+        return [row[0] for row in await self._all("SELECT DISTINCT reader FROM audit WHERE doc = ?", (doc,))]
+
+    async def audit_chain(self, *, after: int, limit: int) -> list[AuditChainRow]:
+        rows = await self._all(
+            "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant_id, purpose"
+            " FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [AuditChainRow(*row) for row in rows]
+
+    async def audit_entry_hash(self, seq: int) -> bytes | None:
+        row = await self._one("SELECT entry_hash FROM audit WHERE seq = ?", (seq,))
+        return bytes(row[0]) if row is not None else None
+
+    async def meta_value(self, key: str) -> bytes | None:
+        row = await self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return bytes(row[0]) if row is not None else None
+
+    async def set_meta_value(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            await self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            await self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    async def peers_with_role(self, role: str) -> list[tuple[str, str]]:
+        rows = await self._all("SELECT did, name FROM peers WHERE role = ? ORDER BY name", (role,))
+        return [(row[0], row[1]) for row in rows]
+
+    # --- the web page: the record's timeline by page and filter
+
+    #: What the record's pages read, kept with the view epoch they were read at: a change to the
+    #: documents (by any process) moves the epoch, and what was kept under an older one is not used.
+    _record_facets: tuple[int, RecordFacets] | None = None
+    _record_matches: OrderedDict[tuple[int, RecordFilter], int | list[bytes]] | None = None
+
+    async def _record_epoch(self) -> int | None:
+        """The view epoch to key kept results by; ``None`` (keep nothing) while the writer is inside a
+        transaction, whose epoch may be rolled back and come again with other documents."""
+        return None if self.db.in_transaction else await self.view_epoch()
+
+    def _kept(self, key: tuple[int, RecordFilter] | None) -> int | list[bytes] | None:
+        if key is None or self._record_matches is None or key not in self._record_matches:
+            return None
+        self._record_matches.move_to_end(key)
+        return self._record_matches[key]
+
+    def _keep(self, key: tuple[int, RecordFilter] | None, value: int | list[bytes]) -> None:
+        if key is None:
+            return
+        if self._record_matches is None:
+            self._record_matches = OrderedDict()
+        self._record_matches[key] = value
+        while len(self._record_matches) > RECORD_MATCHES_KEPT:
+            self._record_matches.popitem(last=False)
+
+    async def record_page(self, where: RecordFilter, *, limit: int, offset: int) -> RecordPage:
+        clauses, params = _record_where(where)
+        condition = " AND ".join(clauses)
+        epoch = await self._record_epoch()
+        key = (epoch, where) if epoch is not None else None
+        if not where.words:
+            rows = await self._all(
+                f"SELECT {_ACCEPTED_COLUMNS} FROM documents WHERE {condition} ORDER BY date DESC, id DESC"
+                " LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            )
+            kept = self._kept(key)
+            if offset == 0 and len(rows) < limit:
+                matching = len(rows)
+            elif where == RecordFilter():
+                matching = (await self.record_facets()).total
+            elif isinstance(kept, int):
+                matching = kept
+            else:
+                counted = await self._one(f"SELECT count(*) FROM documents WHERE {condition}", params)
+                matching = int(counted[0])
+                self._keep(key, matching)
+            return RecordPage([AcceptedRow(*row) for row in rows], matching)
+        # Words match as str.casefold() says (SQLite's lower() and LIKE know only ASCII): the titles of
+        # the documents the other filters leave are folded here, in order, and the page read by id.
+        kept = self._kept(key)
+        if isinstance(kept, list):
+            ids = kept
+        else:
+            words = [word.casefold() for word in where.words]
+            ids = [
+                row[0]
+                for row in await self._all(
+                    f"SELECT id, title FROM documents WHERE {condition} ORDER BY date DESC, id DESC", params
+                )
+                if all(word in row[1].casefold() for word in words)
+            ]
+            self._keep(key, ids)
+        shown = ids[offset : offset + limit]
+        rows = (
+            await self._all(
+                # By primary key ("+state": not a walk of the state index in date order).
+                f"SELECT {_ACCEPTED_COLUMNS} FROM documents WHERE id IN ({', '.join('?' * len(shown))})"
+                " AND +state = 'accepted' ORDER BY date DESC, id DESC",
+                shown,
+            )
+            if shown
+            else []
+        )
+        return RecordPage([AcceptedRow(*row) for row in rows], len(ids))
+
+    async def record_facets(self) -> RecordFacets:
+        # Kept until the view epoch moves (any change to documents, by any process).  Not while the
+        # writer is inside a transaction: an epoch read there may be rolled back, and come again.
+        epoch = await self._record_epoch()
+        if epoch is not None and self._record_facets is not None and self._record_facets[0] == epoch:
+            return self._record_facets[1]
+        total = await self._one("SELECT count(*) FROM documents WHERE state = 'accepted'")
+        categories = await self._all(
+            "SELECT DISTINCT category FROM documents WHERE state = 'accepted' ORDER BY category"
+        )
+        labels = await self._all(
+            "SELECT DISTINCT label.value FROM documents, json_each(documents.labels) AS label"
+            " WHERE documents.state = 'accepted' ORDER BY label.value"
+        )
+        facets = RecordFacets(int(total[0]), [row[0] for row in categories], [str(row[0]) for row in labels])
+        if epoch is not None:
+            self._record_facets = (epoch, facets)
+        return facets
+
+    async def accepted_document(self, doc: bytes) -> AcceptedRow | None:
+        row = await self._one(
+            f"SELECT {_ACCEPTED_COLUMNS} FROM documents WHERE id = ? AND state = 'accepted'", (doc,)
+        )
+        return AcceptedRow(*row) if row is not None else None
+
+    async def document_titles(self, docs: Sequence[bytes]) -> dict[bytes, str]:
+        unique = list(dict.fromkeys(docs))
+        titles: dict[bytes, str] = {}
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            rows = await self._all(
+                f"SELECT id, title FROM documents WHERE id IN ({', '.join('?' * len(part))})", part
+            )
+            titles.update((bytes(row[0]), str(row[1])) for row in rows)
+        return titles
+
+
+class InvitationRow(NamedTuple):
+    """An invitation the node made, as listed (only its token's hash is kept)."""
+
+    token_hash: bytes
+    label: str
+    expires: int
+    used_by: str | None
+    grant_id: bytes | None
+
+
+class AuditFilter(NamedTuple):
+    """Which audit entries a page lists: by reader, by document, by time (``since`` <= at < ``until``)."""
+
+    reader: str | None = None
+    doc: bytes | None = None
+    since: int | None = None
+    until: int | None = None
+
+
+class AuditChainRow(NamedTuple):
+    """An audit entry with all its verification checks: the chain's links and what the log lists."""
+
+    seq: int
+    receipt: bytes
+    at: int
+    prev_hash: bytes
+    entry_hash: bytes
+    countersignature: bytes
+    reader: str
+    doc: bytes
+    grant: bytes
+    purpose: str
+
+
+def _audit_where(where: AuditFilter) -> tuple[list[str], list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("reader = ?", where.reader),
+        ("doc = ?", where.doc),
+        ("at >= ?", where.since),
+        ("at < ?", where.until),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return clauses, params
+
+
+class RecordFilter(NamedTuple):
+    """Which documents of the record a page lists: of a category, with a label, with words in the title."""
+
+    category: str | None = None
+    label: str | None = None
+    #: Each must appear in the title, ignoring case (``str.casefold``).
+    words: tuple[str, ...] = ()
+
+
+class RecordPage(NamedTuple):
+    """A page of the record's documents, and how many match the filter in all."""
+
+    documents: list[AcceptedRow]
+    matching: int
+
+
+class RecordFacets(NamedTuple):
+    """The whole record, as its filters offer it."""
+
+    total: int
+    categories: list[str]
+    labels: list[str]
+
+
+#: How many counts and word matches of the record's filters a store keeps (see ``record_page``).
+RECORD_MATCHES_KEPT: Final = 32
+_ACCEPTED_COLUMNS: Final = "id, author, title, doc_type, category, labels, date, added, size, hidden"
+
+
+def _record_where(where: RecordFilter) -> tuple[list[str], list[Any]]:
+    clauses = ["state = 'accepted'"]
+    params: list[Any] = []
+    if where.category:
+        clauses.append("category = ?")
+        params.append(where.category)
+    if where.label:
+        # The JSON text is searched first (cheap), then its items compared exactly.
+        clauses.append(
+            "instr(labels, ?) > 0 AND EXISTS (SELECT 1 FROM json_each(documents.labels) WHERE value = ?)"
+        )
+        params.extend((json.dumps(where.label), where.label))
+    return clauses, params

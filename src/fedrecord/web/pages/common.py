@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from fedrecord.node.patient import PatientNode
+from fedrecord.node.store import AcceptedRow, RecordFilter
 
 from .. import i18n
 from ..app import LANGUAGE
@@ -78,23 +80,46 @@ class DocumentsView:
 async def documents_view(
     patient: PatientNode, *, query: str, category: str, label: str, limit: int, offset: int
 ) -> DocumentsView:
-    """The record's documents, newest first, filtered by words of the title, category and label."""
-    everything = await patient.documents()
-    words = [w.casefold() for w in query.split()]
-    matching = [
-        d
-        for d in everything
-        if (not category or d["category"] == category)
-        and (not label or label in d["labels"])
-        and all(w in d["title"].casefold() for w in words)
-    ]
-    matching.sort(key=lambda d: (d["date"], d["doc"]), reverse=True)
-    shown = matching[offset : offset + limit]
+    """The record's documents, newest first, filtered by words of the title, category and label.
+
+    Filtering, ordering, counting and the page are the store's queries (indexed): the page's time
+    does not grow with the size of the record.
+    """
+    store = patient.store
+    page = await store.record_page(
+        RecordFilter(category=category or None, label=label or None, words=tuple(query.split())),
+        limit=limit,
+        offset=offset,
+    )
+    facets = await store.record_facets()
+    shown = [document_entry(row) for row in page.documents]
     return DocumentsView(
         documents=shown,
-        total=len(everything),
-        matching=len(matching),
-        categories=sorted({d["category"] for d in everything}),
-        labels=sorted({lab for d in everything for lab in d["labels"]}),
+        total=facets.total,
+        matching=page.matching,
+        categories=facets.categories,
+        labels=facets.labels,
         authors={did: await patient.peer_name(did) for did in {d["author"] for d in shown}},
     )
+
+
+def document_entry(row: AcceptedRow) -> dict[str, Any]:
+    """A document of the record as the pages show it (the keys of :meth:`PatientNode.documents`)."""
+    return {
+        "doc": row.doc,
+        "author": row.author,
+        "title": row.title,
+        "type": row.doc_type,
+        "category": row.category,
+        "labels": json.loads(row.labels) if row.labels != "[]" else [],
+        "date": row.date,
+        "added": row.added,
+        "size": row.size,
+        "hidden": bool(row.hidden),
+    }
+
+
+async def record_document(patient: PatientNode, doc: bytes) -> dict[str, Any] | None:
+    """One document of the record (as :func:`document_entry`), or ``None`` when it is not in the record."""
+    row = await patient.store.accepted_document(doc)
+    return document_entry(row) if row is not None else None

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from typing import NamedTuple
+
 from aiohttp import web
 
 from fedrecord.core.errors import FedrecordError
 
 from .. import i18n
 from ..app import PATIENT, render
-from .common import category_name, doc_id, documents_view, label_name
+from .common import DocumentsView, category_name, doc_id, documents_view, label_name, record_document
 
-PAGE_SIZE = 50
+#: Documents per page of the timeline: a page's time is mostly its lines (issue 6: at most 3 x the time
+#: of a record of 10 documents, whatever the size of the record; ``benchmarks/web.py``).
+PAGE_SIZE = 25
 
 i18n.register(
     {
@@ -59,6 +64,7 @@ async def timeline(request: web.Request) -> web.Response:
         request,
         "record.html",
         view=view,
+        rows=timeline_rows(view, request),
         query=query,
         category=category,
         label=label,
@@ -69,11 +75,39 @@ async def timeline(request: web.Request) -> web.Response:
     )
 
 
+class TimelineRow(NamedTuple):
+    """One line of the timeline, every text ready (the template only places them)."""
+
+    href: str
+    title: str
+    hidden: bool
+    date: str
+    category: str
+    author: str
+    labels: list[str]
+
+
+def timeline_rows(view: DocumentsView, request: web.Request) -> list[TimelineRow]:
+    category, label = category_name(request), label_name(request)
+    return [
+        TimelineRow(
+            href=f"/record/{d['doc'].hex()}",
+            title=d["title"],
+            hidden=d["hidden"],
+            date=time.strftime("%Y-%m-%d", time.gmtime(d["date"])) if d["date"] else "",
+            category=category(d["category"]),
+            author=view.authors[d["author"]],
+            labels=[label(code) for code in d["labels"]],
+        )
+        for d in view.documents
+    ]
+
+
 async def document(request: web.Request) -> web.StreamResponse:
     """One document, decrypted by the node: shown as text in the page, or sent as a download."""
     patient = request.app[PATIENT]
     doc = doc_id(request.match_info["doc"])
-    entry = next((d for d in await patient.documents() if d["doc"] == doc), None) if doc else None
+    entry = await record_document(patient, doc) if doc else None
     if entry is None or doc is None:
         return render(request, "refused.html", status=404, message_key="record.missing")
     try:
@@ -94,7 +128,7 @@ async def document(request: web.Request) -> web.StreamResponse:
         text = None
     return render(
         request,
-        "document.html",
+        "document_actions.html",
         entry=entry,
         text=text,
         label_name=label_name(request),
