@@ -27,8 +27,8 @@ HOME = web.AppKey("home", NodeHome)
 PATIENT = web.AppKey("patient", PatientNode)
 SESSIONS = web.AppKey("sessions", Sessions)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
-SESSION = "fedrecord.session"
-LANGUAGE = "fedrecord.language"
+SESSION = web.RequestKey("session", Session)
+LANGUAGE = web.RequestKey("language", str)
 OPEN_PATHS = ("/signin", "/static/", "/language")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -29,6 +29,7 @@ from fedrecord.node.wire import Invitation
 
 from .. import i18n
 from ..app import LANGUAGE, PATIENT, notify, redirect, render, session_of
+from ..sentences import long_date
 
 #: Invitations made in the page are valid for 1 to this many days (7 unless chosen).
 MAX_DAYS = 30
@@ -130,25 +131,13 @@ i18n.register(
     }
 )
 
-MONTHS = {
-    "en": (
-        "January", "February", "March", "April", "May", "June",
-        "July", "August", "September", "October", "November", "December",
-    ),
-    "fr": (
-        "janvier", "février", "mars", "avril", "mai", "juin",
-        "juillet", "août", "septembre", "octobre", "novembre", "décembre",
-    ),
-}  # fmt: skip
-
-
 def plain_date(seconds: int, language: str, *, hour: bool = True) -> str:
-    """``14 March 2026 at 15:04`` (or ``14 mars 2026 à 15:04``), in the node's local time."""
-    t = time.localtime(seconds)
-    day = f"{t.tm_mday} {MONTHS.get(language, MONTHS['en'])[t.tm_mon - 1]} {t.tm_year}"
+    """``14 March 2026 at 15:04 UTC`` (or ``14 mars 2026 à 15:04 UTC``): in UTC, as every page shows times."""
+    day = long_date(seconds, language)
     if not hour:
         return day
-    return f"{day} {'à' if language == 'fr' else 'at'} {t.tm_hour:02d}:{t.tm_min:02d}"
+    t = time.gmtime(seconds)
+    return f"{day} {'à' if language == 'fr' else 'at'} {t.tm_hour:02d}:{t.tm_min:02d} UTC"
 
 
 def time_left(seconds: int, now: int) -> tuple[str, dict[str, object]]:
