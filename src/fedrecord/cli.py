@@ -228,6 +228,11 @@ def _date(seconds: int | None) -> str:
 @click.option("--port", default=8470, show_default=True, type=int)
 @click.option("--endpoint", help="Public URL of this node (default http://HOST:PORT).")
 @click.option(
+    "--web-port",
+    type=int,
+    help="Port of the patient's web page, on 127.0.0.1 (default: PORT + 1).",
+)
+@click.option(
     "--signing-seed-file",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Make the signing identity from the 32-byte Ed25519 seed this file holds as 64 hex digits "
@@ -242,10 +247,11 @@ async def init(
     host: str,
     port: int,
     endpoint: str | None,
+    web_port: int | None,
     signing_seed_file: Path | None,
 ) -> None:
     """Create a node: keys (in a passphrase-encrypted key file), database, profile (US-1)."""
-    from fedrecord.node.home import NodeHome, init_home, read_signing_seed
+    from fedrecord.node.home import NodeConfig, NodeHome, init_home, read_signing_seed
 
     # Read before the passphrase is asked for: a bad file fails at once, and its content is never shown.
     signing_seed = read_signing_seed(signing_seed_file) if signing_seed_file is not None else None
@@ -261,6 +267,8 @@ async def init(
         kdf_limits=_kdf_limits(),
         signing_seed=signing_seed,
     )
+    if web_port is not None:
+        dataclasses.replace(NodeConfig.load(ctx.home), web_port=web_port).save(ctx.home)
     home = await NodeHome.open(ctx.home, passphrase)
     await home.close()
     ctx.emit(

@@ -3,7 +3,8 @@
 A form post without the CSRF token (or from another origin), a request
 without a session, a session cookie from another node, repeated wrong
 passwords, HTML and script in a document title or a clinic's name, the
-cookie's flags, sign-out, the lock after inactivity, and the loopback default.
+cookie's flags, sign-out, the lock after inactivity, the end of sessions at a password
+change and after their lifetime, and the loopback default.
 Most tests speak HTTP with aiohttp's client; the injected title is also
 opened in Chromium, where no dialog may open and no element may appear.
 """
@@ -26,10 +27,10 @@ from fedrecord.core import Scope
 from fedrecord.node.home import NodeConfig
 from fedrecord.node.runner import _start_web_page
 from fedrecord.web import auth
-from fedrecord.web.auth import COOKIE, Sessions
+from fedrecord.web.auth import COOKIE, Sessions, set_password
 
 from ..node_helpers import DAY, ServedNode, now, snapshot
-from .conftest import PASSWORD, LiveStory, launched_browser, new_context, sign_in
+from .conftest import PASSWORD, WEB_KDF, LiveStory, launched_browser, new_context, sign_in
 from .forms import csrf_of, forms_of, links_of
 
 PAGES = ("/record", "/inbox", "/sharing", "/audit", "/connect", "/devices")
@@ -282,7 +283,7 @@ async def test_the_session_ends_after_inactivity(live: LiveStory):
         status, location, _ = await get(session, "/record")
         assert (status, location) == (303, "/signin?ended=1")
         status, _, html = await get(session, location)
-        assert status == 200 and "signed out after 15 minutes without activity" in html
+        assert status == 200 and "after 15 minutes without activity" in html
         assert (await get(session, "/record"))[0] == 303, "the ended session stays ended"
 
 
@@ -337,3 +338,64 @@ def test_the_page_listens_on_loopback_unless_told_otherwise(live: LiveStory):
         assert [tuple(address[:2]) for address in runner.addresses] == [("127.0.0.1", port)]
     finally:
         live.run(runner.cleanup())
+
+
+def test_a_session_ends_when_the_password_is_set_again(tmp_path):
+    set_password(tmp_path, PASSWORD, limits=WEB_KDF)
+    sessions = Sessions(home=tmp_path)
+    before = sessions.start(now=0.0)
+    assert sessions.find(before.token, now=1.0) is before
+    set_password(tmp_path, PASSWORD, limits=WEB_KDF)  # the same password again: a new salt, a new stamp
+    assert sessions.find(before.token, now=2.0) is None
+    after = sessions.start(now=3.0)
+    assert sessions.find(after.token, now=4.0) is after
+    assert sessions.find(before.token, now=4.0) is None, "the old session stays ended"
+    auth.credential_path(tmp_path).unlink()
+    assert sessions.find(after.token, now=5.0) is None, "no password set: no session"
+
+
+def test_a_session_opened_under_a_given_stamp_ends_when_it_changes(tmp_path):
+    set_password(tmp_path, PASSWORD, limits=WEB_KDF)
+    stamp = auth.credential_stamp(tmp_path)
+    assert stamp and stamp == auth.credential_stamp(tmp_path)
+    sessions = Sessions()  # no home: the caller passes the stamps
+    session = sessions.start(now=0.0, stamp=stamp)
+    assert sessions.find(session.token, now=1.0, stamp=stamp) is session
+    set_password(tmp_path, PASSWORD, limits=WEB_KDF)
+    assert auth.credential_stamp(tmp_path) != stamp
+    assert sessions.find(session.token, now=2.0, stamp=auth.credential_stamp(tmp_path)) is None
+
+
+def test_a_session_in_use_ends_after_its_absolute_lifetime():
+    assert auth.ABSOLUTE_SECONDS == 12 * 60 * 60
+    sessions = Sessions(idle_seconds=10.0, absolute_seconds=30.0)
+    session = sessions.start(now=100.0)
+    for moment in range(105, 131, 5):  # used every 5 seconds: never idle
+        assert sessions.find(session.token, now=float(moment)) is session, moment
+    assert sessions.find(session.token, now=131.0) is None
+    assert sessions.find(session.token, now=132.0) is None
+
+
+async def test_a_password_change_ends_the_sessions_open_in_the_browser(live: LiveStory):
+    node = live.new_patient("password-change")
+    url = live.serve_page(node)  # the page's own sessions, as `fedrecord serve` makes them
+    async with client(url) as session:
+        assert (await get(session, "/record"))[0] == 200
+        set_password(node.h.path, "another long password", limits=WEB_KDF)  # `fedrecord web-password`
+        assert (await get(session, "/record"))[:2] == (303, "/signin?ended=1")
+        assert (await get(session, "/record"))[0] == 303, "the ended session stays ended"
+        status, _, _ = await post(session, "/signin", {"password": PASSWORD})
+        assert status == 401, "the old password no longer opens the page"
+        status, location, _ = await post(session, "/signin", {"password": "another long password"})
+        assert (status, location) == (303, "/record")
+        assert (await get(session, "/record"))[0] == 200
+
+
+async def test_a_session_in_use_ends_after_its_lifetime_over_http(live: LiveStory):
+    url = live.serve_page(live.patient, Sessions(idle_seconds=60.0, absolute_seconds=2.0))
+    async with client(url) as session:
+        for _ in range(3):
+            assert (await get(session, "/record"))[0] == 200
+            await asyncio.sleep(0.4)
+        await asyncio.sleep(1.0)  # 2.2 s after sign-in, 1 s after the last request
+        assert (await get(session, "/record"))[:2] == (303, "/signin?ended=1")

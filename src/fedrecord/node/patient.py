@@ -842,7 +842,8 @@ class PatientNode:
         # Checkpoints shared with the devices: the log must still hold what each vouched for.
         for checkpoint in await self.store.records(AuditCheckpoint, signer=self.home.did):
             if hashes.get(checkpoint.record.seq) != checkpoint.record.entry_hash:
-                await self._audit_broken(checkpoint.record.seq, "differs from its checkpoint", 0)
+                seq = checkpoint.record.seq
+                await self._audit_broken(seq, "differs from its checkpoint", 0, verified=min(seq - 1, after))
                 return False, count, f"entry {checkpoint.record.seq}: differs from its checkpoint"
         async with self.store.transaction():
             await self.store.set_meta_value(AUDIT_BROKEN_KEY, None)
@@ -906,47 +907,57 @@ class PatientNode:
 
         How far the chain verified (the highest seq and its entry hash) is kept
         in the database, so each call checks only new entries, and that the
-        entry last verified is still there unchanged.  A failure is kept too
-        and answered by every later call, until :meth:`forget_audit_verification`.
-        A long backlog is verified ``budget`` seconds at a time (an entry costs
-        two signature checks, some 0.2 ms): the standing says how far it got.
+        entry last verified is still there unchanged.  Every call also compares
+        each audit checkpoint this node signed (what its devices vouch for) with
+        the stored hash of its entry: a log cut short or rewritten below one is
+        found whether or not there was anything new.  Older entries are not read
+        again.  A failure is kept too and answered by every later call, until
+        :meth:`forget_audit_verification`.  A long backlog is verified ``budget``
+        seconds at a time (an entry costs two signature checks, some 0.2 ms): the
+        standing says how far it got.
+
+        What a call finds is kept only if the progress mark is still the one it
+        started from (and no failure was kept meanwhile): a verification that
+        overlaps :meth:`forget_audit_verification`, or another one, does not
+        write back what it started from.
         """
         tail = await self.store.audit_tail()
         total = tail[0] if tail else 0
         kept = await self.store.meta_value(AUDIT_BROKEN_KEY)
         if kept is not None:
             broken = json.loads(kept)
+            seq = int(broken["seq"])
             return AuditStanding(
-                verified=int(broken["seq"]) - 1,
+                verified=int(broken.get("verified", seq - 1)),
                 total=total,
-                broken=int(broken["seq"]),
+                broken=seq,
                 problem=str(broken["problem"]),
             )
         mark = await self.store.meta_value(AUDIT_VERIFIED_KEY)
         after, prev_hash = (int.from_bytes(mark[:8], "big"), mark[8:]) if mark else (0, GENESIS_HASH)
         if after and await self.store.audit_entry_hash(after) != prev_hash:
-            return await self._audit_broken(after, "differs from when it was verified", total)
-        start = after
-        hashes: dict[int, bytes] = {}
+            return await self._remember_audit(
+                mark, after, prev_hash, total, broken=(after, "differs from when it was verified")
+            )
         deadline = time.monotonic() + budget
+        failure: tuple[int, str] | None = None
         while after < total and time.monotonic() < deadline:
             rows = await self.store.audit_chain(after=after, limit=AUDIT_BATCH)
             if not rows:
                 break
             checked, failure = await asyncio.to_thread(self._check_audit_run, rows, prev_hash)
-            for seq, entry_hash in checked:
-                hashes[seq] = entry_hash
-                after, prev_hash = seq, entry_hash
+            if checked:
+                after, prev_hash = checked[-1]
             if failure is not None:
-                await self._remember_audit_mark(start, after, prev_hash)
-                return await self._audit_broken(failure[0], failure[1], total)
-        if hashes:
-            for checkpoint in await self.store.records(AuditCheckpoint, signer=self.home.did):
-                seq = checkpoint.record.seq
-                if start < seq <= after and hashes.get(seq) != checkpoint.record.entry_hash:
-                    return await self._audit_broken(seq, "differs from its checkpoint", total)
-            await self._remember_audit_mark(start, after, prev_hash)
-        return AuditStanding(verified=after, total=total, broken=None, problem="")
+                break
+        # Checkpoints shared with the devices (few): the log must still hold what each vouched for.
+        for checkpoint in await self.store.records(AuditCheckpoint, signer=self.home.did):
+            seq = checkpoint.record.seq
+            if (failure is None or seq < failure[0]) and await self.store.audit_entry_hash(
+                seq
+            ) != checkpoint.record.entry_hash:
+                failure = (seq, "differs from its checkpoint")
+        return await self._remember_audit(mark, after, prev_hash, total, broken=failure)
 
     async def forget_audit_verification(self) -> None:
         """Forget how far the audit chain verified (and any failure): the next check walks it all again."""
@@ -967,17 +978,47 @@ class PatientNode:
             prev_hash = row.entry_hash
         return checked, None
 
-    async def _remember_audit_mark(self, start: int, seq: int, entry_hash: bytes) -> None:
-        if seq > start:
+    async def _remember_audit(
+        self,
+        start: bytes | None,
+        seq: int,
+        entry_hash: bytes,
+        total: int,
+        *,
+        broken: tuple[int, str] | None = None,
+    ) -> AuditStanding:
+        """Keep how far the chain verified (entry ``seq`` and its hash) and any failure ``broken`` (seq,
+        problem), compare-and-set: only if the stored mark is still ``start``, the one this verification
+        started from, and no failure was kept meanwhile.  The standing of what this verification found."""
+        verified = seq if broken is None else min(seq, broken[0] - 1)
+        mark = seq.to_bytes(8, "big") + entry_hash if seq else None
+        if mark != start or broken is not None:
             async with self.store.transaction():
-                await self.store.set_meta_value(AUDIT_VERIFIED_KEY, seq.to_bytes(8, "big") + entry_hash)
+                if (
+                    await self.store.meta_value(AUDIT_VERIFIED_KEY) == start
+                    and await self.store.meta_value(AUDIT_BROKEN_KEY) is None
+                ):
+                    if mark != start:
+                        await self.store.set_meta_value(AUDIT_VERIFIED_KEY, mark)
+                    if broken is not None:
+                        await self._keep_audit_failure(broken[0], broken[1], verified)
+        if broken is None:
+            return AuditStanding(verified=seq, total=total, broken=None, problem="")
+        return AuditStanding(verified=verified, total=total, broken=broken[0], problem=broken[1])
 
-    async def _audit_broken(self, seq: int, problem: str, total: int) -> AuditStanding:
+    async def _keep_audit_failure(self, seq: int, problem: str, verified: int) -> None:
+        """Keep where the chain broke, and how far it verified before.  Call inside a transaction."""
+        await self.store.set_meta_value(
+            AUDIT_BROKEN_KEY, json.dumps({"seq": seq, "problem": problem, "verified": verified}).encode()
+        )
+
+    async def _audit_broken(
+        self, seq: int, problem: str, total: int, *, verified: int | None = None
+    ) -> AuditStanding:
+        verified = seq - 1 if verified is None else verified
         async with self.store.transaction():
-            await self.store.set_meta_value(
-                AUDIT_BROKEN_KEY, json.dumps({"seq": seq, "problem": problem}).encode()
-            )
-        return AuditStanding(verified=seq - 1, total=total, broken=seq, problem=problem)
+            await self._keep_audit_failure(seq, problem, verified)
+        return AuditStanding(verified=verified, total=total, broken=seq, problem=problem)
 
     async def tombstone_of(self, doc: bytes) -> Signed[Tombstone] | None:
         """This node's tombstone of ``doc``, or None when the patient has not deleted it."""

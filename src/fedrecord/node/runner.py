@@ -77,16 +77,19 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
     await runner.setup()
     site = web.TCPSite(runner, home.config.host, home.config.port)
     await site.start()
-    web_runner = await _start_web_page(home, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     announce(home.config.endpoint)
-    background = [asyncio.create_task(duties(home, clinic, client, stop))]
-    if clinic is not None:
-        background.append(asyncio.create_task(StateSubscriptions(clinic).run(stop)))
+    background: list[asyncio.Task[None]] = []
+    web_runner: web.AppRunner | None = None
     try:
+        # Inside the try: a web port already taken still closes the API and the database cleanly.
+        web_runner = await _start_web_page(home, app)
+        background.append(asyncio.create_task(duties(home, clinic, client, stop)))
+        if clinic is not None:
+            background.append(asyncio.create_task(StateSubscriptions(clinic).run(stop)))
         await stop.wait()
     finally:
         await asyncio.gather(*background)
@@ -108,7 +111,14 @@ async def _start_web_page(home: NodeHome, api: web.Application) -> web.AppRunner
 
     runner = web.AppRunner(make_web_app(home, api[PATIENT]), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, home.config.web_host, port).start()
+    try:
+        await web.TCPSite(runner, home.config.web_host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if home.config.web_port is not None:
+            raise  # the port the patient chose: say so rather than run without the page
+        log.warning("no web page: port %d (the API's port plus one) is taken: %s; set web_port", port, exc)
+        return None
     log.info("the patient's web page is at http://%s:%d/", home.config.web_host, port)
     return runner
 

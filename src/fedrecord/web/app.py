@@ -8,7 +8,8 @@ from elsewhere), ``no-store`` caching and no referrer.
 
 from __future__ import annotations
 
-import time
+import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ from fedrecord.node.patient import PatientNode
 
 from . import i18n
 from .auth import COOKIE, CredentialError, Session, Sessions, password_matches, same_token
+from .sentences import iso_day
 
 HERE = Path(__file__).parent
 HOME = web.AppKey("home", NodeHome)
 PATIENT = web.AppKey("patient", PatientNode)
 SESSIONS = web.AppKey("sessions", Sessions)
+#: One password check at a time (each is an argon2id hash in a worker thread).
+CHECKING = web.AppKey("checking", asyncio.Semaphore)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 SESSION = web.RequestKey("session", Session)
 LANGUAGE = web.RequestKey("language", str)
@@ -60,8 +64,10 @@ i18n.register(
             "Aucun mot de passe n'est encore défini pour cette page. Sur le nœud, lancez : fedrecord web-password",
         ),
         "signin.ended": (
-            "You were signed out after 15 minutes without activity.",
-            "Vous avez été déconnecté après 15 minutes d'inactivité.",
+            "You were signed out: after 15 minutes without activity, after 12 hours, or because the "
+            "password was changed. Please sign in again.",
+            "Vous avez été déconnecté : après 15 minutes d'inactivité, après 12 heures, ou parce que le "
+            "mot de passe a changé. Reconnectez-vous.",
         ),
         "csrf.refused": (
             "This form has expired. Please go back, reload the page and try again.",
@@ -99,6 +105,7 @@ def render(request: web.Request, template: str, *, status: int = 200, **context:
         csrf=session.csrf if session else "",
         signed_in=session is not None,
         path=request.path,
+        here=request.path_qs,
         notices=notices,
         **context,
     )
@@ -145,6 +152,10 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
     session = request.app[SESSIONS].find(request.cookies.get(COOKIE))
     if session is not None:
         request[SESSION] = session
+    if request.method == "POST" and not _same_origin(request):
+        # Every post, sign-in and language switch included: another site the patient visits must not
+        # post here (a guessed password trips the rate limit and would lock the patient out).
+        return render(request, "refused.html", status=403, message_key="csrf.refused")
     if request.path.startswith(OPEN_PATHS):
         return await handler(request)
     if session is None:
@@ -154,12 +165,26 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
         return render(request, "refused.html", status=401, message_key="signin.ended")
     if request.method == "POST":
         form = await request.post()
-        origin = request.headers.get("Origin")
-        if not same_token(str(form.get("csrf", "")), session.csrf) or (
-            origin is not None and origin != f"{request.scheme}://{request.host}"
-        ):
+        if not same_token(str(form.get("csrf", "")), session.csrf):
             return render(request, "refused.html", status=403, message_key="csrf.refused")
     return await handler(request)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """A post from this page: its ``Origin`` (when the browser sends one) is ours, and it is not cross-site."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return False
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+
+#: Where the language switch may send the browser back to: a path of this page, with its query.
+LOCAL_PATH = re.compile(r"/(?![/\\])[^\s\x00-\x1f\x7f]*")
+
+
+def local_path(target: str, default: str = "/record") -> str:
+    """``target`` when it is a path of this page (never ``//host``, ``/\\host`` or with control characters)."""
+    return target if LOCAL_PATH.fullmatch(target) else default
 
 
 async def signin_page(request: web.Request) -> web.Response:
@@ -171,16 +196,21 @@ async def signin_page(request: web.Request) -> web.Response:
 async def signin(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS]
     client = request.remote or "unknown"
+    # The form is read before the limit is checked, and the attempt counted before any other wait:
+    # parallel attempts cannot all pass the check while their bodies arrive.
+    form = await request.post()
     wait = sessions.wait_seconds(client)
     if wait:
         return render(request, "signin.html", status=429, error=("signin.wait", {"minutes": (wait + 59) // 60}))
-    form = await request.post()
+    sessions.failed(client)
     try:
-        ok = password_matches(request.app[HOME].path, str(form.get("password", "")))
+        # argon2id takes a fraction of a second of CPU: off the event loop that also serves the API,
+        # one at a time.
+        async with request.app[CHECKING]:
+            ok = await asyncio.to_thread(password_matches, request.app[HOME].path, str(form.get("password", "")))
     except CredentialError:
         return render(request, "signin.html", status=503, error=("signin.unset", {}))
     if not ok:
-        sessions.failed(client)
         return render(request, "signin.html", status=401, error=("signin.wrong", {}))
     sessions.succeeded(client)
     sessions.end(request.cookies.get(COOKIE))  # a fresh token at each sign-in (no fixation)
@@ -200,8 +230,7 @@ async def signout(request: web.Request) -> web.Response:
 async def switch_language(request: web.Request) -> web.Response:
     form = await request.post()
     chosen = str(form.get("lang", ""))
-    back = str(form.get("back", "/record"))
-    response = redirect(back if back.startswith("/") and not back.startswith("//") else "/record")
+    response = redirect(local_path(str(form.get("back", "/record"))))
     if chosen in i18n.LANGUAGES:
         response.set_cookie(i18n.COOKIE, chosen, samesite="Strict", path="/", max_age=365 * 86_400)
     raise response
@@ -215,10 +244,11 @@ def make_web_app(home: NodeHome, patient: PatientNode, *, sessions: Sessions | N
     """The patient's web page over ``patient``, the node's own :class:`PatientNode` (one per process)."""
     from .pages import register_pages
 
-    app = web.Application(middlewares=[headers, language, signed_in], client_max_size=64 << 20)
+    app = web.Application(middlewares=[headers, language, signed_in], client_max_size=64 << 10)
     app[HOME] = home
     app[PATIENT] = patient
-    app[SESSIONS] = sessions or Sessions()
+    app[SESSIONS] = sessions or Sessions(home=home.path)
+    app[CHECKING] = asyncio.Semaphore(1)
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -226,7 +256,7 @@ def make_web_app(home: NodeHome, patient: PatientNode, *, sessions: Sessions | N
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    app[TEMPLATES].filters["date"] = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t)) if t else ""
+    app[TEMPLATES].filters["date"] = iso_day
     app[TEMPLATES].filters["hex"] = lambda b: b.hex()
     app.router.add_get("/", root)
     app.router.add_get("/signin", signin_page)

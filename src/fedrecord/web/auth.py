@@ -5,11 +5,15 @@ password, kept as an argon2id hash (PyNaCl's ``pwhash``) in ``web.json`` in
 the node's home, mode 0600.  A session is a random token in an HttpOnly,
 SameSite=Strict cookie; the node keeps its sessions in memory only, so a
 cookie from another node (or from before a restart) opens nothing.  Each
-session has its own CSRF token, which every form carries back.
+session has its own CSRF token, which every form carries back.  A session
+ends after :data:`IDLE_SECONDS` without a request, :data:`ABSOLUTE_SECONDS`
+after sign-in whatever its use, and at its first request after the password
+changed (:func:`credential_stamp`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -25,6 +29,8 @@ from nacl.exceptions import InvalidkeyError
 COOKIE = "fr_session"
 #: A session ends after this long without a request ("lock after inactivity").
 IDLE_SECONDS = 15 * 60
+#: A session ends this long after sign-in, however busy it is.
+ABSOLUTE_SECONDS = 12 * 60 * 60
 #: Wrong passwords allowed per client address in :data:`WINDOW_SECONDS`, then sign-in waits.
 MAX_FAILURES = 5
 #: Wrong passwords allowed from all addresses together in the window (a slow, spread-out guesser).
@@ -42,7 +48,10 @@ def credential_path(home: Path) -> Path:
 
 
 def set_password(home: Path, password: str, *, limits: tuple[int, int] | None = None) -> None:
-    """Store the argon2id hash of ``password`` (mode 0600); sessions already open stay open until they end.
+    """Store the argon2id hash of ``password`` (mode 0600).
+
+    Sessions opened under the previous password end at their next request: the
+    :func:`credential_stamp` they were opened with no longer matches.
 
     Raises:
         ValueError: a password shorter than :data:`MIN_PASSWORD` characters.
@@ -57,6 +66,19 @@ def set_password(home: Path, password: str, *, limits: tuple[int, int] | None = 
     with os.fdopen(fd, "w") as file:
         json.dump({"password": hashed}, file)
     os.replace(temporary, path)
+
+
+def credential_stamp(home: Path) -> str:
+    """A digest of the stored credential, which changes whenever the password is set again.
+
+    The hash is salted, so setting even the same password again changes it.  ``""`` when no
+    password is set (or the file cannot be read): no session opened under a password matches that.
+    """
+    try:
+        stored = credential_path(home).read_bytes()
+    except OSError:
+        return ""
+    return hashlib.sha256(b"fedrecord/web-credential\0" + stored).hexdigest()
 
 
 def password_matches(home: Path, password: str) -> bool:
@@ -80,33 +102,63 @@ class Session:
     token: str
     csrf: str
     last_seen: float
+    #: When it was opened (``time.monotonic()``): it ends :data:`ABSOLUTE_SECONDS` later.
+    started: float = 0.0
+    #: The :func:`credential_stamp` it was opened under (None: opened without one).
+    stamp: str | None = None
     #: Messages for the next page shown ("Document accepted"): keys of the text catalog and their values.
     notices: list[tuple[str, dict[str, object]]] = field(default_factory=list)
 
 
 @dataclass
 class Sessions:
-    """The open sessions of one node, in memory, and the sign-in rate limit."""
+    """The open sessions of one node, in memory, and the sign-in rate limit.
+
+    Given the node's ``home``, a session is opened under the credential's stamp read there and
+    ends once the stamp read at a later request differs (the password was set again).  Without
+    ``home`` a stamp may be passed to :meth:`start` and :meth:`find`.
+    """
 
     idle_seconds: float = IDLE_SECONDS
+    absolute_seconds: float = ABSOLUTE_SECONDS
+    home: Path | None = None
     _open: dict[str, Session] = field(default_factory=dict)
     _failures: dict[str, deque[float]] = field(default_factory=dict)
     _all_failures: deque[float] = field(default_factory=deque)
 
-    def start(self, now: float | None = None) -> Session:
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now or time.monotonic())
+    def _stamp(self, stamp: str | None) -> str | None:
+        if stamp is not None:
+            return stamp
+        return credential_stamp(self.home) if self.home is not None else None
+
+    def start(self, now: float | None = None, *, stamp: str | None = None) -> Session:
+        """A new session, opened under ``stamp`` (default: the credential's stamp read in ``home``)."""
+        now = time.monotonic() if now is None else now
+        session = Session(
+            secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, started=now, stamp=self._stamp(stamp)
+        )
         self._open[session.token] = session
         return session
 
-    def find(self, token: str | None, now: float | None = None) -> Session | None:
-        """The session of ``token`` if it is open and was used in the last :data:`IDLE_SECONDS`; touches it."""
+    def find(self, token: str | None, now: float | None = None, *, stamp: str | None = None) -> Session | None:
+        """The session of ``token`` if it is still open; touches it.
+
+        It ends (and None is returned) when unused for :attr:`idle_seconds`, opened more than
+        :attr:`absolute_seconds` ago, or opened under another credential than the current one
+        (``stamp``, default: read in ``home``; not checked when neither is known).
+        """
         if not token:
             return None
         now = time.monotonic() if now is None else now
         session = self._open.get(token)
         if session is None:
             return None
-        if now - session.last_seen > self.idle_seconds:
+        current = self._stamp(stamp)
+        if (
+            now - session.last_seen > self.idle_seconds
+            or now - session.started > self.absolute_seconds
+            or (current is not None and not same_token(session.stamp, current))
+        ):
             del self._open[token]
             return None
         session.last_seen = now
@@ -142,7 +194,10 @@ class Sessions:
         self._all_failures.append(now)
 
     def succeeded(self, client: str) -> None:
+        """The password was right: forget ``client``'s failures, and this attempt, counted as one beforehand."""
         self._failures.pop(client, None)
+        if self._all_failures:
+            self._all_failures.pop()
 
 
 def same_token(a: str | None, b: str | None) -> bool:

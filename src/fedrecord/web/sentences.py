@@ -25,8 +25,11 @@ __all__ = [
     "grant_details",
     "grant_sentence",
     "grant_summary",
+    "clock",
     "hidden_from",
+    "iso_day",
     "long_date",
+    "utc",
 ]
 
 LANGUAGES = ("en", "fr")
@@ -108,9 +111,36 @@ def hidden_from(grant_id: bytes, grant: Grant, restrictions: Sequence[PrivateRes
     return Hidden(tuple(sorted(labels)), tuple(sorted(categories)), len(documents))
 
 
+#: The last second of year 9999: times a peer signed beyond it are shown as unknown, never computed.
+LAST_SHOWN = 253402300799
+
+
+def utc(at: int) -> time.struct_time | None:
+    """``at`` (Unix seconds) in UTC, or None for a time no calendar shows (a peer may sign any uint64)."""
+    if not 0 <= at <= LAST_SHOWN:
+        return None
+    return time.gmtime(at)
+
+
+def iso_day(at: int | None) -> str:
+    """``2027-03-12``; empty for no time, "?" for one out of range."""
+    if not at:
+        return ""
+    day = utc(at)
+    return time.strftime("%Y-%m-%d", day) if day else "?"
+
+
+def clock(at: int) -> str:
+    """``15:04`` in UTC, "?" for a time out of range."""
+    moment = utc(at)
+    return time.strftime("%H:%M", moment) if moment else "?"
+
+
 def long_date(at: int, language: str) -> str:
     """``at`` (Unix seconds) as "12 March 2027" or "12 mars 2027" ("1er mars" on the first), in UTC."""
-    day = time.gmtime(at)
+    day = utc(at)
+    if day is None:
+        return "?"
     month = MONTHS[language][day.tm_mon - 1]
     number = "1er" if language == "fr" and day.tm_mday == 1 else str(day.tm_mday)
     return f"{number} {month} {day.tm_year}"

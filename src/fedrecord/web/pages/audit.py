@@ -39,6 +39,8 @@ PAGE_BUDGET = 0.5
 BACKGROUND_BUDGET = 2.0
 #: The background verification of a long backlog, one at a time per page.
 VERIFYING = web.AppKey("audit.verifying", dict)
+#: Held while a page load verifies and decides whether to start the background verification.
+STARTING = web.AppKey("audit.starting", asyncio.Lock)
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +54,22 @@ i18n.register(
             "cabinet. Les plus récents d'abord.",
         ),
         "audit.ok": (
-            "The log is intact: all {count} entries check out. Each read is signed by its reader and sealed to "
-            "the one before it, so an entry changed or removed afterwards does not check out.",
-            "Le journal est intact : ses {count} entrées sont vérifiées. Chaque lecture est signée par son "
-            "lecteur et scellée à la précédente : une entrée modifiée ou retirée après coup n'est plus valide.",
+            "The log is intact as far as checked: each of its {count} entries was checked once, and the newest "
+            "one is still in place as it was checked, as is each entry your devices vouched for. Each read is "
+            "signed by its reader and sealed to the one before it; older entries are not read again on each "
+            "visit: “Check the whole log again” does that.",
+            "Le journal est intact pour ce qui a été vérifié : chacune de ses {count} entrées a été vérifiée une "
+            "fois, et la plus récente est toujours en place telle qu'elle a été vérifiée, comme chaque entrée "
+            "attestée par vos appareils. Chaque lecture est signée par son lecteur et scellée à la précédente ; "
+            "les entrées plus anciennes ne sont pas relues à chaque visite : « Revérifier tout le journal » le "
+            "fait.",
         ),
         "audit.ok.one": (
-            "The log is intact: its entry checks out. Each read is signed by its reader and sealed to the one "
-            "before it, so an entry changed or removed afterwards does not check out.",
-            "Le journal est intact : son entrée est vérifiée. Chaque lecture est signée par son lecteur et "
-            "scellée à la précédente : une entrée modifiée ou retirée après coup n'est plus valide.",
+            "The log is intact as far as checked: its entry was checked, and is still in place as it was "
+            "checked. Each read is signed by its reader and sealed to the one before it.",
+            "Le journal est intact pour ce qui a été vérifié : son entrée a été vérifiée, et est toujours en "
+            "place telle qu'elle a été vérifiée. Chaque lecture est signée par son lecteur et scellée à la "
+            "précédente.",
         ),
         "audit.empty.log": (
             "Nobody has read your documents yet: the log is empty.",
@@ -79,6 +87,14 @@ i18n.register(
             "Attention : ce journal a été modifié après avoir été écrit. L'entrée numéro {seq} n'est pas valide "
             "({why}). Les entrées qui la précèdent sont intactes ; à partir de l'entrée {seq}, la liste peut ne "
             "pas montrer ce qui s'est vraiment passé.",
+        ),
+        "audit.broken.unchecked": (
+            "Warning: this log was changed after it was written. Entry number {seq} does not check out ({why}). "
+            "{verified} entries were checked before it was found; from entry {next} on, the list may not show "
+            "what really happened.",
+            "Attention : ce journal a été modifié après avoir été écrit. L'entrée numéro {seq} n'est pas valide "
+            "({why}). {verified} entrées avaient été vérifiées avant de le constater ; à partir de l'entrée "
+            "{next}, la liste peut ne pas montrer ce qui s'est vraiment passé.",
         ),
         "audit.why.chain": (
             "it does not follow on from the entry before it",
@@ -192,6 +208,14 @@ def _status(standing: AuditStanding, translate: Any) -> tuple[str, str]:
     if standing.broken is not None:
         key = WHY.get(standing.problem, "audit.why.other")
         why = translate(key, code=standing.problem) if key == "audit.why.other" else translate(key)
+        if standing.verified < standing.broken - 1:  # a checkpoint past what the chain's walk reached
+            return "broken", translate(
+                "audit.broken.unchecked",
+                seq=standing.broken,
+                why=why,
+                verified=standing.verified,
+                next=standing.verified + 1,
+            )
         return "broken", translate("audit.broken", seq=standing.broken, why=why)
     if standing.total == 0:
         return "empty", translate("audit.empty.log")
@@ -203,15 +227,19 @@ def _status(standing: AuditStanding, translate: Any) -> tuple[str, str]:
 
 
 async def _standing(app: web.Application, patient: PatientNode) -> AuditStanding:
-    """Verify what is new, for :data:`PAGE_BUDGET` seconds; a backlog left over goes on in a background task."""
+    """Verify what is new, for :data:`PAGE_BUDGET` seconds; a backlog left over goes on in a background task.
+
+    Page loads take turns (:data:`STARTING`), so two at once do not both start one.
+    """
     tasks: dict[str, asyncio.Task[None]] = app[VERIFYING]
-    running = tasks.get("task")
-    if running is not None and not running.done():
-        return await patient.verify_audit_since_last(budget=0)
-    standing = await patient.verify_audit_since_last(budget=PAGE_BUDGET)
-    if standing.broken is None and not standing.complete:
-        tasks["task"] = asyncio.create_task(_verify_the_rest(patient))
-    return standing
+    async with app[STARTING]:
+        running = tasks.get("task")
+        if running is not None and not running.done():
+            return await patient.verify_audit_since_last(budget=0)
+        standing = await patient.verify_audit_since_last(budget=PAGE_BUDGET)
+        if standing.broken is None and not standing.complete:
+            tasks["task"] = asyncio.create_task(_verify_the_rest(patient))
+        return standing
 
 
 async def _verify_the_rest(patient: PatientNode) -> None:
@@ -342,6 +370,7 @@ async def recheck(request: web.Request) -> web.Response:
 
 def routes(app: web.Application) -> None:
     app[VERIFYING] = {}
+    app[STARTING] = asyncio.Lock()
     app.on_cleanup.append(_stop_verifying)
     app.router.add_get("/audit", audit_page)
     app.router.add_post("/audit/verify", recheck)

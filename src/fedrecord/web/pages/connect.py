@@ -29,7 +29,7 @@ from fedrecord.node.wire import Invitation
 
 from .. import i18n
 from ..app import LANGUAGE, PATIENT, notify, redirect, render, session_of
-from ..sentences import long_date
+from ..sentences import clock, long_date
 
 #: Invitations made in the page are valid for 1 to this many days (7 unless chosen).
 MAX_DAYS = 30
@@ -136,8 +136,7 @@ def plain_date(seconds: int, language: str, *, hour: bool = True) -> str:
     day = long_date(seconds, language)
     if not hour:
         return day
-    t = time.gmtime(seconds)
-    return f"{day} {'à' if language == 'fr' else 'at'} {t.tm_hour:02d}:{t.tm_min:02d} UTC"
+    return f"{day} {'à' if language == 'fr' else 'at'} {clock(seconds)} UTC"
 
 
 def time_left(seconds: int, now: int) -> tuple[str, dict[str, object]]:

@@ -20,7 +20,7 @@ from fedrecord.node.patient import PatientNode
 
 from .. import i18n
 from ..app import LANGUAGE, PATIENT, TEMPLATES, notify, redirect, render
-from ..sentences import long_date
+from ..sentences import clock, long_date
 from .common import LABELS, category_name, doc_id, label_name, record_document
 
 i18n.register(
@@ -156,7 +156,7 @@ i18n.register(
 
 def when(at: int, language: str) -> str:
     """A moment as the page writes it: "12 March 2027, 14:05 UTC"."""
-    return f"{long_date(at, language)}, {time.strftime('%H:%M', time.gmtime(at))} UTC"
+    return f"{long_date(at, language)}, {clock(at)} UTC"
 
 
 async def _entry(patient: PatientNode, text: str) -> dict[str, Any] | None:

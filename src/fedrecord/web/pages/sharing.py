@@ -24,6 +24,7 @@ from ..sentences import (
     grant_details,
     grant_sentence,
     hidden_from,
+    iso_day,
 )
 from .common import CATEGORIES, LABELS, category_name, doc_id, document_entry, label_name, record_document
 
@@ -225,7 +226,7 @@ class DocumentChoice(NamedTuple):
 
 def _choice(entry: dict[str, Any], preselected: set[str]) -> DocumentChoice:
     value = entry["doc"].hex()
-    day = time.strftime("%Y-%m-%d", time.gmtime(entry["date"])) if entry["date"] else ""
+    day = iso_day(entry["date"])
     return DocumentChoice(value=value, text=f"{entry['title']} ({day})", selected=value in preselected)
 
 

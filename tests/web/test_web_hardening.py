@@ -1,0 +1,123 @@
+"""Defences added after a review of the page: hostile times from peers, redirects, cross-site posts.
+
+In-process (aiohttp's TestClient) over real nodes from
+:func:`tests.node_helpers.build_story`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from nacl.pwhash import argon2id
+
+from fedrecord.web.app import local_path, make_web_app
+from fedrecord.web.auth import MAX_FAILURES, set_password
+from fedrecord.web.sentences import iso_day, long_date
+
+from ..node_helpers import Story, build_story, now
+
+ASYNC = pytest.mark.asyncio(loop_scope="module")
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story]:
+    built = await build_story(tmp_path_factory.mktemp("hardening"))
+    set_password(
+        built.patient.h.path, PASSWORD, limits=(argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+    )
+    yield built
+    await built.close()
+
+
+async def page_client(story: Story) -> TestClient:  # type: ignore[type-arg]
+    client = TestClient(TestServer(make_web_app(story.patient.h, story.patient.patient)))
+    await client.start_server()
+    return client
+
+
+@ASYNC
+async def test_a_document_dated_past_any_calendar_leaves_every_page_readable(story: Story, tmp_path: Path) -> None:
+    """A clinic may sign any uint64 as a date: the pages show "?" for it rather than fail."""
+    client = await page_client(story)
+    try:
+        answer = await client.post("/signin", data={"password": PASSWORD}, allow_redirects=False)
+        assert answer.status == 303
+        doc = await story.lab.clinic.deposit(
+            story.patient.did, b"odd", title="Odd date", category="lab", doc_type="lab-result",
+            date=2**62, now=now(),
+        )  # fmt: skip
+        await story.lab.clinic.flush_outbox()
+        assert (await client.get("/inbox")).status == 200
+        await story.patient.patient.accept(doc, now=now())
+        for path in ("/record", f"/record/{doc.hex()}", "/sharing", f"/record/{doc.hex()}/delete"):
+            answer = await client.get(path)
+            assert answer.status == 200, path
+        assert "Odd date" in await (await client.get("/record")).text()
+    finally:
+        await client.close()
+
+
+def test_times_out_of_range_read_as_unknown() -> None:
+    assert iso_day(2**62) == "?" and long_date(2**62, "fr") == "?"
+    assert iso_day(0) == "" and iso_day(86_400) == "1970-01-02"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/connect?shown=abc", "/connect?shown=abc"),
+        ("/record", "/record"),
+        ("//evil.example", "/record"),
+        ("/\t/evil.example", "/record"),
+        ("/\\evil.example", "/record"),
+        ("https://evil.example/", "/record"),
+        ("", "/record"),
+    ],
+)
+def test_the_language_switch_goes_back_only_to_this_page(target: str, expected: str) -> None:
+    assert local_path(target) == expected
+
+
+@ASYNC
+async def test_the_language_switch_keeps_the_query_and_refuses_other_hosts(story: Story) -> None:
+    client = await page_client(story)
+    try:
+        answer = await client.post(
+            "/language", data={"lang": "fr", "back": "/\t/evil.example"}, allow_redirects=False
+        )
+        assert answer.headers["Location"] == "/record"
+        answer = await client.post(
+            "/language", data={"lang": "fr", "back": "/record?page=2"}, allow_redirects=False
+        )
+        assert answer.headers["Location"] == "/record?page=2"
+    finally:
+        await client.close()
+
+
+@ASYNC
+async def test_another_site_can_neither_post_nor_lock_the_patient_out(story: Story) -> None:
+    """Posts from another origin are refused before they count as sign-in attempts."""
+    client = await page_client(story)
+    try:
+        for _ in range(MAX_FAILURES + 2):
+            answer = await client.post(
+                "/signin",
+                data={"password": "guess from another site"},
+                headers={"Origin": "https://evil.example"},
+                allow_redirects=False,
+            )
+            assert answer.status == 403
+        answer = await client.post(
+            "/language", data={"lang": "fr"}, headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False
+        )
+        assert answer.status == 403
+        answer = await client.post("/signin", data={"password": PASSWORD}, allow_redirects=False)
+        assert answer.status == 303, "the patient is not locked out by another site's posts"
+    finally:
+        await client.close()
