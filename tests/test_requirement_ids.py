@@ -236,6 +236,15 @@ def test_code_cites_ids_in_brackets() -> None:
     assert not found, f"requirement ids cited without brackets: {found}"
 
 
+def test_the_error_code_table_is_the_core_s() -> None:
+    """Section 10's codes and statuses are ``Code`` and ``HTTP_STATUS``, which the conformance suite expects."""
+    from fedrecord.core.errors import HTTP_STATUS, Code
+
+    section = SPEC.read_text().split("## 10. Error codes")[1].split("## 11. ")[0]
+    table = {c: int(s) for c, s in re.findall(r"^\| `([a-z0-9-]+)` \| (\d{3}) \|", section, re.MULTILINE)}
+    assert table == {code.value: HTTP_STATUS.get(code, 400) for code in Code}
+
+
 def test_every_id_a_conformance_case_checks_is_defined() -> None:
     from fedrecord.conformance.registry import all_cases
 
