@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
-from fedrecord.core import Code, FedrecordError, RemoteProtocolError
-from fedrecord.core.identity import public_key_from_did
-from fedrecord.core.schema import Token
+from fedrecord.core import Code, RemoteProtocolError
 
+from . import manage_args as args
 from .client import PeerUnreachable
 from .clinic import ClinicNode
 
@@ -44,81 +43,27 @@ MAX_CODE: Final = 4096
 """The longest invitation code or URL ``connect`` takes."""
 MAX_ENDPOINT: Final = 512
 
-Op = Callable[[ClinicNode, Mapping[str, Any], int], Awaitable[dict[str, Any]]]
-
-
-def _malformed(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(Code.MALFORMED, message)
-
-
-def _did(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    try:
-        if type(value) is not str:
-            raise _malformed("not a text")
-        public_key_from_did(value)
-    except FedrecordError:
-        raise _malformed(f"{key} is the did:key of an Ed25519 key") from None
-    return value
-
-
-def _text(body: Mapping[str, Any], key: str, max_length: int, *, default: str | None = None) -> str:
-    value = body.get(key, default)
-    if type(value) is not str or not 0 < len(value) <= max_length:
-        raise _malformed(f"{key} is a text of 1 to {max_length} characters")
-    return value
-
-
-def _token(body: Mapping[str, Any], key: str, *, default: str | None = None) -> str:
-    value = body.get(key, default)
-    if Token().check(value) is not None:
-        raise _malformed(f"{key} is a token")
-    assert type(value) is str
-    return value
-
-
-def _tokens(body: Mapping[str, Any], key: str) -> list[str]:
-    value = body.get(key, [])
-    if (
-        type(value) is not list
-        or len(value) > MAX_LABELS
-        or any(Token().check(item) is not None for item in value)
-    ):
-        raise _malformed(f"{key} is an array of at most {MAX_LABELS} tokens")
-    return value
-
-
-def _id(body: Mapping[str, Any], key: str) -> bytes:
-    value = body.get(key)
-    if type(value) is not bytes or len(value) != 32:
-        raise _malformed(f"{key} is a 32-byte id")
-    return value
-
-
-def _flag(body: Mapping[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if type(value) is not bool:
-        raise _malformed(f"{key} is a boolean")
-    return value
+Op = args.Op[ClinicNode]
 
 
 async def _connect(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    connection = await clinic.connect(_text(body, "code", MAX_CODE), now=now)
+    connection = await clinic.connect(args.text(body, "code", MAX_CODE), now=now)
     kept = await clinic.store.connection(connection.patient)
     assert kept is not None and kept.deposit_grant is not None  # connect stored both, in one transaction
     return {"patient": connection.patient, "grant": kept.deposit_grant}
 
 
 async def _deposit(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    patient = _did(body, "patient")
+    patient = args.did(body, "patient")
     content = body.get("content")
     if type(content) is not bytes or len(content) > MAX_CONTENT:
-        raise _malformed(f"content is a byte string of at most {MAX_CONTENT} bytes")
-    title = _text(body, "title", 256)
-    category = _token(body, "category")
-    doc_type = _token(body, "type", default=DEFAULT_TYPE)
-    labels = sorted(set(_tokens(body, "labels")))  # a set, as the document header keeps it
-    media_type = _text(body, "media", 128, default=DEFAULT_MEDIA)
+        raise args.malformed(f"content is a byte string of at most {MAX_CONTENT} bytes")
+    title = args.text(body, "title", 256)
+    category = args.token(body, "category")
+    doc_type = args.token(body, "type", default=DEFAULT_TYPE)
+    # A set, as the document header keeps it.
+    labels = sorted(set(args.tokens(body, "labels", max_items=MAX_LABELS)))
+    media_type = args.text(body, "media", 128, default=DEFAULT_MEDIA)
     doc = await clinic.deposit(
         patient,
         content,
@@ -139,7 +84,7 @@ async def _flush(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[
 
 
 async def _poll(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    return dict(await clinic.poll(_did(body, "patient"), now=now))
+    return dict(await clinic.poll(args.did(body, "patient"), now=now))
 
 
 class _FirstBytes(io.BytesIO):
@@ -158,7 +103,7 @@ class _FirstBytes(io.BytesIO):
 
 
 async def _fetch(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    patient, doc = _did(body, "patient"), _id(body, "doc")
+    patient, doc = args.did(body, "patient"), args.record_id(body, "doc")
     content = _FirstBytes()
     # Written as it is decrypted, as `fedrecord fetch` writes its file: flat memory for any size.
     size = await clinic.fetch_into(patient, doc, content, now=now)
@@ -166,7 +111,7 @@ async def _fetch(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[
 
 
 async def _held(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    patient = _did(body, "patient") if "patient" in body else None
+    patient = args.did(body, "patient") if "patient" in body else None
     if patient is not None and await clinic.store.connection(patient) is None:
         raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
     held = await clinic.held()
@@ -180,7 +125,7 @@ async def _held(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[s
 
 
 async def _sync(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    patient, records_only = _did(body, "patient"), _flag(body, "records_only")
+    patient, records_only = args.did(body, "patient"), args.flag(body, "records_only")
     report = dataclasses.asdict(await clinic.sync(patient, now=now, bodies=not records_only))
     # Counts only: which documents failed is in the node's log, not on the wire.
     report["documents_failed"] = len(report["documents_failed"])
@@ -188,14 +133,14 @@ async def _sync(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[s
 
 
 async def _delegate(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    patient, to = _did(body, "patient"), _did(body, "to")
-    endpoint = _text(body, "endpoint", MAX_ENDPOINT)
+    patient, to = args.did(body, "patient"), args.did(body, "to")
+    endpoint = args.text(body, "endpoint", MAX_ENDPOINT)
     if not endpoint.startswith(("http://", "https://")):
-        raise _malformed("endpoint is an http or https URL")
-    categories = _tokens(body, "categories")
+        raise args.malformed("endpoint is an http or https URL")
+    categories = args.tokens(body, "categories", max_items=MAX_LABELS)
     days = body.get("days", DEFAULT_DAYS)
     if type(days) is not int or not 1 <= days <= MAX_DAYS:
-        raise _malformed(f"days is a number of days from 1 to {MAX_DAYS}")
+        raise args.malformed(f"days is a number of days from 1 to {MAX_DAYS}")
     if await clinic.store.connection(patient) is None:
         # Before the grants are looked at: not-found, as every op names an unknown patient ([API-61]).
         raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
@@ -235,10 +180,7 @@ async def manage(clinic: ClinicNode, requester: str, body: Mapping[str, Any], *,
     """
     if requester != clinic.home.did:
         raise RemoteProtocolError(Code.WRONG_AUDIENCE, "only the clinic's own key manages its node")
-    op = body.get("op")
-    run = OPS.get(op) if type(op) is str else None
-    if run is None:
-        raise _malformed(f"op is one of {', '.join(OPS)}")
+    run = args.op_of(body, OPS)
     try:
         return await run(clinic, body, now)
     except PeerUnreachable as exc:

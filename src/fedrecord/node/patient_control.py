@@ -16,12 +16,12 @@ with ``not-found`` inside its transaction, so a refusal writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from fedrecord.core import Code, RemoteProtocolError
-from fedrecord.core.schema import Token
 
+from . import manage_args as args
 from .patient import DAY, PatientNode
 from .sync import MAX_IDS
 
@@ -33,94 +33,57 @@ DEFAULT_LABEL: Final = "clinic"
 MAX_LABELS: Final = 64
 """Labels one request may name."""
 
-Op = Callable[[PatientNode, Mapping[str, Any], int], Awaitable[dict[str, Any]]]
-
-
-def _malformed(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(Code.MALFORMED, message)
-
-
-def _id(body: Mapping[str, Any], key: str) -> bytes:
-    value = body.get(key)
-    if type(value) is not bytes or len(value) != 32:
-        raise _malformed(f"{key} is a 32-byte id")
-    return value
-
-
-def _text(body: Mapping[str, Any], key: str, max_length: int) -> str | None:
-    value = body.get(key)
-    if value is not None and (type(value) is not str or not 0 < len(value) <= max_length):
-        raise _malformed(f"{key} is a text of 1 to {max_length} characters")
-    return value
-
-
-def _flag(body: Mapping[str, Any], key: str, *, required: bool) -> bool:
-    value = body.get(key, None if required else False)
-    if type(value) is not bool:
-        raise _malformed(f"{key} is a boolean")
-    return value
-
-
-def _labels(body: Mapping[str, Any], *, required: bool) -> list[str]:
-    if "labels" not in body and not required:
-        return []
-    value = body.get("labels")
-    if (
-        type(value) is not list
-        or len(value) > MAX_LABELS
-        or any(Token().check(label) is not None for label in value)
-    ):
-        raise _malformed(f"labels is an array of at most {MAX_LABELS} tokens")
-    return value
+Op = args.Op[PatientNode]
 
 
 async def _invite(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    label = _text(body, "label", 128) or DEFAULT_LABEL
+    label = args.optional_text(body, "label", 128) or DEFAULT_LABEL
     ttl = body.get("ttl", DEFAULT_TTL)
     if type(ttl) is not int or not 1 <= ttl <= MAX_TTL:
-        raise _malformed(f"ttl is a number of seconds from 1 to {MAX_TTL}")
+        raise args.malformed(f"ttl is a number of seconds from 1 to {MAX_TTL}")
     invitation = await patient.create_invitation(label=label, now=now, ttl=ttl)
     return {"code": invitation.code(), "exp": invitation.expires}
 
 
 async def _accept(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    doc, labels = _id(body, "doc"), _labels(body, required=False)
+    doc, labels = args.record_id(body, "doc"), args.tokens(body, "labels", max_items=MAX_LABELS)
     entry = await patient.accept(doc, labels=labels, now=now)
     return {"entry": entry.encoded}
 
 
 async def _reject(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    decision = await patient.reject(_id(body, "doc"), now=now)
+    decision = await patient.reject(args.record_id(body, "doc"), now=now)
     return {"decision": decision.encoded}
 
 
 async def _label(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    doc, labels = _id(body, "doc"), _labels(body, required=True)
-    remove = _flag(body, "remove", required=False)
+    doc = args.record_id(body, "doc")
+    labels = args.tokens(body, "labels", max_items=MAX_LABELS, required=True)
+    remove = args.flag(body, "remove")
     return {"labels": await patient.label(doc, labels, remove=remove)}
 
 
 async def _hide(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    doc, hidden = _id(body, "doc"), _flag(body, "hidden", required=True)
+    doc, hidden = args.record_id(body, "doc"), args.flag(body, "hidden", required=True)
     await patient.hide(doc, hidden)
     return {}
 
 
 async def _revoke(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    grant, reason = _id(body, "grant"), _text(body, "reason", 256)
+    grant, reason = args.record_id(body, "grant"), args.optional_text(body, "reason", 256)
     revocation = await patient.revoke(grant, now=now, reason=reason)
     return {"revocation": revocation.encoded}
 
 
 async def _delete(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
-    tombstone = await patient.delete(_id(body, "doc"), now=now)
+    tombstone = await patient.delete(args.record_id(body, "doc"), now=now)
     return {"tombstone": tombstone.encoded}
 
 
 async def _keep(patient: PatientNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
     records = body.get("records")
     if type(records) is not list or len(records) > MAX_IDS or not all(type(r) is bytes for r in records):
-        raise _malformed(f"records is an array of at most {MAX_IDS} encoded records")
+        raise args.malformed(f"records is an array of at most {MAX_IDS} encoded records")
     return {"stored": await patient.keep_own(records, now=now)}
 
 
@@ -186,8 +149,4 @@ async def manage(
     """
     if requester != patient.home.did:
         raise RemoteProtocolError(Code.WRONG_AUDIENCE, "only the patient's own key manages its node")
-    op = body.get("op")
-    run = OPS.get(op) if type(op) is str else None
-    if run is None:
-        raise _malformed(f"op is one of {', '.join(OPS)}")
-    return await run(patient, body, now)
+    return await args.op_of(body, OPS)(patient, body, now)
