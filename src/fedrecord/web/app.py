@@ -84,6 +84,11 @@ def session_of(request: web.Request) -> Session:
     return session
 
 
+def language_of(request: web.Request) -> str:
+    """This request's language, as the language middleware chose it."""
+    return str(request.get(LANGUAGE, i18n.DEFAULT))
+
+
 def notify(request: web.Request, key: str, **values: object) -> None:
     """Show a message on the next page."""
     session_of(request).notices.append((key, values))
@@ -91,7 +96,7 @@ def notify(request: web.Request, key: str, **values: object) -> None:
 
 def render(request: web.Request, template: str, *, status: int = 200, **context: Any) -> web.Response:
     """The page ``template`` in the request's language, with the layout's context."""
-    language = request.get(LANGUAGE, i18n.DEFAULT)
+    language = language_of(request)
     session: Session | None = request.get(SESSION)
     translate = i18n.translator(language)
     notices = []

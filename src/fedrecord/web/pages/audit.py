@@ -27,7 +27,7 @@ from fedrecord.node.patient import AuditStanding, PatientNode
 from fedrecord.node.store import AuditFilter, AuditRow
 
 from .. import i18n
-from ..app import LANGUAGE, PATIENT, notify, redirect, render
+from ..app import PATIENT, language_of, notify, redirect, render
 from ..sentences import PURPOSES, long_date
 from .common import doc_id
 
@@ -263,7 +263,7 @@ async def _stop_verifying(app: web.Application) -> None:
 async def audit_page(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
     store = patient.store
-    language = request.get(LANGUAGE, i18n.DEFAULT)
+    language = language_of(request)
     translate = i18n.translator(language)
     standing = await _standing(request.app, patient)
 

@@ -13,7 +13,7 @@ from fedrecord.node.patient import PatientNode
 from fedrecord.node.store import AcceptedRow, RecordFilter
 
 from .. import i18n
-from ..app import LANGUAGE
+from ..app import language_of
 
 #: HL7 confidentiality and sensitivity codes, in plain words.
 LABELS: dict[str, tuple[str, str]] = {
@@ -48,7 +48,7 @@ def doc_id(text: str) -> bytes | None:
 
 
 def _named(table: dict[str, tuple[str, str]], request: web.Request) -> Callable[[str], str]:
-    index = i18n.LANGUAGES.index(request.get(LANGUAGE, i18n.DEFAULT))
+    index = i18n.LANGUAGES.index(language_of(request))
 
     def name(code: str) -> str:
         pair = table.get(code)

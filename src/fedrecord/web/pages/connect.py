@@ -28,7 +28,7 @@ from fedrecord.node.patient import DAY, PatientNode
 from fedrecord.node.wire import Invitation
 
 from .. import i18n
-from ..app import LANGUAGE, PATIENT, notify, redirect, render, session_of
+from ..app import PATIENT, language_of, notify, redirect, render, session_of
 from ..sentences import clock, long_date
 
 #: Invitations made in the page are valid for 1 to this many days (7 unless chosen).
@@ -230,10 +230,6 @@ def shown_invitation(request: web.Request) -> InvitationView | bool | None:
 def refused_status(exc: FedrecordError) -> int:
     """The status of a page showing the node's refusal: its own when a 4xx, else 409 (never a 5xx)."""
     return exc.status if 400 <= exc.status < 500 else 409
-
-
-def language_of(request: web.Request) -> str:
-    return str(request.get(LANGUAGE, i18n.DEFAULT))
 
 
 # --- the form -----------------------------------------------------------------------------------------

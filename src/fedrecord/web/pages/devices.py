@@ -19,7 +19,7 @@ from fedrecord.core.errors import FedrecordError
 from fedrecord.node.patient import PatientNode
 
 from .. import i18n
-from ..app import PATIENT, notify, redirect, render
+from ..app import PATIENT, language_of, notify, redirect, render
 from .common import doc_id
 from .connect import (
     DEFAULT_DAYS,
@@ -28,7 +28,6 @@ from .connect import (
     ConnectedNode,
     InvitationForm,
     connected_nodes,
-    language_of,
     make_invitation,
     plain_date,
     read_invitation_form,

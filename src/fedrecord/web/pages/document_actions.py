@@ -19,7 +19,7 @@ from fedrecord.core.errors import FedrecordError
 from fedrecord.node.patient import PatientNode
 
 from .. import i18n
-from ..app import LANGUAGE, PATIENT, TEMPLATES, notify, redirect, render
+from ..app import PATIENT, TEMPLATES, language_of, notify, redirect, render
 from ..sentences import clock, long_date
 from .common import LABELS, category_name, doc_id, label_name, record_document
 
@@ -254,7 +254,7 @@ async def deleted(request: web.Request) -> web.Response:
     tombstone = await patient.tombstone_of(doc) if doc is not None else None
     if doc is None or tombstone is None:
         return render(request, "refused.html", status=404, message_key="deleted.unknown")
-    language = request.get(LANGUAGE, i18n.DEFAULT)
+    language = language_of(request)
     answers = []
     answered: set[str] = set()
     for attestation in await patient.attestations(doc):

@@ -10,7 +10,7 @@ from fedrecord.core.errors import FedrecordError
 from fedrecord.node.patient import InboxItem, PatientNode
 
 from .. import i18n
-from ..app import LANGUAGE, PATIENT, notify, redirect, render
+from ..app import PATIENT, language_of, notify, redirect, render
 from ..sentences import Vocabulary, grant_summary
 from .common import CATEGORIES, LABELS, category_name, doc_id, label_name
 
@@ -100,7 +100,7 @@ async def _who_would_see(patient: PatientNode, doc: bytes, *, language: str, now
 
 async def inbox_page(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
-    language = request.get(LANGUAGE, i18n.DEFAULT)
+    language = language_of(request)
     now = int(time.time())
     items = await patient.inbox()
     shown = items[:INBOX_PAGE]
@@ -141,7 +141,7 @@ async def accept(request: web.Request) -> web.Response:
     except FedrecordError as error:
         notify(request, "inbox.gone" if error.code == "not-found" else "inbox.failed", code=str(error.code))
         raise redirect("/inbox") from None
-    language = request.get(LANGUAGE, i18n.DEFAULT)
+    language = language_of(request)
     who = await _who_would_see(patient, item.doc, language=language, now=now)
     seen = (
         i18n.translator(language)("inbox.accepted.seen", who="; ".join(who))

@@ -16,7 +16,7 @@ from fedrecord.node.patient import PatientNode
 from fedrecord.node.store import RecordFilter
 
 from .. import i18n
-from ..app import LANGUAGE, PATIENT, notify, redirect, render
+from ..app import PATIENT, language_of, notify, redirect, render
 from ..sentences import (
     PURPOSES,
     Vocabulary,
@@ -232,7 +232,7 @@ def _choice(entry: dict[str, Any], preselected: set[str]) -> DocumentChoice:
 
 async def sharing_page(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
-    language = request.get(LANGUAGE, i18n.DEFAULT)
+    language = language_of(request)
     now = int(time.time())
     grants = await patient.all_grants()
     revoked = await _revoked(patient)
@@ -405,7 +405,7 @@ async def grant(request: web.Request) -> web.Response:
     except FedrecordError as error:
         notify(request, "sharing.failed", code=str(error.code))
         raise redirect("/sharing") from None
-    sentence = await sentence_for(patient, issued, language=request.get(LANGUAGE, i18n.DEFAULT))
+    sentence = await sentence_for(patient, issued, language=language_of(request))
     notify(request, "sharing.granted", sentence=sentence)
     raise redirect("/sharing")
 
@@ -457,7 +457,7 @@ async def hide(request: web.Request) -> web.Response:
     notify(
         request,
         "sharing.hidden",
-        sentence=await sentence_for(patient, issued, language=request.get(LANGUAGE, i18n.DEFAULT)),
+        sentence=await sentence_for(patient, issued, language=language_of(request)),
     )
     raise redirect("/sharing")
 
