@@ -8,7 +8,6 @@ what the target answers is checked against the spec by the cases themselves.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import time
@@ -24,19 +23,12 @@ from fedrecord.core import SigningIdentity, cbor
 from fedrecord.core.errors import FedrecordError
 from fedrecord.http.aiohttp_signing import client_signing_headers, signed_target_uri
 from fedrecord.http.message_signatures import verify_response
+from fedrecord.node.client import b64, unb64
 
 from .registry import Failed
 
 CBOR_TYPE = "application/cbor"
 TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5, sock_read=30)
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def body(**fields: Any) -> bytes:
@@ -284,3 +276,17 @@ def status_of(raw: bytes) -> int | None:
 
 def body_of(raw: bytes) -> bytes:
     return raw.partition(b"\r\n\r\n")[2]
+
+
+__all__ = [
+    "CBOR_TYPE",
+    "Answer",
+    "Tamper",
+    "Wire",
+    "b64",
+    "body",
+    "body_of",
+    "raw_exchange",
+    "status_of",
+    "unb64",
+]
