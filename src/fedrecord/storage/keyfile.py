@@ -52,6 +52,7 @@ __all__ = [
     "write_key_file",
     "read_key_file",
     "passphrase_from_environment",
+    "write_private_file",
 ]
 
 KDF_NAME: Final = "argon2id13"
@@ -203,10 +204,14 @@ def write_key_file(
             "box": box,
         }
     )
-    _write_atomically(Path(path), content)
+    write_private_file(Path(path), content)
 
 
-def _write_atomically(path: Path, content: bytes) -> None:
+def write_private_file(path: Path, content: bytes) -> None:
+    """Replace ``path`` with ``content`` at once, readable by its owner only (0600), synced to disk.
+
+    Used for every secret a node keeps in a file: the key file, the web page's credential.
+    """
     directory = path.parent
     temporary = directory / f".{path.name}.{nacl.utils.random(8).hex()}.tmp"
     # O_EXCL: never write through a file (or symlink) someone else put there.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from collections import deque
@@ -25,6 +24,8 @@ from pathlib import Path
 
 from nacl import pwhash
 from nacl.exceptions import InvalidkeyError
+
+from fedrecord.storage.keyfile import write_private_file
 
 COOKIE = "fr_session"
 #: A session ends after this long without a request ("lock after inactivity").
@@ -60,12 +61,7 @@ def set_password(home: Path, password: str, *, limits: tuple[int, int] | None = 
         raise ValueError(f"the web password needs at least {MIN_PASSWORD} characters")
     ops, mem = limits or (pwhash.argon2id.OPSLIMIT_MODERATE, pwhash.argon2id.MEMLIMIT_MODERATE)
     hashed = pwhash.argon2id.str(password.encode(), opslimit=ops, memlimit=mem).decode()
-    path = credential_path(home)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump({"password": hashed}, file)
-    os.replace(temporary, path)
+    write_private_file(credential_path(home), json.dumps({"password": hashed}).encode())
 
 
 def credential_stamp(home: Path) -> str:
