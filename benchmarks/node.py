@@ -406,11 +406,18 @@ async def _load_deposit(options: dict[str, Any]) -> dict[str, Any]:
         async def send(index: int) -> None:
             await clinic._send("deposit", options["patient"], payloads[index])
 
+        cpu = time.process_time()
         seconds, failures = await _concurrently(len(payloads), options["concurrency"], send)
+        cpu = time.process_time() - cpu
     finally:
         await clinic.client.close()
         await home.close()
-    return {"per_s": len(payloads) / seconds, "completed": len(payloads), "errors": failures}
+    return {
+        "per_s": len(payloads) / seconds,
+        "completed": len(payloads),
+        "errors": failures,
+        "load_cpu_us": round(cpu / len(payloads) * 1e6),
+    }
 
 
 LOADS = {
@@ -646,6 +653,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "plain_cpu_us_per_upload",
             )
             results["lab_prepares_per_s"] = round(max(prepare_rates), 1)
+            results["lab_cpu_us_per_deposit"] = best_deposit["load_cpu_us"]
             results["deposit_documents"] = count
             results["deposit_bytes"] = DEPOSIT_SIZE
         results["concurrency"] = concurrency

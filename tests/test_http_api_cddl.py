@@ -81,6 +81,8 @@ API_RULES = (
     "list-request",
     "list-answer",
     "fetch-request",
+    "fetch-batch-request",
+    "fetch-batch-answer",
     "attestation-request",
     "decision-request",
     "stored-answer",
@@ -197,6 +199,13 @@ def _signed_samples() -> dict[str, Signed[Record]]:
 
 SAMPLES = _signed_samples()
 
+# The receipt and the key wrap of a batch (spec 15.21): the samples of those types with ``docs``.
+BATCH = {
+    record.TYPE.value.removeprefix("fedrecord/"): sign_record(record, signer)
+    for _name, record, signer in sample_records()
+    if getattr(record, "docs", None)
+}
+
 
 def _child_grant() -> Signed[Grant]:
     """The GP delegates the sample grant to a specialist, read only, as the reference clinic does."""
@@ -252,6 +261,13 @@ def _sample_bodies() -> dict[str, list[bytes]]:
         "fetch-request": [
             encode_body(chain=chain, receipt=s["access-receipt"].encoded),
             encode_body(chain=chain, receipt=s["access-receipt"].encoded, profile=s["node-profile"].encoded),
+        ],
+        "fetch-batch-request": [
+            encode_body(chain=chain, receipt=BATCH["access-receipt"].encoded),
+            encode_body(chain=chain, receipt=s["access-receipt"].encoded, profile=s["node-profile"].encoded),
+        ],
+        "fetch-batch-answer": [
+            encode_body(wrap=BATCH["key-wrap"].encoded, streams=[b"\x00" * 52, b"\x01" * 60, b"\x02" * 70])
         ],
         "attestation-request": [encode_body(attestation=s["deletion-attestation"].encoded)],
         "decision-request": [encode_body(decision=s["deposit-decision"].encoded)],

@@ -700,6 +700,8 @@ async def audit(ctx: Context, verify: bool) -> None:
                 "reader": e.reader,
                 "name": await patient.peer_name(e.reader),
                 "doc": e.doc,
+                # Every document the entry covers: a batch read names several (spec 15.10, 15.21).
+                "docs": list(e.docs),
                 "grant": e.grant,
                 "purpose": e.purpose,
                 "at": e.at,
@@ -715,7 +717,9 @@ async def audit(ctx: Context, verify: bool) -> None:
             for entry in entries:
                 click.echo(
                     f"#{entry['seq']:<4} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(entry['at']))}  "
-                    f"{entry['name']} read {entry['doc'].hex()[:16]} for {entry['purpose']}"
+                    f"{entry['name']} read {entry['doc'].hex()[:16]}"
+                    + (f" and {len(entry['docs']) - 1} more" if len(entry["docs"]) > 1 else "")
+                    + f" for {entry['purpose']}"
                 )
             if verify:
                 click.echo(

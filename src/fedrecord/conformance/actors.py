@@ -76,12 +76,22 @@ class Actor:
         return signed_grant(self.identity, audience, **terms)
 
     def receipt(
-        self, patient: str, doc: bytes, grant: Signed[Grant], *, purpose: str | None = None
+        self,
+        patient: str,
+        doc: bytes,
+        grant: Signed[Grant],
+        *,
+        purpose: str | None = None,
+        docs: Sequence[bytes] = (),
     ) -> Signed[AccessReceipt]:
-        """An access receipt for reading ``doc`` under ``grant`` ([API-22])."""
+        """An access receipt for reading ``doc`` under ``grant`` ([API-22]).
+
+        ``docs`` names further documents (a batch, 15.21): written as a set, in ascending order.
+        """
         record = AccessReceipt(
             patient=patient,
             doc=doc,
+            docs=tuple(sorted(docs)) or None,
             grant=grant.id,
             action="read",
             purpose=purpose or grant.record.purpose,

@@ -5,21 +5,21 @@ endpoint (spec section 15.20) against a :class:`FakeNode` served by aiohttp on
 127.0.0.1 inside the suite's process.  The fake has a patient identity,
 encryption keys and a signed profile of its own, whose endpoint is its own
 URL; it serves the endpoints a clinic calls (profile, health, connect,
-deposits, state, fetch with ``Range``, sync and records, attestations, and,
-for a delegate, grants), verifies every request's signature with the pure
-functions of :mod:`fedrecord.http.message_signatures`, signs its answers
-(``sign_response``), and records every request it received for the case to
-inspect.
+deposits, state, fetch with ``Range``, batch fetch, sync and records,
+attestations, and, for a delegate, grants), verifies every request's
+signature with the pure functions of :mod:`fedrecord.http.message_signatures`,
+signs its answers (``sign_response``), and records every request it received
+for the case to inspect.
 
 Each behaviour can be switched to misbehave (:attr:`FakeNode.modes` for the
 answer of an endpoint, the ``fetch_*`` and ``connect_*`` attributes for what
 an answer carries): an answer signed by another key, unsigned, bound to
 another request, a 503, one over the 1 MiB cap, an unreadable error body; a
 grant or head signed by another key; a key wrap for another document, reader
-or key, or signed by another key; a tampered stream, a stream cut after N
-bytes; records not signed by the patient.  The fake uses only the package's
-sans-I/O pieces: it is a patient's node built from the spec, not the
-reference node's patient code.
+or key, or signed by another key; a batch key wrap for other documents; a
+tampered stream, a stream cut after N bytes; records not signed by the
+patient.  The fake uses only the package's sans-I/O pieces: it is a
+patient's node built from the spec, not the reference node's patient code.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from fedrecord.core import (
 )
 from fedrecord.core.documents import DocumentWriter, padded_size
 from fedrecord.core.errors import AuthenticationError, Code
-from fedrecord.core.key_wraps import wrap_key
+from fedrecord.core.key_wraps import wrap_key, wrap_keys
 from fedrecord.core.reconcile import SortedItems, respond
 from fedrecord.core.stream import key_commitment
 from fedrecord.http.message_signatures import sign_response, verify_request
@@ -153,8 +153,8 @@ class FakeNode:
     imposter: SigningIdentity = field(default_factory=lambda: SigningIdentity.from_seed(os.urandom(32)))
     #: Every request received, in order.
     received: list[Received] = field(default_factory=list)
-    #: How each endpoint answers (``connect``, ``deposit``, ``state``, ``fetch``, ``sync``, ``records``,
-    #: ``attestations``, ``events``, ``grants``): one of :data:`MODES`; absent is honest.
+    #: How each endpoint answers (``connect``, ``deposit``, ``state``, ``fetch``, ``fetch_batch``, ``sync``,
+    #: ``records``, ``attestations``, ``events``, ``grants``): one of :data:`MODES`; absent is honest.
     modes: dict[str, str] = field(default_factory=dict)
     # --- what the patient holds
     heads: list[Signed[StateHead]] = field(default_factory=list)
@@ -183,6 +183,10 @@ class FakeNode:
     fetch_wrap: str = HONEST
     #: Flip one byte of every stream served (the document id no longer matches).
     fetch_tamper: bool = False
+    #: Flip one byte of the streams of these documents, in fetch and batch answers alike.
+    tampered: set[bytes] = field(default_factory=set)
+    #: ``honest``, or ``other-docs``: the batch key wrap names another document in place of one asked for.
+    batch_wrap: str = HONEST
     #: Cut the next fetch answer after this many bytes of its body (one-shot).
     fetch_cut_after: int | None = None
     #: Corrupt a byte of the next cut answer's bytes (one-shot, with the cut).
@@ -560,7 +564,10 @@ class FakeNode:
         records = [view[i].encoded for i in ids if i in view]
         return self.answer(request, "records", fields={"records": records + self.records_extra})
 
-    async def _fetch(self, request: web.Request, received: Received) -> web.StreamResponse:
+    def _checked_fetch(
+        self, received: Received
+    ) -> tuple[Signed[AccessReceipt], list[FakeDocument], EncryptionKey]:
+        """A fetch's receipt, chain and reader key, checked ([API-22], [API-70]): receipt, documents, key."""
         data = received.data
         receipt = open_record(data.get("receipt", b""), AccessReceipt)
         if receipt.signer != received.signer:
@@ -568,8 +575,8 @@ class FakeNode:
         chain = data.get("chain")
         if type(chain) is not list or not chain or open_any_record(chain[-1]).id != receipt.record.grant:
             raise Refusal(Code.BROKEN_CHAIN)
-        document = self.documents.get(receipt.record.doc)
-        if document is None:
+        documents = [self.documents.get(doc) for doc in receipt.record.documents]
+        if any(document is None for document in documents):
             raise Refusal(Code.NOT_FOUND)
         profile = open_record(data["profile"], NodeProfile) if "profile" in data else self.clinic_profile
         if profile is None or profile.signer != received.signer:
@@ -577,9 +584,38 @@ class FakeNode:
         key = profile.record.encryption_key_at(now())
         if key is None:
             raise Refusal(Code.BAD_KEY)
+        return receipt, [d for d in documents if d is not None], key
+
+    def _stream(self, document: FakeDocument) -> bytearray:
         stream = bytearray(document.ciphertext)
-        if self.fetch_tamper:
+        if self.fetch_tamper or document.doc in self.tampered:
             stream[len(stream) // 2] ^= 1
+        return stream
+
+    async def _fetch_batch(self, request: web.Request, received: Received) -> web.Response:
+        receipt, documents, key = self._checked_fetch(received)
+        keys = [(d.doc, d.key) for d in documents]
+        if self.batch_wrap == "other-docs":
+            keys[-1] = (os.urandom(32), os.urandom(32))
+        wrap = wrap_keys(
+            wrapper=self.identity,
+            recipient=received.signer or "",
+            recipient_key=key.key,
+            keys=keys,
+            purpose=receipt.record.purpose,
+            grant=receipt.record.grant,
+            iat=now(),
+            ephemeral_seed=os.urandom(32),
+        )
+        streams = [bytes(self._stream(d)) for d in documents]
+        return self.answer(request, "fetch_batch", fields={"wrap": wrap.encoded, "streams": streams})
+
+    async def _fetch(self, request: web.Request, received: Received) -> web.StreamResponse:
+        receipt, documents, key = self._checked_fetch(received)
+        if receipt.record.docs is not None:
+            raise Refusal(Code.MALFORMED)
+        document = documents[0]
+        stream = self._stream(document)
         ranges = request.headers.getall("Range", [])
         start = 0
         if ranges:
@@ -638,6 +674,7 @@ ROUTES = {
     ("POST", "/v0/state"): "state",
     ("POST", "/v0/events"): "events",
     ("POST", "/v0/fetch"): "fetch",
+    ("POST", "/v0/fetch-batch"): "fetch_batch",
     ("POST", "/v0/sync"): "sync",
     ("POST", "/v0/records"): "records",
     ("POST", "/v0/attestations"): "attestations",

@@ -20,6 +20,7 @@ from .capabilities import Decision, DocumentFacts, Freshness, RevocationSet, dec
 from .errors import AuthenticationError, Code, FedrecordError, LocalProtocolError, RemoteProtocolError
 from .identity import EncryptionKeyPair, SigningIdentity
 from .records import (
+    BATCH_MAX_DOCS,
     AcceptedEntry,
     AccessReceipt,
     Action,
@@ -47,6 +48,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "AccessReceipt",
+    "BATCH_MAX_DOCS",
     "AuditCheckpoint",
     "AcceptedEntry",
     "Action",

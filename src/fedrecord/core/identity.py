@@ -13,6 +13,7 @@ Ed25519 verification, and every link of a grant chain decodes two of them.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass
 from typing import Final
@@ -168,6 +169,13 @@ def public_key_from_did(did: str) -> bytes:
     """
     if not (isinstance(did, str) and did.startswith(DID_KEY_PREFIX) and len(did) <= _MAX_DID_LENGTH):
         raise RemoteProtocolError(Code.BAD_KEY, "not an Ed25519 did:key identifier")
+    # The same few signers come back with every record: their keys are decoded once.
+    return _ed25519_key_of(did)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_key_of(did: str) -> bytes:
+    # Only valid keys are cached: a refused did raises, and lru_cache keeps no exception.
     raw = _b58decode(did[len(DID_KEY_PREFIX) :], 34)
     if raw is None or raw[:2] != _ED25519_CODEC:
         raise RemoteProtocolError(Code.BAD_KEY, "did:key does not hold an Ed25519 key in canonical base58btc")

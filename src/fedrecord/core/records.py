@@ -55,12 +55,18 @@ __all__ = [
     "DeletionAttestation",
     "DepositDecision",
     "AccessReceipt",
+    "BATCH_MAX_DOCS",
     "RECORD_CLASSES",
 ]
 
 _ID: Final = Blob(size=32)  # record ids and document ids are SHA-256 digests
 _VERSION: Final = UInt()
 _MAX_SEALED: Final = 1024
+BATCH_MAX_DOCS: Final = 256
+"""At most this many documents in one receipt or key wrap: ``doc`` and up to 255 ``docs`` (15.21)."""
+_MAX_BATCH_SEALED: Final = 20_480
+"""A sealed wrap-secret of a batch: 256 keys and ids fit with room to spare."""
+_OTHER_DOCS: Final = SetOf(_ID, max_items=BATCH_MAX_DOCS - 1, non_empty=True)
 
 
 class RecordType(StrEnum):
@@ -189,11 +195,21 @@ class WrapSecret(WireObject):
     wrapper: str = wire("wrapper", Did())
     purpose: str = wire("purpose", Token())
     grant: bytes | None = wire("grant", _ID, optional=True)
+    docs: tuple[bytes, ...] | None = wire("docs", _OTHER_DOCS, optional=True)
+    keys: tuple[bytes, ...] | None = wire(
+        "keys", ArrayOf(Blob(size=32), max_items=BATCH_MAX_DOCS - 1, non_empty=True), optional=True
+    )
 
     def validate(self) -> None:
         # Sealed, so not a signed record, but versioned all the same (spec [WRAP-2]).
         if self.v != PROTOCOL_VERSION:
             raise LocalProtocolError(Code.UNSUPPORTED_VERSION, f"protocol version {self.v} is not spoken")
+        # One key per further document, in the same order ([WRAP-6]).
+        if (self.docs is None) != (self.keys is None) or (
+            self.docs is not None and self.keys is not None and len(self.docs) != len(self.keys)
+        ):
+            raise _invalid(self, "keys holds one key for each id of docs")
+        _check_other_docs(self, self.doc, self.docs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,8 +256,19 @@ class KeyWrap(Record):
     purpose: str = wire("purpose", Token())
     grant: bytes | None = wire("grant", _ID, optional=True)
     recipient_key: bytes = wire("rk", Blob(size=32))
-    sealed: bytes = wire("sealed", Blob(max_size=_MAX_SEALED))
+    sealed: bytes = wire("sealed", Blob(max_size=_MAX_BATCH_SEALED))
     iat: int = wire("iat", UInt())
+    docs: tuple[bytes, ...] | None = wire("docs", _OTHER_DOCS, optional=True)
+
+    def check_record(self) -> None:
+        if self.docs is None and len(self.sealed) > _MAX_SEALED:
+            raise _invalid(self, f"the sealed key of one document is at most {_MAX_SEALED} bytes")
+        _check_other_docs(self, self.doc, self.docs)
+
+    @property
+    def documents(self) -> tuple[bytes, ...]:
+        """Every document whose key the wrap carries: ``doc``, then ``docs``."""
+        return (self.doc, *(self.docs or ()))
 
 
 # --- capabilities -------------------------------------------------------------------
@@ -426,6 +453,21 @@ class AccessReceipt(Record):
     purpose: str = wire("purpose", Token())
     iat: int = wire("iat", UInt())
     nonce: bytes = wire("nonce", Blob(size=16))
+    docs: tuple[bytes, ...] | None = wire("docs", _OTHER_DOCS, optional=True)
+
+    def check_record(self) -> None:
+        _check_other_docs(self, self.doc, self.docs)
+
+    @property
+    def documents(self) -> tuple[bytes, ...]:
+        """Every document the receipt asks for: ``doc``, then ``docs`` (a batch, 15.21)."""
+        return (self.doc, *(self.docs or ()))
+
+
+def _check_other_docs(record: object, doc: bytes, docs: tuple[bytes, ...] | None) -> None:
+    # A batch names each document once: ``docs`` is a set and never repeats ``doc``.
+    if docs is not None and doc in docs:
+        raise _invalid(record, "docs must not repeat doc")
 
 
 RECORD_CLASSES: Final[dict[RecordType, type[Record]]] = {

@@ -55,6 +55,7 @@ __all__ = [
     "key_commitment",
     "stream_header",
     "ciphertext_size",
+    "stream_document_id",
     "StreamEncryptor",
     "StreamDecryptor",
     "encrypt_bytes",
@@ -455,6 +456,11 @@ def _open_chunk(sealed: bytes, header: bytes, nonce_stem: bytes, key: bytes, *, 
     if last:
         raise RemoteProtocolError(Code.TRUNCATED, "the stream was cut at a chunk boundary")
     raise RemoteProtocolError(Code.EXTENDED, "data follows the final chunk of the stream")
+
+
+def stream_document_id(stream: bytes) -> bytes:
+    """The document id of a whole stream held in memory: SHA-256 of the id tag and its bytes ([ENC-6])."""
+    return hashlib.sha256(_DOCUMENT_ID_TAG + stream).digest()
 
 
 def encrypt_bytes(key: bytes, prefix: bytes, data: bytes) -> tuple[bytes, bytes]:

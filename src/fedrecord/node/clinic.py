@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -54,14 +54,14 @@ from fedrecord.core import (
 )
 from fedrecord.core.documents import DocumentReader, DocumentWriter
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
-from fedrecord.core.key_wraps import make_deposit, unwrap_key
+from fedrecord.core.key_wraps import make_deposit, unwrap_key, unwrap_keys
 from fedrecord.core.reconcile import SortedItems
-from fedrecord.core.sealed_box import open_sealed, seal
 from fedrecord.core.stream import CHUNK_SIZE, key_commitment
 from fedrecord.storage.partial import PartialDownload
 
 from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
 from .home import NodeHome
+from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
 from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
@@ -244,7 +244,7 @@ class ClinicNode:
                 date=header.date,
                 added=now,
                 size=size,
-                sealed_key=seal(key, self.home.encryption.public_key, os.urandom(32)),
+                sealed_key=wrap_at_rest(key, self.home.encryption),
             )
             await self.store.put_record(deposit, now=now, subject=doc)
             await self.store.queue_outbox("deposit", target=patient, payload=deposit.encoded, now=now)
@@ -394,6 +394,94 @@ class ClinicNode:
         pieces: list[bytes] = []
         await self._fetch(patient, doc, pieces.append, now=now, progress=progress)
         return b"".join(pieces)
+
+    async def fetch_batch(self, patient: str, docs: Sequence[bytes], *, now: int) -> dict[bytes, str]:
+        """Fetch several small documents with one request, one receipt and one key wrap (15.21).
+
+        Every stream is checked on its own ([API-72]): a document whose stream
+        or header fails is not kept, the others are, each as a copy as
+        :meth:`fetch` keeps it.  The batch key wrap itself is not kept: it
+        carries the keys of every document of the batch, and destroying one
+        copy must destroy that copy's key (each copy keeps its own key, sealed
+        to this node, as a single fetch does).
+
+        Returns:
+            The refusal code of each document that was not kept, by id (empty
+            when all were).
+
+        Raises:
+            RemoteProtocolError: ``not-found`` when no grant reaches them; the
+                patient node's refusal of the whole batch; ``malformed`` or a
+                wrap code for an answer that does not hold together.
+            PeerUnreachable: the patient's node did not answer.
+        """
+        connection = await self._connection(patient)
+        chains = await self.chains_from(patient, now=now)
+        if not chains:
+            raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
+        chain = chains[0]
+        leaf = chain[-1]
+        first, others = docs[0], tuple(sorted(set(docs[1:]) - {docs[0]}))
+        documents = (first, *others)
+        receipt = sign_record(
+            AccessReceipt(
+                patient=patient,
+                doc=first,
+                docs=others or None,
+                grant=leaf.id,
+                action="read",
+                purpose=leaf.record.purpose,
+                iat=now,
+                nonce=os.urandom(16),
+            ),
+            self.home.identity,
+        )
+        answer = await self.client.call(
+            "POST",
+            f"{connection['endpoint']}/v0/fetch-batch",
+            expected_signer=patient,
+            chain=[link.encoded for link in chain],
+            receipt=receipt.encoded,
+            profile=self.home.profile.encoded,
+        )
+        streams = answer.get("streams")
+        if type(streams) is not list or len(streams) != len(documents) or any(type(x) is not bytes for x in streams):
+            raise RemoteProtocolError(Code.MALFORMED, "a batch answer holds one stream per document asked for")
+        wrap = open_record(answer.get("wrap", b""), KeyWrap)
+        if wrap.signer != patient:
+            raise AuthenticationError()
+        keys = self.home.keys_for(wrap.record.recipient_key)
+        if keys is None:
+            raise RemoteProtocolError(Code.WRAP_MISMATCH, "the key wrap is sealed to a key we do not hold")
+        document_keys = unwrap_keys(wrap, recipient=self.home.did, keys=keys, documents=documents)
+        failed: dict[bytes, str] = {}
+        checked = []
+        for doc, stream in zip(documents, streams, strict=True):
+            try:
+                checked.append(_checked_copy(doc, stream, document_keys[doc], patient))
+            except RemoteProtocolError as exc:
+                failed[doc] = exc.code.value
+        await self._keep_copies(patient, leaf, checked, now=now)
+        return failed
+
+    async def _keep_copies(
+        self,
+        patient: str,
+        grant: Signed[Grant],
+        checked: Sequence[_CheckedCopy],
+        *,
+        now: int,
+    ) -> None:
+        """Keep checked streams as copies: the files first (durable together), then every row in one transaction."""
+        try:
+            await self.home.files.put_many([(copy.doc, copy.stream) for copy in checked])
+            async with self.store.transaction():
+                for copy in checked:
+                    await self._upsert_copy(patient, grant, copy.doc, copy.key, copy.header, copy.size, now=now)
+        except BaseException:
+            for copy in checked:
+                await self._forget_copy(copy.doc)
+            raise
 
     async def fetch_into(
         self, patient: str, doc: bytes, into: BinaryIO, *, now: int, progress: Progress | None = None
@@ -612,25 +700,39 @@ class ClinicNode:
             assert reader.header is not None
             header = reader.header
             async with self.store.transaction():
-                await self.store.upsert_shared(
-                    doc=doc,
-                    patient=patient,
-                    author=header.signer,
-                    grant_id=grant.id,
-                    title=header.record.title,
-                    doc_type=header.record.doc_type,
-                    category=header.record.category,
-                    labels=json.dumps(list(header.record.labels)),
-                    date=header.record.date,
-                    added=now,
-                    size=size,
-                    sealed_key=seal(key, self.home.encryption.public_key, os.urandom(32)),
-                )
+                await self._upsert_copy(patient, grant, doc, key, header, size, now=now)
                 await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
             await self._forget_copy(doc)
             raise
         return size
+
+    async def _upsert_copy(
+        self,
+        patient: str,
+        grant: Signed[Grant],
+        doc: bytes,
+        key: bytes,
+        header: Signed[DocumentHeader],
+        size: int,
+        *,
+        now: int,
+    ) -> None:
+        """Keep the row of a fetched copy, its key wrapped at rest.  Call inside a transaction."""
+        await self.store.upsert_shared(
+            doc=doc,
+            patient=patient,
+            author=header.signer,
+            grant_id=grant.id,
+            title=header.record.title,
+            doc_type=header.record.doc_type,
+            category=header.record.category,
+            labels=json.dumps(list(header.record.labels)),
+            date=header.record.date,
+            added=now,
+            size=size,
+            sealed_key=wrap_at_rest(key, self.home.encryption),
+        )
 
     async def _forget_copy_records(self, doc: bytes) -> None:
         """Drop a shared copy's row and the key wraps that carried its key.  In a transaction."""
@@ -692,7 +794,7 @@ class ClinicNode:
             raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
         if state == "shared" and (polled is None or now - polled > max_head_age):
             raise RemoteProtocolError(Code.STALE, "the patient's state head is too old to use a shared copy")
-        key = open_sealed(sealed_key, self.home.encryption)
+        key = unwrap_at_rest(sealed_key, self.home.encryption_keys)
         return DocumentReader(key, expected_patient=patient)
 
     # --- syncing with a patient's node (spec 15.16, :mod:`.sync`) ----------------------------------
@@ -723,12 +825,20 @@ class ClinicNode:
         Grants this node issued under the patient's grants to it are among them: a device pushes
         them to the patient's node ([API-48]).
         """
-        held: list[Signed[Any]] = await self.store.records(Revocation)
+        # Read for their ids and dates only: what reconciliation compares.
+        held: list[Signed[Any]] = await self.store.records(Revocation, verify=False)
         for cls in DEVICE_TYPES:
             if cls is not Revocation:  # every revocation counts, whoever signed it
-                held += await self.store.records(cls, signer=patient)
-        mine = {g.id for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())}
-        held += [g for g in await self.store.records(Grant, signer=self.home.did) if g.record.parent in mine]
+                held += await self.store.records(cls, signer=patient, verify=False)
+        mine = {
+            g.id
+            for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode(), verify=False)
+        }
+        held += [
+            g
+            for g in await self.store.records(Grant, signer=self.home.did, verify=False)
+            if g.record.parent in mine
+        ]
         return SortedItems(item_of(signed) for signed in held)
 
     async def issued_under(self, grant_id: bytes, among: set[bytes]) -> list[Signed[Any]]:
@@ -756,9 +866,21 @@ class ClinicNode:
                 await self.store.put_record(signed, now=now, subject=subject_of(signed))
         return len(records)
 
-    async def apply_held_state(self, patient: str, *, now: int) -> None:
-        """Apply the revocations and tombstones just synced, as a pushed answer (no freshness, [API-35])."""
-        heads = await self.store.records(StateHead, signer=patient)
+    async def apply_held_state(
+        self, patient: str, *, now: int, synced: Sequence[Signed[Any]] = ()
+    ) -> None:
+        """Apply the revocations and tombstones just synced, as a pushed answer (no freshness, [API-35]).
+
+        Args:
+            synced: the records the sync just verified and stored.  When they
+                hold a state head, the newest of them is applied; else the
+                newest of those held (one stored by a sync cut short before it
+                applied them).
+        """
+        heads: list[Signed[StateHead]] = [s for s in synced if isinstance(s.record, StateHead) and s.signer == patient]
+        if not heads:
+            # Read for their seq only: the newest is verified again when it is applied (apply_state).
+            heads = await self.store.records(StateHead, signer=patient, verify=False)
         if not heads:
             return
         head = max(heads, key=lambda h: h.record.seq)
@@ -779,13 +901,18 @@ class ClinicNode:
 
     async def missing_bodies(self, patient: str) -> list[bytes]:
         """Documents whose accepted entry was synced but whose body this node does not hold."""
-        withdrawn = {t.record.doc for t in await self.store.records(Tombstone, signer=patient)}
-        missing = []
-        for entry in await self.store.records(AcceptedEntry, signer=patient):
-            doc = entry.record.doc
-            if doc not in withdrawn and await self.store.held_copy(doc) is None:
-                missing.append(doc)
-        return missing
+        return [entry.doc for entry in await self.missing_entries(patient)]
+
+    async def missing_entries(self, patient: str) -> list[AcceptedEntry]:
+        """The accepted entries of :meth:`missing_bodies`: with each document's padded size."""
+        # Read for their ids and sizes only: a body is checked against its id when it comes.
+        withdrawn = {t.record.doc for t in await self.store.records(Tombstone, signer=patient, verify=False)}
+        held = {row.doc for row in await self.store.held_documents()}
+        return [
+            entry.record
+            for entry in await self.store.records(AcceptedEntry, signer=patient, verify=False)
+            if entry.record.doc not in withdrawn and entry.record.doc not in held
+        ]
 
     # --- the patient's state: polled, or pushed on its event stream -------------------------------
 
@@ -953,6 +1080,31 @@ class ClinicNode:
         if state is not None and state != "authored":
             await self.home.files.destroy(doc)
         return True
+
+
+class _CheckedCopy(NamedTuple):
+    """A fetched stream that checked, with what its copy is kept with."""
+
+    doc: bytes
+    stream: bytes
+    key: bytes
+    header: Signed[DocumentHeader]
+    size: int
+
+
+def _checked_copy(doc: bytes, stream: bytes, key: bytes, patient: str) -> _CheckedCopy:
+    """A fetched stream, once its id, every chunk and its signed header check ([API-72]).
+
+    Raises:
+        RemoteProtocolError: ``malformed`` when the stream is not the document
+            asked for; the decryption and header codes of [DOC-3].
+    """
+    reader = DocumentReader(key, expected_patient=patient)
+    size = sum(len(piece) for piece in reader.decrypt((stream,)))
+    if reader.document_id != doc:
+        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
+    assert reader.header is not None
+    return _CheckedCopy(doc, stream, key, reader.header, size)
 
 
 async def pulled_in_thread(pieces: Iterator[bytes], batch: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final, NamedTuple
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -28,6 +28,7 @@ from fedrecord.core import (
     Deposit,
     DepositDecision,
     DocumentFacts,
+    DocumentHeader,
     Grant,
     KeyWrap,
     NodeProfile,
@@ -46,16 +47,17 @@ from fedrecord.core import (
 )
 from fedrecord.core.capabilities import Decision
 from fedrecord.core.documents import DocumentReader, padded_size
-from fedrecord.core.errors import AuthenticationError, LocalProtocolError
+from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.identity import verify_ed25519
-from fedrecord.core.key_wraps import open_deposit_key, wrap_key
-from fedrecord.core.sealed_box import open_sealed, seal
+from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
+from fedrecord.core.stream import stream_document_id
 
 from .home import NodeHome
+from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
 from .store import AuditChainRow, AuditRow
 from .sync import ViewCache, subject_of
-from .wire import MAX_DOCUMENT, Invitation
+from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation
 
 DAY = 86_400
 GENESIS_HASH = bytes(32)
@@ -84,6 +86,54 @@ class InboxItem:
     labels: tuple[str, ...]
     date: int
     size: int
+
+
+SMALL_DEPOSIT: Final = 1 << 20
+"""Deposits up to this size (most are) are received into memory and checked before they are written."""
+
+
+async def _gathered(chunks: AsyncIterable[bytes], size: int) -> bytes:
+    """The whole deposited stream, refused as soon as it passes the ``size`` its deposit record gives.
+
+    Raises:
+        RemoteProtocolError: ``too-large`` past ``size``.
+    """
+    pieces: list[bytes] = []
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > size:
+            raise RemoteProtocolError(Code.TOO_LARGE, f"document exceeds the cap of {size} bytes")
+        pieces.append(chunk)
+    return b"".join(pieces)
+
+
+def _checked_deposit(data: bytes, doc: bytes, size: int, key: bytes, author: str, patient: str) -> DocumentHeader:
+    """The signed header of a deposited stream, checked in the order a streamed deposit is ([API-13]).
+
+    Raises:
+        RemoteProtocolError: ``malformed`` when the bytes are not ``doc``; ``truncated`` when they
+            are fewer than the deposit's ``size``; the codes of [DOC-3].
+    """
+    if stream_document_id(data) != doc:
+        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
+    if len(data) != size:
+        raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
+    reader = DocumentReader(key, expected_author=author, expected_patient=patient)
+    for _piece in reader.decrypt((data,)):
+        pass
+    if reader.document_id != doc:
+        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
+    assert reader.header is not None
+    return reader.header.record
+
+
+class _ChainDecision(NamedTuple):
+    """A chain decided allowed for reading, and what it was decided against (for each document's step)."""
+
+    grants: list[Signed[Grant]]
+    revocations: RevocationSet
+    restrictions: list[Signed[PrivateRestriction]]
 
 
 def _not_found() -> RemoteProtocolError:
@@ -222,11 +272,22 @@ class PatientNode:
                 Code.WRAP_MISMATCH, "the deposit is sealed to a key this node does not hold"
             )
         document_key = open_deposit_key(signed, patient=self.home.did, keys=keys).key
-        size = await self.home.files.put(record.doc, ciphertext, max_size=record.size)
+        if record.size <= SMALL_DEPOSIT and not await self.home.files.size(record.doc):
+            # Held in memory: checked whole in a worker thread, then written once; a larger one is
+            # streamed to its file and read back to be checked.
+            data = await _gathered(ciphertext, record.size)
+            header = await asyncio.to_thread(
+                _checked_deposit, data, record.doc, record.size, document_key, requester, self.home.did
+            )
+            await self.home.files.put_many([(record.doc, data)])
+            size = len(data)
+        else:
+            size = await self.home.files.put(record.doc, ciphertext, max_size=record.size)
         try:
             if size != record.size:
                 raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
-            header = await self._read_header(record.doc, document_key, author=requester)
+            if size > SMALL_DEPOSIT:
+                header = await self._read_header(record.doc, document_key, author=requester)
             async with self.store.transaction():
                 await self.store.put_record(signed, now=now, subject=record.doc)
                 await self.store.insert_document(
@@ -256,15 +317,10 @@ class PatientNode:
         return reader.header.record
 
     def _seal_to_self(self, key: bytes) -> bytes:
-        return seal(key, self.home.encryption.public_key, os.urandom(32))
+        return wrap_at_rest(key, self.home.encryption)
 
     def _unseal(self, sealed: bytes) -> bytes:
-        for keys in reversed(self.home.encryption_keys):
-            try:
-                return open_sealed(sealed, keys)
-            except RemoteProtocolError:
-                continue
-        raise LocalProtocolError(Code.DECRYPT_FAILED, "a stored document key does not open with our keys")
+        return unwrap_at_rest(sealed, self.home.encryption_keys)
 
     async def inbox(self) -> list[InboxItem]:
         rows = await self.store.inbox_rows()
@@ -702,11 +758,95 @@ class PatientNode:
         Raises:
             RemoteProtocolError: ``not-found`` for absent, out-of-scope and
                 restricted documents alike; the decision's code otherwise;
-                ``bad-range`` for a ``start`` not below the stream's length
-                ([API-41]), before anything is logged.
+                ``malformed`` for a receipt naming several documents
+                ([API-73]); ``bad-range`` for a ``start`` not below the
+                stream's length ([API-41]), before anything is logged.
         """
+        signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
+        request = signed_receipt.record
+        await self._require_servable(requester, decision, request.documents, now=now)
+        reader_key = await self._reader_key(requester, offered_profile, now=now)
+        row = await self.store.key_and_size(request.doc)
+        assert row is not None
+        if start and start >= row[1]:
+            # Refused before the receipt is logged: a read that sends nothing leaves no entry [API-41].
+            raise RemoteProtocolError(Code.BAD_RANGE, "the range starts at or past the end of the stream")
+        wrap = self._wrap_for(requester, reader_key, request, sealed_key=row[0], now=now)
+        async with self.store.transaction():
+            await self._append_audit(signed_receipt, now=now)
+        chunks = await self.home.files.open(request.doc, start=start)
+        if chunks is None:
+            raise _not_found()
+        return wrap, row[1], chunks
+
+    async def fetch_batch(
+        self,
+        requester: str,
+        chain: Sequence[bytes],
+        receipt: bytes,
+        *,
+        now: int,
+        offered_profile: bytes | None = None,
+    ) -> tuple[Signed[KeyWrap], list[bytes]]:
+        """Serve several small documents under one receipt, one audit entry and one key wrap (15.21).
+
+        Every document the receipt names must be servable, or none is
+        ([API-70]); the streams are read and checked before the receipt is
+        logged, and the receipt is committed before any of them is sent
+        ([API-71]).
+
+        Returns:
+            The key wrap of every named document, and their streams in the
+            receipt's order (``doc``, then ``docs``).
+
+        Raises:
+            RemoteProtocolError: as :meth:`fetch` (``not-found`` when any named
+                document is not servable, whichever); ``too-large`` when the
+                streams add up to more than ``BATCH_MAX_BYTES``; ``replay``.
+        """
+        signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=True)
+        request = signed_receipt.record
+        documents = request.documents
+        await self._require_servable(requester, decision, documents, now=now)
+        reader_key = await self._reader_key(requester, offered_profile, now=now)
+        rows = [await self.store.key_and_size(doc) for doc in documents]
+        if any(row is None for row in rows):
+            raise _not_found()
+        if sum(row[1] for row in rows if row is not None) > BATCH_MAX_BYTES:
+            raise RemoteProtocolError(
+                Code.TOO_LARGE, f"the documents of a batch add up to at most {BATCH_MAX_BYTES} bytes"
+            )
+        if await self.store.audit_has(signed_receipt.id):
+            # Checked again where it is logged; here so that a replay costs no reading or sealing.
+            raise RemoteProtocolError(Code.REPLAY, "this access receipt was already used")
+        streams = []
+        for doc in documents:
+            chunks = await self.home.files.open(doc)
+            if chunks is None:
+                raise _not_found()
+            streams.append(b"".join([chunk async for chunk in chunks]))
+        wrap = wrap_keys(
+            wrapper=self.home.identity,
+            recipient=requester,
+            recipient_key=reader_key,
+            keys=[(doc, self._unseal(row[0])) for doc, row in zip(documents, rows, strict=True) if row],
+            purpose=request.purpose,
+            grant=request.grant,
+            iat=now,
+            ephemeral_seed=os.urandom(32),
+        )
+        async with self.store.transaction():
+            await self._append_audit(signed_receipt, now=now)
+        return wrap, streams
+
+    async def _checked_receipt(
+        self, requester: str, chain: Sequence[bytes], receipt: bytes, *, now: int, batch: bool
+    ) -> tuple[Signed[AccessReceipt], _ChainDecision]:
+        """Steps 1 to 5 of [API-22] ([API-70]): the receipt and the chain, without the documents."""
         signed_receipt = open_record(receipt, AccessReceipt)
         request = signed_receipt.record
+        if request.docs is not None and not batch:
+            raise RemoteProtocolError(Code.MALFORMED, "a receipt for several documents goes to /v0/fetch-batch")
         if signed_receipt.signer != requester:
             raise AuthenticationError()
         if request.patient != self.home.did:
@@ -714,24 +854,40 @@ class PatientNode:
         grants = self._open_chain(chain)
         if not grants or grants[-1].id != request.grant:
             raise RemoteProtocolError(Code.BROKEN_CHAIN, "the receipt does not name the chain's last grant")
-        revocations, restrictions = await self._revocations(), await self._restrictions()
+        decision = _ChainDecision(grants, await self._revocations(), await self._restrictions())
         # Chain refusals first, without the document: they must not depend on whether it exists [CAP-12].
-        chain_verdict = await self._decide(
-            requester, grants, now=now, revocations=revocations, restrictions=restrictions
-        )
-        chain_verdict.require()
-        facts = await self._facts(request.doc)
-        hidden = await self._is_hidden(request.doc)
-        verdict = (
+        (
             await self._decide(
-                requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
+                requester,
+                grants,
+                now=now,
+                revocations=decision.revocations,
+                restrictions=decision.restrictions,
             )
-            if facts
-            else None
-        )
-        if verdict is None or hidden or verdict.reason in (Code.OUT_OF_SCOPE, Code.RESTRICTED):
-            raise _not_found()
-        verdict.require()
+        ).require()
+        return signed_receipt, decision
+
+    async def _require_servable(
+        self, requester: str, decision: _ChainDecision, documents: Sequence[bytes], *, now: int
+    ) -> None:
+        """Step 6 of [API-22]: ``not-found`` unless every document is accepted, shown and in the chain's reach."""
+        grants, revocations, restrictions = decision
+        for doc in documents:
+            facts = await self._facts(doc)
+            hidden = await self._is_hidden(doc)
+            verdict = (
+                await self._decide(
+                    requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
+                )
+                if facts
+                else None
+            )
+            if verdict is None or hidden or verdict.reason in (Code.OUT_OF_SCOPE, Code.RESTRICTED):
+                raise _not_found()
+            verdict.require()
+
+    async def _reader_key(self, requester: str, offered_profile: bytes | None, *, now: int) -> bytes:
+        """Steps 7 and 8 of [API-22]: the requester's X25519 key valid at ``now``."""
         profile = await self.peer_profile(requester)
         if offered_profile is not None:
             # A delegate is not a connected peer: it shows its signed profile with the request (US-9).
@@ -746,18 +902,7 @@ class PatientNode:
         reader_key = profile.record.encryption_key_at(now) if profile else None
         if reader_key is None:
             raise RemoteProtocolError(Code.BAD_KEY, "no encryption key known for the reader")
-        row = await self.store.key_and_size(request.doc)
-        assert row is not None
-        if start and start >= row[1]:
-            # Refused before the receipt is logged: a read that sends nothing leaves no entry [API-41].
-            raise RemoteProtocolError(Code.BAD_RANGE, "the range starts at or past the end of the stream")
-        wrap = self._wrap_for(requester, reader_key.key, request, sealed_key=row[0], now=now)
-        async with self.store.transaction():
-            await self._append_audit(signed_receipt, now=now)
-        chunks = await self.home.files.open(request.doc, start=start)
-        if chunks is None:
-            raise _not_found()
-        return wrap, row[1], chunks
+        return reader_key.key
 
     def _wrap_for(
         self, requester: str, reader_key: bytes, request: AccessReceipt, *, sealed_key: bytes, now: int
@@ -870,6 +1015,9 @@ class PatientNode:
             record.purpose,
         ):
             return "the entry differs from its receipt"
+        if row.listed != {(doc, row.at) for doc in record.documents}:
+            # The listing by document (audit_docs) is outside the hash chain: checked against the receipt.
+            return "the documents the log lists for the entry differ from its receipt"
         return None
 
     # --- deletion -----------------------------------------------------------------------

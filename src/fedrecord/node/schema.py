@@ -84,6 +84,17 @@ MIGRATIONS = (
             "CREATE INDEX documents_by_state_category ON documents (state, category, date, id)",
         ),
     ),
+    Migration(
+        version=5,
+        description="audit_docs: every document an audit entry covers (a batch receipt names several)",
+        statements=(
+            # Keyed as audit_by_doc was, (doc, at, seq): the page walks one document's reads newest first.
+            "CREATE TABLE audit_docs (doc BLOB NOT NULL, at INTEGER NOT NULL, seq INTEGER NOT NULL,"
+            " PRIMARY KEY (doc, at, seq)) WITHOUT ROWID",
+            "CREATE INDEX audit_docs_by_seq ON audit_docs (seq)",
+            "INSERT INTO audit_docs (doc, at, seq) SELECT doc, at, seq FROM audit",
+        ),
+    ),
 )
 
 TABLES = (
@@ -94,6 +105,7 @@ TABLES = (
     "invitations",
     "documents",
     "audit",
+    "audit_docs",
     "connections",
     "delegations",
     "outbox",

@@ -345,6 +345,18 @@ async def fetch(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def fetch_batch(request: web.Request) -> web.Response:
+    """``POST /v0/fetch-batch``: several small documents under one receipt and one key wrap (15.21)."""
+    signer, body = await signed_body(request, "chain", "receipt")
+    profile = body.get("profile")
+    if profile is not None and type(profile) is not bytes:
+        raise RemoteProtocolError(Code.MALFORMED, "profile is an encoded node profile")
+    wrap, streams = await request.app[PATIENT].fetch_batch(
+        signer, _chain(body), body["receipt"], now=int(time.time()), offered_profile=profile
+    )
+    return answer(request, wrap=wrap.encoded, streams=streams)
+
+
 async def attestation(request: web.Request) -> web.Response:
     signer, body = await signed_body(request, "attestation")
     await request.app[PATIENT].receive_attestation(signer, body["attestation"], now=int(time.time()))
@@ -426,6 +438,7 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
         app.router.add_post("/v0/events", events)
         app.router.add_post("/v0/list", listing)
         app.router.add_post("/v0/fetch", fetch)
+        app.router.add_post("/v0/fetch-batch", fetch_batch)
         app.router.add_post("/v0/sync", sync_round)
         app.router.add_post("/v0/records", records)
         app.router.add_post("/v0/push", push)

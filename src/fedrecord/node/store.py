@@ -112,6 +112,8 @@ class AuditRow(NamedTuple):
     purpose: str
     at: int
     entry_hash: bytes
+    #: Every document the entry's receipt names, ``doc`` first (filled by ``audit_entries`` only).
+    docs: tuple[bytes, ...] = ()
 
 
 class AuditLink(NamedTuple):
@@ -192,9 +194,12 @@ class NodeStore(Protocol):
         ...
 
     async def records(
-        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None
+        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None, verify: bool = True
     ) -> list[Signed[R]]:
         """The kept records of one type, oldest first, verified on the way out.
+
+        With ``verify=False``, decoded only: for records passed on to a peer or
+        read for their ids and dates (see :mod:`fedrecord.node.records_table`).
 
         Raises:
             RemoteProtocolError: when a stored record does not verify.
@@ -527,6 +532,11 @@ class NodeStore(Protocol):
         """Every reader that read ``doc``."""
         ...
 
+    async def audit_doc_counts(self, seqs: Sequence[int]) -> dict[int, int]:
+        """How many documents each of the entries ``seqs`` covers (more than one for a batch, 15.21), by seq;
+        an entry not in the log is left out."""
+        ...
+
     async def audit_chain(self, *, after: int, limit: int) -> list[AuditChainRow]:
         """Up to ``limit`` entries above seq ``after``, in order, with all that their verification checks."""
         ...
@@ -600,7 +610,7 @@ class SqliteNodeStore:
         )
 
     async def records(
-        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None
+        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None, verify: bool = True
     ) -> list[Signed[R]]:
         query = "SELECT encoded FROM records WHERE typ = ?"
         params: list[object] = [cls.TYPE.value]
@@ -611,7 +621,7 @@ class SqliteNodeStore:
             query += " AND subject = ?"
             params.append(subject)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
-        return [open_stored(row[0], cls) for row in rows]
+        return [open_stored(row[0], cls, verify=verify) for row in rows]
 
     async def newest_record(self, cls: type[R], *, signer: str) -> Signed[R] | None:
         row = await self._one(
@@ -910,12 +920,21 @@ class SqliteNodeStore:
                 countersignature,
             ),
         )
+        # Every document the receipt names, so that listings by document find a batch's entry too.
+        for doc in receipt.record.documents:
+            await self.db.execute("INSERT INTO audit_docs (doc, at, seq) VALUES (?, ?, ?)", (doc, at, seq))
 
     async def audit_entries(self) -> list[AuditRow]:
         rows = await self._all(
-            "SELECT seq, reader, doc, grant_id, purpose, at, entry_hash FROM audit ORDER BY seq"
+            "SELECT seq, reader, doc, grant_id, purpose, at, entry_hash,"
+            " (SELECT group_concat(hex(d.doc)) FROM audit_docs d WHERE d.seq = audit.seq)"
+            " FROM audit ORDER BY seq"
         )
-        return [AuditRow(*row) for row in rows]
+        entries = []
+        for seq, reader, doc, grant, purpose, at, entry_hash, listed in rows:
+            others = {bytes.fromhex(h) for h in (listed or "").split(",") if h} - {doc}
+            entries.append(AuditRow(seq, reader, doc, grant, purpose, at, entry_hash, (doc, *sorted(others))))
+        return entries
 
     async def audit_links(self) -> list[AuditLink]:
         rows = await self._all(
@@ -1047,6 +1066,8 @@ class SqliteNodeStore:
     async def audit_page(
         self, where: AuditFilter, *, before: int | None = None, after: int | None = None, limit: int
     ) -> list[AuditRow]:
+        # By document, the walk is over audit_docs (doc, at, seq): a batch entry covers several.
+        by_doc = where.doc is not None
         clauses, params = _audit_where(where)
         cursor = after if after is not None else before
         if cursor is not None:
@@ -1054,13 +1075,16 @@ class SqliteNodeStore:
             if at is None:
                 return []
             # Row values: the walk starts at the cursor in the (at, seq) index, whatever the filters.
-            clauses.append("(at, seq) > (?, ?)" if after is not None else "(at, seq) < (?, ?)")
+            clauses.append("(w.at, w.seq) > (?, ?)" if after is not None else "(w.at, w.seq) < (?, ?)")
             params.extend((at[0], cursor))
         condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         order = "ASC" if after is not None else "DESC"
+        source = "audit_docs w JOIN audit a ON a.seq = w.seq" if by_doc else "audit w"
+        columns = "a.seq, a.reader, a.doc, a.grant_id, a.purpose, a.at, a.entry_hash" if by_doc else (
+            "seq, reader, doc, grant_id, purpose, at, entry_hash"
+        )
         rows = await self._all(
-            f"SELECT seq, reader, doc, grant_id, purpose, at, entry_hash FROM audit{condition}"
-            f" ORDER BY at {order}, seq {order} LIMIT ?",
+            f"SELECT {columns} FROM {source}{condition} ORDER BY w.at {order}, w.seq {order} LIMIT ?",
             (*params, limit),
         )
         entries = [AuditRow(*row) for row in rows]
@@ -1076,15 +1100,33 @@ class SqliteNodeStore:
         return [row[0] for row in rows]
 
     async def audit_readers_of(self, doc: bytes) -> list[str]:
-        return [row[0] for row in await self._all("SELECT DISTINCT reader FROM audit WHERE doc = ?", (doc,))]
+        rows = await self._all(
+            "SELECT DISTINCT reader FROM audit WHERE seq IN (SELECT seq FROM audit_docs WHERE doc = ?)", (doc,)
+        )
+        return [row[0] for row in rows]
+
+    async def audit_doc_counts(self, seqs: Sequence[int]) -> dict[int, int]:
+        if not seqs:
+            return {}
+        rows = await self._all(
+            f"SELECT seq, count(*) FROM audit_docs WHERE seq IN ({', '.join('?' * len(seqs))}) GROUP BY seq",
+            list(seqs),
+        )
+        return {row[0]: row[1] for row in rows}
 
     async def audit_chain(self, *, after: int, limit: int) -> list[AuditChainRow]:
         rows = await self._all(
-            "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant_id, purpose"
+            "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant_id, purpose,"
+            " (SELECT group_concat(hex(d.doc) || ':' || d.at) FROM audit_docs d WHERE d.seq = audit.seq)"
             " FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
-        return [AuditChainRow(*row) for row in rows]
+        return [
+            AuditChainRow(
+                seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant, purpose, _listed(listed)
+            )
+            for seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant, purpose, listed in rows
+        ]
 
     async def audit_entry_hash(self, seq: int) -> bytes | None:
         row = await self._one("SELECT entry_hash FROM audit WHERE seq = ?", (seq,))
@@ -1251,16 +1293,30 @@ class AuditChainRow(NamedTuple):
     doc: bytes
     grant: bytes
     purpose: str
+    #: The (document, time) pairs the log lists for this entry (``audit_docs``): one per document
+    #: its receipt names, at the entry's time.
+    listed: frozenset[tuple[bytes, int]] = frozenset()
+
+
+def _listed(text: str | None) -> frozenset[tuple[bytes, int]]:
+    pairs = []
+    for item in (text or "").split(","):
+        if item:
+            doc, _, at = item.partition(":")
+            pairs.append((bytes.fromhex(doc), int(at)))
+    return frozenset(pairs)
 
 
 def _audit_where(where: AuditFilter) -> tuple[list[str], list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
+    # ``w`` is the table walked: audit, or audit_docs when listing one document's reads.
+    reader = "a.reader = ?" if where.doc is not None else "w.reader = ?"
     for clause, value in (
-        ("reader = ?", where.reader),
-        ("doc = ?", where.doc),
-        ("at >= ?", where.since),
-        ("at < ?", where.until),
+        (reader, where.reader),
+        ("w.doc = ?", where.doc),
+        ("w.at >= ?", where.since),
+        ("w.at < ?", where.until),
     ):
         if value is not None:
             clauses.append(clause)

@@ -21,7 +21,9 @@ that patient against the view, fetches what it lacks in batches
 (``POST /v0/records``), verifies each record (signed by the patient, of a
 type the view holds, the id asked for) before storing any of a batch, applies
 revocations and tombstones as a polled answer would (:meth:`ClinicNode.apply_state`),
-then fetches the bodies of the documents it does not hold yet; a body cut
+then fetches the bodies of the documents it does not hold yet: the small ones
+in batches, each batch one request, one receipt and one key wrap
+(``POST /v0/fetch-batch``, 15.21), the large ones alone, where a body cut
 short resumes where it stopped ([API-42]).  Everything is idempotent: a sync
 interrupted at any point is finished by the next one.
 """
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from fedrecord.core import (
+    BATCH_MAX_DOCS,
     AcceptedEntry,
     Action,
     AuditCheckpoint,
@@ -52,6 +55,7 @@ from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.reconcile import Item, Reconciler, SortedItems, respond
 
 from .records_table import open_stored
+from .wire import BATCH_MAX_BYTES
 
 if TYPE_CHECKING:
     from .clinic import ClinicNode
@@ -60,7 +64,9 @@ if TYPE_CHECKING:
 MAX_IDS: Final = 512
 """Record ids asked for in one ``POST /v0/records`` (their records fit well within the 1 MiB body cap)."""
 BODY_FETCHES: Final = 8
-"""Documents fetched at once by a sync."""
+"""Fetch requests (of one document, or of a batch) a sync runs at once."""
+BATCH_LARGEST: Final = 64 * 1024
+"""Documents of a padded size up to this are fetched in batches; larger ones alone, resumably."""
 MAX_ROUNDS: Final = 64
 """Reconciliation rounds one sync may take: a peer that never lets it finish is refused."""
 VIEW_TYPES: Final = (StateHead, Revocation, Tombstone, Grant, AcceptedEntry)
@@ -129,21 +135,22 @@ async def patient_view(
         for cls in DEVICE_TYPES:
             # Grants and revocations whoever signed them: a device's own are part of the record ([API-48]).
             anyone = cls in (Revocation, Grant)
-            for signed in await node.store.records(cls, signer=None if anyone else patient):
+            for signed in await node.store.records(cls, signer=None if anyone else patient, verify=False):
                 records[signed.id] = signed
     else:
+        # Passed on, not acted on: the requester verifies each record it takes ([API-45]).
         for cls in (StateHead, Tombstone):
-            for signed in await node.store.records(cls, signer=patient):
+            for signed in await node.store.records(cls, signer=patient, verify=False):
                 records[signed.id] = signed
         # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated.
-        for revocation in await node.store.records(Revocation):
+        for revocation in await node.store.records(Revocation, verify=False):
             records[revocation.id] = revocation
-        for grant in await node.store.records(Grant, signer=patient, subject=requester.encode()):
+        for grant in await node.store.records(Grant, signer=patient, subject=requester.encode(), verify=False):
             records[grant.id] = grant
         if grants:
             chain = [g.encoded for g in grants]
             reachable = {item["doc"] for item in await node.documents_for(requester, chain, now=now)}
-            for entry in await node.store.records(AcceptedEntry, signer=patient):
+            for entry in await node.store.records(AcceptedEntry, signer=patient, verify=False):
                 if entry.record.doc in reachable:
                     records[entry.id] = entry
     view = View(
@@ -226,6 +233,7 @@ async def sync_with_patient(
         # it, which is how we learn of the revocation and destroy what it covered.
         chain = []
         need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
+    synced: list[Signed[Any]] = []
     for start in range(0, len(need), MAX_IDS):
         batch = need[start : start + MAX_IDS]
         answer = await clinic.client.call(
@@ -234,14 +242,15 @@ async def sync_with_patient(
         records = _verified_batch(answer.get("records"), set(batch), patient)
         report.records_fetched += len(records)
         report.records_stored += await clinic.keep_synced(patient, records, now=now)
+        synced.extend(records)
         if progress is not None:
             progress("records", min(start + MAX_IDS, len(need)), len(need))
-    await clinic.apply_held_state(patient, now=now)
+    await clinic.apply_held_state(patient, now=now, synced=synced)
     if chain and reconciler_have:
         report.records_pushed = await _push_own(clinic, patient, endpoint, chain, reconciler_have)
     if bodies:
         await _fetch_bodies(
-            clinic, patient, await clinic.missing_bodies(patient), report, now=now, progress=progress
+            clinic, patient, await clinic.missing_entries(patient), report, now=now, progress=progress
         )
     return report
 
@@ -249,29 +258,78 @@ async def sync_with_patient(
 async def _fetch_bodies(
     clinic: ClinicNode,
     patient: str,
-    missing: Sequence[bytes],
+    missing: Sequence[AcceptedEntry],
     report: SyncReport,
     *,
     now: int,
     progress: Progress | None,
 ) -> None:
-    """Fetch documents a few at a time: their commits are grouped on both sides and their syncs overlap."""
-    pending = iter(missing)
+    """Fetch the missing documents: the small ones in batches (15.21), the others one by one.
+
+    A few requests run at once, so that their commits are grouped on both
+    sides and their syncs overlap.  A batch the patient's node refuses for
+    anything but a dead chain is fetched again one document at a time, which
+    names the document that fails.
+    """
+    singles = [[entry.doc] for entry in missing if entry.padded_size > BATCH_LARGEST]
+    batches = _batches([entry for entry in missing if entry.padded_size <= BATCH_LARGEST])
+    # Each item is a batch (fetched with one request) or, alone in its list, a large document.
+    pending = iter([*((True, batch) for batch in batches), *((False, single) for single in singles)])
     done = 0
 
-    async def worker() -> None:
+    def advance(count: int) -> None:
         nonlocal done
-        for doc in pending:
-            try:
-                await clinic.fetch(patient, doc, now=now)
-                report.documents_fetched += 1
-            except RemoteProtocolError as exc:
-                report.documents_failed.append(f"{doc.hex()}: {exc.code.value}")
-            done += 1
-            if progress is not None:
-                progress("documents", done, len(missing))
+        done += count
+        if progress is not None:
+            progress("documents", done, len(missing))
 
-    await asyncio.gather(*(worker() for _ in range(min(BODY_FETCHES, len(missing)))))
+    async def fetch_one(doc: bytes) -> None:
+        try:
+            await clinic.fetch(patient, doc, now=now)
+            report.documents_fetched += 1
+        except RemoteProtocolError as exc:
+            report.documents_failed.append(f"{doc.hex()}: {exc.code.value}")
+        advance(1)
+
+    async def worker() -> None:
+        for batched, docs in pending:
+            if not batched:
+                await fetch_one(docs[0])
+                continue
+            try:
+                failed = await clinic.fetch_batch(patient, docs, now=now)
+            except RemoteProtocolError as exc:
+                if exc.code in CHAIN_REFUSALS:
+                    report.documents_failed.extend(f"{doc.hex()}: {exc.code.value}" for doc in docs)
+                    advance(len(docs))
+                    continue
+                for doc in docs:
+                    await fetch_one(doc)
+                continue
+            report.documents_fetched += len(docs) - len(failed)
+            report.documents_failed.extend(f"{doc.hex()}: {code}" for doc, code in failed.items())
+            advance(len(docs))
+
+    await asyncio.gather(*(worker() for _ in range(min(BODY_FETCHES, len(batches) + len(singles)))))
+
+
+def _batches(entries: Sequence[AcceptedEntry]) -> list[list[bytes]]:
+    """Documents grouped for batch fetches: at most ``BATCH_MAX_DOCS``, their streams within the byte cap."""
+    batches: list[list[bytes]] = []
+    batch: list[bytes] = []
+    size = 0
+    for entry in entries:
+        # A stream is its padded content, its signed header and a tag per chunk: the padded size
+        # plus a kibibyte bounds it for the documents batched (at most BATCH_LARGEST).
+        estimate = entry.padded_size + 1024
+        if batch and (len(batch) == BATCH_MAX_DOCS or size + estimate > BATCH_MAX_BYTES):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(entry.doc)
+        size += estimate
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 async def _reconcile(

@@ -18,6 +18,8 @@ from fedrecord.core.schema import PROTOCOL_VERSION
 
 CBOR_TYPE: Final = "application/cbor"
 MAX_BODY: Final = 1 << 20  # small CBOR bodies; document streams have their own cap
+BATCH_MAX_BYTES: Final = 786_432
+"""The streams of one batch fetch add up to at most this (768 KiB): its answer stays a small body (15.21)."""
 MAX_DOCUMENT: Final = 4 << 30  # 4 GiB; streams keep every path flat in memory [API-3]
 INVITATION_PREFIX: Final = "fr0-"
 

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedrecord.core import DocumentHeader, EncryptionKeyPair, KeyWrap, sign_record
+from fedrecord.core import DocumentHeader, EncryptionKeyPair, KeyWrap, cbor, sign_record
 from fedrecord.core.documents import DocumentWriter
-from fedrecord.core.key_wraps import make_deposit, wrap_key
+from fedrecord.core.key_wraps import DEPOSIT_PURPOSE, make_deposit, wrap_key, wrap_keys
+from fedrecord.core.records import Deposit, RecordType, WrapSecret
 from fedrecord.core.sealed_box import seal
 from fedrecord.core.stream import CHUNK_SIZE, HEADER_SIZE, TAG_SIZE, encrypt_bytes, key_commitment
 
 from .format import VectorFile, diag_bytes, fixed_seed
-from .samples import DOC_ID, GP, GP_ENC, GRANT_ID, LAB, MALLORY, NOW, OTHER_DOC_ID, PATIENT, PATIENT_ENC
+from .record_cases import forge
+from .samples import (
+    BATCH_DOC_IDS,
+    DOC_ID,
+    GP,
+    GP_ENC,
+    GRANT_ID,
+    LAB,
+    MALLORY,
+    NOW,
+    OTHER_DOC_ID,
+    PATIENT,
+    PATIENT_ENC,
+    THIRD_DOC_ID,
+)
 
 STREAM_NOTES = {
     "Valid": {"bugType": "BASIC", "description": "A stream that decrypts."},
@@ -259,6 +274,11 @@ WRAP_NOTES = {
         "description": "Wrap bound to another document, reader or purpose ([WRAP-3]).",
     },
     "Sealed": {"bugType": "MODIFIED_CIPHERTEXT", "description": "The sealed key does not open ([WRAP-2])."},
+    "Batch": {
+        "bugType": "KEY_SUBSTITUTION",
+        "description": "A wrap of several documents that is not for the documents asked for, whose"
+        " sealed documents or keys disagree with its record, or a deposit carrying several keys ([WRAP-6]).",
+    },
 }
 
 
@@ -270,7 +290,9 @@ def build_key_wraps() -> VectorFile:
             "then its sealed key with the X25519 key of `recipientSeed`, as `recipient` asking for",
             "document `doc`. Valid: the key is `key`. Invalid: refused with `error`, `wrap-mismatch`",
             "when the sealed binding (document, recipient, wrapper, purpose, grant) disagrees with the",
-            "signed record or with the request.",
+            "signed record or with the request. Where `docs` is given (hex ids), the reader asks for",
+            "several documents, `doc` then `docs` (a batch, [WRAP-6]); valid such cases also give `keys`,",
+            "the key of each id of `docs`, in order.",
         ],
         notes=WRAP_NOTES,
     )
@@ -302,6 +324,8 @@ def build_key_wraps() -> VectorFile:
         recipient: str = GP.did,
         seed: bytes = fixed_seed("gp-encryption"),
         doc: bytes = DOC_ID,
+        docs: tuple[bytes, ...] | None = None,
+        keys: tuple[bytes, ...] | None = None,
     ) -> None:
         file.case(
             tests,
@@ -314,7 +338,9 @@ def build_key_wraps() -> VectorFile:
             recipient=recipient,
             recipientSeed=seed.hex(),
             doc=doc.hex(),
+            **({"docs": [d.hex() for d in docs]} if docs is not None else {}),
             **({"key": key.hex()} if error is None else {}),
+            **({"keys": [k.hex() for k in keys]} if error is None and keys is not None else {}),
             **({"diag": diag_bytes(record)} if error is None else {}),
         )
 
@@ -401,13 +427,134 @@ def build_key_wraps() -> VectorFile:
         recipient=GP.did,
         seed=patient_seed,
     )
+    _batch_cases(case, key, patient_seed)
     return file
+
+
+def _batch_cases(case: Any, key: bytes, patient_seed: bytes) -> None:
+    """Key wraps of several documents ([WRAP-6], spec 15.21), and a deposit that carries several keys."""
+    docs = BATCH_DOC_IDS
+    keys = tuple(fixed_seed(f"batch-key-{i}") for i in range(len(docs)))
+    fourth = fixed_seed("fourth-document-id")
+
+    def secret(**changes: Any) -> dict[str, Any]:
+        """The wire map of the sealed secret of the good batch wrap, changed: may break 6.7 on purpose."""
+        fields = WrapSecret(
+            key=key,
+            doc=DOC_ID,
+            recipient=GP.did,
+            wrapper=PATIENT.did,
+            purpose="treatment",
+            grant=GRANT_ID,
+            docs=docs,
+            keys=keys,
+        ).to_wire()
+        fields.update(changes)
+        return fields
+
+    def resealed(fields: dict[str, Any], **outer: Any) -> bytes:
+        sealed = seal(cbor.encode(fields), GP_ENC.public_key, fixed_seed("batch-reseal"))
+        return sign_record(KeyWrap(**{**_fields(good.record), "sealed": sealed, **outer}), PATIENT).encoded
+
+    good = wrap_keys(
+        wrapper=PATIENT,
+        recipient=GP.did,
+        recipient_key=GP_ENC.public_key,
+        keys=[(DOC_ID, key), *zip(docs, keys, strict=True)],
+        purpose="treatment",
+        grant=GRANT_ID,
+        iat=NOW,
+        ephemeral_seed=fixed_seed("batch-wrap-ephemeral"),
+    )
+    assert good.record.docs == docs
+    case(
+        "a key wrap of three documents from the patient to a GP",
+        "Valid",
+        None,
+        good.encoded,
+        docs=docs,
+        keys=keys,
+    )
+    case("a wrap of three documents opened as the wrap of one", "Batch", "wrap-mismatch", good.encoded)
+    case("asked for two of its three documents", "Batch", "wrap-mismatch", good.encoded, docs=docs[:1])
+    case(
+        "asked for its documents with another one first",
+        "Batch",
+        "wrap-mismatch",
+        good.encoded,
+        doc=docs[0],
+        docs=(DOC_ID, *docs[1:]),
+    )
+    moved = sign_record(
+        KeyWrap(**{**_fields(good.record), "docs": tuple(sorted((docs[0], fourth)))}), PATIENT
+    )
+    case(
+        "outer docs changed and re-signed: moved to another set of documents",
+        "Batch",
+        "wrap-mismatch",
+        moved.encoded,
+        docs=tuple(sorted((docs[0], fourth))),
+    )
+    alone = sign_record(KeyWrap(**{**_fields(good.record), "docs": None}), PATIENT)
+    case(
+        "outer docs removed and re-signed: one document's wrap sealing three keys",
+        "Batch",
+        "wrap-mismatch",
+        alone.encoded,
+    )
+    case(
+        "sealed keys empty: no key for the ids of docs",
+        "Batch",
+        "wrap-mismatch",
+        resealed(secret(keys=[]), docs=docs),
+        docs=docs,
+    )
+    repeated = _fields(good.record) | {"docs": tuple(sorted((DOC_ID, THIRD_DOC_ID)))}
+    payload = KeyWrap(**{**repeated, "docs": None}).to_wire() | {"docs": list(repeated["docs"])}
+    head = {1: -8, 4: PATIENT.did.encode(), 16: RecordType.KEY_WRAP.value}
+    case(
+        "docs repeats doc, signed",
+        "Batch",
+        "invalid-record",
+        forge(head, payload, PATIENT),
+        docs=tuple(d for d in repeated["docs"] if d != DOC_ID),
+    )
+    deposit_secret = WrapSecret(
+        key=key,
+        doc=DOC_ID,
+        recipient=PATIENT.did,
+        wrapper=LAB.did,
+        purpose=DEPOSIT_PURPOSE,
+        grant=GRANT_ID,
+        docs=(OTHER_DOC_ID,),
+        keys=(keys[0],),
+    )
+    several = Deposit(
+        patient=PATIENT.did,
+        doc=DOC_ID,
+        size=4096,
+        recipient_key=PATIENT_ENC.public_key,
+        sealed=seal(
+            cbor.encode(deposit_secret.to_wire()), PATIENT_ENC.public_key, fixed_seed("batch-deposit-e")
+        ),
+        grant=GRANT_ID,
+        iat=NOW,
+    )
+    case(
+        "a deposit whose sealed secret carries the key of a second document",
+        "Batch",
+        "wrap-mismatch",
+        sign_record(several, LAB).encoded,
+        kind="fedrecord/deposit",
+        recipient=PATIENT.did,
+        seed=patient_seed,
+    )
 
 
 def _fields(wrap: KeyWrap) -> dict[str, Any]:
     return {
         name: getattr(wrap, name)
-        for name in ("recipient", "doc", "purpose", "grant", "recipient_key", "sealed", "iat")
+        for name in ("recipient", "doc", "docs", "purpose", "grant", "recipient_key", "sealed", "iat")
     }
 
 

@@ -25,7 +25,7 @@ from fedrecord.core import (
 from fedrecord.core.capabilities import RevocationSet, decide_from_bytes
 from fedrecord.core.documents import DocumentReader
 from fedrecord.core.identity import public_key_from_did
-from fedrecord.core.key_wraps import open_deposit_key, unwrap_key
+from fedrecord.core.key_wraps import open_deposit_key, unwrap_key, unwrap_keys
 from fedrecord.core.reconcile import Item, Params, SortedItems, respond
 from fedrecord.core.records import RECORD_CLASSES, RecordType
 from fedrecord.core.sealed_box import open_sealed, seal
@@ -135,6 +135,17 @@ def _wrap(group: dict[str, Any], test: dict[str, Any]) -> None:
     if test["recordType"] == "fedrecord/deposit":
         unwrapped = open_deposit_key(open_record(record, Deposit), patient=test["recipient"], keys=keys)
         _expect("doc", unwrapped.secret.doc.hex(), test["doc"])
+    elif "docs" in test:
+        # Several documents asked for at once ([WRAP-6]): doc, then docs.
+        docs = [bytes.fromhex(d) for d in test["docs"]]
+        doc = bytes.fromhex(test["doc"])
+        found = unwrap_keys(
+            open_record(record, KeyWrap), recipient=test["recipient"], keys=keys, documents=[doc, *docs]
+        )
+        _expect("documents", sorted(found), sorted([doc, *docs]))
+        _expect("keys", [found[d].hex() for d in docs], test["keys"])
+        _expect("key", found[doc].hex(), test["key"])
+        return
     else:
         unwrapped = unwrap_key(
             open_record(record, KeyWrap),

@@ -43,12 +43,19 @@ DOC_KEY = fixed_seed("document-key")
 DOC_PREFIX = fixed_seed("document-prefix")[:16]
 DOC_ID = fixed_seed("document-id")
 OTHER_DOC_ID = fixed_seed("other-document-id")
+THIRD_DOC_ID = fixed_seed("third-document-id")
+BATCH_DOC_IDS = tuple(sorted((OTHER_DOC_ID, THIRD_DOC_ID)))
+"""The further documents of a batch (spec 15.21): the ``docs`` after ``doc`` = DOC_ID, a set."""
 GRANT_ID = fixed_seed("grant-id")
 NONCE = fixed_seed("nonce")[:16]
 
 
 def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
-    """One valid record of every type, with its signer."""
+    """One valid record of every type, with its signer; the first of each type is its plainest.
+
+    Receipts and key wraps come twice: for one document, then for a batch of three (``docs``,
+    spec 15.21).
+    """
     return [
         (
             "node profile of a clinic",
@@ -102,6 +109,20 @@ def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
                 grant=GRANT_ID,
                 recipient_key=GP_ENC.public_key,
                 sealed=bytes(48 + 160),
+                iat=NOW,
+            ),
+            PATIENT,
+        ),
+        (
+            "key wrap to a GP of three documents",
+            KeyWrap(
+                recipient=GP.did,
+                doc=DOC_ID,
+                docs=BATCH_DOC_IDS,
+                purpose="treatment",
+                grant=GRANT_ID,
+                recipient_key=GP_ENC.public_key,
+                sealed=bytes(48 + 320),
                 iat=NOW,
             ),
             PATIENT,
@@ -180,6 +201,20 @@ def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
                 purpose="treatment",
                 iat=NOW,
                 nonce=NONCE,
+            ),
+            GP,
+        ),
+        (
+            "access receipt of three documents",
+            AccessReceipt(
+                patient=PATIENT.did,
+                doc=DOC_ID,
+                docs=BATCH_DOC_IDS,
+                grant=GRANT_ID,
+                action="read",
+                purpose="treatment",
+                iat=NOW,
+                nonce=fixed_seed("batch-nonce")[:16],
             ),
             GP,
         ),

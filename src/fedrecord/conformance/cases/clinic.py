@@ -913,6 +913,49 @@ async def sync_first_message(s: Session) -> None:
                 raise Failed("a second sync of an unchanged record stored records again")
 
 
+@case("clinic.sync-batch-bad-answer", requires=["API-72", "API-45"], tags=("peer",), adversarial=True)
+async def sync_batch_bad_answer(s: Session) -> None:
+    """A batch with a tampered stream, or a key wrap for other documents: the clinic keeps nothing failing."""
+    async with FakeNode.serve() as fake:
+        await _reader(s, fake)
+        good = [fake.add_document(f"batch {i}: urea 5.{i} mmol/L".encode()) for i in range(3)]
+        bad = fake.add_document(b"tampered in the batch")
+        fake.tampered.add(bad.doc)  # in a batch and in a single fetch alike
+        answer = await _op(s, "sync", patient=fake.did)
+        batches = fake.requests("/v0/fetch-batch")
+        if not batches:
+            raise Skipped(
+                "the clinic's sync fetches no batch (POST /v0/fetch-batch), so [API-72] is not reached"
+            )
+        _signed_by_clinic(s, batches, "batch fetch")
+        asked = set(_receipt(batches[0]).record.documents)
+        if bad.doc not in asked or _receipt(batches[0]).record.patient != fake.did:
+            raise Failed("the batch fetch does not name the missing documents of this patient")
+        if answer.status != 200 and answer.code != "malformed":
+            raise Failed(f"a sync whose batch holds a tampered stream answered {answer.describe()}")
+        if bad.doc in await _held(s, fake):
+            raise Failed("the clinic keeps a document whose stream in a batch answer is tampered ([API-72])")
+        # A wrap for other documents: nothing of the batch opens; single fetches are refused meanwhile.
+        fake.tampered.clear()
+        fake.batch_wrap = "other-docs"
+        fake.refusals["fetch"] = Code.NOT_FOUND
+        more = [fake.add_document(f"wrapped elsewhere {i}".encode()) for i in range(2)]
+        before = len(fake.requests("/v0/fetch-batch"))
+        answer = await _op(s, "sync", patient=fake.did)
+        if len(fake.requests("/v0/fetch-batch")) == before:
+            raise Failed("the second sync fetched no batch of the documents it lacks")
+        if answer.status != 200 and answer.code != "wrap-mismatch":
+            raise Failed(f"a sync whose batch key wrap is for other documents answered {answer.describe()}")
+        held = await _held(s, fake)
+        if held & {d.doc for d in (bad, *more)}:
+            raise Failed("the clinic keeps a document of a batch whose key wrap names other documents")
+        fake.batch_wrap = "honest"
+        fake.refusals.clear()
+        await _ok(s, "sync", patient=fake.did, what="an honest sync afterwards")
+        if {d.doc for d in (*good, bad, *more)} - await _held(s, fake):
+            raise Failed("an honest sync after the refused batches does not bring every document")
+
+
 # --- delegating (15.12) -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Invitations, deposits, document streams, key wraps, the audit log and deletion (Sections 8, 9, 15.4-15.11).
+"""Invitations, deposits, document streams, key wraps, the audit log and deletion (Sections 8, 9, 15.4-15.11, 15.21).
 
 The deposit cases build their streams by hand (:func:`stream_of`), so that a
 chunk, a flag, a commitment or the framed document header can be wrong on
@@ -43,15 +43,16 @@ from fedrecord.core import (
     open_record,
     sign_record,
 )
+from fedrecord.core.documents import DocumentReader
 from fedrecord.core.errors import FedrecordError
 from fedrecord.core.identity import EncryptionKeyPair, verify_ed25519
-from fedrecord.core.key_wraps import make_deposit, unwrap_key
+from fedrecord.core.key_wraps import make_deposit, unwrap_key, unwrap_keys
 from fedrecord.core.records import Deposit, WrapSecret
 from fedrecord.core.sealed_box import seal
 from fedrecord.core.stream import MAGIC, aead_encrypt, key_commitment
 from fedrecord.http.message_signatures import sign_response, verify_request
 
-from ..actors import DAY, Actor, SealedDocument, now
+from ..actors import DAY, Actor, SealedDocument, now, pieces
 from ..registry import Failed, Skipped, case
 from ..session import Session, expect_refusal, expect_status
 from ..wire import Answer, b64, body_of, raw_exchange, status_of, unb64
@@ -1086,6 +1087,240 @@ async def audit_log(s: Session) -> None:
     expect_refusal(replay, "replay", what="a receipt used again")
     if await audit_entries(s) != entries:
         raise Failed("the refused replay changed the audit log")
+
+
+# --- fetching in a batch (15.21, [WRAP-6]) ------------------------------------------------------------
+
+
+async def fetch_batch(
+    s: Session, actor: Actor, chain: Sequence[Signed[Grant]], receipt: Signed[AccessReceipt]
+) -> Answer:
+    """``POST /v0/fetch-batch`` (15.21) with ``receipt`` and the actor's profile."""
+    fields = {
+        "chain": [g.encoded for g in chain],
+        "receipt": receipt.encoded,
+        "profile": actor.profile.encoded,
+    }
+    return await s.wire.call("/v0/fetch-batch", actor.identity, fields)
+
+
+async def batch_documents(
+    s: Session, count: int, name: str
+) -> tuple[Actor, Signed[Grant], list[SealedDocument]]:
+    """A fresh lab, its deposit grant, and ``count`` small documents of it accepted into the record."""
+    lab, grant = await connected(s, name)
+    documents = [
+        await s.accepted(lab, grant, f"{name} {i}: sodium 14{i} mmol/L".encode(), title=f"{name} {i}")
+        for i in range(count)
+    ]
+    return lab, grant, documents
+
+
+def ordered(documents: Sequence[SealedDocument]) -> list[SealedDocument]:
+    """The documents as a receipt names them: the greatest id as ``doc``, then ``docs`` ascending.
+
+    ``doc`` is then not the least id: streams answered in plain id order are out of the receipt's.
+    """
+    by_id = sorted(documents, key=lambda d: d.doc)
+    return [by_id[-1], *by_id[:-1]]
+
+
+def batch_receipt(
+    s: Session, reader: Actor, grant: Signed[Grant], documents: Sequence[SealedDocument], **terms: Any
+) -> Signed[AccessReceipt]:
+    """A receipt naming ``documents``: the first as ``doc``, the others as ``docs``."""
+    return reader.receipt(
+        s.patient.did, documents[0].doc, grant, docs=[d.doc for d in documents[1:]], **terms
+    )
+
+
+def opened_batch(
+    s: Session,
+    reader: Actor,
+    answer: Answer,
+    receipt: Signed[AccessReceipt],
+    documents: Sequence[SealedDocument],
+) -> Signed[KeyWrap]:
+    """Check a batch answer as its requester must ([API-72]) and against what was deposited ([API-71]).
+
+    ``documents`` are in the receipt's order (``doc``, then ``docs``).  Returns the key wrap.
+    """
+    expect_status(answer, 200, what="the batch fetch")
+    if not answer.signed_by(s.patient.did):
+        raise Failed("the batch answer is not signed by the patient and bound to its request ([HTTP-12])")
+    data = answer.data
+    streams = data.get("streams")
+    if (
+        type(streams) is not list
+        or len(streams) != len(documents)
+        or any(type(x) is not bytes for x in streams)
+    ):
+        raise Failed(f"the batch answer does not hold one stream for each of the {len(documents)} documents")
+    try:
+        wrap = open_record(data.get("wrap", b""), KeyWrap)
+    except FedrecordError as exc:
+        raise Failed(f"the batch answer's wrap does not open as a key wrap: {exc.code.value}") from None
+    w, r = wrap.record, receipt.record
+    expected = (s.patient.did, reader.did, reader.keys.public_key, r.doc, r.docs, r.grant, r.purpose)
+    got = (wrap.signer, w.recipient, w.recipient_key, w.doc, w.docs, w.grant, w.purpose)
+    if got != expected:
+        names = ("signer", "recipient", "rk", "doc", "docs", "grant", "purpose")
+        wrong = [n for n, a, b in zip(names, got, expected, strict=True) if a != b]
+        raise Failed(f"the batch key wrap's {', '.join(wrong)} differ from the reader's receipt")
+    try:
+        keys = unwrap_keys(wrap, recipient=reader.did, keys=reader.keys, documents=r.documents)
+    except FedrecordError as exc:
+        raise Failed(f"the batch key wrap does not open for its reader: {exc.code.value}") from None
+    if keys != {d.doc: d.key for d in documents}:
+        raise Failed("the batch key wrap does not carry exactly the key of each document named ([WRAP-6])")
+    for number, (sealed, stream) in enumerate(zip(documents, streams, strict=True), start=1):
+        if stream != sealed.ciphertext or document_id(stream) != sealed.doc:
+            raise Failed(f"stream {number} of the batch is not the stored stream of document {number} named")
+        try:
+            opener = DocumentReader(keys[sealed.doc], expected_patient=s.patient.did)
+            content = b"".join(opener.decrypt(pieces(stream)))
+        except FedrecordError as exc:
+            raise Failed(f"stream {number} of the batch does not open: {exc.code.value}") from None
+        if content != sealed.content or opener.document_id != sealed.doc:
+            raise Failed(f"stream {number} of the batch does not decrypt to what was deposited")
+    return wrap
+
+
+async def nothing_logged(s: Session, before: list[dict[str, Any]], what: str) -> None:
+    if await audit_entries(s) != before:
+        raise Failed(f"{what}: the audit log changed")
+
+
+@case("documents.fetch-batch", requires=["API-70", "API-71", "API-72", "WRAP-6"])
+async def fetch_batch_served(s: Session) -> None:
+    """A batch of 3 is answered signed: one wrap with every key, the streams in order, one audit entry."""
+    _, _, documents = await batch_documents(s, 3, "Conformance batch")
+    reader, grant = await reader_of_all(s, "Conformance batch reader")
+    documents = ordered(documents)
+    receipt = batch_receipt(s, reader, grant, documents, purpose="research")
+    before = await audit_entries(s)
+    started = now()
+    opened_batch(s, reader, await fetch_batch(s, reader, [grant], receipt), receipt, documents)
+    after = await audit_entries(s)
+    if after[: len(before)] != before or len(after) != len(before) + 1:
+        raise Failed(f"the batch made {len(after) - len(before)} audit entries, not one")
+    verify_log(s, after)
+    if after[-1]["receipt"] != receipt.encoded or not started <= after[-1]["at"] <= now():
+        raise Failed("the batch's audit entry is not its receipt as received, when served")
+
+
+@case("documents.fetch-batch-not-found", requires=["API-70", "CAP-12"], adversarial=True)
+async def fetch_batch_not_found(s: Session) -> None:
+    """A batch naming one document out of scope, absent or in the inbox is not-found whole; nothing logged."""
+    lab, deposit_grant, documents = await batch_documents(s, 3, "Conformance narrow batch")
+    reachable, outside = documents[:2], documents[2]
+    reader, grant = await s.reader(
+        "Conformance narrow batch reader", scope=Scope(ids=tuple(sorted(d.doc for d in reachable)))
+    )
+    await s.keep(grant)
+    pending = await s.deposit(lab, deposit_grant, b"sodium 150 mmol/L", title="Not yet accepted")
+    single = await s.fetch(reader, [grant], os.urandom(32))
+    expect_refusal(single, "not-found", what="a single fetch of a document that does not exist")
+    before = await audit_entries(s)
+    variants = [
+        (outside.doc, "a document outside the grant's ids"),
+        (os.urandom(32), "a document that does not exist"),
+        (pending.doc, "a document still in the inbox"),
+    ]
+    refused = []
+    for bad, what in variants:
+        for place in ("doc", "docs"):
+            ids = [bad, reachable[0].doc, reachable[1].doc]
+            if place == "docs":
+                ids[0], ids[1] = ids[1], ids[0]
+            receipt = reader.receipt(s.patient.did, ids[0], grant, docs=ids[1:])
+            answer = await fetch_batch(s, reader, [grant], receipt)
+            where = f"a batch naming {what} in {place}"
+            expect_refusal(answer, "not-found", what=where)
+            if answer.body != single.body or answer.signed_by(s.patient.did) != single.signed_by(
+                s.patient.did
+            ):
+                raise Failed(
+                    f"{where}: the refusal is not identical to a single fetch's not-found ([CAP-12])"
+                )
+            refused.append(receipt)
+    await nothing_logged(s, before, "after batches refused not-found")
+    again = await fetch_batch(s, reader, [grant], refused[0])
+    expect_refusal(again, "not-found", what="a refused batch's receipt sent again (it was never logged)")
+    control = batch_receipt(s, reader, grant, reachable)
+    answer = await fetch_batch(s, reader, [grant], control)
+    opened_batch(s, reader, answer, control, reachable)
+
+
+@case("documents.fetch-batch-replay", requires=["API-70", "API-71", "API-22"], adversarial=True)
+async def fetch_batch_replay(s: Session) -> None:
+    """A batch's receipt used again is replay, at either fetch endpoint; it is logged once."""
+    _, _, documents = await batch_documents(s, 2, "Conformance replayed batch")
+    reader, grant = await reader_of_all(s, "Conformance replaying reader")
+    documents = ordered(documents)
+    receipt = batch_receipt(s, reader, grant, documents)
+    before = await audit_entries(s)
+    opened_batch(s, reader, await fetch_batch(s, reader, [grant], receipt), receipt, documents)
+    served = await audit_entries(s)
+    if len(served) != len(before) + 1 or receipt_ids(served).count(receipt.id) != 1:
+        raise Failed("the batch's receipt is not logged once")
+    expect_refusal(await fetch_batch(s, reader, [grant], receipt), "replay", what="the batch's receipt again")
+    await nothing_logged(s, served, "a replayed batch")
+    # A receipt without docs is a batch of one (its wrap without docs); it too serves once only.
+    one = batch_receipt(s, reader, grant, documents[:1])
+    opened_batch(s, reader, await fetch_batch(s, reader, [grant], one), one, documents[:1])
+    logged = await audit_entries(s)
+    again = await s.fetch(reader, [grant], documents[0].doc, receipt=one.encoded)
+    expect_refusal(again, "replay", what="a batch of one's receipt at POST /v0/fetch")
+    if "Fedrecord-Key-Wrap" in again.headers:
+        raise Failed("the replay refusal carries a key wrap")
+    fetched = reader.receipt(s.patient.did, documents[1].doc, grant)
+    expect_status(
+        await s.fetch(reader, [grant], documents[1].doc, receipt=fetched.encoded), 200, what="a fetch"
+    )
+    logged = await audit_entries(s)
+    expect_refusal(
+        await fetch_batch(s, reader, [grant], fetched),
+        "replay",
+        what="a fetched receipt at POST /v0/fetch-batch",
+    )
+    await nothing_logged(s, logged, "a replayed receipt")
+    ids = receipt_ids(logged)
+    if len(set(ids)) != len(ids):
+        raise Failed("a receipt appears twice in the audit log")
+
+
+@case("documents.fetch-batch-receipt-at-fetch", requires=["API-73", "API-22"], adversarial=True)
+async def fetch_batch_receipt_at_fetch(s: Session) -> None:
+    """A receipt with docs at POST /v0/fetch is malformed before any other check; it is not used up."""
+    _, _, documents = await batch_documents(s, 2, "Conformance misdirected batch")
+    reader, grant = await reader_of_all(s, "Conformance misdirected reader")
+    documents = ordered(documents)
+    first, others = documents[0].doc, [documents[1].doc]
+    receipt = batch_receipt(s, reader, grant, documents)
+    stranger, elsewhere = Actor.create("Conformance receipt signer"), Actor.create("Another patient").did
+    variants: list[tuple[Signed[AccessReceipt], list[Signed[Grant]], str]] = [
+        (receipt, [grant], "a receipt naming two documents"),
+        (receipt, [], "a receipt naming two documents, with no chain"),
+        (stranger.receipt(s.patient.did, first, grant, docs=others), [grant], "one signed by another node"),
+        (reader.receipt(elsewhere, first, grant, docs=others), [grant], "one for another patient"),
+        (
+            reader.receipt(s.patient.did, first, reader.grant(reader.did), docs=others),
+            [grant],
+            "one off the chain",
+        ),
+    ]
+    before = await audit_entries(s)
+    for record, chain, what in variants:
+        answer = await s.fetch(reader, chain, first, receipt=record.encoded)
+        expect_refusal(answer, "malformed", what=f"POST /v0/fetch with {what}")
+        if "Fedrecord-Key-Wrap" in answer.headers:
+            raise Failed(f"POST /v0/fetch with {what}: the refusal carries a key wrap")
+    await nothing_logged(s, before, "after receipts with docs at POST /v0/fetch")
+    # Refused before anything was logged, the receipt still serves its batch, once.
+    opened_batch(s, reader, await fetch_batch(s, reader, [grant], receipt), receipt, documents)
+    if receipt_ids((await audit_entries(s))[len(before) :]) != [receipt.id]:
+        raise Failed("the batch after the refusals is not logged as its one receipt")
 
 
 # --- deletion (15.11) --------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ of entries, newest first by (time, seq), with keyset paging from an entry
 the same at entry 50,000 as at entry 50, filtered or not.  A failure is kept
 and shown with its entry number until the patient asks for the whole log to be
 checked again.
+
+A batch read (one receipt for several documents, spec 15.21) is one entry:
+its row names the first document, or the one the list is filtered by, and
+says how many more the entry covers (one query for the page's rows).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import calendar
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -147,6 +152,9 @@ i18n.register(
         "audit.col.purpose": ("For", "Pour"),
         "audit.col.entry": ("Entry", "Entrée"),
         "audit.deleted.doc": ("a deleted document", "un document supprimé"),
+        # A batch read (several documents with one receipt, 15.21): one entry, its first document named.
+        "audit.more.one": ("and 1 more document", "et 1 autre document"),
+        "audit.more": ("and {count} more documents", "et {count} autres documents"),
         "audit.reads.of": ("Reads of “{title}”", "Lectures de « {title} »"),
         "audit.reads.of.deleted": ("Reads of this deleted document", "Lectures de ce document supprimé"),
         "audit.unverified": ("not checked", "non vérifiée"),
@@ -178,6 +186,8 @@ class Entry(NamedTuple):
     #: The document's title, or "a deleted document".
     title: str
     deleted: bool
+    #: "and 24 more documents" for a batch read, else "".
+    more: str
     #: The link text that filters the list to this document ("" when the list is filtered already).
     reads_of: str
     purpose: str
@@ -201,6 +211,13 @@ def _seq(text: str | None) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+def _more(others: int, translate: Callable[..., str]) -> str:
+    """For an entry covering ``others`` documents besides the one it names: "and 24 more documents", or ""."""
+    if others < 1:
+        return ""
+    return translate("audit.more.one") if others == 1 else translate("audit.more", count=others)
 
 
 def _status(standing: AuditStanding, translate: Any) -> tuple[str, str]:
@@ -303,22 +320,26 @@ async def audit_page(request: web.Request) -> web.Response:
         has_older = bool(await store.audit_page(where, before=rows[-1].seq, limit=1))
 
     titles = await store.document_titles([row.doc for row in rows] + ([doc] if doc else []))
+    covers = await store.audit_doc_counts([row.seq for row in rows])
     names = {did: await patient.peer_name(did) for did in {row.reader for row in rows}}
     purposes = {code: pair[i18n.LANGUAGES.index(language)] for code, pair in PURPOSES.items()}
     deleted_doc, unchecked = translate("audit.deleted.doc"), translate("audit.unverified")
     days: dict[int, str] = {}
     entries = []
     for row in rows:
-        title = titles.get(row.doc)
+        # Filtered by a document, each entry is named by it, even one where it is not the batch's first.
+        shown = doc if doc is not None else row.doc
+        title = titles.get(shown)
         day = days.get(row.at // DAY) or days.setdefault(row.at // DAY, long_date(row.at, language))
         entries.append(
             Entry(
                 seq=row.seq,
                 when=f"{day}, {row.at % DAY // 3600:02d}:{row.at % 3600 // 60:02d} UTC",
                 who=names[row.reader],
-                doc=row.doc.hex(),
+                doc=shown.hex(),
                 title=title if title is not None else deleted_doc,
                 deleted=title is None,
+                more=_more(covers.get(row.seq, 1) - 1, translate),
                 reads_of=""
                 if doc is not None
                 else translate("audit.reads.of", title=title)
