@@ -26,10 +26,12 @@ Measured.  The patient's node is restarted (cold), then the GP process runs
 ``ClinicNode.sync(patient, now=...)`` with bodies: reconciliation rounds
 (``POST /v0/sync``), the records it lacks in batches (``POST /v0/records``,
 every record verified before any is stored), the revocations, tombstones and
-newest head applied, then every document body fetched, each with a signed
-``POST /v0/fetch`` of its own carrying its own access receipt (committed to the
-patient's audit log), the key wrap unwrapped, the ciphertext verified and
-decrypted, the copy kept -- however many at a time the sync driver runs.  CPU
+newest head applied, then every document body fetched in batches
+(``POST /v0/fetch-batch``, spec 15.21: up to 256 documents under one signed
+access receipt, committed to the patient's audit log as one entry, and one key
+wrap), each stream checked against its id and decrypted, its signed header
+verified, the copies kept -- however many batches at a time the sync driver
+runs.  CPU
 time is counted for the sync only: the GP process's own
 ``time.process_time()`` (all its threads) and the node's user + system time
 from ``/proc/<pid>/stat`` (all its threads), both read just before and just

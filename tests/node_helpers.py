@@ -438,6 +438,15 @@ def seal_document(
     return SealedDocument(writer.document_id, ciphertext, key)
 
 
+async def stored_stream(node: ServedNode, doc: bytes) -> bytes | None:
+    """A stored document's ciphertext, wherever the node keeps it: in its row (small) or its file."""
+    stream = await node.h.store.document_stream(doc)
+    if stream is not None:
+        return stream
+    path = node.h.files.path_of(doc)
+    return path.read_bytes() if path.exists() else None
+
+
 def document_id_of(ciphertext: bytes) -> bytes:
     return hashlib.sha256(DOCUMENT_ID_TAG + ciphertext).digest()
 

@@ -99,6 +99,7 @@ from .node_helpers import (
     send,
     send_signed,
     snapshot,
+    stored_stream,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -377,8 +378,8 @@ async def test_first_sync_fetches_the_bodies_in_batches(
             sealed_key = held[0]
             assert sealed_key is not None and len(sealed_key) == 73 and sealed_key[:1] == b"\x01"
             key = unwrap_at_rest(sealed_key, reader.h.encryption_keys)
-            stream = reader.h.files.path_of(doc).read_bytes()
-            assert document_id_of(stream) == doc
+            stream = await stored_stream(reader, doc)
+            assert stream is not None and document_id_of(stream) == doc
             assert b"".join(DocumentReader(key, expected_patient=patient.did).decrypt((stream,))) == content
         assert not [p for p in (reader.h.files.root / "tmp").glob("*")], "no temporary file left"
         # Nothing is missing any more: the next sync fetches nothing and reads nothing.
@@ -772,6 +773,33 @@ async def test_one_document_out_of_reach_refuses_the_whole_batch_as_not_found(
             await story.patient.patient.hide(hidden, hidden=False)
     # Control: without the bad document the same batch is served.
     assert (await fetch_batch_as(setting, [*setting.small[:2], story.docs["cbc"]])).status == 200
+
+
+async def test_a_stored_document_corrupted_at_rest_refuses_the_batch(setting: Setting) -> None:
+    """A file that no longer matches its id (disk damage) is never served: the batch is refused as
+    ``not-found``, no 500, nothing logged; the same batch is served once the file is whole again."""
+    story = setting.story
+    damaged = setting.small[21]
+    db = story.patient.h.db
+    whole = await stored_stream(story.patient, damaged)
+    assert whole is not None
+    broken = bytearray(whole)
+    broken[len(broken) // 2] ^= 0x01
+
+    async def keep(stream: bytes) -> None:
+        # A small document's stream is kept in its row (INLINE_STREAM_MAX).
+        async with db.transaction():
+            await db.execute("UPDATE documents SET stream = ? WHERE id = ?", (stream, damaged))
+
+    await keep(bytes(broken))
+    try:
+        before = await snapshot(story.patient)
+        answer = await fetch_batch_as(setting, [setting.small[0], damaged])
+        refused(answer, 404, "not-found")
+        await assert_unchanged(story.patient, before, nonce_spent=True)
+    finally:
+        await keep(whole)
+    assert (await fetch_batch_as(setting, [setting.small[0], damaged])).status == 200
 
 
 async def test_not_found_says_neither_which_nor_how_many(setting: Setting) -> None:

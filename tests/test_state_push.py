@@ -43,6 +43,7 @@ from .node_helpers import (
     send,
     signed_headers,
     snapshot,
+    stored_stream,
 )
 
 # Generous against a loaded machine; a push is typically a few milliseconds in-process and about
@@ -112,7 +113,8 @@ async def holds_copy(clinic: ServedNode, doc: bytes) -> bool:
 
 
 async def ciphertext_gone(clinic: ServedNode, doc: bytes) -> bool:
-    return not clinic.h.files.path_of(doc).exists()
+    # Wherever it was kept: in its row (a small document) or its file.
+    return await stored_stream(clinic, doc) is None
 
 
 async def subscribed(story: Story, clinic: ServedNode, *, timeout: float = PUSH_DEADLINE) -> None:

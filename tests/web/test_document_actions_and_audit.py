@@ -28,7 +28,7 @@ from fedrecord.web.auth import set_password
 from fedrecord.web.pages import audit
 from fedrecord.web.pages.common import LABELS
 
-from ..node_helpers import Story, build_story, now
+from ..node_helpers import Story, build_story, now, stored_stream
 
 PASSWORD = "correct horse battery staple"
 WEB_KDF = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
@@ -216,7 +216,7 @@ async def test_deletion_is_confirmed_then_lists_each_clinics_attestation(site: S
     assert (status, location) == (303, f"/deleted/{doc.hex()}")
     assert "“Complete blood count” is deleted from your record and destroyed on your node." in page
     assert doc not in {d["doc"] for d in await site.patient.documents()}
-    assert not story.patient.h.files.path_of(doc).exists()
+    assert await stored_stream(story.patient, doc) is None
     # Both connected clinics are sent the tombstone; neither has answered yet.
     assert page.count("Not answered yet") == 2
     assert "Cabinet du Dr Martin" in page and "Laboratoire Pasteur" in page

@@ -42,7 +42,7 @@ from fedrecord.web.sentences import (
     long_date,
 )
 
-from ..node_helpers import Story, build_story
+from ..node_helpers import Story, build_story, stored_stream
 from .forms import csrf_of, forms_of
 
 PASSWORD = "correct horse battery staple"
@@ -340,7 +340,7 @@ async def test_rejecting_destroys_and_tells_the_sender(page: Page) -> None:
     )
     assert await page.patient.inbox() == []
     assert doc not in {d["doc"] for d in await page.patient.documents()}
-    assert not page.story.patient.h.files.path_of(doc).exists()
+    assert await stored_stream(page.story.patient, doc) is None
     assert await page.patient.store.decided(doc)
     told = [(row.kind, row.target) for row in await page.patient.store.outbox_items()]
     assert ("decision", page.story.lab.did) in told

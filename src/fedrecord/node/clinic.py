@@ -60,7 +60,7 @@ from fedrecord.core.stream import CHUNK_SIZE, key_commitment
 from fedrecord.storage.partial import PartialDownload
 
 from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
-from .home import NodeHome
+from .home import INLINE_STREAM_MAX, NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
@@ -473,11 +473,22 @@ class ClinicNode:
         now: int,
     ) -> None:
         """Keep checked streams as copies: the files first (durable together), then every row in one transaction."""
+        # Small streams ride in their rows (INLINE_STREAM_MAX); the others are files, durable together.
+        inline = {copy.doc for copy in checked if len(copy.stream) <= INLINE_STREAM_MAX}
         try:
-            await self.home.files.put_many([(copy.doc, copy.stream) for copy in checked])
+            await self.home.files.put_many([(c.doc, c.stream) for c in checked if c.doc not in inline])
             async with self.store.transaction():
                 for copy in checked:
-                    await self._upsert_copy(patient, grant, copy.doc, copy.key, copy.header, copy.size, now=now)
+                    await self._upsert_copy(
+                        patient,
+                        grant,
+                        copy.doc,
+                        copy.key,
+                        copy.header,
+                        copy.size,
+                        now=now,
+                        stream=copy.stream if copy.doc in inline else None,
+                    )
         except BaseException:
             for copy in checked:
                 await self._forget_copy(copy.doc)
@@ -717,8 +728,12 @@ class ClinicNode:
         size: int,
         *,
         now: int,
+        stream: bytes | None = None,
     ) -> None:
-        """Keep the row of a fetched copy, its key wrapped at rest.  Call inside a transaction."""
+        """Keep the row of a fetched copy, its key wrapped at rest (and a small one's stream).
+
+        Call inside a transaction.
+        """
         await self.store.upsert_shared(
             doc=doc,
             patient=patient,
@@ -732,6 +747,7 @@ class ClinicNode:
             added=now,
             size=size,
             sealed_key=wrap_at_rest(key, self.home.encryption),
+            stream=stream,
         )
 
     async def _forget_copy_records(self, doc: bytes) -> None:

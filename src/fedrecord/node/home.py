@@ -14,13 +14,15 @@ import json
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from fedrecord.core import EncryptionKey, NodeProfile, Signed, SigningIdentity, sign_record
 from fedrecord.core.identity import EncryptionKeyPair
-from fedrecord.storage.documents import DocumentFiles
+from fedrecord.core.stream import stream_document_id
+from fedrecord.storage.documents import CorruptDocumentError, DocumentFiles
 from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
 from fedrecord.storage.partial import PartialDownloads
 from fedrecord.storage.sqlite import Database, open_database
@@ -152,6 +154,22 @@ class NodeHome:
     def keys_for(self, public_key: bytes) -> EncryptionKeyPair | None:
         return next((k for k in self.encryption_keys if k.public_key == public_key), None)
 
+    async def open_stream(self, doc: bytes, *, start: int = 0) -> AsyncIterator[bytes] | None:
+        """A stored document's ciphertext from ``start`` on, checked against its id; None when absent.
+
+        A small document's stream is kept in its ``documents`` row (``INLINE_STREAM_MAX``), a
+        larger one in its file (:meth:`DocumentFiles.open`, which checks as it reads).
+
+        The iterator raises:
+            CorruptDocumentError: the stored bytes no longer match the id.
+        """
+        stream = await self.store.document_stream(doc)
+        if stream is None:
+            return await self.files.open(doc, start=start)
+        if stream_document_id(stream) != doc:
+            return _refused(CorruptDocumentError(f"stored document {doc.hex()} no longer matches its id"))
+        return _pieces(stream[start:])
+
     @classmethod
     async def open(cls, path: Path, passphrase: bytes, *, now: int | None = None) -> NodeHome:
         """Unlock the key file and open the database (applying migrations).
@@ -205,3 +223,23 @@ class NodeHome:
                 ),
                 self.identity,
             )
+
+
+INLINE_STREAM_MAX: Final = 1 << 20
+"""Ciphertexts up to this size are kept in their ``documents`` row, larger ones as files.
+
+Why: a small document as a file costs a create, a rename and syncs of the file and its
+directory -- more CPU than checking its signatures -- where in its row it rides the
+transaction that stores the row anyway (one log sync for a whole group).  Large ones are
+streamed to files and back, with flat memory, and can be resumed.
+"""
+
+
+async def _pieces(stream: bytes) -> AsyncIterator[bytes]:
+    if stream:
+        yield stream
+
+
+async def _refused(error: Exception) -> AsyncIterator[bytes]:
+    raise error
+    yield b""  # an async generator, which raises when read

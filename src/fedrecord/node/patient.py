@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Final, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -51,8 +52,9 @@ from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
 from fedrecord.core.stream import stream_document_id
+from fedrecord.storage.documents import CorruptDocumentError
 
-from .home import NodeHome
+from .home import INLINE_STREAM_MAX, NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
 from .store import AuditChainRow, AuditRow
@@ -88,9 +90,7 @@ class InboxItem:
     size: int
 
 
-SMALL_DEPOSIT: Final = 1 << 20
-"""Deposits up to this size (most are) are received into memory and checked before they are written."""
-
+log = logging.getLogger("fedrecord.node")
 
 async def _gathered(chunks: AsyncIterable[bytes], size: int) -> bytes:
     """The whole deposited stream, refused as soon as it passes the ``size`` its deposit record gives.
@@ -272,21 +272,21 @@ class PatientNode:
                 Code.WRAP_MISMATCH, "the deposit is sealed to a key this node does not hold"
             )
         document_key = open_deposit_key(signed, patient=self.home.did, keys=keys).key
-        if record.size <= SMALL_DEPOSIT and not await self.home.files.size(record.doc):
-            # Held in memory: checked whole in a worker thread, then written once; a larger one is
-            # streamed to its file and read back to be checked.
-            data = await _gathered(ciphertext, record.size)
+        stream: bytes | None = None
+        if record.size <= INLINE_STREAM_MAX and not await self.home.files.size(record.doc):
+            # Held in memory, checked whole in a worker thread, kept in its row (committed with it); a
+            # larger one is streamed to its file and read back to be checked.
+            stream = await _gathered(ciphertext, record.size)
             header = await asyncio.to_thread(
-                _checked_deposit, data, record.doc, record.size, document_key, requester, self.home.did
+                _checked_deposit, stream, record.doc, record.size, document_key, requester, self.home.did
             )
-            await self.home.files.put_many([(record.doc, data)])
-            size = len(data)
+            size = len(stream)
         else:
             size = await self.home.files.put(record.doc, ciphertext, max_size=record.size)
         try:
             if size != record.size:
                 raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
-            if size > SMALL_DEPOSIT:
+            if stream is None:
                 header = await self._read_header(record.doc, document_key, author=requester)
             async with self.store.transaction():
                 await self.store.put_record(signed, now=now, subject=record.doc)
@@ -302,6 +302,7 @@ class PatientNode:
                     date=header.date,
                     size=size,
                     sealed_key=self._seal_to_self(document_key),
+                    stream=stream,
                 )
         except BaseException:
             await self.home.files.destroy(record.doc)
@@ -774,7 +775,7 @@ class PatientNode:
         wrap = self._wrap_for(requester, reader_key, request, sealed_key=row[0], now=now)
         async with self.store.transaction():
             await self._append_audit(signed_receipt, now=now)
-        chunks = await self.home.files.open(request.doc, start=start)
+        chunks = await self.home.open_stream(request.doc, start=start)
         if chunks is None:
             raise _not_found()
         return wrap, row[1], chunks
@@ -821,10 +822,16 @@ class PatientNode:
             raise RemoteProtocolError(Code.REPLAY, "this access receipt was already used")
         streams = []
         for doc in documents:
-            chunks = await self.home.files.open(doc)
+            chunks = await self.home.open_stream(doc)
             if chunks is None:
                 raise _not_found()
-            streams.append(b"".join([chunk async for chunk in chunks]))
+            try:
+                streams.append(b"".join([chunk async for chunk in chunks]))
+            except CorruptDocumentError:
+                # Read before anything is logged or sent: the batch is refused as if the document
+                # were missing, and the patient's node says why in its log.
+                log.error("stored document %s no longer matches its id: not served", doc.hex())
+                raise _not_found() from None
         wrap = wrap_keys(
             wrapper=self.home.identity,
             recipient=requester,
@@ -1218,18 +1225,25 @@ async def decrypt_stored(
         RemoteProtocolError: ``not-found`` when the file is missing; the reader's codes.
     """
     path = home.files.path_of(doc)
+    stream = await home.store.document_stream(doc)
+
+    def pieces_of(ciphertext: Iterable[bytes]) -> int:
+        size = 0
+        for piece in reader.decrypt(ciphertext):
+            size += len(piece)
+            if sink is not None:
+                sink(piece)
+        return size
 
     def run() -> int:
-        size = 0
+        if stream is not None:
+            # A small document kept in its row (INLINE_STREAM_MAX).
+            return pieces_of((stream,))
         try:
             with path.open("rb") as file:
-                for piece in reader.decrypt(iter(lambda: file.read(1 << 16), b"")):
-                    size += len(piece)
-                    if sink is not None:
-                        sink(piece)
+                return pieces_of(iter(lambda: file.read(1 << 16), b""))
         except FileNotFoundError:
             raise _not_found() from None
-        return size
 
     return await asyncio.to_thread(run)
 

@@ -22,7 +22,8 @@ MIGRATIONS = (
             # Only a hash of each invitation token is kept: the database alone cannot be used to connect.
             "CREATE TABLE invitations (token_hash BLOB PRIMARY KEY, label TEXT NOT NULL,"
             " expires INTEGER NOT NULL, used_by TEXT, grant_id BLOB)",
-            # Documents this node holds.  The key is sealed to the node's own X25519 key; destroying the
+            # Documents this node holds.  The key is wrapped under a key only this node's secrets give
+            # (node/keys_at_rest.py; before, sealed to its own X25519 key); destroying the
             # sealed key and the ciphertext file destroys the document.
             "CREATE TABLE documents (id BLOB PRIMARY KEY, patient TEXT NOT NULL, state TEXT NOT NULL,"
             " author TEXT NOT NULL, deposit BLOB, grant_id BLOB, title TEXT NOT NULL, doc_type TEXT NOT NULL,"
@@ -94,6 +95,11 @@ MIGRATIONS = (
             "CREATE INDEX audit_docs_by_seq ON audit_docs (seq)",
             "INSERT INTO audit_docs (doc, at, seq) SELECT doc, at, seq FROM audit",
         ),
+    ),
+    Migration(
+        version=6,
+        description="documents.stream: the ciphertext of a small document, kept in its row instead of a file",
+        statements=("ALTER TABLE documents ADD COLUMN stream BLOB",),
     ),
 )
 

@@ -267,8 +267,16 @@ class NodeStore(Protocol):
         date: int,
         size: int,
         sealed_key: bytes,
+        stream: bytes | None = None,
     ) -> None:
-        """Keep a deposited document in the patient's inbox.  Call inside a transaction."""
+        """Keep a deposited document in the patient's inbox (a small one with its ``stream``).
+
+        Call inside a transaction.
+        """
+        ...
+
+    async def document_stream(self, doc: bytes) -> bytes | None:
+        """The ciphertext of a small document kept in its row; ``None`` when absent or kept as a file."""
         ...
 
     async def insert_authored(
@@ -305,8 +313,13 @@ class NodeStore(Protocol):
         added: int,
         size: int,
         sealed_key: bytes,
+        stream: bytes | None = None,
     ) -> None:
-        """Keep a copy fetched under ``grant_id`` (an existing row keeps its key).  Call inside a transaction."""
+        """Keep a copy fetched under ``grant_id`` (an existing row keeps its key and stream).
+
+        ``stream``: the ciphertext of a small document, kept in the row instead of a file.
+        Call inside a transaction.
+        """
         ...
 
     async def document_deposit(self, doc: bytes) -> tuple[bytes | None] | None:
@@ -718,12 +731,17 @@ class SqliteNodeStore:
         date: int,
         size: int,
         sealed_key: bytes,
+        stream: bytes | None = None,
     ) -> None:
         await self.db.execute(
             "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category,"
-            " labels, date, size, sealed_key) VALUES (?, ?, 'inbox', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (doc, patient, author, deposit, title, doc_type, category, labels, date, size, sealed_key),
+            " labels, date, size, sealed_key, stream) VALUES (?, ?, 'inbox', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (doc, patient, author, deposit, title, doc_type, category, labels, date, size, sealed_key, stream),
         )
+
+    async def document_stream(self, doc: bytes) -> bytes | None:
+        row = await self._one("SELECT stream FROM documents WHERE id = ?", (doc,))
+        return bytes(row[0]) if row is not None and row[0] is not None else None
 
     async def insert_authored(
         self,
@@ -762,12 +780,14 @@ class SqliteNodeStore:
         added: int,
         size: int,
         sealed_key: bytes,
+        stream: bytes | None = None,
     ) -> None:
         await self.db.execute(
             "INSERT INTO documents (id, patient, state, author, grant_id, title, doc_type, category, labels,"
-            " date, added, size, sealed_key) VALUES (?, ?, 'shared', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " date, added, size, sealed_key, stream) VALUES (?, ?, 'shared', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET grant_id = excluded.grant_id,"
-            " sealed_key = COALESCE(documents.sealed_key, excluded.sealed_key)",
+            " sealed_key = COALESCE(documents.sealed_key, excluded.sealed_key),"
+            " stream = COALESCE(documents.stream, excluded.stream)",
             (
                 doc,
                 patient,
@@ -781,6 +801,7 @@ class SqliteNodeStore:
                 added,
                 size,
                 sealed_key,
+                stream,
             ),
         )
 

@@ -4,7 +4,10 @@ Theory of operation.  A document is stored as its STREAM ciphertext, exactly
 the bytes whose SHA-256 (over the domain tag ``fedrecord/v0/document-id`` and
 the bytes, as :mod:`fedrecord.core.stream` computes it) is its id, at
 ``<root>/<first 2 hex digits>/<64 hex digits>``.  Every node keeps documents
-only in this encrypted form (brief section 4).
+only in this encrypted form (brief section 4).  Small ones (up to
+``fedrecord.node.home.INLINE_STREAM_MAX``) a node keeps in their database row
+instead, where they ride the transaction that stores the row; this module
+holds the others.
 
 :meth:`DocumentFiles.put` writes the incoming chunks to a private temporary
 file under ``<root>/tmp`` while hashing them, refuses the upload as soon as it
