@@ -376,8 +376,8 @@ async def test_first_sync_fetches_the_bodies_in_batches(
             assert await reader.clinic.read_held(doc, now=now()) == content
             # Its key is kept wrapped at rest (keys_at_rest), and opens to the key that decrypts it.
             sealed_key = held[0]
-            assert sealed_key is not None and len(sealed_key) == 73 and sealed_key[:1] == b"\x01"
-            key = unwrap_at_rest(sealed_key, reader.h.encryption_keys)
+            assert sealed_key is not None and len(sealed_key) == 73 and sealed_key[:1] == b"\x02"
+            key = unwrap_at_rest(sealed_key, reader.h.encryption_keys, doc=doc)
             stream = await stored_stream(reader, doc)
             assert stream is not None and document_id_of(stream) == doc
             assert b"".join(DocumentReader(key, expected_patient=patient.did).decrypt((stream,))) == content
@@ -471,7 +471,7 @@ async def test_a_document_over_64_kib_is_fetched_on_its_own(setting: Setting, tm
 
 
 async def test_sync_groups_batches_within_both_caps() -> None:
-    """``_batches``: at most 256 documents, their estimated streams (psize + 1 KiB) within 768 KiB, in order."""
+    """``_batches``: at most 256 documents, their padded sizes (which bound their streams) within 768 KiB, in order."""
     month = 202601
     entries = [AcceptedEntry(doc=os.urandom(32), padded_size=1024, month=month) for _ in range(600)]
     entries += [AcceptedEntry(doc=os.urandom(32), padded_size=BATCH_LARGEST, month=month) for _ in range(30)]
@@ -481,7 +481,7 @@ async def test_sync_groups_batches_within_both_caps() -> None:
     assert [doc for batch in batches for doc in batch] == [entry.doc for entry in entries]
     for batch in batches:
         assert 1 <= len(batch) <= BATCH_MAX_DOCS
-        assert sum(sizes[doc] + 1024 for doc in batch) <= BATCH_MAX_BYTES
+        assert sum(sizes[doc] for doc in batch) <= BATCH_MAX_BYTES
     assert [len(batch) for batch in batches[:2]] == [BATCH_MAX_DOCS, BATCH_MAX_DOCS]
     assert _batches([]) == []
 
@@ -493,8 +493,8 @@ async def test_a_key_kept_as_a_legacy_sealed_box_is_still_served(setting: Settin
     patient = story.patient
     doc = setting.small[29]
     row = await patient.h.store.key_and_size(doc)
-    assert row is not None and len(row[0]) == 73 and row[0][:1] == b"\x01", "kept with wrap_at_rest"
-    key = unwrap_at_rest(row[0], patient.h.encryption_keys)
+    assert row is not None and len(row[0]) == 73 and row[0][:1] == b"\x02", "kept with wrap_at_rest"
+    key = unwrap_at_rest(row[0], patient.h.encryption_keys, doc=doc)
     legacy = seal(key, patient.h.encryption.public_key, os.urandom(32))
     async with patient.h.store.transaction():
         await patient.h.db.execute("UPDATE documents SET sealed_key = ? WHERE id = ?", (legacy, doc))
@@ -1173,11 +1173,12 @@ def _swapped_with_the_next(setting: Setting, answer: dict[str, Any], which: int)
 @pytest.mark.parametrize(
     ("tamper", "failing", "codes", "first"),
     [
-        (_flip_stream_byte(-1), [1], {"decrypt-failed"}, 0),
-        (_flip_stream_byte(10), [2], {"bad-commitment"}, 3),
+        # A changed byte changes the id, checked first ([API-72], [ENC-6]).
+        (_flip_stream_byte(-1), [1], {"malformed"}, 0),
+        (_flip_stream_byte(10), [2], {"malformed"}, 3),
         (_flip_stream_byte(0), [0], {"malformed"}, 6),
         (_reencrypted_under_the_same_key, [1], {"malformed"}, 9),
-        (_swapped_with_the_next, [1, 2], {"bad-commitment"}, 12),
+        (_swapped_with_the_next, [1, 2], {"malformed"}, 12),
     ],
     ids=["last-tag-byte", "prefix-byte", "magic-byte", "reencrypted-same-key", "two-streams-swapped"],
 )

@@ -11,6 +11,6 @@ from fedrecord.node import patient
 edit(
     patient.PatientNode.delete,
     ("await self._forget_document(doc)", "pass"),
-    ("await self.home.files.destroy(doc)", "pass"),
+    ("await self.home.destroyed(doc)", "pass"),
 )
 serve()

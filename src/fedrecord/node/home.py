@@ -154,6 +154,21 @@ class NodeHome:
     def keys_for(self, public_key: bytes) -> EncryptionKeyPair | None:
         return next((k for k in self.encryption_keys if k.public_key == public_key), None)
 
+    async def destroyed(self, *docs: bytes) -> None:
+        """Finish destroying documents whose rows a committed transaction deleted (US-7).
+
+        A large document's file is overwritten and removed; the database's log
+        is checkpointed and truncated, so that no old image of a deleted row --
+        a small document's stream, a wrapped key -- stays in it.
+
+        Raises:
+            OSError, sqlite3.Error: the disk failed.
+        """
+        for doc in docs:
+            await self.files.destroy(doc)
+        if docs:
+            await self.db.checkpoint()
+
     async def open_stream(self, doc: bytes, *, start: int = 0) -> AsyncIterator[bytes] | None:
         """A stored document's ciphertext from ``start`` on, checked against its id; None when absent.
 

@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, Final, NamedTuple
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -51,7 +51,7 @@ from fedrecord.core.documents import DocumentReader, padded_size
 from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
-from fedrecord.core.stream import stream_document_id
+from fedrecord.core.stream import HEADER_SIZE, MAGIC, key_commitment, stream_document_id
 from fedrecord.storage.documents import CorruptDocumentError
 
 from .home import INLINE_STREAM_MAX, NodeHome
@@ -91,6 +91,11 @@ class InboxItem:
 
 
 log = logging.getLogger("fedrecord.node")
+
+BATCHES_IN_MEMORY: Final = 8
+"""Batch fetches served at once: each holds its streams (up to ``BATCH_MAX_BYTES``) in memory."""
+DEPOSITS_IN_MEMORY: Final = 16
+"""Small deposits received into memory at once; beyond, a deposit streams to a file as a large one does."""
 
 async def _gathered(chunks: AsyncIterable[bytes], size: int) -> bytes:
     """The whole deposited stream, refused as soon as it passes the ``size`` its deposit record gives.
@@ -158,6 +163,9 @@ class PatientNode:
         self._state_changed = state_changed or (lambda: None)
         self._wraps: OrderedDict[tuple[bytes, str, bytes, bytes, str], Signed[KeyWrap]] = OrderedDict()
         self.sync_views = ViewCache()
+        # What may be held in memory at once (see BATCHES_IN_MEMORY, DEPOSITS_IN_MEMORY).
+        self._batches = asyncio.Semaphore(BATCHES_IN_MEMORY)
+        self._deposits_in_memory = DEPOSITS_IN_MEMORY
 
     # --- connecting ----------------------------------------------------------------
 
@@ -273,13 +281,21 @@ class PatientNode:
             )
         document_key = open_deposit_key(signed, patient=self.home.did, keys=keys).key
         stream: bytes | None = None
-        if record.size <= INLINE_STREAM_MAX and not await self.home.files.size(record.doc):
+        if (
+            record.size <= INLINE_STREAM_MAX
+            and self._deposits_in_memory > 0
+            and not await self.home.files.size(record.doc)
+        ):
             # Held in memory, checked whole in a worker thread, kept in its row (committed with it); a
-            # larger one is streamed to its file and read back to be checked.
-            stream = await _gathered(ciphertext, record.size)
-            header = await asyncio.to_thread(
-                _checked_deposit, stream, record.doc, record.size, document_key, requester, self.home.did
-            )
+            # larger one, or one beyond DEPOSITS_IN_MEMORY, is streamed to its file and read back.
+            self._deposits_in_memory -= 1
+            try:
+                stream = await _gathered(ciphertext, record.size)
+                header = await asyncio.to_thread(
+                    _checked_deposit, stream, record.doc, record.size, document_key, requester, self.home.did
+                )
+            finally:
+                self._deposits_in_memory += 1
             size = len(stream)
         else:
             size = await self.home.files.put(record.doc, ciphertext, max_size=record.size)
@@ -301,7 +317,7 @@ class PatientNode:
                     labels=json.dumps(list(header.labels)),
                     date=header.date,
                     size=size,
-                    sealed_key=self._seal_to_self(document_key),
+                    sealed_key=self._seal_to_self(document_key, record.doc),
                     stream=stream,
                 )
         except BaseException:
@@ -317,11 +333,11 @@ class PatientNode:
         assert reader.header is not None
         return reader.header.record
 
-    def _seal_to_self(self, key: bytes) -> bytes:
-        return wrap_at_rest(key, self.home.encryption)
+    def _seal_to_self(self, key: bytes, doc: bytes) -> bytes:
+        return wrap_at_rest(key, self.home.encryption, doc=doc)
 
-    def _unseal(self, sealed: bytes) -> bytes:
-        return unwrap_at_rest(sealed, self.home.encryption_keys)
+    def _unseal(self, sealed: bytes, doc: bytes) -> bytes:
+        return unwrap_at_rest(sealed, self.home.encryption_keys, doc=doc)
 
     async def inbox(self) -> list[InboxItem]:
         rows = await self.store.inbox_rows()
@@ -398,7 +414,7 @@ class PatientNode:
             await self.store.put_record(decision, now=now, subject=doc)
             await self._forget_document(doc)
             await self.store.queue_outbox("decision", target=row["author"], payload=decision.encoded, now=now)
-        await self.home.files.destroy(doc)
+        await self.home.destroyed(doc)
         return decision
 
     async def _forget_document(self, doc: bytes) -> None:
@@ -450,7 +466,7 @@ class PatientNode:
         sealed = await self.store.sealed_key(doc)
         if sealed is None:
             raise _not_found()
-        return DocumentReader(self._unseal(sealed), expected_patient=self.home.did)
+        return DocumentReader(self._unseal(sealed, doc), expected_patient=self.home.did)
 
     async def label(self, doc: bytes, labels: Sequence[str], *, remove: bool = False) -> list[str]:
         async with self.store.transaction():
@@ -805,6 +821,15 @@ class PatientNode:
                 document is not servable, whichever); ``too-large`` when the
                 streams add up to more than ``BATCH_MAX_BYTES``; ``replay``.
         """
+        async with self._batches:
+            return await self._fetch_batch(requester, chain, receipt, now=now, offered_profile=offered_profile)
+
+    async def _fetch_batch(
+        self, requester: str, chain: Sequence[bytes], receipt: bytes, *, now: int, offered_profile: bytes | None
+    ) -> tuple[Signed[KeyWrap], list[bytes]]:
+        # What the decisions below were made on: a change meanwhile (a deletion, a revocation, a
+        # hidden document) is caught by deciding again where the receipt is logged.
+        epoch = await self.store.view_epoch()
         signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=True)
         request = signed_receipt.record
         documents = request.documents
@@ -832,17 +857,31 @@ class PatientNode:
                 # were missing, and the patient's node says why in its log.
                 log.error("stored document %s no longer matches its id: not served", doc.hex())
                 raise _not_found() from None
+        keys = [self._unseal(row[0], doc) for doc, row in zip(documents, rows, strict=True) if row]
+        for doc, key, stream in zip(documents, keys, streams, strict=True):
+            # The stored key must be the one its stream commits to ([ENC-2]): a row given another
+            # document's key is never wrapped for a reader.
+            if stream[HEADER_SIZE - 32 : HEADER_SIZE] != key_commitment(key, stream[len(MAGIC) : HEADER_SIZE - 32]):
+                log.error("stored key of document %s is not the one its stream commits to: not served", doc.hex())
+                raise _not_found()
         wrap = wrap_keys(
             wrapper=self.home.identity,
             recipient=requester,
             recipient_key=reader_key,
-            keys=[(doc, self._unseal(row[0])) for doc, row in zip(documents, rows, strict=True) if row],
+            keys=list(zip(documents, keys, strict=True)),
             purpose=request.purpose,
             grant=request.grant,
             iat=now,
             ephemeral_seed=os.urandom(32),
         )
         async with self.store.transaction():
+            if await self.store.view_epoch() != epoch:
+                # Transactions are serialised: decided again here, nothing can change before the commit.
+                _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=True)
+                await self._require_servable(requester, decision, documents, now=now)
+                for doc in documents:
+                    if await self.store.key_and_size(doc) is None:
+                        raise _not_found()
             await self._append_audit(signed_receipt, now=now)
         return wrap, streams
 
@@ -925,7 +964,7 @@ class PatientNode:
             recipient=requester,
             recipient_key=reader_key,
             doc=request.doc,
-            key=self._unseal(sealed_key),
+            key=self._unseal(sealed_key, request.doc),
             purpose=request.purpose,
             grant=request.grant,
             iat=now,
@@ -1039,7 +1078,7 @@ class PatientNode:
             await self._forget_document(doc)
             await self._sign_head(now)
         self._state_changed()
-        await self.home.files.destroy(doc)
+        await self.home.destroyed(doc)
         return tombstone
 
     async def receive_attestation(self, requester: str, attestation: bytes, *, now: int) -> None:

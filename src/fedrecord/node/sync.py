@@ -319,9 +319,8 @@ def _batches(entries: Sequence[AcceptedEntry]) -> list[list[bytes]]:
     batch: list[bytes] = []
     size = 0
     for entry in entries:
-        # A stream is its padded content, its signed header and a tag per chunk: the padded size
-        # plus a kibibyte bounds it for the documents batched (at most BATCH_LARGEST).
-        estimate = entry.padded_size + 1024
+        # The padded size is the stream's length rounded up to a power of two ([DOC-9]): it bounds it.
+        estimate = entry.padded_size
         if batch and (len(batch) == BATCH_MAX_DOCS or size + estimate > BATCH_MAX_BYTES):
             batches.append(batch)
             batch, size = [], 0

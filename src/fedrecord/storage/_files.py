@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import hmac
 import os
+import re
 import sys
 from collections.abc import AsyncIterable, Callable, Sequence
 from pathlib import Path
@@ -67,7 +68,8 @@ async def in_thread(function: Callable[..., _T], *args: Any) -> _T:
 def _load_syncfs() -> Callable[[int], int] | None:
     # syncfs(2) (Linux, glibc 2.14+) is not in the os module.  Through ctypes it is one call that makes
     # every file written to a file system durable, where an fsync per file costs a journal commit each.
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or _kernel_release() < (5, 8):
+        # Before Linux 5.8, syncfs did not report writeback errors: a failed write would pass as durable.
         return None
     try:
         function = ctypes.CDLL(None, use_errno=True).syncfs
@@ -76,6 +78,11 @@ def _load_syncfs() -> Callable[[int], int] | None:
     function.argtypes = [ctypes.c_int]
     function.restype = ctypes.c_int
     return function
+
+
+def _kernel_release() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 
 
 _SYNCFS: Final = _load_syncfs()

@@ -230,6 +230,21 @@ class Database:
             _set_reader_pragmas(self._thread_reader)
         return function(self._thread_reader)
 
+    async def checkpoint(self) -> None:
+        """Copy the log into the database file and truncate the log (``wal_checkpoint(TRUNCATE)``).
+
+        After a transaction that destroyed something: until a checkpoint, the
+        log keeps the old images of the pages it changed, where
+        ``secure_delete`` does not reach.  Best effort: a reader of another
+        process in the middle of a read can keep the log from being truncated
+        this time; the next checkpoint does it.
+
+        Raises:
+            sqlite3.Error: the disk failed.
+        """
+        async with self._exclusive():
+            await self._in_thread(self._writer.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def close(self) -> None:
         """Wait for pending commits, then close both connections and the worker thread."""
         if self._closed:
