@@ -19,9 +19,9 @@ from .errors import Code, LocalProtocolError, RemoteProtocolError
 from .identity import SigningIdentity
 from .records import DocumentHeader
 from .signed import Signed, open_record, sign_record
-from .stream import MAGIC, PREFIX_SIZE, StreamDecryptor, StreamEncryptor, key_commitment
+from .stream import MAGIC, PREFIX_SIZE, StreamDecryptor, StreamEncryptor, key_commitment, stream_document_id
 
-__all__ = ["MAX_HEADER_SIZE", "DocumentWriter", "DocumentReader", "padded_size"]
+__all__ = ["MAX_HEADER_SIZE", "DocumentWriter", "DocumentReader", "check_whole_stream", "padded_size"]
 
 MAX_HEADER_SIZE: Final = 16_384
 _LENGTH_SIZE: Final = 4
@@ -161,3 +161,39 @@ class DocumentReader:
         del buffer[: _LENGTH_SIZE + length]
         self.header = header
         return header
+
+
+def check_whole_stream(
+    stream: bytes,
+    *,
+    doc: bytes,
+    key: bytes,
+    expected_patient: str,
+    expected_author: str | None = None,
+    size: int | None = None,
+) -> tuple[Signed[DocumentHeader], int]:
+    """Check a whole stream held in memory: its id, its length, then every chunk and its signed header.
+
+    In the order a node checks a document it receives ([API-13], [API-72]): the
+    id first ([ENC-6]), so that a stream that is not the one named is told
+    apart from one that does not decrypt.
+
+    Args:
+        size: the length the stream must have (a deposit's), if any.
+
+    Returns:
+        The signed header and the length of the content.
+
+    Raises:
+        RemoteProtocolError: ``malformed`` when the stream is not ``doc``;
+            ``truncated`` when it is shorter than ``size``; the codes of
+            :meth:`DocumentReader.decrypt`.
+    """
+    if stream_document_id(stream) != doc:
+        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
+    if size is not None and len(stream) != size:
+        raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
+    reader = DocumentReader(key, expected_author=expected_author, expected_patient=expected_patient)
+    content = sum(len(piece) for piece in reader.decrypt((stream,)))
+    assert reader.header is not None
+    return reader.header, content

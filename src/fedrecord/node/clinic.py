@@ -52,15 +52,15 @@ from fedrecord.core import (
     open_record,
     sign_record,
 )
-from fedrecord.core.documents import DocumentReader, DocumentWriter
+from fedrecord.core.documents import DocumentReader, DocumentWriter, check_whole_stream
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key, unwrap_keys
 from fedrecord.core.reconcile import SortedItems
-from fedrecord.core.stream import CHUNK_SIZE, key_commitment, stream_document_id
+from fedrecord.core.stream import CHUNK_SIZE, key_commitment
 from fedrecord.storage.partial import PartialDownload
 
 from .client import PeerClient, PeerUnreachable, Progress, b64, counted, unb64
-from .home import INLINE_STREAM_MAX, NodeHome
+from .home import NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
@@ -482,31 +482,16 @@ class ClinicNode:
         *,
         now: int,
     ) -> None:
-        """Keep checked streams as copies: the files first (durable together), then every row in one transaction."""
-        # Small streams ride in their rows (INLINE_STREAM_MAX); the others are files, durable together.
-        inline = {copy.doc for copy in checked if len(copy.stream) <= INLINE_STREAM_MAX}
-        files = [(c.doc, c.stream) for c in checked if c.doc not in inline]
-        # Only what this batch adds is undone on failure: a copy held before stays as it was.
-        fresh = {doc for doc, _stream in files if await self.store.document_state(doc) is None}
-        try:
-            if files:
-                await self.home.files.put_many(files)
-            async with self.store.transaction():
-                for copy in checked:
-                    await self._upsert_copy(
-                        patient,
-                        grant,
-                        copy.doc,
-                        copy.key,
-                        copy.header,
-                        copy.size,
-                        now=now,
-                        stream=copy.stream if copy.doc in inline else None,
-                    )
-        except BaseException:
-            for doc in fresh:
-                await self._forget_copy(doc)
-            raise
+        """Keep checked streams as copies, each in its row, in one transaction.
+
+        A batch answer is a CBOR body under ``MAX_BODY`` (1 MiB), so each of its
+        streams is small enough to be kept in its row (``INLINE_STREAM_MAX``).
+        """
+        async with self.store.transaction():
+            for copy in checked:
+                await self._upsert_copy(
+                    patient, grant, copy.doc, copy.key, copy.header, copy.size, now=now, stream=copy.stream
+                )
 
     async def fetch_into(
         self, patient: str, doc: bytes, into: BinaryIO, *, now: int, progress: Progress | None = None
@@ -1138,15 +1123,10 @@ def _checked_copy(doc: bytes, stream: bytes, key: bytes, patient: str) -> _Check
     """A fetched stream, once its id, every chunk and its signed header check ([API-72]).
 
     Raises:
-        RemoteProtocolError: ``malformed`` when the stream is not the document
-            asked for ([ENC-6], checked first); the decryption and header codes of [DOC-3].
+        RemoteProtocolError: as :func:`fedrecord.core.documents.check_whole_stream`.
     """
-    if stream_document_id(stream) != doc:
-        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
-    reader = DocumentReader(key, expected_patient=patient)
-    size = sum(len(piece) for piece in reader.decrypt((stream,)))
-    assert reader.header is not None
-    return _CheckedCopy(doc, stream, key, reader.header, size)
+    header, size = check_whole_stream(stream, doc=doc, key=key, expected_patient=patient)
+    return _CheckedCopy(doc, stream, key, header, size)
 
 
 async def pulled_in_thread(pieces: Iterator[bytes], batch: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ refused request writes nothing.  Randomness and the clock come from here
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +30,6 @@ from fedrecord.core import (
     Deposit,
     DepositDecision,
     DocumentFacts,
-    DocumentHeader,
     Grant,
     KeyWrap,
     NodeProfile,
@@ -47,11 +47,11 @@ from fedrecord.core import (
     sign_record,
 )
 from fedrecord.core.capabilities import Decision
-from fedrecord.core.documents import DocumentReader, padded_size
+from fedrecord.core.documents import DocumentReader, check_whole_stream, padded_size
 from fedrecord.core.errors import AuthenticationError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
-from fedrecord.core.stream import HEADER_SIZE, MAGIC, key_commitment, stream_document_id
+from fedrecord.core.stream import HEADER_SIZE, MAGIC, PREFIX_SIZE, stream_header
 from fedrecord.storage.documents import CorruptDocumentError
 
 from .home import INLINE_STREAM_MAX, NodeHome
@@ -111,26 +111,6 @@ async def _gathered(chunks: AsyncIterable[bytes], size: int) -> bytes:
             raise RemoteProtocolError(Code.TOO_LARGE, f"document exceeds the cap of {size} bytes")
         pieces.append(chunk)
     return b"".join(pieces)
-
-
-def _checked_deposit(data: bytes, doc: bytes, size: int, key: bytes, author: str, patient: str) -> DocumentHeader:
-    """The signed header of a deposited stream, checked in the order a streamed deposit is ([API-13]).
-
-    Raises:
-        RemoteProtocolError: ``malformed`` when the bytes are not ``doc``; ``truncated`` when they
-            are fewer than the deposit's ``size``; the codes of [DOC-3].
-    """
-    if stream_document_id(data) != doc:
-        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
-    if len(data) != size:
-        raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
-    reader = DocumentReader(key, expected_author=author, expected_patient=patient)
-    for _piece in reader.decrypt((data,)):
-        pass
-    if reader.document_id != doc:
-        raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
-    assert reader.header is not None
-    return reader.header.record
 
 
 class _ChainDecision(NamedTuple):
@@ -291,9 +271,18 @@ class PatientNode:
             self._deposits_in_memory -= 1
             try:
                 stream = await _gathered(ciphertext, record.size)
-                header = await asyncio.to_thread(
-                    _checked_deposit, stream, record.doc, record.size, document_key, requester, self.home.did
+                signed_header, _content = await asyncio.to_thread(
+                    functools.partial(
+                        check_whole_stream,
+                        stream,
+                        doc=record.doc,
+                        key=document_key,
+                        expected_patient=self.home.did,
+                        expected_author=requester,
+                        size=record.size,
+                    )
                 )
+                header = signed_header.record
             finally:
                 self._deposits_in_memory += 1
             size = len(stream)
@@ -861,7 +850,7 @@ class PatientNode:
         for doc, key, stream in zip(documents, keys, streams, strict=True):
             # The stored key must be the one its stream commits to ([ENC-2]): a row given another
             # document's key is never wrapped for a reader.
-            if stream[HEADER_SIZE - 32 : HEADER_SIZE] != key_commitment(key, stream[len(MAGIC) : HEADER_SIZE - 32]):
+            if stream[:HEADER_SIZE] != stream_header(key, stream[len(MAGIC) : len(MAGIC) + PREFIX_SIZE]):
                 log.error("stored key of document %s is not the one its stream commits to: not served", doc.hex())
                 raise _not_found()
         wrap = wrap_keys(
@@ -878,10 +867,8 @@ class PatientNode:
             if await self.store.view_epoch() != epoch:
                 # Transactions are serialised: decided again here, nothing can change before the commit.
                 _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=True)
+                # A deleted document has no row any more: not-found here too.
                 await self._require_servable(requester, decision, documents, now=now)
-                for doc in documents:
-                    if await self.store.key_and_size(doc) is None:
-                        raise _not_found()
             await self._append_audit(signed_receipt, now=now)
         return wrap, streams
 

@@ -947,13 +947,11 @@ class SqliteNodeStore:
 
     async def audit_entries(self) -> list[AuditRow]:
         rows = await self._all(
-            "SELECT seq, reader, doc, grant_id, purpose, at, entry_hash,"
-            " (SELECT group_concat(hex(d.doc)) FROM audit_docs d WHERE d.seq = audit.seq)"
-            " FROM audit ORDER BY seq"
+            f"SELECT seq, reader, doc, grant_id, purpose, at, entry_hash, {_LISTED} FROM audit ORDER BY seq"
         )
         entries = []
         for seq, reader, doc, grant, purpose, at, entry_hash, listed in rows:
-            others = {bytes.fromhex(h) for h in (listed or "").split(",") if h} - {doc}
+            others = {listed_doc for listed_doc, _at in _listed(listed)} - {doc}
             entries.append(AuditRow(seq, reader, doc, grant, purpose, at, entry_hash, (doc, *sorted(others))))
         return entries
 
@@ -1138,8 +1136,7 @@ class SqliteNodeStore:
     async def audit_chain(self, *, after: int, limit: int) -> list[AuditChainRow]:
         rows = await self._all(
             "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant_id, purpose,"
-            " (SELECT group_concat(hex(d.doc) || ':' || d.at) FROM audit_docs d WHERE d.seq = audit.seq)"
-            " FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            f" {_LISTED} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
         return [
@@ -1317,6 +1314,10 @@ class AuditChainRow(NamedTuple):
     #: The (document, time) pairs the log lists for this entry (``audit_docs``): one per document
     #: its receipt names, at the entry's time.
     listed: frozenset[tuple[bytes, int]] = frozenset()
+
+
+_LISTED: Final = "(SELECT group_concat(hex(d.doc) || ':' || d.at) FROM audit_docs d WHERE d.seq = audit.seq)"
+"""The (document, time) pairs ``audit_docs`` lists for an audit row, as one text :func:`_listed` reads."""
 
 
 def _listed(text: str | None) -> frozenset[tuple[bytes, int]]:

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import hmac
 import os
-import re
-import sys
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -63,55 +60,6 @@ async def in_thread(function: Callable[..., _T], *args: Any) -> _T:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait((future,))
         raise
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    # syncfs(2) (Linux, glibc 2.14+) is not in the os module.  Through ctypes it is one call that makes
-    # every file written to a file system durable, where an fsync per file costs a journal commit each.
-    if not sys.platform.startswith("linux") or _kernel_release() < (5, 8):
-        # Before Linux 5.8, syncfs did not report writeback errors: a failed write would pass as durable.
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _kernel_release() -> tuple[int, int]:
-    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-
-_SYNCFS: Final = _load_syncfs()
-
-
-def sync_all(fds: Sequence[int], directories: Sequence[Path]) -> None:
-    """Make the files open as ``fds`` and the entries of ``directories`` durable.
-
-    One ``syncfs`` of the file system they are on where the platform has it,
-    else an fsync of each; either way nothing is durable before this returns.
-
-    Raises:
-        OSError: the disk failed.
-    """
-    # A sync of the whole file system pays off for many files; for one or two, their own fsyncs cost less.
-    if _SYNCFS is not None and len(fds) + len(directories) > 3:
-        fd = fds[0] if fds else os.open(directories[0], os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            if _SYNCFS(fd) != 0:
-                error = ctypes.get_errno()
-                raise OSError(error, os.strerror(error))
-        finally:
-            if not fds:
-                os.close(fd)
-        return
-    for fd in fds:
-        os.fsync(fd)
-    for directory in directories:
-        fsync_directory(directory)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -48,7 +48,7 @@ import fcntl
 import hmac
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -63,8 +63,6 @@ from ._files import (
     fsync_directory,
     in_thread,
     overwrite_and_unlink,
-    sync_all,
-    write_all,
     write_hashed,
 )
 
@@ -194,67 +192,6 @@ class DocumentFiles:
             return os.stat(final).st_size
         _doc, size = await self._store(chunks, max_size=max_size, expected=doc_id)
         return size
-
-    async def put_many(self, documents: Sequence[tuple[bytes, bytes]]) -> None:
-        """Store several small ciphertexts held in memory, each checked against its id, durable together.
-
-        What :meth:`put` does for each, with one sync of the file system for
-        all their bytes and one for all their names (``sync_all``) instead of
-        two fsyncs each: a batch fetch brings hundreds of small documents.
-        Documents stored already are left as they are.
-
-        Raises:
-            LocalProtocolError: ``malformed`` for an id that is not 32 bytes.
-            RemoteProtocolError: ``malformed`` when a ciphertext does not hash to
-                its id; nothing is stored then.
-            OSError: the disk failed; what was not renamed into place is removed.
-        """
-        finals = {doc: self.path_of(doc) for doc, _data in documents}
-        for doc, data in documents:
-            digest = document_digest()
-            digest.update(data)
-            check_document_id(digest, doc)
-        async with contextlib.AsyncExitStack() as stack:
-            for doc in sorted(finals):
-                await stack.enter_async_context(self._locked(doc))
-            await in_thread(self._store_many, [(finals[doc], data) for doc, data in documents])
-
-    def _store_many(self, documents: Sequence[tuple[Path, bytes]]) -> None:
-        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        writing = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        written: list[tuple[Path, Path]] = []
-        fds: list[int] = []
-        try:
-            fcntl.flock(writing, fcntl.LOCK_SH)
-            for final, data in documents:
-                if final.exists():
-                    continue
-                temporary = self._tmp / f"{final.name}.{secrets.token_hex(8)}.part"
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                fds.append(fd)
-                written.append((temporary, final))
-                write_all(fd, data, None)
-            sync_all(fds, [])
-            shards = set()
-            for temporary, final in written:
-                if not final.parent.is_dir():
-                    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    shards.add(self._root)
-                if final.exists():
-                    os.unlink(temporary)
-                    continue
-                os.replace(temporary, final)
-                shards.add(final.parent)
-            sync_all([], sorted(shards))
-        except BaseException:
-            for temporary, _final in written:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temporary)
-            raise
-        finally:
-            for fd in fds:
-                os.close(fd)
-            os.close(writing)
 
     async def add(self, chunks: AsyncIterable[bytes], *, max_size: int) -> tuple[bytes, int]:
         """Store a ciphertext under the id its bytes hash to: a document this node has just encrypted.
