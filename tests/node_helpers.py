@@ -438,6 +438,18 @@ def seal_document(
     return SealedDocument(writer.document_id, ciphertext, key)
 
 
+async def issue_grant(story: Story, audience: str, *, issued: int | None = None, days: int = 90) -> Signed[Grant]:
+    """A 90-day read grant to ``audience`` over the lab results, past and future."""
+    return await story.patient.patient.grant(
+        audience=audience,
+        scope=Scope(categories=("lab",), past=True, future=True),
+        actions=("read",),
+        purpose="treatment",
+        days=days,
+        now=now() if issued is None else issued,
+    )
+
+
 async def stored_stream(node: ServedNode, doc: bytes) -> bytes | None:
     """A stored document's ciphertext, wherever the node keeps it: in its row (small) or its file."""
     stream = await node.h.store.document_stream(doc)

@@ -42,7 +42,7 @@ import os
 import random
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,7 @@ from .node_helpers import (
     build_story,
     document_id_of,
     fetch_body,
+    issue_grant,
     now,
     send,
     send_signed,
@@ -248,17 +249,28 @@ def random_doc() -> bytes:
     return os.urandom(32)
 
 
-async def issue_grant(
-    setting: Setting, audience: str, *, issued: int | None = None, days: int = 90
-) -> Signed[Grant]:
-    return await setting.story.patient.patient.grant(
-        audience=audience,
-        scope=Scope(categories=("lab",), past=True, future=True),
-        actions=("read",),
-        purpose="treatment",
-        days=days,
-        now=now() if issued is None else issued,
-    )
+async def connected_reader(
+    setting: Setting, tmp_path: Path, *, name: str, label: str, docs: Iterable[bytes]
+) -> ServedNode:
+    """A new clinic, connected to the patient, holding a 30-day read grant scoped to ``docs`` by id (polled)."""
+    patient = setting.story.patient
+    reader = await ServedNode.create(tmp_path / "reader", role="clinic", name=name)
+    try:
+        invitation = await patient.patient.create_invitation(label=label, now=now())
+        await reader.clinic.connect(invitation.url(), now=now())
+        await patient.patient.grant(
+            audience=reader.did,
+            scope=Scope(ids=tuple(sorted(docs))),
+            actions=("read",),
+            purpose="treatment",
+            days=30,
+            now=now(),
+        )
+        await reader.clinic.poll(patient.did, now=now())
+    except BaseException:
+        await reader.stop()
+        raise
+    return reader
 
 
 async def audit_count(node: ServedNode) -> int:
@@ -328,20 +340,9 @@ async def test_first_sync_fetches_the_bodies_in_batches(
     """A new clinic syncs a record of 31 small documents: few batch entries, every copy held and readable."""
     story, patient = setting.story, setting.story.patient
     wanted = {doc: setting.content_of(doc) for doc in [story.docs["cbc"], *setting.small]}
-    reader = await ServedNode.create(tmp_path / "reader", role="clinic", name="Centre de santé")
+    # Scoped by id, so that documents other tests add do not change what this one expects.
+    reader = await connected_reader(setting, tmp_path, name="Centre de santé", label="centre", docs=wanted)
     try:
-        invitation = await patient.patient.create_invitation(label="centre", now=now())
-        await reader.clinic.connect(invitation.url(), now=now())
-        # Scoped by id, so that documents other tests add do not change what this one expects.
-        await patient.patient.grant(
-            audience=reader.did,
-            scope=Scope(ids=tuple(sorted(wanted))),
-            actions=("read",),
-            purpose="treatment",
-            days=30,
-            now=now(),
-        )
-        await reader.clinic.poll(patient.did, now=now())
         calls: Counter[str] = Counter()
         for name in ("fetch", "fetch_batch"):
             real = getattr(patient.patient, name)
@@ -397,19 +398,8 @@ async def test_a_batch_refused_for_a_document_falls_back_to_single_fetches(
     a chain refusal is not (the single fetches would be refused the same way)."""
     patient = setting.story.patient
     wanted = setting.small[10:15]
-    reader = await ServedNode.create(tmp_path / "reader", role="clinic", name="Maison de santé")
+    reader = await connected_reader(setting, tmp_path, name="Maison de santé", label="maison", docs=wanted)
     try:
-        invitation = await patient.patient.create_invitation(label="maison", now=now())
-        await reader.clinic.connect(invitation.url(), now=now())
-        await patient.patient.grant(
-            audience=reader.did,
-            scope=Scope(ids=tuple(sorted(wanted))),
-            actions=("read",),
-            purpose="treatment",
-            days=30,
-            now=now(),
-        )
-        await reader.clinic.poll(patient.did, now=now())
         refusal = Code.REVOKED
 
         async def refusing(*args: Any, **kwargs: Any) -> Any:
@@ -440,19 +430,8 @@ async def test_a_document_over_64_kib_is_fetched_on_its_own(setting: Setting, tm
     (big,) = await deposit_and_accept(story, [content], title="Scan")
     wanted = {big: content, setting.small[15]: setting.contents[setting.small[15]]}
     wanted[setting.small[16]] = setting.contents[setting.small[16]]
-    reader = await ServedNode.create(tmp_path / "reader", role="clinic", name="Cabinet de radiologie")
+    reader = await connected_reader(setting, tmp_path, name="Cabinet de radiologie", label="radiologie", docs=wanted)
     try:
-        invitation = await patient.patient.create_invitation(label="radiologie", now=now())
-        await reader.clinic.connect(invitation.url(), now=now())
-        await patient.patient.grant(
-            audience=reader.did,
-            scope=Scope(ids=tuple(sorted(wanted))),
-            actions=("read",),
-            purpose="treatment",
-            days=30,
-            now=now(),
-        )
-        await reader.clinic.poll(patient.did, now=now())
         last = await audit_count(patient)
         report = await reader.clinic.sync(patient.did, now=now())
         assert report.documents_fetched == len(wanted) and not report.documents_failed, report
@@ -565,7 +544,7 @@ async def test_batch_receipt_for_another_patient(setting: Setting) -> None:
 
 async def test_chain_whose_last_link_is_not_the_receipts_grant(setting: Setting) -> None:
     story = setting.story
-    other = await issue_grant(setting, story.gp.did)
+    other = await issue_grant(setting.story, story.gp.did)
     gp = story.gp.identity
     docs = setting.small[:3]
     cases = [
@@ -586,10 +565,10 @@ async def test_dead_chain_refuses_the_batch_whatever_it_names(setting: Setting, 
     """A revoked or expired grant: its code, the same answer for real and for random ids ([CAP-12])."""
     story = setting.story
     if state == "revoked":
-        grant = await issue_grant(setting, story.gp.did)
+        grant = await issue_grant(setting.story, story.gp.did)
         await story.patient.patient.revoke(grant.id, now=now())
     else:
-        grant = await issue_grant(setting, story.gp.did, issued=now() - 2 * DAY, days=1)
+        grant = await issue_grant(setting.story, story.gp.did, issued=now() - 2 * DAY, days=1)
     answers = []
     for docs in (
         setting.small[:4],

@@ -55,6 +55,7 @@ from .node_helpers import (
     deposit_record,
     document_id_of,
     fetch_body,
+    issue_grant,
     now,
     raw_head,
     raw_request,
@@ -91,17 +92,6 @@ def refused(answer: Answer, status: int, code: str) -> None:
 
 def random_doc() -> bytes:
     return os.urandom(32)
-
-
-async def issue_grant(story: Story, audience: str, *, issued: int | None = None, days: int = 90) -> Grant:
-    return await story.patient.patient.grant(
-        audience=audience,
-        scope=Scope(categories=("lab",), past=True, future=True),
-        actions=("read",),
-        purpose="treatment",
-        days=days,
-        now=now() if issued is None else issued,
-    )
 
 
 # --- the baseline the refusals are measured against -----------------------------------------------------
