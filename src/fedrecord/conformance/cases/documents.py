@@ -269,6 +269,12 @@ async def inbox(s: Session) -> set[bytes]:
     return {item["doc"] for item in (await s.manage("inbox"))["items"]}
 
 
+def _one_full_chunk(header: Signed[DocumentHeader]) -> bytes:
+    """A plaintext of exactly one STREAM chunk: the length-prefixed header, then filler."""
+    head = len(header.encoded).to_bytes(4, "big") + header.encoded
+    return head + b"x" * (CHUNK - len(head))
+
+
 async def refused_deposit(
     s: Session, answer: Answer, code: str, doc: bytes, *, what: str, status: int | None = None
 ) -> None:
@@ -775,14 +781,10 @@ async def deposit_truncated_extended(s: Session) -> None:
         s, await s.put(lab, tag), "truncated", tag.doc, what="a final chunk shorter than a tag"
     )
 
-    def one_full_chunk(header: Signed[DocumentHeader]) -> bytes:
-        head = len(header.encoded).to_bytes(4, "big") + header.encoded
-        return head + b"x" * (CHUNK - len(head))
-
     def extend(stream: bytes) -> bytes:
         return stream + os.urandom(40)
 
-    extended = crafted(s, lab, grant, b"", plaintext=one_full_chunk, edit=extend)
+    extended = crafted(s, lab, grant, b"", plaintext=_one_full_chunk, edit=extend)
     await refused_deposit(
         s, await s.put(lab, extended), "extended", extended.doc, what="bytes after a full final chunk"
     )
@@ -813,14 +815,10 @@ async def deposit_stream_header(s: Session) -> None:
         what="a stream header committing elsewhere",
     )
 
-    def one_full_chunk(header: Signed[DocumentHeader]) -> bytes:
-        head = len(header.encoded).to_bytes(4, "big") + header.encoded
-        return head + b"x" * (CHUNK - len(head))
-
     def empty_last(data: bytes) -> list[bytes]:
         return [data, b""]
 
-    empty = crafted(s, lab, grant, b"", plaintext=one_full_chunk, pieces=empty_last)
+    empty = crafted(s, lab, grant, b"", plaintext=_one_full_chunk, pieces=empty_last)
     await refused_deposit(
         s, await s.put(lab, empty), "malformed", empty.doc, what="an empty final chunk after data"
     )
