@@ -339,6 +339,56 @@ async def test_pragmas_set(tmp_path: Path) -> None:
         await db.close()
 
 
+async def test_a_transaction_waits_for_another_process_s_write_lock(tmp_path: Path) -> None:
+    """A free write lock is taken inline; a held one is waited for in the worker thread, loop free."""
+    path = tmp_path / "node.db"
+    db = await open_database(path, [M1])
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        async with transaction(db):  # uncontended: begun on the loop's thread
+            await db.execute("INSERT INTO notes (body) VALUES ('first')")
+        other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+        other.execute("INSERT INTO notes (body) VALUES ('other')")
+
+        async def write() -> None:
+            async with transaction(db):
+                await db.execute("INSERT INTO notes (body) VALUES ('second')")
+
+        waiting = asyncio.ensure_future(write())
+        ticks = 0
+        while ticks < 20:  # the event loop keeps running while the transaction waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not waiting.done()
+        other.execute("COMMIT")
+        await asyncio.wait_for(waiting, 5)
+        async with db.execute("SELECT body FROM notes ORDER BY id") as cursor:
+            assert [row[0] for row in await cursor.fetchall()] == ["first", "other", "second"]
+        async with db.execute("PRAGMA busy_timeout") as cursor:
+            row = await cursor.fetchone()
+        assert row is not None and row[0] >= 1000  # not left at 0 by the attempt without waiting
+        assert db._writer.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_a_transaction_right_after_a_checkpoint(tmp_path: Path) -> None:
+    """The checkpoint's answer row is read to its end: no statement stays open to block a savepoint."""
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+        for body in ("before", "after"):
+            async with transaction(db):
+                await db.execute("INSERT INTO notes (body) VALUES (?)", (body,))
+            await db.checkpoint()
+        async with transaction(db):
+            await db.execute("DELETE FROM notes WHERE body = 'before'")
+        async with db.execute("SELECT body FROM notes") as cursor:
+            assert [row[0] for row in await cursor.fetchall()] == ["after"]
+    finally:
+        await db.close()
+
+
 async def test_transaction_commits_durably_and_rolls_back_on_error(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
     db = await open_database(path, [M1])

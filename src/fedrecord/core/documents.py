@@ -91,10 +91,18 @@ class DocumentReader:
     """
 
     def __init__(
-        self, key: bytes, *, expected_author: str | None = None, expected_patient: str | None = None
+        self,
+        key: bytes,
+        *,
+        expected_author: str | None = None,
+        expected_patient: str | None = None,
+        hash_stream: bool = True,
     ):
+        """Args:
+        hash_stream: as :class:`~fedrecord.core.stream.StreamDecryptor`'s.
+        """
         self._key = key
-        self._stream = StreamDecryptor(key)
+        self._stream = StreamDecryptor(key, hash_stream=hash_stream)
         self._expected_author = expected_author
         self._expected_patient = expected_patient
         self.header: Signed[DocumentHeader] | None = None
@@ -193,7 +201,10 @@ def check_whole_stream(
         raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
     if size is not None and len(stream) != size:
         raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
-    reader = DocumentReader(key, expected_author=expected_author, expected_patient=expected_patient)
+    # The id was checked over the whole stream just now: the decryption need not hash it again.
+    reader = DocumentReader(
+        key, expected_author=expected_author, expected_patient=expected_patient, hash_stream=False
+    )
     content = sum(len(piece) for piece in reader.decrypt((stream,)))
     assert reader.header is not None
     return reader.header, content

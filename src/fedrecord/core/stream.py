@@ -319,13 +319,20 @@ class StreamDecryptor:
     (rename, mark accepted, show to a user) only after that.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, hash_stream: bool = True) -> None:
         """Prepare to decrypt a stream under ``key``.
+
+        Args:
+            hash_stream: False when the caller has checked the document id over
+                the whole stream already (:func:`stream_document_id`): the
+                stream is then not hashed a second time, and
+                :attr:`document_id` stays unknown.
 
         Raises:
             LocalProtocolError: ``bad-key`` for a key that is not 32 bytes.
         """
         self._key = _checked_key(key)
+        self._hash_stream = hash_stream
         self._started = False
         self._document_id: bytes | None = None
 
@@ -381,8 +388,9 @@ class StreamDecryptor:
         # spec [ENC-2]: refuse a stream committing to another key before decrypting anything.
         if not hmac.compare_digest(header[len(MAGIC) + PREFIX_SIZE :], key_commitment(key, prefix)):
             raise RemoteProtocolError(Code.BAD_COMMITMENT, "the stream is committed to another key")
-        digest = hashlib.sha256(_DOCUMENT_ID_TAG)
-        digest.update(header)
+        digest = hashlib.sha256(_DOCUMENT_ID_TAG) if self._hash_stream else None
+        if digest is not None:
+            digest.update(header)
         max_chunks = _MAX_CHUNKS
         for counter, (sealed, last) in enumerate(_rechunk(chain((rest,), pieces), _SEALED_CHUNK_SIZE)):
             if counter >= max_chunks:
@@ -399,9 +407,10 @@ class StreamDecryptor:
                     raise RemoteProtocolError(Code.MALFORMED, "empty final chunk after data")
             else:
                 plaintext = _open_chunk(sealed, header, nonce_stem, key, last=False)
-            digest.update(sealed)
-            if last:
-                self._document_id = digest.digest()
+            if digest is not None:
+                digest.update(sealed)
+                if last:
+                    self._document_id = digest.digest()
             yield plaintext
 
 
@@ -460,7 +469,9 @@ def _open_chunk(sealed: bytes, header: bytes, nonce_stem: bytes, key: bytes, *, 
 
 def stream_document_id(stream: bytes) -> bytes:
     """The document id of a whole stream held in memory: SHA-256 of the id tag and its bytes ([ENC-6])."""
-    return hashlib.sha256(_DOCUMENT_ID_TAG + stream).digest()
+    digest = hashlib.sha256(_DOCUMENT_ID_TAG)
+    digest.update(stream)  # not the tag + stream concatenated: that copies the stream first
+    return digest.digest()
 
 
 def encrypt_bytes(key: bytes, prefix: bytes, data: bytes) -> tuple[bytes, bytes]:

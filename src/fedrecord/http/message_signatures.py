@@ -460,14 +460,17 @@ _UNRESERVED: Final = r"A-Za-z0-9._~\-"
 _URL_CHARS: Final = _UNRESERVED + r"!$&'()*+,;="
 _PCT: Final = r"%[0-9A-Fa-f]{2}"
 _IPV6: Final = rf"[0-9A-Fa-f:.]+(?:%25(?:[{_UNRESERVED}]|{_PCT})+)?"
+# Runs of plain characters are taken whole and never given back (possessive ``++``, ``*+``): no
+# class holds ``%`` nor the character that ends its part, so nothing is matched differently, and a
+# URL with a long path is matched in one step per run instead of one per character.
 _URL: Final = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://"
-    rf"(?:(?:[{_URL_CHARS}:]|{_PCT})*@)?"
-    rf"(?P<host>\[(?:{_IPV6}|[vV][0-9A-Fa-f]+\.[{_URL_CHARS}:]+)\]|(?:[{_URL_CHARS}]|{_PCT})+)"
+    rf"(?:(?:[{_URL_CHARS}:]++|{_PCT})*+@)?"
+    rf"(?P<host>\[(?:{_IPV6}|[vV][0-9A-Fa-f]+\.[{_URL_CHARS}:]+)\]|(?:[{_URL_CHARS}]++|{_PCT})++)"
     r"(?::(?P<port>[0-9]*))?"
-    rf"(?P<path>/(?:[{_URL_CHARS}:@/]|{_PCT})*)?"
-    rf"(?:\?(?P<query>(?:[{_URL_CHARS}:@/?]|{_PCT})*))?"
-    rf"(?:\#(?:[{_URL_CHARS}:@/?]|{_PCT})*)?"
+    rf"(?P<path>/(?:[{_URL_CHARS}:@/]++|{_PCT})*+)?"
+    rf"(?:\?(?P<query>(?:[{_URL_CHARS}:@/?]++|{_PCT})*+))?"
+    rf"(?:\#(?:[{_URL_CHARS}:@/?]++|{_PCT})*+)?"
 )
 _DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
 _SF_STRING: Final = re.compile(r"[\x20-\x7e]*")
@@ -541,6 +544,7 @@ def _dictionary_member(value: str, key: str) -> str:
     return ser_item_or_inner_list(members[key])
 
 
+@functools.lru_cache(maxsize=256)  # a request's URL is taken apart once for all its derived components
 def _url_parts(url: str) -> re.Match[str]:
     match = _URL.fullmatch(url)
     if match is None:

@@ -56,6 +56,7 @@ from fedrecord.core.documents import DocumentReader, DocumentWriter, check_whole
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key, unwrap_keys
 from fedrecord.core.reconcile import SortedItems
+from fedrecord.core.signed import reopen_record
 from fedrecord.core.stream import CHUNK_SIZE, key_commitment
 from fedrecord.storage.partial import PartialDownload
 
@@ -290,7 +291,9 @@ class ClinicNode:
     async def _send(self, kind: str, target: str, payload: bytes, progress: Progress | None = None) -> None:
         connection = await self._connection(target)
         if kind == "deposit":
-            deposit = open_record(payload, Deposit)
+            # Our own record, signed when it was queued, read for its document id: the patient's node
+            # verifies it (reopen_record).
+            deposit = reopen_record(payload, Deposit)
             chunks = await self.home.files.open(deposit.record.doc)
             if chunks is None:
                 raise RemoteProtocolError(Code.NOT_FOUND, "the deposited document is gone")

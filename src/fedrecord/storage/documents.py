@@ -119,6 +119,14 @@ def _discard(fd: int, temporary: Path) -> None:
         os.unlink(temporary)
 
 
+INLINE_READ_MAX: Final = 256 * 1024
+"""The first bytes of a stream read on the event loop's thread; the rest is read in a worker thread.
+
+Reading and hashing a piece from the page cache takes tens of microseconds, the
+trip to a worker thread about a hundred: a small document is read inline.
+"""
+
+
 def _open_for_reading(path: Path) -> BinaryIO:
     return open(path, "rb", buffering=0)  # closed by the reading generator
 
@@ -304,9 +312,9 @@ class DocumentFiles:
         if start < 0:
             raise LocalProtocolError(Code.MALFORMED, "a stream is read from a non-negative offset")
         try:
-            # Opening and the first piece are done inline: they take microseconds when the file is in the
-            # page cache, whereas a trip to a worker thread costs about a hundred (most documents are one
-            # piece).  Later pieces are read in a worker thread.
+            # Opening and the first pieces are done inline: they take microseconds when the file is in the
+            # page cache, whereas a trip to a worker thread costs about a hundred.  Pieces past
+            # INLINE_READ_MAX are read in a worker thread.
             file = _open_for_reading(path)
         except FileNotFoundError:
             return None
@@ -320,13 +328,18 @@ class DocumentFiles:
                 await asyncio.to_thread(_skip, file, start, digest)
             held: bytes | None = None
             piece = _read_piece(file, digest)
+            read = len(piece)
             while piece:
                 if held is not None:
                     yield held
                 held = piece
                 if len(piece) < READ_CHUNK:
                     break  # a short piece is the last one
-                piece = await asyncio.to_thread(_read_piece, file, digest)
+                if read < INLINE_READ_MAX:
+                    piece = _read_piece(file, digest)
+                else:
+                    piece = await asyncio.to_thread(_read_piece, file, digest)
+                read += len(piece)
             if digest is not None and not hmac.compare_digest(digest.digest(), doc_id):
                 raise CorruptDocumentError(f"stored document {doc_id.hex()} does not match its id")
             # An empty file is never a valid STREAM; yield nothing for it.
@@ -343,7 +356,8 @@ class DocumentFiles:
         """
         path = self.path_of(doc_id)
         try:
-            info = await asyncio.to_thread(os.stat, path)
+            # Inline: a stat of a local file takes microseconds, a trip to a worker thread far more.
+            info = os.stat(path)
         except FileNotFoundError:
             return None
         return info.st_size
