@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import aiohttp
+import http_sf
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from nacl.signing import VerifyKey
 
@@ -823,3 +826,38 @@ def test_target_uri_normalises_default_ports():
         "patient.example",
         "https://patient.example/v0/inbox?q=%20",
     )
+
+
+# --- the fast reading of signature fields -------------------------------------------------------------
+
+_NAMES = st.sampled_from(["@method", "@status", "signature", "content-digest", "a", "@query-param", "A", ""])
+_KEYS = st.sampled_from(["req", "key", "name", "bs", "sf", "B", "created", "fr", "x"])
+_VALUES = st.sampled_from(["", '="fr"', '="x y"', "=1", '="a.b"', "=?0", "=-5", '="é"'])
+_ITEM = st.builds(
+    lambda name, params: f'"{name}"' + "".join(f";{k}{v}" for k, v in params),
+    _NAMES,
+    st.lists(st.tuples(_KEYS, _VALUES), max_size=3),
+)
+_MEMBER = st.one_of(
+    st.builds(
+        lambda key, items, params: f"{key}=(" + " ".join(items) + ")" + "".join(f";{k}{v}" for k, v in params),
+        st.sampled_from(["fr", "sig2", "X"]),
+        st.lists(_ITEM, max_size=5),
+        st.lists(st.tuples(_KEYS, _VALUES), max_size=4),
+    ),
+    st.builds(lambda key, raw: f"{key}=:{base64.b64encode(raw).decode()}:", st.sampled_from(["fr", "o"]), st.binary(max_size=8)),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_MEMBER, min_size=1, max_size=3), st.sampled_from([", ", ",", " , "]))
+def test_the_fast_reading_of_a_signature_field_agrees_with_the_general_parser(
+    members: list[str], separator: str
+) -> None:
+    """Whatever the fast path reads, it reads as http_sf does; the rest it leaves to http_sf."""
+    value = separator.join(members)
+    fast = ms._fast_dictionary(value)
+    if fast is None:
+        return
+    parsed = http_sf.parse(value.encode(), tltype="dictionary", on_duplicate_key=ms._refuse_duplicate)
+    assert fast == {key: (member[0], member[1]) for key, member in parsed.items()}

@@ -714,17 +714,21 @@ def _refuse_duplicate(key: str, context: str) -> None:
 
 
 # The shapes signature fields take in practice, read without the general parser: members that are a
-# canonical base64 byte sequence, or an inner list of parameterless plain strings with integer or
-# plain-string parameters, separated by ", ".  Anything else (or any duplicate key) goes to http_sf,
-# which gives the same structure for these shapes and the refusals for the rest.
+# canonical base64 byte sequence, or an inner list of plain strings with integer or plain-string
+# parameters, separated by ", ".  An item of the list may carry boolean or plain-string parameters
+# (a signed answer's ``"@method";req`` and ``"signature";req;key="fr"``).  Anything else (or any
+# duplicate key) goes to http_sf, which gives the same structure for these shapes and the refusals
+# for the rest.
 _FAST_KEY: Final = r"[a-z*][a-z0-9_.*-]*"
 _FAST_BARE: Final = r'-?[0-9]{1,15}|"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
+_FAST_ITEM: Final = rf'"[a-z0-9@._-]*"(?:;{_FAST_KEY}(?:="[a-z0-9@._-]*")?)*'
 _FAST_MEMBER: Final = re.compile(
     rf"({_FAST_KEY})=(?::([A-Za-z0-9+/]*={{0,2}}):"
-    rf'|\(((?:"[a-z0-9@._-]*"(?: "[a-z0-9@._-]*")*)?)\)((?:;{_FAST_KEY}=(?:{_FAST_BARE}))*))'
+    rf"|\(((?:{_FAST_ITEM}(?: {_FAST_ITEM})*)?)\)((?:;{_FAST_KEY}=(?:{_FAST_BARE}))*))"
     r"(?:, |$)"
 )
 _FAST_PARAM: Final = re.compile(rf";({_FAST_KEY})=({_FAST_BARE})")
+_FAST_ITEM_PARAM: Final = re.compile(rf';({_FAST_KEY})(?:="([a-z0-9@._-]*)")?')
 
 
 def _fast_dictionary(value: str) -> dict[str, tuple[Any, dict[str, Any]]] | None:
@@ -744,9 +748,15 @@ def _fast_dictionary(value: str) -> dict[str, tuple[Any, dict[str, Any]]] | None
                 return None
             members[match[1]] = (raw, {})
             continue
-        items: list[tuple[str, dict[str, Any]]] = (
-            [(text[1:-1], {}) for text in match[3].split(" ")] if match[3] else []
-        )
+        items: list[tuple[str, dict[str, Any]]] = []
+        for text in match[3].split(" ") if match[3] else ():
+            name, _, rest = text[1:].partition('"')
+            item_params: dict[str, Any] = {}
+            for param in _FAST_ITEM_PARAM.finditer(rest):
+                if param[1] in item_params:
+                    return None
+                item_params[param[1]] = True if param[2] is None else param[2]
+            items.append((name, item_params))
         params: dict[str, Any] = {}
         for param in _FAST_PARAM.finditer(match[4]):
             if param[1] in params:

@@ -176,7 +176,9 @@ async def deposit(request: web.Request) -> web.Response:
         # A stream may be long; what may not last is silence [API-33].
         while True:
             try:
-                chunk = await asyncio.wait_for(request.content.readany(), STREAM_IDLE_TIMEOUT)
+                # asyncio.timeout, not wait_for: no task is made for each piece of the body.
+                async with asyncio.timeout(STREAM_IDLE_TIMEOUT):
+                    chunk = await request.content.readany()
             except TimeoutError:
                 raise RemoteProtocolError(
                     Code.TIMEOUT, f"no byte of the document for {STREAM_IDLE_TIMEOUT} s"
