@@ -89,6 +89,17 @@ async def test_sync_brings_the_view_and_only_the_view(story: Story) -> None:
     assert (again.rounds, again.records_fetched, again.documents_fetched) == (1, 0, 0)
 
 
+async def test_bodies_left_by_a_records_only_sync_are_fetched_by_the_next(story: Story) -> None:
+    """Entries stored by an earlier sync (not decoded by this one) still have their bodies fetched."""
+    gp, patient = story.gp.clinic, story.patient.did
+    first = await gp.sync(patient, now=now(), bodies=False)
+    assert first.documents_fetched == 0 and await gp.missing_bodies(patient) == [story.docs["cbc"]]
+    second = await gp.sync(patient, now=now())
+    assert second.records_fetched == 0 and second.documents_fetched == 1
+    assert await gp.missing_bodies(patient) == []
+    assert await gp.read_held(story.docs["cbc"], now=now()) == b"Hemoglobin 14.1 g/dL\nLeukocytes 6.2 G/L\n"
+
+
 async def test_sync_follows_new_documents_revocations_and_deletions(story: Story) -> None:
     gp, patient, lab = story.gp.clinic, story.patient.did, story.lab.clinic
     await gp.sync(patient, now=now())

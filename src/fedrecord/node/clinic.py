@@ -921,16 +921,27 @@ class ClinicNode:
         """Documents whose accepted entry was synced but whose body this node does not hold."""
         return [entry.doc for entry in await self.missing_entries(patient)]
 
-    async def missing_entries(self, patient: str) -> list[AcceptedEntry]:
-        """The accepted entries of :meth:`missing_bodies`: with each document's padded size."""
+    async def missing_entries(self, patient: str, *, known: Iterable[Signed[Any]] = ()) -> list[AcceptedEntry]:
+        """The accepted entries of :meth:`missing_bodies`: with each document's padded size.
+
+        Args:
+            known: records just verified and stored (a sync's): their entries
+                are taken as they are instead of being read back and decoded.
+        """
         # Read for their ids and sizes only: a body is checked against its id when it comes.
         withdrawn = {t.record.doc for t in await self.store.records(Tombstone, signer=patient, verify=False)}
         held = {row.doc for row in await self.store.held_documents()}
-        return [
-            entry.record
-            for entry in await self.store.records(AcceptedEntry, signer=patient, verify=False)
-            if entry.record.doc not in withdrawn and entry.record.doc not in held
+        missing = [
+            record_id
+            for record_id, doc in await self.store.record_subjects(AcceptedEntry, signer=patient)
+            if doc not in withdrawn and doc not in held
         ]
+        entries = {s.id: s.record for s in known if isinstance(s.record, AcceptedEntry) and s.signer == patient}
+        if any(record_id not in entries for record_id in missing):
+            # Entries stored before (a sync cut short before its bodies): read them all back once.
+            stored = await self.store.records(AcceptedEntry, signer=patient, verify=False)
+            entries.update((entry.id, entry.record) for entry in stored)
+        return [entries[record_id] for record_id in missing]
 
     # --- the patient's state: polled, or pushed on its event stream -------------------------------
 

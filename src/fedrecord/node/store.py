@@ -206,6 +206,13 @@ class NodeStore(Protocol):
         """
         ...
 
+    async def record_subjects(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None]]:
+        """The ids and subjects of the kept records of one type by ``signer``, in :meth:`records`' order.
+
+        Nothing is decoded: for a caller that holds most of them decoded already.
+        """
+        ...
+
     async def record(self, cls: type[R], record_id: bytes) -> Signed[R] | None:
         """One kept record of type ``cls`` by id, verified; ``None`` when absent."""
         ...
@@ -635,6 +642,13 @@ class SqliteNodeStore:
             params.append(subject)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
         return [open_stored(row[0], cls, verify=verify) for row in rows]
+
+    async def record_subjects(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None]]:
+        rows = await self.db.execute_fetchall(
+            "SELECT id, subject FROM records WHERE typ = ? AND signer = ? ORDER BY received, id",
+            (cls.TYPE.value, signer),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     async def newest_record(self, cls: type[R], *, signer: str) -> Signed[R] | None:
         row = await self._one(

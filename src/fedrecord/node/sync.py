@@ -250,7 +250,7 @@ async def sync_with_patient(
         report.records_pushed = await _push_own(clinic, patient, endpoint, chain, reconciler_have)
     if bodies:
         await _fetch_bodies(
-            clinic, patient, await clinic.missing_entries(patient), report, now=now, progress=progress
+            clinic, patient, await clinic.missing_entries(patient, known=synced), report, now=now, progress=progress
         )
     return report
 
