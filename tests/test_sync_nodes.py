@@ -34,11 +34,12 @@ from fedrecord.core import (
     StateHead,
     Tombstone,
     cbor,
+    open_any_record,
     sign_record,
 )
 from fedrecord.core.reconcile import Reconciler, SortedItems
 from fedrecord.node.client import PeerUnreachable
-from fedrecord.node.sync import patient_view
+from fedrecord.node.sync import item_of, patient_view
 
 from .node_helpers import (
     PASSPHRASE,
@@ -81,6 +82,9 @@ async def test_sync_brings_the_view_and_only_the_view(story: Story) -> None:
     view = await patient_view(story.patient.patient, story.gp.did, [story.gp_grant], now=now())
     mine = await gp.sync_items(patient)
     assert {i for _, i in mine.items(0, len(mine))} == set(view.records)
+    # The view's items, built without decoding the entries, are those of its records decoded.
+    decoded = sorted(item_of(open_any_record(encoded)) for encoded in view.records.values())
+    assert sorted(view.items.items(0, len(view.items))) == decoded
     hidden = {story.docs["lithium"], story.docs["xray"]}
     for entry in await story.patient.h.store.records(AcceptedEntry, signer=patient):
         assert (entry.id in view.records) == (entry.record.doc not in hidden)

@@ -734,9 +734,16 @@ class PatientNode:
         ).require()
         listing = []
         for item in await self.documents(include_hidden=False):
-            facts = await self._facts(item["doc"])
-            if facts is None:
+            if item["added"] is None:
                 continue
+            # The listing's row holds the facts already: not read again, document by document.
+            facts = DocumentFacts(
+                id=item["doc"],
+                category=item["category"],
+                labels=frozenset(item["labels"]),
+                date=item["date"],
+                added=item["added"],
+            )
             decision = await self._decide(
                 requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
             )

@@ -213,6 +213,13 @@ class NodeStore(Protocol):
         """
         ...
 
+    async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
+        """(id, subject, encoded) of the kept records of one type by ``signer``, in :meth:`records`' order.
+
+        Nothing is decoded nor verified: for records passed on as they are (a sync view's).
+        """
+        ...
+
     async def record(self, cls: type[R], record_id: bytes) -> Signed[R] | None:
         """One kept record of type ``cls`` by id, verified; ``None`` when absent."""
         ...
@@ -642,6 +649,13 @@ class SqliteNodeStore:
             params.append(subject)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
         return [open_stored(row[0], cls, verify=verify) for row in rows]
+
+    async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
+        rows = await self.db.execute_fetchall(
+            "SELECT id, subject, encoded FROM records WHERE typ = ? AND signer = ? ORDER BY received, id",
+            (cls.TYPE.value, signer),
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
 
     async def record_subjects(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None]]:
         rows = await self.db.execute_fetchall(

@@ -147,15 +147,17 @@ async def patient_view(
             records[revocation.id] = revocation
         for grant in await node.store.records(Grant, signer=patient, subject=requester.encode(), verify=False):
             records[grant.id] = grant
-        if grants:
-            chain = [g.encoded for g in grants]
-            reachable = {item["doc"] for item in await node.documents_for(requester, chain, now=now)}
-            for entry in await node.store.records(AcceptedEntry, signer=patient, verify=False):
-                if entry.record.doc in reachable:
-                    records[entry.id] = entry
-    view = View(
-        SortedItems(item_of(s) for s in records.values()), {i: s.encoded for i, s in records.items()}, version
-    )
+    items = [item_of(s) for s in records.values()]
+    encoded = {i: s.encoded for i, s in records.items()}
+    if grants and Action.MANAGE not in grants[-1].record.actions:
+        chain = [g.encoded for g in grants]
+        reachable = {item["doc"] for item in await node.documents_for(requester, chain, now=now)}
+        # Not decoded: an entry's subject is its document and, having no iat, its item is (0, id).
+        for record_id, doc, entry in await node.store.record_rows(AcceptedEntry, signer=patient):
+            if doc in reachable:
+                items.append((0, record_id))
+                encoded[record_id] = entry
+    view = View(SortedItems(items), encoded, version)
     if len(cache.views) >= cache.limit:
         cache.views.clear()
     cache.views[key] = view
