@@ -385,3 +385,17 @@ def test_any_single_bit_flip_is_rejected(data: st.DataObject, size: int) -> None
     else:
         assert isinstance(caught.value, AuthenticationError)
         assert caught.value.code is Code.DECRYPT_FAILED
+
+
+def test_a_decryptor_that_does_not_hash_decrypts_the_same_and_has_no_id() -> None:
+    """hash_stream=False (the id was checked over the whole stream first): same plaintext, no id."""
+    key, prefix = bytes(range(32)), bytes(16)
+    ciphertext, doc = stream.encrypt_bytes(key, prefix, b"x" * (stream.CHUNK_SIZE + 5))
+    hashing, plain = stream.StreamDecryptor(key), stream.StreamDecryptor(key, hash_stream=False)
+    assert b"".join(plain.decrypt([ciphertext])) == b"".join(hashing.decrypt([ciphertext])) == b"x" * (
+        stream.CHUNK_SIZE + 5
+    )
+    assert hashing.document_id == doc == stream.stream_document_id(ciphertext)
+    with pytest.raises(LocalProtocolError) as raised:
+        _ = plain.document_id
+    assert raised.value.code is Code.MALFORMED

@@ -344,8 +344,11 @@ class StreamDecryptor:
         authenticated and its plaintext is yielded.
 
         Raises:
-            LocalProtocolError: ``truncated`` before that.
+            LocalProtocolError: ``truncated`` before that; ``malformed`` when
+                made with ``hash_stream=False``.
         """
+        if not self._hash_stream:
+            raise LocalProtocolError(Code.MALFORMED, "made with hash_stream=False: the stream is not hashed")
         if self._document_id is None:
             raise LocalProtocolError(Code.TRUNCATED, "the document id is known once the stream is complete")
         return self._document_id
