@@ -861,3 +861,16 @@ def test_the_fast_reading_of_a_signature_field_agrees_with_the_general_parser(
         return
     parsed = http_sf.parse(value.encode(), tltype="dictionary", on_duplicate_key=ms._refuse_duplicate)
     assert fast == {key: (member[0], member[1]) for key, member in parsed.items()}
+
+
+def test_a_signed_answer_s_fields_take_the_fast_path() -> None:
+    """The shapes our own answers have are read without http_sf (the property above skips None)."""
+    value = (
+        'fr=("@status" "content-digest" "@method";req "@target-uri";req "signature";req;key="fr")'
+        ';created=1;expires=61;keyid="did:key:z6Mk";alg="ed25519";tag="fedrecord/v0"'
+    )
+    fast = ms._fast_dictionary(value)
+    assert fast is not None
+    parsed = http_sf.parse(value.encode(), tltype="dictionary")
+    assert fast == {key: (member[0], member[1]) for key, member in parsed.items()}
+    assert fast["fr"][0][4] == ("signature", {"req": True, "key": "fr"})

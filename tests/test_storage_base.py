@@ -39,6 +39,7 @@ from fedrecord.storage import (
     transaction,
     write_key_file,
 )
+from fedrecord.storage import sqlite as sqlite_module
 
 from .conftest import encryption_keys, identity, seed
 
@@ -386,6 +387,51 @@ async def test_a_transaction_right_after_a_checkpoint(tmp_path: Path) -> None:
         async with db.execute("SELECT body FROM notes") as cursor:
             assert [row[0] for row in await cursor.fetchall()] == ["after"]
     finally:
+        await db.close()
+
+
+async def test_a_cancelled_checkpoint_keeps_the_writer_and_the_loop_stays_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint waiting for another process's reader runs on in the thread when its caller is
+    cancelled: the lock is kept until it ends, so the next transaction waits off the event loop."""
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT_MS", 1000)
+    path = tmp_path / "node.db"
+    db = await open_database(path, [M1])
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        async with transaction(db):
+            await db.execute("INSERT INTO notes (body) VALUES ('one')")
+        other.execute("BEGIN")
+        other.execute("SELECT count(*) FROM notes").fetchall()  # a snapshot the TRUNCATE must wait for
+        async with transaction(db):
+            await db.execute("INSERT INTO notes (body) VALUES ('two')")
+        checkpoint = asyncio.ensure_future(db.checkpoint())
+        await asyncio.sleep(0.1)
+        checkpoint.cancel()
+        longest, stop = 0.0, asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal longest
+            loop = asyncio.get_running_loop()
+            while not stop.is_set():
+                before = loop.time()
+                await asyncio.sleep(0.01)
+                longest = max(longest, loop.time() - before)
+
+        ticking = asyncio.ensure_future(ticker())
+        async with transaction(db):
+            await db.execute("INSERT INTO notes (body) VALUES ('three')")
+        stop.set()
+        await ticking
+        assert longest < 0.3, f"the event loop stood still for {longest:.2f} s"
+        with pytest.raises(asyncio.CancelledError):
+            await checkpoint
+        other.execute("COMMIT")
+        async with db.execute("SELECT body FROM notes ORDER BY id") as cursor:
+            assert [row[0] for row in await cursor.fetchall()] == ["one", "two", "three"]
+    finally:
+        other.close()
         await db.close()
 
 

@@ -244,7 +244,7 @@ class Database:
             sqlite3.Error: the disk failed.
         """
         async with self._exclusive():
-            await self._in_thread(_run_through, self._writer, "PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._writer_job(_run_through, self._writer, "PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def close(self) -> None:
         """Wait for pending commits, then close both connections and the worker thread."""
@@ -252,7 +252,7 @@ class Database:
             return
         async with self._exclusive():
             self._closed = True
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close_connections)
+            await self._writer_job(self._close_connections)
         self._thread.shutdown(wait=True)
 
     def _close_connections(self) -> None:
@@ -378,10 +378,38 @@ class Database:
         try:
             writer.execute("BEGIN IMMEDIATE")
             return True
-        except sqlite3.OperationalError:
-            return False  # busy: wait for it in the worker thread
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            return False  # another process holds the lock: wait for it in the worker thread
         finally:
             _run_through(writer, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    async def _writer_job(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)``, which uses the writer, in the worker thread, to its end even if cancelled.
+
+        Call with the lock held.  The job cannot be stopped once in the thread
+        (a checkpoint may wait there for another process's readers); were the
+        lock released while it runs, the next transaction would begin on the
+        writer inline and wait on the event loop's thread for the job to end.
+        So a cancellation is held back until the job ends, then raised.
+
+        Raises:
+            Whatever ``function`` raises; ``CancelledError`` once it ended, if cancelled meanwhile.
+        """
+        job = self._in_thread(function, *args)
+        cancelled: asyncio.CancelledError | None = None
+        while not job.done():
+            try:
+                await asyncio.shield(job)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+            except BaseException:  # noqa: BLE001 - the job's own error, taken from it below
+                break
+        if cancelled is not None:
+            raise cancelled
+        result: T = job.result()
+        return result
 
     def _in_thread(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
