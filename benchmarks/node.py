@@ -23,8 +23,9 @@ has its own interpreter and the load generator's CPU is not the server's.
   (``ClinicNode.deposit``, before the clock starts), then sent by N concurrent
   signed, streamed ``PUT /v0/documents/{id}`` (the lab's real send path) to the
   patient node, which verifies signature, nonce, deposit record, grant and
-  ciphertext (hash and STREAM header), stores the file with fsync and commits
-  the inbox row before answering -- divided by raw aiohttp ``PUT``\\ s of the
+  ciphertext (its id, every chunk and the author's signed header), and commits
+  the inbox row, the stream in it (a document up to 1 MiB is kept in its row),
+  before answering -- divided by raw aiohttp ``PUT``\\ s of the
   same ciphertext files to a trivial aiohttp server that writes each to a file
   and fsyncs it, with the same client concurrency.  Target >= 0.5.
 
