@@ -926,22 +926,18 @@ class ClinicNode:
 
         Args:
             known: records just verified and stored (a sync's): their entries
-                are taken as they are instead of being read back and decoded.
+                are taken as they are instead of being decoded again.
         """
         # Read for their ids and sizes only: a body is checked against its id when it comes.
         withdrawn = {t.record.doc for t in await self.store.records(Tombstone, signer=patient, verify=False)}
         held = {row.doc for row in await self.store.held_documents()}
-        missing = [
-            record_id
-            for record_id, doc in await self.store.record_subjects(AcceptedEntry, signer=patient)
+        entries = {s.id: s.record for s in known if isinstance(s.record, AcceptedEntry) and s.signer == patient}
+        # Picked by subject (the document) first: only a missing entry not just synced is decoded.
+        return [
+            entries[record_id] if record_id in entries else reopen_record(encoded, AcceptedEntry).record
+            for record_id, doc, encoded in await self.store.record_rows(AcceptedEntry, signer=patient)
             if doc not in withdrawn and doc not in held
         ]
-        entries = {s.id: s.record for s in known if isinstance(s.record, AcceptedEntry) and s.signer == patient}
-        if any(record_id not in entries for record_id in missing):
-            # Entries stored before (a sync cut short before its bodies): read them all back once.
-            stored = await self.store.records(AcceptedEntry, signer=patient, verify=False)
-            entries.update((entry.id, entry.record) for entry in stored)
-        return [entries[record_id] for record_id in missing]
 
     # --- the patient's state: polled, or pushed on its event stream -------------------------------
 

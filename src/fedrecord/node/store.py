@@ -206,17 +206,11 @@ class NodeStore(Protocol):
         """
         ...
 
-    async def record_subjects(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None]]:
-        """The ids and subjects of the kept records of one type by ``signer``, in :meth:`records`' order.
-
-        Nothing is decoded: for a caller that holds most of them decoded already.
-        """
-        ...
-
     async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
         """(id, subject, encoded) of the kept records of one type by ``signer``, in :meth:`records`' order.
 
-        Nothing is decoded nor verified: for records passed on as they are (a sync view's).
+        Nothing is decoded nor verified: for records passed on as they are (a sync
+        view's), or picked by subject before any is decoded.
         """
         ...
 
@@ -656,13 +650,6 @@ class SqliteNodeStore:
             (cls.TYPE.value, signer),
         )
         return [(row[0], row[1], row[2]) for row in rows]
-
-    async def record_subjects(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None]]:
-        rows = await self.db.execute_fetchall(
-            "SELECT id, subject FROM records WHERE typ = ? AND signer = ? ORDER BY received, id",
-            (cls.TYPE.value, signer),
-        )
-        return [(row[0], row[1]) for row in rows]
 
     async def newest_record(self, cls: type[R], *, signer: str) -> Signed[R] | None:
         row = await self._one(

@@ -119,7 +119,8 @@ async def patient_view(
     ``grants`` is the requester's chain, already decided allowed for reading;
     an empty chain gives the control records only (a depositing clinic).
     """
-    if grants and Action.MANAGE in grants[-1].record.actions:
+    device = bool(grants) and Action.MANAGE in grants[-1].record.actions
+    if device:
         # A device syncs: it takes a checkpoint of the audit log along ([API-46]).
         await node.checkpoint_audit(now=now)
     version = await node.store.view_epoch()
@@ -130,7 +131,7 @@ async def patient_view(
         return view
     patient = node.home.did
     records: dict[bytes, Signed[Any]] = {}
-    if grants and Action.MANAGE in grants[-1].record.actions:
+    if device:
         # One of the patient's devices: the whole record ([API-46]).
         for cls in DEVICE_TYPES:
             # Grants and revocations whoever signed them: a device's own are part of the record ([API-48]).
@@ -149,7 +150,7 @@ async def patient_view(
             records[grant.id] = grant
     items = [item_of(s) for s in records.values()]
     encoded = {i: s.encoded for i, s in records.items()}
-    if grants and Action.MANAGE not in grants[-1].record.actions:
+    if grants and not device:
         chain = [g.encoded for g in grants]
         reachable = {item["doc"] for item in await node.documents_for(requester, chain, now=now)}
         # Not decoded: an entry's subject is its document and, having no iat, its item is (0, id).
