@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import os
+import sys
 import time
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
@@ -339,10 +341,39 @@ def answered(answer: Answer) -> dict[str, Any]:
 def refused(answer: Answer, status: int, code: str, *, signed: bool = False) -> None:
     """``answer`` is an error body with ``code`` and ``status`` (signed, when refused after verification)."""
     assert (answer.status, answer.code) == (status, code), (answer.status, answer.body)
-    assert set(answer.decoded) == {"code", "message"}
+    assert answer.content_type == "application/cbor"
+    decoded = answer.decoded
+    assert set(decoded) == {"code", "message"} and isinstance(decoded["message"], str)
     if signed:
         assert "Signature" in answer.headers, "a refusal of a verified request is signed ([API-5])"
 
+
+
+async def cli_json(node: ServedNode, *args: str) -> Any:
+    """Run ``fedrecord --home <node's home> --json ARGS`` in a process of its own; its JSON answer.
+
+    The passphrase comes from the environment, as for a clinic unlocked unattended.
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fedrecord",
+        "--home",
+        str(node.path),
+        "--json",
+        *args,
+        env={**os.environ, "FEDRECORD_PASSPHRASE": PASSPHRASE.decode()},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+def random_doc() -> bytes:
+    """A document id nothing holds."""
+    return os.urandom(32)
 
 
 def receipt_for(identity: SigningIdentity, *, patient: str, doc: bytes, grant: Signed[Grant]) -> bytes:

@@ -35,12 +35,10 @@ results, which the patient accepts; the GP's grant reaches them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
 import random
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -84,7 +82,6 @@ from fedrecord.storage.sqlite import open_database, transaction
 from .conftest import encryption_keys
 from .node_helpers import (
     DAY,
-    PASSPHRASE,
     RESULTS,
     Answer,
     Impostor,
@@ -93,10 +90,13 @@ from .node_helpers import (
     assert_unchanged,
     body,
     build_story,
+    cli_json,
     document_id_of,
     fetch_body,
     issue_grant,
     now,
+    random_doc,
+    refused,
     send,
     send_signed,
     snapshot,
@@ -236,17 +236,6 @@ def answered(answer: Answer) -> dict[str, Any]:
     assert answer.content_type == "application/cbor"
     assert "Signature" in answer.headers, "the answer to a verified request is signed ([HTTP-12])"
     return {key: value for key, value in decode_body(answer.body).items() if key != "v"}
-
-
-def refused(answer: Answer, status: int, code: str) -> None:
-    assert (answer.status, answer.code) == (status, code), (answer.status, answer.body)
-    assert answer.content_type == "application/cbor"
-    decoded = answer.decoded
-    assert set(decoded) == {"code", "message"} and isinstance(decoded["message"], str)
-
-
-def random_doc() -> bytes:
-    return os.urandom(32)
 
 
 async def connected_reader(
@@ -948,13 +937,20 @@ def _keys_of(setting: Setting, answer: dict[str, Any]) -> dict[bytes, bytes]:
     return unwrap_keys(wrap, recipient=setting.story.gp.did, keys=keys, documents=wrap.record.documents)
 
 
-def _rewrapped(setting: Setting, answer: dict[str, Any], pairs: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """A genuine patient-signed wrap to the GP, for the (doc, key) pairs given."""
+def _rewrapped(
+    setting: Setting,
+    answer: dict[str, Any],
+    pairs: Sequence[tuple[bytes, bytes]],
+    *,
+    recipient: str | None = None,
+    recipient_key: bytes | None = None,
+) -> bytes:
+    """A genuine patient-signed wrap, for the (doc, key) pairs given: to the GP, unless told otherwise."""
     record = _wrap(answer).record
     return wrap_keys(
         wrapper=setting.story.patient.identity,
-        recipient=record.recipient,
-        recipient_key=record.recipient_key,
+        recipient=recipient or record.recipient,
+        recipient_key=recipient_key or record.recipient_key,
         keys=pairs,
         purpose=record.purpose,
         grant=record.grant,
@@ -1012,39 +1008,14 @@ def _outer_docs_not_the_sealed_ones(setting: Setting, answer: dict[str, Any]) ->
 
 def _wrap_to_another_reader(setting: Setting, answer: dict[str, Any]) -> dict[str, Any]:
     """Patient-signed for the same documents, but addressed to the lab (sealed to the GP's key all the same)."""
-    record = _wrap(answer).record
-    keys = _keys_of(setting, answer)
-    return {
-        **answer,
-        "wrap": wrap_keys(
-            wrapper=setting.story.patient.identity,
-            recipient=setting.story.lab.did,
-            recipient_key=record.recipient_key,
-            keys=[*keys.items()],
-            purpose=record.purpose,
-            grant=record.grant,
-            iat=now(),
-            ephemeral_seed=os.urandom(32),
-        ).encoded,
-    }
+    pairs = [*_keys_of(setting, answer).items()]
+    return {**answer, "wrap": _rewrapped(setting, answer, pairs, recipient=setting.story.lab.did)}
 
 
 def _wrap_to_a_key_we_do_not_hold(setting: Setting, answer: dict[str, Any]) -> dict[str, Any]:
-    record = _wrap(answer).record
-    keys = _keys_of(setting, answer)
-    return {
-        **answer,
-        "wrap": wrap_keys(
-            wrapper=setting.story.patient.identity,
-            recipient=record.recipient,
-            recipient_key=encryption_keys("not the GP's").public_key,
-            keys=[*keys.items()],
-            purpose=record.purpose,
-            grant=record.grant,
-            iat=now(),
-            ephemeral_seed=os.urandom(32),
-        ).encoded,
-    }
+    pairs = [*_keys_of(setting, answer).items()]
+    other_key = encryption_keys("not the GP's").public_key
+    return {**answer, "wrap": _rewrapped(setting, answer, pairs, recipient_key=other_key)}
 
 
 def _secret_with_a_key_missing(setting: Setting, answer: dict[str, Any]) -> dict[str, Any]:
@@ -1313,25 +1284,7 @@ async def test_cli_audit_verifies_and_names_every_document_of_a_batch(setting: S
     docs = [setting.small[25], *setting.small[11:13]]
     assert (await fetch_batch_as(setting, docs)).status == 200
     seq, _hash = await story.patient.h.store.audit_tail()  # type: ignore[misc]
-    command = [
-        sys.executable,
-        "-m",
-        "fedrecord",
-        "--home",
-        str(story.patient.path),
-        "--json",
-        "audit",
-        "--verify",
-    ]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env={**os.environ, "FEDRECORD_PASSPHRASE": PASSPHRASE.decode()},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    result = json.loads(out)
+    result = await cli_json(story.patient, "audit", "--verify")
     assert result["verified"]["ok"], result["verified"]
     assert result["verified"]["entries"] == len(result["entries"]) >= seq
     (entry,) = [e for e in result["entries"] if e["seq"] == seq]

@@ -57,8 +57,10 @@ from .node_helpers import (
     fetch_body,
     issue_grant,
     now,
+    random_doc,
     raw_head,
     raw_request,
+    refused,
     seal_document,
     send,
     send_signed,
@@ -81,17 +83,6 @@ async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story
 
 def url(story: Story, path: str) -> str:
     return story.patient.url + path
-
-
-def refused(answer: Answer, status: int, code: str) -> None:
-    assert (answer.status, answer.code) == (status, code), (answer.status, answer.body)
-    assert answer.content_type == "application/cbor"
-    decoded = answer.decoded
-    assert set(decoded) == {"code", "message"} and isinstance(decoded["message"], str)
-
-
-def random_doc() -> bytes:
-    return os.urandom(32)
 
 
 # --- the baseline the refusals are measured against -----------------------------------------------------

@@ -11,12 +11,8 @@ syncs each converge, with no duplicate row and nothing lost.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
-import os
 import random
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,13 +38,13 @@ from fedrecord.node.client import PeerUnreachable
 from fedrecord.node.sync import item_of, patient_view
 
 from .node_helpers import (
-    PASSPHRASE,
     Impostor,
     ServedNode,
     Story,
     assert_unchanged,
     body,
     build_story,
+    cli_json,
     now,
     route_gp_through_proxy,
     send,
@@ -365,15 +361,6 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
 
 async def test_fedrecord_sync_command(story: Story) -> None:
     """``fedrecord sync --json`` in a process of its own, against the GP's home, while its node serves."""
-    command = [sys.executable, "-m", "fedrecord", "--home", str(story.gp.path), "--json", "sync"]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env={**os.environ, "FEDRECORD_PASSPHRASE": PASSPHRASE.decode()},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    report = json.loads(out)["patients"][story.patient.did]
+    report = (await cli_json(story.gp, "sync"))["patients"][story.patient.did]
     assert report["documents_fetched"] == 1 and report["records_stored"] > 0
     assert await story.gp.clinic.read_held(story.docs["cbc"], now=now())

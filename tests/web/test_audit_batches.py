@@ -17,23 +17,18 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from fedrecord.core import AccessReceipt, Scope, sign_record
 from fedrecord.node.store import SqliteNodeStore
-from fedrecord.web.app import make_web_app
-from fedrecord.web.auth import set_password
 from fedrecord.web.pages import audit
 
-from ..node_helpers import Story, build_story, now
+from ..node_helpers import Story, now
 from .test_document_actions_and_audit import (
-    CSRF,
-    PASSWORD,
-    WEB_KDF,
     Site,
     no_missing_texts,
     rows_of,
     seqs_of,
+    signed_in_site,
 )
 
 DAY = 86_400
@@ -41,19 +36,8 @@ DAY = 86_400
 
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    story = await build_story(tmp_path)
-    try:
-        set_password(story.patient.h.path, PASSWORD, limits=WEB_KDF)
-        app = make_web_app(story.patient.h, story.patient.patient)
-        async with TestClient(TestServer(app)) as client:
-            signed = await client.post("/signin", data={"password": PASSWORD}, allow_redirects=False)
-            assert signed.status == 303
-            page = await (await client.get("/record")).text()
-            match = CSRF.search(page)
-            assert match is not None
-            yield Site(story, client, match.group(1))
-    finally:
-        await story.close()
+    async with signed_in_site(tmp_path) as signed_in:
+        yield signed_in
 
 
 async def grant_the_gp_everything(story: Story) -> None:

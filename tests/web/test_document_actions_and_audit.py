@@ -13,6 +13,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,9 @@ class Site:
         return next(d["labels"] for d in await self.patient.documents() if d["doc"] == doc)
 
 
-@pytest.fixture
-async def site(tmp_path: Path) -> AsyncIterator[Site]:
+@asynccontextmanager
+async def signed_in_site(tmp_path: Path) -> AsyncIterator[Site]:
+    """The story's nodes and the patient's web page on a test server, the patient signed in."""
     story = await build_story(tmp_path)
     try:
         set_password(story.patient.h.path, PASSWORD, limits=WEB_KDF)
@@ -83,6 +85,12 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             yield Site(story, client, match.group(1))
     finally:
         await story.close()
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with signed_in_site(tmp_path) as signed_in:
+        yield signed_in
 
 
 def no_missing_texts(page: str) -> None:
