@@ -247,7 +247,7 @@ async def _sync_child(options: dict[str, Any]) -> dict[str, Any]:
     home = await NodeHome.open(Path(options["home"]), PASSPHRASE.encode())
     clinic = ClinicNode(home)
     patient, node_pid, bodies = options["patient"], options["node_pid"], options["bodies"]
-    profiler = cProfile.Profile() if options.get("profile") else None
+    profiler = cProfile.Profile(time.thread_time) if options.get("profile") else None
     try:
         now = int(time.time())
         node_before, node_kernel_before = _node_cpu(node_pid)
