@@ -68,8 +68,9 @@ about 3 minutes for the default, 8,000 (``DEFAULT_COUNT``).  The figure is
 per CPU-second, so sizes compare as far as the sync's own costs grow
 linearly; the printed ``n_documents`` says which size was measured, and
 ``--count 20000`` measures the acceptance point itself.  ``--quick``: 500
-documents.  ``--profile DIR`` runs the node and the GP's sync under cProfile
-(their event-loop threads only; figures then inflated) and prints where each spends its time.
+documents.  ``--profile DIR`` runs the node and the GP's sync under cProfile,
+timed by the CPU time of their event-loop threads (``benchmarks/cpu_profile.py``;
+figures then inflated), and prints where each spends it.
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent / "src"))
 
+from fedrecord.loopback import free_port  # noqa: E402
 from node import (  # noqa: E402
     PASSPHRASE,
     _env,
-    _free_port,
     _json_process,
     _print_profile,
     _report,
@@ -296,7 +297,7 @@ async def _sync_child(options: dict[str, Any]) -> dict[str, Any]:
 def _serve(home: Path, port: int, log: Path, profile: Path | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "fedrecord", "serve"]
     if profile is not None:
-        command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "fedrecord", "serve"]
+        command = [sys.executable, str(HERE.parent / "cpu_profile.py"), str(profile), "-m", "fedrecord", "serve"]
     with log.open("ab") as out:
         node = subprocess.Popen(command, env=_env(home), stdout=out, stderr=out)
     _wait_for(f"http://127.0.0.1:{port}/v0/health", node, log)
@@ -358,7 +359,7 @@ def _measure_sync(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     count = QUICK_COUNT if args.quick else args.count
     root = Path(tempfile.mkdtemp(prefix="fedrecord-bench-sync-"))
-    port = _free_port()
+    port = free_port()
     results: dict[str, Any] = {"n_documents": count, "document_bytes": DOCUMENT_SIZE}
     if count < FULL_COUNT:
         results["size_note"] = (

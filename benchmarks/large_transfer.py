@@ -54,7 +54,8 @@ sys.path[:0] = [str(HERE.parent), str(ROOT / "src"), str(ROOT)]
 
 from tests.fault_proxy import FaultProxy  # noqa: E402
 
-from node import PASSPHRASE, _env, _free_port, _stop, _wait_for, bench_home  # noqa: E402
+from fedrecord.loopback import free_port  # noqa: E402
+from node import PASSPHRASE, _env, _stop, _wait_for, bench_home  # noqa: E402
 
 TARGETS = {"transfer_overhead_ratio": 1.10, "peak_extra_rss_mib": 100}
 _PIECE = 1 << 20
@@ -270,7 +271,7 @@ async def _interrupted_fetch(
 
 async def _measure(size: int, interrupt: str) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="fedrecord-large-"))
-    port = _free_port()
+    port = free_port()
     proxy = await FaultProxy(port).start()
     node: subprocess.Popen[bytes] | None = None
     try:

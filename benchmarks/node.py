@@ -31,8 +31,9 @@ has its own interpreter and the load generator's CPU is not the server's.
 
 Rounds alternate baseline and node; each figure is the best round.  The
 server's CPU time per request is read from ``/proc`` where there is one.
-``--profile DIR`` runs the patient node under cProfile and prints where its
-event-loop thread spends its time (the database thread is not in it).
+``--profile DIR`` runs the patient node under cProfile, timed by its event-loop
+thread's CPU time (``benchmarks/cpu_profile.py``), and prints where that thread
+spends it (the database thread is not in it; figures inflated by cProfile).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ from typing import Any
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent.parent / "src"))
 
+from fedrecord.loopback import free_port  # noqa: E402
+
 PASSPHRASE = "benchmark passphrase, not a secret"
 DOCUMENT_SIZE = 4096
 DEPOSIT_SIZE = 100 * 1024
@@ -64,14 +67,6 @@ TARGETS = {"authorized_get_ratio": 0.3, "deposit_throughput_ratio": 0.5}
 
 
 # --- processes --------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _env(home: Path | None = None) -> dict[str, str]:
@@ -447,7 +442,7 @@ def bench_home(path: Path, role: str, *, port: int = 0, endpoint: str | None = N
         path,
         role=role,
         name=path.name,
-        endpoint=endpoint or f"http://127.0.0.1:{port or _free_port()}",
+        endpoint=endpoint or f"http://127.0.0.1:{port or free_port()}",
         passphrase=PASSPHRASE.encode(),
         port=port,
         kdf_limits=(argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE),
@@ -518,7 +513,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quick = args.quick
     concurrency = args.concurrency
     root = Path(tempfile.mkdtemp(prefix="fedrecord-bench-"))
-    port, plain_port = _free_port(), _free_port()
+    port, plain_port = free_port(), free_port()
     node: subprocess.Popen[bytes] | None = None
     plain: subprocess.Popen[bytes] | None = None
     results: dict[str, Any] = {}
@@ -529,7 +524,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
             profile = args.profile / "patient-node.prof"
-            command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "fedrecord", "serve"]
+            command = [sys.executable, str(HERE.parent / "cpu_profile.py"), str(profile), "-m", "fedrecord", "serve"]
         node_log = root / "patient-node.log"
         with node_log.open("ab") as log:
             node = subprocess.Popen(command, env=_env(world["patient_home"]), stdout=log, stderr=log)

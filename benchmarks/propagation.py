@@ -56,11 +56,11 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent / "src"))
 
+from fedrecord.loopback import free_port  # noqa: E402
 from node import (  # noqa: E402  (benchmarks/node.py: starting nodes, reading their databases)
     PASSPHRASE,
     _count,
     _env,
-    _free_port,
     _json_process,
     _report,
     _stop,
@@ -86,7 +86,7 @@ def _init_homes(root: Path, subscribers: int) -> dict[str, Any]:
     from fedrecord.node.home import NodeConfig
 
     names = ["patient", "lab", *(f"clinic{i}" for i in range(subscribers))]
-    ports = {name: _free_port() for name in names}
+    ports = {name: free_port() for name in names}
     for name in names:
         bench_home(root / name, "patient" if name == "patient" else "clinic", port=ports[name])
     for name in names[2:]:

@@ -69,7 +69,8 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent.parent / "src"))
 sys.path.insert(0, str(HERE.parent))
 
-from node import PASSPHRASE, _free_port, _report, bench_home  # noqa: E402
+from fedrecord.loopback import free_port  # noqa: E402
+from node import PASSPHRASE, _report, bench_home  # noqa: E402
 
 WEB_PASSWORD = "benchmark web password, not a secret"
 DAY = 86_400
@@ -172,7 +173,7 @@ async def build_home(root: Path, name: str, documents: int, entries: int) -> Hom
     from fedrecord.web.auth import set_password
 
     home = Home(name, documents, entries)
-    port = _free_port()
+    port = free_port()
     bench_home(root / name, "patient", port=port)
     for clinic_name in ("gp", "lab"):
         bench_home(root / f"{name}-{clinic_name}", "clinic")
@@ -245,7 +246,7 @@ async def build_home(root: Path, name: str, documents: int, entries: int) -> Hom
     )
     web_app = make_web_app(home.patient_home, patient)
     web_app.middlewares.insert(0, _timing(home.times, home.cpu_times))
-    web_port = _free_port()
+    web_port = free_port()
     home.runners.append(await _serve(web_app, web_port))
     home.web_url = f"http://127.0.0.1:{web_port}"
     home.routes = {resource.canonical for resource in web_app.router.resources()}

@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -56,6 +55,7 @@ from nacl.pwhash import argon2id
 
 from fedrecord.core import AcceptedEntry, Deposit, DepositDecision, cbor, open_record
 from fedrecord.demo import serve_until_healthy
+from fedrecord.loopback import free_port
 from fedrecord.node.clinic import MAX_BACKOFF, ClinicNode
 from fedrecord.node.home import NodeHome
 from fedrecord.node.patient import PatientNode
@@ -65,12 +65,6 @@ from fedrecord.storage.sqlite import Database, integrity_check
 RUNS = int(os.environ.get("FEDRECORD_CRASH_RUNS") or (100 if os.environ.get("FEDRECORD_SOAK") == "1" else 20))
 PASSPHRASE = "crash test passphrase"
 MIB = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _spread(low: float, high: float, count: int) -> list[float]:
@@ -176,11 +170,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("crash")
-    w = World(root=root, port=_free_port(), patient_home=root / "patient", lab_home=root / "lab")
+    w = World(root=root, port=free_port(), patient_home=root / "patient", lab_home=root / "lab")
     w.patient_did = w.run(
         w.patient_home, "init", "--role", "patient", "--name", "Patient", "--port", str(w.port)
     )["did"]
-    w.lab_did = w.run(w.lab_home, "init", "--role", "clinic", "--name", "Lab", "--port", str(_free_port()))[
+    w.lab_did = w.run(w.lab_home, "init", "--role", "clinic", "--name", "Lab", "--port", str(free_port()))[
         "did"
     ]
     for home in (w.patient_home, w.lab_home):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from fedrecord.loopback import free_port
 
 PASSPHRASE = "demo passphrase, not a secret"
 RESULTS = {
@@ -57,19 +58,13 @@ def serve_until_healthy(
     raise DemoFailed(f"{name} did not start; see {log}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Node:
     def __init__(self, root: Path, name: str, role: str, display: str) -> None:
         self.home = root / name
         self.name = name
         self.role = role
         self.display = display
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.did = ""
 

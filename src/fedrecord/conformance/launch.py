@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from fedrecord.core import cbor
+from fedrecord.loopback import free_port
 
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
@@ -23,12 +23,6 @@ STOP_GRACE = 10.0
 
 class LaunchError(Exception):
     """The implementation did not start as the contract says."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
