@@ -8,6 +8,11 @@ whatever other tasks ran while it awaited.  ``time.thread_time`` counts only
 the CPU of the profiled (event-loop) thread, which is what the benchmarks'
 CPU-per-request figures measure.  The statistics are written to ``OUT`` when
 the process exits (a node exits on SIGTERM).
+
+On Python 3.11 (the version the benchmarks are run on here) cProfile sees the
+thread that enabled it only.  From 3.12 it is built on ``sys.monitoring`` and
+sees every thread, whose calls would then be timed by the wrong thread's clock:
+read such a profile for the event-loop thread's functions only.
 """
 
 from __future__ import annotations

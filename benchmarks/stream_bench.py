@@ -176,6 +176,8 @@ def stream_peak_rss_mib(size: int = 2**30) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if any(not argument.isdigit() for argument in sys.argv[1:3]):
+        raise SystemExit(__doc__)
     ratio_size = int(sys.argv[1]) if len(sys.argv) > 1 else 64 * 2**20
     rss_size = int(sys.argv[2]) if len(sys.argv) > 2 else 2**30
     print(json.dumps({**stream_crypto_ratio(ratio_size), **stream_peak_rss_mib(rss_size)}, indent=2))

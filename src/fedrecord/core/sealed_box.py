@@ -83,8 +83,9 @@ def seal(message: bytes, recipient_public_key: bytes, ephemeral_seed: bytes) -> 
         ephemeral_public_key, ephemeral_secret_key = sodium.crypto_box_seed_keypair(ephemeral_seed)
         shared_secret = sodium.crypto_scalarmult(ephemeral_secret_key, recipient_public_key)
     # libsodium already refuses a low-order point (PyNaCl raises RuntimeError,
-    # mapped above); checking the all-zero secret here as well keeps the
-    # guarantee from depending on the library version.
+    # mapped above); sealing is rare, so the all-zero secret is checked here as
+    # well.  open_sealed, on every deposit, relies on libsodium's refusal alone
+    # and test_low_order_ephemeral_key_is_opaque holds the library to it.
     if hmac.compare_digest(shared_secret, _ZERO_KEY):
         raise RemoteProtocolError(Code.BAD_KEY, "X25519 public key of low order")
     with mapped_libsodium_errors(Code.BAD_KEY):

@@ -1126,19 +1126,20 @@ async def _checked_copies(
 ) -> list[_CheckedCopy | str]:
     """Each stream checked on its own: its copy, or the code it failed with ([API-72]).
 
-    Checked on the event loop's thread, a slice at a time (``CHECK_SLICE``),
-    yielding to the loop between slices.  Not in a worker thread: for streams
-    this small the trip costs more CPU than the check itself (the initial sync
-    benchmark used about a fifth more CPU that way), and a thread that computes
-    holds the GIL, so the loop waited up to the switch interval anyway.
+    Checked on the event loop's thread, a slice at a time (at most
+    ``CHECK_SLICE`` documents or about ``CHECK_SLICE_BYTES``), yielding to the
+    loop between slices.  Not in a worker thread: for streams this small the
+    trip costs more CPU than the check itself (the initial sync benchmark used
+    about a fifth more CPU that way).
     """
     outcomes: list[_CheckedCopy | str] = []
-    checked_bytes = 0
+    slice_documents = slice_bytes = 0
     for doc, stream in zip(documents, streams, strict=True):
-        if checked_bytes >= CHECK_SLICE_BYTES or (outcomes and len(outcomes) % CHECK_SLICE == 0):
+        if slice_documents == CHECK_SLICE or slice_bytes >= CHECK_SLICE_BYTES:
             await asyncio.sleep(0)
-            checked_bytes = 0
-        checked_bytes += len(stream)
+            slice_documents = slice_bytes = 0
+        slice_documents += 1
+        slice_bytes += len(stream)
         try:
             outcomes.append(_checked_copy(doc, stream, keys[doc], patient))
         except RemoteProtocolError as exc:
