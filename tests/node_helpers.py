@@ -542,7 +542,8 @@ async def node_tables(node: ServedNode) -> tuple[str, ...]:
 def stored_files(node: ServedNode) -> tuple[list[str], list[str]]:
     """(document files at their final paths, leftovers in documents/tmp)."""
     root = node.h.files.root
-    final, temporary = [], []
+    final: list[str] = []
+    temporary: list[str] = []
     for path in sorted(root.rglob("*")):
         if path.is_file():
             (temporary if path.parent.name == "tmp" else final).append(str(path.relative_to(root)))

@@ -10,6 +10,7 @@ Layout of ``<home>``::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,10 +29,17 @@ from fedrecord.storage.partial import PartialDownloads
 from fedrecord.storage.sqlite import Database, open_database
 
 from .schema import MIGRATIONS
-from .store import NodeStore, SqliteNodeStore
+from .store import MAX_IDS_PER_QUERY, NodeStore, SqliteNodeStore
 
 ROLES = ("patient", "clinic")
 ENCRYPTION_KEY_LIFETIME = 2 * 365 * 86_400
+ORPHAN_AGE: Final = 3600
+"""Seconds a document file must have gone unwritten before :meth:`NodeHome.sweep_orphans` may take it for debris.
+
+A write renames its file into place before it commits the row that names it:
+a moment before, or the few seconds it takes to check a large document read
+back from its file.  An hour leaves any process's write in flight far out of reach.
+"""
 SEED_FILE_MAX = 4096  # a seed file holds 64 hex digits and white space; anything larger is not one
 _SEED_HEX = re.compile(rb"[0-9A-Fa-f]{64}")
 
@@ -168,6 +176,36 @@ class NodeHome:
             await self.files.destroy(doc)
         if docs:
             await self.db.checkpoint()
+
+    async def sweep_orphans(self, *, now: float | None = None) -> int:
+        """Destroy the document files no row names that are older than :data:`ORPHAN_AGE`.
+
+        A file is written and renamed into place before the transaction that
+        stores its row (nothing is acknowledged before both are durable), so a crash between the two leaves a file that nothing names:
+        a deposit never acknowledged, or the file of a document whose row a
+        committed deletion removed before its file was overwritten.  Either
+        way its key is gone and no one can read it; this frees the disk and
+        finishes the deletion.  Only files older than :data:`ORPHAN_AGE` are
+        considered, so the file of a write in flight in any process (renamed
+        a moment before its row commits) is never taken for debris.
+
+        Returns:
+            How many files were destroyed.
+
+        Raises:
+            OSError, sqlite3.Error: the disk failed.
+        """
+        moment = (time.time() if now is None else now) - ORPHAN_AGE
+        candidates = await self.files.stored_before(moment)
+        destroyed = 0
+        for start in range(0, len(candidates), MAX_IDS_PER_QUERY):
+            batch = candidates[start : start + MAX_IDS_PER_QUERY]
+            named = await self.store.documents_among(batch)
+            for doc in batch:
+                if doc not in named and await self.files.destroy_if_before(doc, moment):
+                    destroyed += 1
+            await asyncio.sleep(0)  # a node with many files serves meanwhile
+        return destroyed
 
     async def open_stream(self, doc: bytes, *, start: int = 0) -> AsyncIterator[bytes] | None:
         """A stored document's ciphertext from ``start`` on, checked against its id; None when absent.

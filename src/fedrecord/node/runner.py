@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -68,6 +69,17 @@ async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, 
             await asyncio.wait_for(stop.wait(), timeout=home.config.poll_interval)
 
 
+async def sweep_orphans(home: NodeHome) -> None:
+    """Destroy, once at start, the document files a crash left without their row (logged, never raised)."""
+    try:
+        destroyed = await home.sweep_orphans()
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("sweeping document files that no row names: %s", exc)
+        return
+    if destroyed:
+        log.info("destroyed %d document file(s) that no row names (left by an interrupted write)", destroyed)
+
+
 async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     client = PeerClient(home.identity)
@@ -87,6 +99,7 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
     try:
         # Inside the try: a web port already taken still closes the API and the database cleanly.
         web_runner = await _start_web_page(home, app)
+        background.append(asyncio.create_task(sweep_orphans(home)))
         background.append(asyncio.create_task(duties(home, clinic, client, stop)))
         if clinic is not None:
             background.append(asyncio.create_task(StateSubscriptions(clinic).run(stop)))

@@ -40,6 +40,7 @@ R = TypeVar("R", bound=Record)
 # Expired nonces are purged at most this often per store: the purge scans the whole table (about
 # 1.4 ms at 20,000 rows, inside the write transaction of every request), and keeping one longer is safe.
 NONCE_PURGE_INTERVAL: Final = 10
+MAX_IDS_PER_QUERY: Final = 500  # SQLite's default cap on bound parameters is 32,766 (999 before 3.32)
 
 
 class InboxRow(NamedTuple):
@@ -336,6 +337,10 @@ class NodeStore(Protocol):
 
     async def document_state(self, doc: bytes) -> str | None:
         """A document's state (``inbox``, ``accepted``, ``authored``, ``shared``); ``None`` when absent."""
+        ...
+
+    async def documents_among(self, docs: Sequence[bytes]) -> set[bytes]:
+        """Those of ``docs`` that have a row, in any state (at most ``MAX_IDS_PER_QUERY`` at a time)."""
         ...
 
     async def authored_for(self, doc: bytes) -> str | None:
@@ -838,6 +843,14 @@ class SqliteNodeStore:
             " ORDER BY rowid"
         )
         return [InboxRow(*row) for row in rows]
+
+    async def documents_among(self, docs: Sequence[bytes]) -> set[bytes]:
+        if len(docs) > MAX_IDS_PER_QUERY:
+            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
+        if not docs:
+            return set()
+        marks = ", ".join("?" * len(docs))
+        return {row[0] for row in await self._all(f"SELECT id FROM documents WHERE id IN ({marks})", docs)}
 
     async def pending_deposit(self, doc: bytes) -> PendingDeposit | None:
         row = await self._one(

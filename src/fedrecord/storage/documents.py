@@ -17,6 +17,11 @@ the directory is fsynced: after ``put`` returns, the file survives a crash,
 and a file at a final path always matches its name.  Every failure (cap,
 mismatch, cancellation, I/O error) removes the temporary file; what a crash
 leaves in ``tmp`` is removed by :meth:`DocumentFiles.sweep_temporary` at start.
+A crash after the rename and before the transaction that stores the row
+naming the file leaves a file nothing names (its key died with the row): a
+node destroys such files at start once they are an hour old
+(``NodeHome.sweep_orphans``, through :meth:`DocumentFiles.stored_before` and
+:meth:`DocumentFiles.destroy_if_before`).
 Every upload holds a shared ``flock`` on ``tmp`` from its temporary file's
 creation to its rename, and the sweep needs it exclusive (else it skips), so
 a command opening a home never removes the file of an upload in flight in the
@@ -81,6 +86,7 @@ _SKIPPED_BLOCK: Final = 1024 * 1024
 """Bytes before the start of a ranged read are hashed in blocks of this size, not sent."""
 
 _TEMPORARY: Final = "tmp"
+_HEX_DIGITS: Final = "0123456789abcdef"
 
 
 class CorruptDocumentError(Exception):
@@ -394,6 +400,70 @@ class DocumentFiles:
             How many files were removed.
         """
         return await asyncio.to_thread(self._sweep)
+
+    async def stored_before(self, moment: float) -> list[bytes]:
+        """The ids of the stored files last written before ``moment`` (seconds since the epoch)."""
+        return await asyncio.to_thread(self._stored_before, moment)
+
+    def _stored_before(self, moment: float) -> list[bytes]:
+        found: list[bytes] = []
+        try:
+            shards = os.scandir(self._root)
+        except FileNotFoundError:
+            return found
+        with shards:
+            for shard in shards:
+                if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                    continue  # tmp, partial downloads and anything else that is not a stored file
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        name = entry.name
+                        if (
+                            len(name) == 2 * DOCUMENT_ID_SIZE
+                            and name.startswith(shard.name)
+                            and not name.strip(_HEX_DIGITS)
+                            and entry.is_file(follow_symlinks=False)
+                            and entry.stat(follow_symlinks=False).st_mtime < moment
+                        ):
+                            found.append(bytes.fromhex(name))
+        return found
+
+    async def destroy_if_before(self, doc_id: bytes, moment: float) -> bool:
+        """Destroy a stored file as :meth:`destroy` does, only if it was last written before ``moment``.
+
+        For debris no row names: checked again under this id's lock, and
+        while no upload of this or another process is between its temporary
+        file and its rename (the exclusive lock on ``tmp`` of
+        :meth:`sweep_temporary`), so a file written again meanwhile -- the
+        same document deposited once more -- is kept.
+
+        Returns:
+            Whether a file was destroyed (False also when an upload was in flight).
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a ``doc_id`` that is not 32 bytes.
+            OSError: the disk failed.
+        """
+        path = self.path_of(doc_id)
+        async with self._locked(doc_id):
+            return await asyncio.to_thread(self._destroy_if_before, path, moment)
+
+    def _destroy_if_before(self, path: Path, moment: float) -> bool:
+        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        guard = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                if os.stat(path).st_mtime >= moment:
+                    return False
+            except FileNotFoundError:
+                return False
+            return overwrite_and_unlink(path)
+        finally:
+            os.close(guard)
 
     def _sweep(self) -> int:
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
