@@ -435,7 +435,8 @@ class DocumentFiles:
         while no upload of this or another process is between its temporary
         file and its rename (the exclusive lock on ``tmp`` of
         :meth:`sweep_temporary`), so a file written again meanwhile -- the
-        same document deposited once more -- is kept.
+        same document deposited once more -- is kept.  Uploads starting
+        meanwhile wait for the overwrite of this one file.
 
         Returns:
             Whether a file was destroyed (False also when an upload was in flight).
