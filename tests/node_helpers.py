@@ -16,13 +16,14 @@ and look at a node's store and files, for the adversarial tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,16 @@ class ServedNode:
     app: web.Application | None = None
     client: PeerClient | None = None
     clinic_node: ClinicNode | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, path: Path, *, role: str, name: str) -> AsyncIterator[ServedNode]:
+        """A new node served for the block, stopped after it (a fixture's whole body)."""
+        node = await cls.create(path, role=role, name=name)
+        try:
+            yield node
+        finally:
+            await node.stop()
 
     @classmethod
     async def create(cls, path: Path, *, role: str, name: str) -> ServedNode:

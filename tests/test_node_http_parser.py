@@ -19,11 +19,8 @@ from .node_helpers import ServedNode, raw_request
 
 @pytest_asyncio.fixture
 async def node(tmp_path: Path) -> AsyncIterator[ServedNode]:
-    served = await ServedNode.create(tmp_path / "patient", role="patient", name="Parser patient")
-    try:
+    async with ServedNode.running(tmp_path / "patient", role="patient", name="Parser patient") as served:
         yield served
-    finally:
-        await served.stop()
 
 
 def _error(data: bytes) -> dict[str, str]:

@@ -13,9 +13,8 @@ from .node_helpers import ServedNode, assert_unchanged, raw_head, raw_request, s
 @pytest.fixture
 async def patient(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "BODY_TIMEOUT", 0.5)
-    node = await ServedNode.create(tmp_path / "patient", role="patient", name="Camille")
-    yield node
-    await node.stop()
+    async with ServedNode.running(tmp_path / "patient", role="patient", name="Camille") as node:
+        yield node
 
 
 async def test_a_body_that_never_finishes_is_refused_with_timeout(patient):

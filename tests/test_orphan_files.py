@@ -32,11 +32,8 @@ HOUR = 3600
 
 @pytest_asyncio.fixture
 async def lab(tmp_path: Path) -> AsyncIterator[ServedNode]:
-    node = await ServedNode.create(tmp_path / "lab", role="clinic", name="Laboratoire Pasteur")
-    try:
+    async with ServedNode.running(tmp_path / "lab", role="clinic", name="Laboratoire Pasteur") as node:
         yield node
-    finally:
-        await node.stop()
 
 
 async def orphan(home: NodeHome, content: bytes, *, age: float) -> bytes:
