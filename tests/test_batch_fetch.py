@@ -1237,6 +1237,23 @@ async def test_migration_5_fills_audit_docs_for_older_entries(tmp_path: Path) ->
         await db.close()
 
 
+async def test_migration_7_drops_the_index_audit_docs_replaced(tmp_path: Path) -> None:
+    """A database at schema 5, as that migration was released, loses audit_by_doc; a fresh one has none."""
+    index = "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'audit_by_doc'"
+    old = tmp_path / "old.db"
+    db = await open_database(old, MIGRATIONS[:5])
+    try:
+        assert await db.execute_fetchall(index) != []
+    finally:
+        await db.close()
+    for path in (old, tmp_path / "fresh.db"):
+        db = await open_database(path, MIGRATIONS)
+        try:
+            assert await db.execute_fetchall(index) == []
+        finally:
+            await db.close()
+
+
 # --- found while writing these tests --------------------------------------------------------------------------
 
 

@@ -94,14 +94,18 @@ MIGRATIONS = (
             " PRIMARY KEY (doc, at, seq)) WITHOUT ROWID",
             "CREATE INDEX audit_docs_by_seq ON audit_docs (seq)",
             "INSERT INTO audit_docs (doc, at, seq) SELECT doc, at, seq FROM audit",
-            # The page walks audit_docs by document now; this index of migration 3 serves nothing.
-            "DROP INDEX audit_by_doc",
         ),
     ),
     Migration(
         version=6,
         description="documents.stream: the ciphertext of a small document, kept in its row instead of a file",
         statements=("ALTER TABLE documents ADD COLUMN stream BLOB",),
+    ),
+    Migration(
+        version=7,
+        description="audit_by_doc dropped: the page walks audit_docs by document (migration 5)",
+        # IF EXISTS: for a while migration 5 itself dropped it, and databases made then have none.
+        statements=("DROP INDEX IF EXISTS audit_by_doc",),
     ),
 )
 
