@@ -53,7 +53,7 @@ import fcntl
 import hmac
 import os
 import secrets
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -450,12 +450,8 @@ class DocumentFiles:
             return await asyncio.to_thread(self._destroy_if_before, path, moment)
 
     def _destroy_if_before(self, path: Path, moment: float) -> bool:
-        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        guard = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            try:
-                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with self._no_upload_in_flight() as free:
+            if not free:
                 return False
             try:
                 if os.stat(path).st_mtime >= moment:
@@ -463,17 +459,11 @@ class DocumentFiles:
             except FileNotFoundError:
                 return False
             return overwrite_and_unlink(path)
-        finally:
-            os.close(guard)
 
     def _sweep(self) -> int:
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._tmp.mkdir(mode=0o700, exist_ok=True)
-        guard = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            try:
-                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with self._no_upload_in_flight() as free:
+            if not free:
                 return 0  # an upload is in flight, here or in another process: its file is no debris
             removed = 0
             for entry in os.scandir(self._tmp):
@@ -482,6 +472,22 @@ class DocumentFiles:
                         os.unlink(entry.path)
                         removed += 1
             return removed
+
+    @contextlib.contextmanager
+    def _no_upload_in_flight(self) -> Iterator[bool]:
+        """Hold ``tmp`` exclusive for the block if no upload (of any process) holds it; yields whether held.
+
+        Every upload holds it shared from its temporary file's creation to its rename.
+        """
+        self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        guard = os.open(self._tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(guard)
 
