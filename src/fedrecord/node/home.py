@@ -181,9 +181,10 @@ class NodeHome:
         """Destroy the document files no row names that are older than :data:`ORPHAN_AGE`.
 
         A file is written and renamed into place before the transaction that
-        stores its row (nothing is acknowledged before both are durable), so a crash between the two leaves a file that nothing names:
-        a deposit never acknowledged, or the file of a document whose row a
-        committed deletion removed before its file was overwritten.  Either
+        stores its row (nothing is acknowledged before both are durable), so a
+        crash between the two leaves a file that nothing names: a deposit never
+        acknowledged, or the file of a document whose row a committed deletion
+        removed before its file was overwritten.  Either
         way its key is gone and no one can read it; this frees the disk and
         finishes the deletion.  Only files older than :data:`ORPHAN_AGE` are
         considered, so the file of a write in flight in any process (renamed
