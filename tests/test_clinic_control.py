@@ -34,7 +34,7 @@ from fedrecord.core import (
 )
 from fedrecord.http.aiohttp_signing import signed_response, verified
 from fedrecord.node.patient import PatientNode
-from fedrecord.node.wire import encode_body
+from fedrecord.node.wire import Invitation, encode_body
 
 from .node_helpers import (
     DAY,
@@ -535,3 +535,13 @@ async def test_a_patient_that_gives_no_answer_is_unreachable(story: Story, root:
         await fake.stop()
         await courier.stop()
         await away.stop()
+
+
+@pytest.mark.parametrize("endpoint", ["http://[::1", "http://127.0.0.1:99999", "ftp://127.0.0.1"])
+async def test_endpoints_that_are_no_urls_are_malformed(story: Story, endpoint: str) -> None:
+    """From an invitation (the patient's choice) or the key holder's own: malformed, never a 500 ([API-74])."""
+    invitation = Invitation(node=stranger(), endpoint=endpoint, token=os.urandom(32), expires=now() + 60)
+    await refused_unchanged(story, story.gp, "connect", 400, "malformed", code=invitation.code())
+    await refused_unchanged(
+        story, story.gp, "delegate", 400, "malformed", patient=story.patient.did, to=story.lab.did, endpoint=endpoint
+    )

@@ -121,3 +121,45 @@ async def test_another_site_can_neither_post_nor_lock_the_patient_out(story: Sto
         assert answer.status == 303, "the patient is not locked out by another site's posts"
     finally:
         await client.close()
+
+
+@ASYNC
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        ("multipart/form-data", b"password=x"),  # no boundary
+        ("multipart/form-data; boundary=zz", b"--zz\r\nbroken"),  # a part without its headers
+        ("application/x-www-form-urlencoded; charset=bogus", b"password=x"),  # an unknown charset
+    ],
+)
+async def test_a_form_that_does_not_parse_is_refused_not_an_error(
+    story: Story, content_type: str, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signed in or not, a post whose body is no readable form gets 400 and a page, never a 500."""
+    client = await page_client(story)
+    try:
+        answer = await client.post("/signin", data=data, headers={"Content-Type": content_type})
+        assert answer.status == 400
+        assert "could not be read" in await answer.text()
+        signed_in = await client.post("/signin", data={"password": PASSWORD}, allow_redirects=False)
+        assert signed_in.status == 303
+        for path in ("/language", "/audit/verify"):  # open, and behind the session and its CSRF token
+            answer = await client.post(path, data=data, headers={"Content-Type": content_type})
+            assert answer.status == 400, path
+        assert (await client.get("/record")).status == 200, "the session is still good"
+    finally:
+        await client.close()
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+
+
+@ASYNC
+async def test_an_audit_position_past_any_entry_shows_the_log(story: Story) -> None:
+    """``before``/``after`` beyond SQLite's integers read as no position, as a negative one does."""
+    client = await page_client(story)
+    try:
+        await client.post("/signin", data={"password": PASSWORD}, allow_redirects=False)
+        for query in ("before=99999999999999999999", "after=99999999999999999999", "before=9223372036854775808"):
+            answer = await client.get(f"/audit?{query}")
+            assert answer.status == 200, query
+    finally:
+        await client.close()

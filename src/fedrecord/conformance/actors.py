@@ -8,6 +8,7 @@ decision, an outbox retry) and finds nothing, which the protocol allows
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -70,6 +71,10 @@ class Actor:
     @property
     def did(self) -> str:
         return self.identity.did
+
+    def profile_with(self, **changes: Any) -> bytes:
+        """This actor's profile with ``changes`` (``endpoints``, ...), signed again by it."""
+        return sign_record(dataclasses.replace(self.profile.record, **changes), self.identity).encoded
 
     def grant(self, audience: str, **terms: Any) -> Signed[Grant]:
         """A grant signed by this actor (a delegation when ``parent`` is given); see :func:`signed_grant`."""

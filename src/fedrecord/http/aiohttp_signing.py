@@ -181,13 +181,34 @@ def signed_target_uri(url: str | URL) -> tuple[URL, str, str]:
     """The URL to send, its ``Host`` header and the target URI to sign, all as aiohttp sends them.
 
     Raises:
-        LocalProtocolError: ``malformed`` for a URL that is not absolute http(s).
+        LocalProtocolError: ``malformed`` for a URL that is not absolute http(s), or that does not
+            parse (an unclosed IPv6 address, a port out of range).
     """
-    parsed = URL(url)
-    host = parsed.host_port_subcomponent
-    if parsed.scheme not in _DEFAULT_PORTS or not host:
+    try:
+        parsed = URL(url)
+        host = parsed.host_port_subcomponent
+        port = parsed.port
+    except ValueError:
+        # yarl raises it for what arrives from peers too (an endpoint in a profile, an invitation).
+        raise LocalProtocolError(Code.MALFORMED, "a node endpoint is an absolute http or https URL") from None
+    if parsed.scheme not in _DEFAULT_PORTS or not host or not port:
         raise LocalProtocolError(Code.MALFORMED, "a node endpoint is an absolute http or https URL")
     return parsed, host, f"{parsed.scheme}://{host}{parsed.raw_path_qs}"
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be a node's base URL ([API-2]), or ``None`` when it can.
+
+    A base URL is an absolute ``http`` or ``https`` URL with a host and a port
+    in range, and neither query nor fragment (paths are appended to it).
+    """
+    try:
+        parsed, _host, _target = signed_target_uri(endpoint)
+    except LocalProtocolError as exc:
+        return exc.message
+    if parsed.raw_query_string or parsed.raw_fragment or "?" in endpoint or "#" in endpoint:
+        return "a node endpoint has no query and no fragment"
+    return None
 
 
 def client_signing_headers(

@@ -68,7 +68,7 @@ from .records_table import open_stored
 from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
 from .sync import DEVICE_TYPES, SyncReport, item_of, subject_of, sync_with_patient
 from .sync import Progress as SyncProgress
-from .wire import MAX_DOCUMENT, Invitation, StateAnswer
+from .wire import MAX_DOCUMENT, Invitation, StateAnswer, check_profile_endpoints
 
 log = logging.getLogger("fedrecord.node")
 
@@ -283,6 +283,13 @@ class ClinicNode:
                     await self.store.outbox_retry(
                         item_id, next_at=now + delay, error=f"{exc.code.value}: unauthenticated answer"
                     )
+                continue
+            except LocalProtocolError as exc:
+                # Not sent at all (an endpoint kept by an older version that is no URL): kept and
+                # retried, so that nothing queued is lost, and the other entries still go [API-74].
+                delay = min(MAX_BACKOFF, 2**attempts)
+                async with self.store.transaction():
+                    await self.store.outbox_retry(item_id, next_at=now + delay, error=f"{exc.code.value}: {exc.message}")
                 continue
             except RemoteProtocolError as exc:
                 # Refused for good: keep the reason, stop retrying.
@@ -609,7 +616,16 @@ class ClinicNode:
     async def receive_delegation(
         self, requester: str, *, patient: str, endpoint: str, profile: bytes, chain: Sequence[bytes], now: int
     ) -> Signed[Grant]:
-        """Keep a chain delegated to this node, after checking it as the patient's node will (US-9)."""
+        """Keep a chain delegated to this node, after checking it as the patient's node will (US-9).
+
+        The endpoint must be one the patient's profile lists, and a connection
+        this node already holds is not moved by a delegation ([API-31]): its
+        endpoint and profile stay, unless the profile sent is newer.
+
+        Raises:
+            RemoteProtocolError: the codes of [API-30], in its order; then
+                ``malformed`` for an endpoint the patient's profile does not list.
+        """
         links = [open_record(link, Grant) for link in chain]
         patient_profile = open_record(profile, NodeProfile)
         if patient_profile.signer != patient:
@@ -620,8 +636,17 @@ class ClinicNode:
             )
         verdict = decide(links, patient=patient, requester=self.home.did, action=Action.READ, now=now)
         verdict.require()
+        if endpoint not in patient_profile.record.endpoints:
+            # Chosen by the delegating node: only an endpoint the patient signed is trusted [API-31].
+            raise RemoteProtocolError(Code.MALFORMED, "the endpoint is not one of the patient profile's endpoints")
+        check_profile_endpoints(patient_profile.record.endpoints)
         async with self.store.transaction():
-            await self.store.save_connection(patient, endpoint=endpoint, profile=patient_profile.encoded)
+            held = await self.store.connection(patient)
+            if held is None:
+                await self.store.save_connection(patient, endpoint=endpoint, profile=patient_profile.encoded)
+            elif patient_profile.record.seq > open_record(held.profile, NodeProfile).record.seq:
+                kept = held.endpoint if held.endpoint in patient_profile.record.endpoints else endpoint
+                await self.store.save_connection(patient, endpoint=kept, profile=patient_profile.encoded)
             await self.store.save_delegation(links[-1].id, patient=patient, chain=cbor.encode(list(chain)))
             for link in links:
                 await self.store.put_record(link, now=now, subject=link.record.audience.encode())

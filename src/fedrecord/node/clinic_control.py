@@ -30,6 +30,7 @@ from fedrecord.core import Code, RemoteProtocolError
 from . import manage_args as args
 from .client import PeerUnreachable
 from .clinic import ClinicNode
+from .wire import checked_endpoint
 
 MAX_CONTENT: Final = 786_432
 """The largest content that travels in a manage body, deposited or fetched (768 KiB, under the 1 MiB cap)."""
@@ -134,9 +135,7 @@ async def _sync(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[s
 
 async def _delegate(clinic: ClinicNode, body: Mapping[str, Any], now: int) -> dict[str, Any]:
     patient, to = args.did(body, "patient"), args.did(body, "to")
-    endpoint = args.text(body, "endpoint", MAX_ENDPOINT)
-    if not endpoint.startswith(("http://", "https://")):
-        raise args.malformed("endpoint is an http or https URL")
+    endpoint = checked_endpoint(args.text(body, "endpoint", MAX_ENDPOINT))
     categories = args.tokens(body, "categories", max_items=MAX_LABELS)
     days = body.get("days", DEFAULT_DAYS)
     if type(days) is not int or not 1 <= days <= MAX_DAYS:

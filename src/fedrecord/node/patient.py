@@ -59,7 +59,7 @@ from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
 from .store import AuditChainRow, AuditRow
 from .sync import ViewCache, subject_of
-from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation
+from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation, check_profile_endpoints
 
 DAY = 86_400
 GENESIS_HASH = bytes(32)
@@ -175,11 +175,14 @@ class PatientNode:
         Raises:
             RemoteProtocolError: ``not-found`` for an unknown token, ``replay``
                 for a used one, ``expired`` for an expired one, the record
-                codes for a bad profile.
+                codes for a bad profile, ``malformed`` for a profile whose
+                endpoints are not base URLs ([API-74]).
         """
         clinic = open_record(profile, NodeProfile)
         if clinic.signer != requester:
             raise AuthenticationError()
+        # Its first endpoint is where rejections are delivered: an unusable one is refused here.
+        check_profile_endpoints(clinic.record.endpoints)
         if type(token) is not bytes:
             raise RemoteProtocolError(Code.MALFORMED, "an invitation token is a byte string")
         token_hash = hashlib.sha256(token).digest()
@@ -944,6 +947,7 @@ class PatientNode:
             offered = open_stored(offered_profile, NodeProfile)
             if offered.signer != requester:
                 raise AuthenticationError()
+            check_profile_endpoints(offered.record.endpoints)
             if profile is None or (offered.record.seq >= profile.record.seq and offered.id != profile.id):
                 # A greater or equal seq replaces the stored profile ([API-22] step 7).
                 profile = offered

@@ -96,8 +96,14 @@ async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamRe
         code = {413: Code.TOO_LARGE, 404: Code.NOT_FOUND}.get(exc.status, Code.MALFORMED)
         refusal = RemoteProtocolError(code, exc.reason)
         return web.Response(status=exc.status, body=error_body(refusal), content_type=CBOR_TYPE)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The requester went away mid-request (a deposit cut short, a dropped link): nothing was
+        # stored, and nobody waits for an answer.  One line, not aiohttp's traceback of a 500.
+        log.info("connection lost during %s %s", request.method, request.path)
+        refusal = RemoteProtocolError(Code.TRUNCATED, "the connection was lost before the request ended")
+        return web.Response(status=refusal.status, body=error_body(refusal), content_type=CBOR_TYPE)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         body = error_body(RemoteProtocolError(Code.MALFORMED, "internal error"))

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from fedrecord.core import cbor
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.core.schema import PROTOCOL_VERSION
+from fedrecord.http.aiohttp_signing import endpoint_problem
 
 CBOR_TYPE: Final = "application/cbor"
 MAX_BODY: Final = 1 << 20  # small CBOR bodies; document streams have their own cap
@@ -46,6 +47,31 @@ def decode_body(data: bytes, *required: str, max_size: int = MAX_BODY) -> dict[s
     if missing:
         raise RemoteProtocolError(Code.MALFORMED, f"body lacks {', '.join(missing)}")
     return body
+
+
+def checked_endpoint(endpoint: object, what: str = "endpoint") -> str:
+    """``endpoint``, once it is a node's base URL ([API-74]).
+
+    Raises:
+        RemoteProtocolError: ``malformed`` for anything else (not text, not an
+            absolute http(s) URL, a port out of range, a query or fragment).
+    """
+    if type(endpoint) is not str:
+        raise RemoteProtocolError(Code.MALFORMED, f"{what} is text")
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        raise RemoteProtocolError(Code.MALFORMED, f"{what} {endpoint[:80]!r}: {problem}")
+    return endpoint
+
+
+def check_profile_endpoints(endpoints: tuple[str, ...]) -> None:
+    """Refuse a node profile from another node whose endpoints are not all base URLs ([API-74]).
+
+    Raises:
+        RemoteProtocolError: ``malformed``, naming the first that is not.
+    """
+    for endpoint in endpoints:
+        checked_endpoint(endpoint, "the profile's endpoint")
 
 
 def error_body(error: FedrecordError) -> bytes:
@@ -136,6 +162,5 @@ class Invitation:
         body = decode_body(raw, "node", "endpoint", "token", "exp")
         if type(body["token"]) is not bytes or len(body["token"]) != 32 or type(body["exp"]) is not int:
             raise RemoteProtocolError(Code.MALFORMED, "invitation fields have the wrong types")
-        return cls(
-            node=str(body["node"]), endpoint=str(body["endpoint"]), token=body["token"], expires=body["exp"]
-        )
+        endpoint = checked_endpoint(body["endpoint"], "the invitation's endpoint")
+        return cls(node=str(body["node"]), endpoint=endpoint, token=body["token"], expires=body["exp"])

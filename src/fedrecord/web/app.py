@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from fedrecord.node.home import NodeHome
 from fedrecord.node.patient import PatientNode
@@ -72,6 +73,10 @@ i18n.register(
         "csrf.refused": (
             "This form has expired. Please go back, reload the page and try again.",
             "Ce formulaire a expiré. Revenez en arrière, rechargez la page et réessayez.",
+        ),
+        "form.unreadable": (
+            "This form could not be read. Please go back, reload the page and try again.",
+            "Ce formulaire n'a pas pu être lu. Revenez en arrière, rechargez la page et réessayez.",
         ),
         "error.title": ("Something went wrong", "Un problème est survenu"),
         "error.back": ("Back to my record", "Retour à mon dossier"),
@@ -161,6 +166,13 @@ async def signed_in(request: web.Request, handler: Handler) -> web.StreamRespons
         # Every post, sign-in and language switch included: another site the patient visits must not
         # post here (a guessed password trips the rate limit and would lock the patient out).
         return render(request, "refused.html", status=403, message_key="csrf.refused")
+    if request.method == "POST" and (session is not None or request.path.startswith(OPEN_PATHS)):
+        # Read here, once (aiohttp keeps it for the handler): a form that does not parse -- a
+        # multipart body without its boundary, an unknown charset -- is refused, not a 500.
+        try:
+            await request.post()
+        except (ValueError, LookupError, HttpProcessingError):
+            return render(request, "refused.html", status=400, message_key="form.unreadable")
     if request.path.startswith(OPEN_PATHS):
         return await handler(request)
     if session is None:

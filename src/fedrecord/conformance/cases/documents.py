@@ -476,6 +476,20 @@ async def connect_foreign_profile(s: Session) -> None:
     expect_status(await connect_with(s, actor, token), 201, what="the token after the refusals")
 
 
+@case("documents.connect-profile-endpoint", requires=["API-10", "API-74"], adversarial=True)
+async def connect_profile_endpoint(s: Session) -> None:
+    """A connect whose profile lists an endpoint that is no base URL is malformed; the token stays usable."""
+    actor = Actor.create("Conformance unreachable")
+    token = (await s.invitation())["token"]
+    for endpoint in ("http://[::1", "http://127.0.0.1:99999", "ftp://127.0.0.1", "https://clinic.example/?q=1"):
+        profile = actor.profile_with(endpoints=(endpoint,))
+        answer = await connect_with(s, actor, token, profile=profile)
+        expect_refusal(answer, "malformed", what=f"a profile whose endpoint is {endpoint!r}")
+    if await grants_for(s, actor):
+        raise Failed("a clinic refused for its profile's endpoint holds a grant")
+    expect_status(await connect_with(s, actor, token), 201, what="the token after the refusals")
+
+
 # --- deposits (15.5): the record's checks ---------------------------------------------------------
 
 

@@ -224,6 +224,21 @@ async def delegation_widened(s: Session) -> None:
     expect_refusal(await d.send(peer, [plain, d.leaf(parent=plain)]), "not-delegable")
 
 
+@case("peer.delegation-endpoint", requires=["API-31", "API-74"], adversarial=True)
+async def delegation_endpoint(s: Session) -> None:
+    """A delegation whose endpoint the patient's profile does not list, or that is no URL, is malformed."""
+    peer, did = await _clinic(s)
+    d = _Delegation(did)
+    for endpoint in ("http://127.0.0.1:10", "http://[::1", NOWHERE + "?q=1"):
+        answer = await d.send(peer, [d.root, d.leaf()], endpoint=endpoint)
+        expect_refusal(answer, "malformed", what=f"the endpoint {endpoint!r}")
+    # Listed, but no base URL: the profile's endpoints are checked too.
+    odd = d.patient.profile_with(endpoints=(NOWHERE, "http://[::1"))
+    answer = await d.send(peer, [d.root, d.leaf()], profile=odd)
+    expect_refusal(answer, "malformed", what="a profile listing an endpoint that is no URL")
+    expect_status(await d.send(peer, [d.root, d.leaf()]), 201, what="the delegation after the refusals")
+
+
 @case("peer.delegation-not-patient-root", requires=["API-30", "CAP-2"], adversarial=True)
 async def delegation_not_patient_root(s: Session) -> None:
     """A chain not rooted at the patient the delegation names is not-patient-root."""

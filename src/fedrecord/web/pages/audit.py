@@ -210,7 +210,8 @@ def _seq(text: str | None) -> int | None:
         value = int(text)
     except ValueError:
         return None
-    return value if value >= 0 else None
+    # Beyond SQLite's integers no entry exists: treated as no position, as a negative one is.
+    return value if 0 <= value < 1 << 63 else None
 
 
 def _more(others: int, translate: Callable[..., str]) -> str:

@@ -1,0 +1,217 @@
+"""Endpoints that come from other nodes ([API-74], [API-31]).
+
+A profile's endpoints, an invitation's and a delegation's are chosen by
+another node: each must be a base URL, and a delegation must not move a
+connection the delegate holds.  Real nodes on loopback
+(:func:`tests.node_helpers.build_story`); every refusal leaves the store as
+it was, but for the spent nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from fedrecord.core import Code, Grant, NodeProfile, RemoteProtocolError, Signed, SigningIdentity, sign_record
+from fedrecord.http.aiohttp_signing import endpoint_problem
+from fedrecord.node.wire import Invitation
+
+from .node_helpers import (
+    Story,
+    assert_unchanged,
+    body,
+    build_story,
+    now,
+    raw_head,
+    refused,
+    send_signed,
+    signed_headers,
+    snapshot,
+)
+
+ASYNC = pytest.mark.asyncio(loop_scope="module")
+
+NOT_URLS = [
+    "http://[::1",  # an unclosed IPv6 address: yarl raises ValueError for it
+    "http://127.0.0.1:99999",  # a port out of range
+    "http://127.0.0.1:0",
+    "ftp://127.0.0.1",
+    "127.0.0.1:8470",
+    "http:///v0",
+    "https://clinic.example/base?x=1",
+    "https://clinic.example/#top",
+    "",
+]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story]:
+    built = await build_story(tmp_path_factory.mktemp("endpoints"))
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://127.0.0.1:8470", "https://clinic.example/fedrecord/", "http://[::1]:80"]
+)
+def test_base_urls(endpoint: str) -> None:
+    assert endpoint_problem(endpoint) is None
+
+
+@pytest.mark.parametrize("endpoint", NOT_URLS)
+def test_not_base_urls(endpoint: str) -> None:
+    assert endpoint_problem(endpoint) is not None
+
+
+@pytest.mark.parametrize("endpoint", NOT_URLS)
+def test_an_invitation_to_an_endpoint_that_is_no_url_is_malformed(endpoint: str) -> None:
+    invitation = Invitation(node="did:key:z6Mk", endpoint=endpoint, token=os.urandom(32), expires=now() + 60)
+    with pytest.raises(RemoteProtocolError) as caught:
+        Invitation.parse(invitation.code())
+    assert caught.value.code is Code.MALFORMED
+
+
+def _profile(identity: SigningIdentity, record: NodeProfile, **changes: object) -> bytes:
+    return sign_record(dataclasses.replace(record, **changes), identity).encoded  # type: ignore[arg-type]
+
+
+@ASYNC
+async def test_a_clinic_whose_profile_endpoint_is_no_url_cannot_connect(story: Story) -> None:
+    """Its first endpoint is where rejections would go: refused at connect, the invitation still unused."""
+    clinic = SigningIdentity.from_seed(os.urandom(32))
+    lab_profile = story.lab.h.profile.record
+    profile = _profile(clinic, lab_profile, endpoints=("http://[::1",))
+    invitation = await story.patient.patient.create_invitation(label="odd clinic", now=now())
+    before = await snapshot(story.patient)
+    answer = await send_signed(
+        story.session,
+        clinic,
+        "POST",
+        story.patient.url + "/v0/connect",
+        body(token=invitation.token, profile=profile),
+    )
+    refused(answer, 400, "malformed", signed=True)
+    await assert_unchanged(story.patient, before, nonce_spent=True)
+
+
+def _child_for_lab(story: Story) -> Signed[Grant]:
+    parent = story.gp_grant
+    return sign_record(
+        Grant(
+            audience=story.lab.did,
+            scope=parent.record.scope,
+            actions=("read",),
+            purpose=parent.record.purpose,
+            iat=now(),
+            nbf=max(now(), parent.record.nbf),
+            exp=parent.record.exp,
+            parent=parent.id,
+            nonce=os.urandom(16),
+        ),
+        story.gp.identity,
+    )
+
+
+async def _delegate(story: Story, endpoint: str, profile: bytes) -> tuple[int, object]:
+    answer = await send_signed(
+        story.session,
+        story.gp.identity,
+        "POST",
+        story.lab.url + "/v0/grants",
+        body(
+            patient=story.patient.did,
+            endpoint=endpoint,
+            profile=profile,
+            chain=[story.gp_grant.encoded, _child_for_lab(story).encoded],
+        ),
+    )
+    return answer.status, answer
+
+
+@ASYNC
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9", "http://[::1"])
+async def test_a_delegation_to_an_endpoint_the_patient_did_not_sign_is_refused(
+    story: Story, endpoint: str
+) -> None:
+    """The delegating GP chose the endpoint: the lab's connection to the patient must not follow it."""
+    before = await snapshot(story.lab)
+    _status, answer = await _delegate(story, endpoint, story.patient.h.profile.encoded)
+    refused(answer, 400, "malformed", signed=True)  # type: ignore[arg-type]
+    await assert_unchanged(story.lab, before, nonce_spent=True)
+
+
+@ASYNC
+async def test_a_delegation_does_not_move_a_held_connection(story: Story) -> None:
+    """An older profile of the patient's, listing another endpoint: the chain is kept, the connection is not."""
+    held = await story.lab.h.store.connection(story.patient.did)
+    assert held is not None
+    record = story.patient.h.profile.record
+    older = _profile(
+        story.patient.identity,
+        record,
+        seq=record.seq - 1,
+        endpoints=("http://127.0.0.1:9", *record.endpoints),
+    )
+    status, answer = await _delegate(story, "http://127.0.0.1:9", older)
+    assert status == 201, answer
+    assert await story.lab.h.store.connection(story.patient.did) == held
+    assert await story.lab.h.store.delegation_count(story.patient.did) >= 1
+
+
+@ASYNC
+async def test_a_stored_endpoint_that_is_no_url_keeps_the_deposit_queued(story: Story) -> None:
+    """An endpoint kept by an older version: the entry waits and is retried, and goes once it is mended."""
+    store = story.lab.h.store
+    held = await store.connection(story.patient.did)
+    assert held is not None
+    async with store.transaction():
+        await store.db.execute(
+            "UPDATE connections SET endpoint = ? WHERE patient = ?", ("http://[::1", story.patient.did)
+        )
+    try:
+        doc = await story.lab.clinic.deposit(
+            story.patient.did, b"queued", title="Queued", category="lab", doc_type="lab-result", now=now()
+        )
+        sent, pending = await story.lab.clinic.flush_outbox(now=now())
+        assert (sent, pending) == (0, 1)
+        [entry] = [item for item in await story.lab.clinic.outbox() if not item["done"]]
+        assert "malformed" in str(entry["error"])
+    finally:
+        async with store.transaction():
+            await store.db.execute(
+                "UPDATE connections SET endpoint = ? WHERE patient = ?", (held.endpoint, story.patient.did)
+            )
+    sent, pending = await story.lab.clinic.flush_outbox(now=now() + 3600)
+    assert (sent, pending) == (1, 0)
+    assert doc in {item.doc for item in await story.patient.patient.inbox()}
+
+
+@ASYNC
+async def test_a_request_cut_mid_body_leaves_one_log_line(
+    story: Story, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The requester went away: nothing stored, no traceback of a 500 in the node's log."""
+    caplog.set_level(logging.INFO)
+    data = body()
+    url = story.patient.url + "/v0/state"
+    headers = signed_headers(story.gp.identity, "POST", url, data)
+    head = raw_head("POST", "/v0/state", {**headers, "Content-Length": str(len(data) + 100)})
+    before = await snapshot(story.patient)
+    reader, writer = await asyncio.open_connection("127.0.0.1", story.patient.port)
+    writer.write(head.encode() + data)
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    await assert_unchanged(story.patient, before, nonce_spent=False)
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+    assert "connection lost during POST /v0/state" in caplog.text
+    del reader
