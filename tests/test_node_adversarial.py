@@ -14,12 +14,15 @@ exactly one more row, and every other table is unchanged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import gzip
 import os
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -66,6 +69,7 @@ from .node_helpers import (
     send_signed,
     signed_headers,
     snapshot,
+    stored_stream,
     throwaway_profile,
 )
 
@@ -694,6 +698,45 @@ async def test_tampered_ciphertext_under_a_matching_id(story: Story, where: str)
     refused(answer, 400, "decrypt-failed")
     await assert_unchanged(story.patient, before, nonce_spent=True)
     assert not story.patient.h.files.path_of(doc).exists()
+
+
+async def _slowly(data: bytes, *, stop_at: int | None = None, piece: int = 1 << 16) -> Any:
+    """The stream in pieces with a pause between them; raises half-way when ``stop_at`` is given."""
+    for start in range(0, len(data), piece):
+        if stop_at is not None and start >= stop_at:
+            raise ConnectionResetError("the depositor went away")
+        yield data[start : start + piece]
+        await asyncio.sleep(0.01)
+
+
+async def test_the_same_deposit_sent_twice_at_once(story: Story) -> None:
+    """An outbox flushed by two processes: one deposit stored, the other answered known, the file kept."""
+    sealed = seal_document(story.lab.identity, story.patient.did, os.urandom(3_000_000))  # kept in a file
+    record = deposit_record(story, story.lab, sealed.doc, len(sealed.ciphertext), sealed.key)
+    answers = await asyncio.gather(
+        _deposit(story, sealed.doc, record, _slowly(sealed.ciphertext)),
+        _deposit(story, sealed.doc, record, _slowly(sealed.ciphertext)),
+    )
+    assert sorted(a.status for a in answers) == [200, 201], [a.body for a in answers]
+    assert sorted(a.decoded["status"] for a in answers) == ["inbox", "known"]
+    assert await stored_stream(story.patient, sealed.doc) == sealed.ciphertext
+    await story.patient.patient.reject(sealed.doc, now=now())
+
+
+async def test_a_cut_copy_of_a_deposit_leaves_the_other_whole(story: Story) -> None:
+    """A slow copy is cut after a fast one was stored meanwhile: the stored file stays whole."""
+    sealed = seal_document(story.lab.identity, story.patient.did, os.urandom(3_000_000))
+    record = deposit_record(story, story.lab, sealed.doc, len(sealed.ciphertext), sealed.key)
+    cut = asyncio.ensure_future(
+        _deposit(story, sealed.doc, record, _slowly(sealed.ciphertext, stop_at=len(sealed.ciphertext) * 3 // 4))
+    )
+    await asyncio.sleep(0.1)  # the slow copy is past its checks and streaming to its file
+    whole = await _deposit(story, sealed.doc, record, sealed.ciphertext)
+    with contextlib.suppress(Exception):
+        await cut
+    assert whole.status == 201, whole.body
+    assert await stored_stream(story.patient, sealed.doc) == sealed.ciphertext
+    await story.patient.patient.reject(sealed.doc, now=now())
 
 
 async def test_deposit_signed_by_another_depositor(story: Story) -> None:

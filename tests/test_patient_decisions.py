@@ -16,7 +16,9 @@ import pytest
 import pytest_asyncio
 
 from fedrecord.core import (
+    Code,
     Grant,
+    LocalProtocolError,
     NodeProfile,
     Revocation,
     Scope,
@@ -122,3 +124,22 @@ async def test_an_offered_profile_of_equal_seq_replaces_the_stored_one(story: St
         story.session, reader, "POST", url, body(chain=encoded, receipt=receipt, profile=current)
     )
     assert answer.status == 200, answer.body
+
+
+@pytest.mark.parametrize("label", ["mental health", "sexual-health-ñ", "", "-PSY", "x" * 65])
+async def test_labels_the_patient_adds_are_tokens(story: Story, label: str) -> None:
+    """At accept and afterwards, as an author's labels are ([REC-7]): refused, nothing stored."""
+    doc = await story.lab.clinic.deposit(
+        story.patient.did, b"token labels", title="Labels", category="lab", doc_type="lab-result", now=now()
+    )
+    await story.lab.clinic.flush_outbox()
+    patient = story.patient.patient
+    with pytest.raises(LocalProtocolError) as caught:
+        await patient.accept(doc, labels=["PSY", label], now=now())
+    assert caught.value.code is Code.MALFORMED
+    assert doc in {item.doc for item in await patient.inbox()}, "still waiting in the inbox"
+    await patient.accept(doc, labels=["PSY"], now=now())
+    with pytest.raises(LocalProtocolError):
+        await patient.label(doc, [label])
+    assert await patient.label(doc, ["SEX"]) == ["PSY", "SEX"]
+    assert await patient.label(doc, [label], remove=True) == ["PSY", "SEX"], "removing checks nothing"

@@ -17,6 +17,7 @@ replayed to another node whose nonce store has not seen it ([HTTP-9]).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -196,12 +197,20 @@ def signed_target_uri(url: str | URL) -> tuple[URL, str, str]:
     return parsed, host, f"{parsed.scheme}://{host}{parsed.raw_path_qs}"
 
 
-def endpoint_problem(endpoint: str) -> str | None:
-    """Why ``endpoint`` cannot be a node's base URL ([API-2]), or ``None`` when it can.
+def endpoint_problem(endpoint: str, *, unbound: bool = False) -> str | None:
+    """Why ``endpoint`` cannot be a node's base URL ([API-74]), or ``None`` when it can.
 
     A base URL is an absolute ``http`` or ``https`` URL with a host and a port
     in range, and neither query nor fragment (paths are appended to it).
+
+    Args:
+        unbound: accept port 0 too: a node's own endpoint before ``serve``
+            learns the port the system gave it.
     """
+    if unbound:
+        with contextlib.suppress(ValueError):
+            if URL(endpoint).explicit_port == 0:
+                endpoint = str(URL(endpoint).with_port(None))
     try:
         parsed, _host, _target = signed_target_uri(endpoint)
     except LocalProtocolError as exc:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Final
 from fedrecord.core import EncryptionKey, NodeProfile, Signed, SigningIdentity, sign_record
 from fedrecord.core.identity import EncryptionKeyPair
 from fedrecord.core.stream import stream_document_id
+from fedrecord.http.aiohttp_signing import endpoint_problem
 from fedrecord.storage.documents import CorruptDocumentError, DocumentFiles
 from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
 from fedrecord.storage.partial import PartialDownloads
@@ -33,6 +35,8 @@ from .store import MAX_IDS_PER_QUERY, NodeStore, SqliteNodeStore
 
 ROLES = ("patient", "clinic")
 ENCRYPTION_KEY_LIFETIME = 2 * 365 * 86_400
+DATABASE: Final = "node.db"
+"""The database file in a home; ``init`` creates it and ``open`` requires it."""
 ORPHAN_AGE: Final = 3600
 """Seconds a document file must have gone unwritten before :meth:`NodeHome.sweep_orphans` may take it for debris.
 
@@ -92,14 +96,28 @@ def init_home(
             holds it already (a patient key kept elsewhere, a conformance suite acting as the
             patient); drawn here when absent.  The encryption seed is always drawn here.
 
+    Everything is checked before anything is written: a refused ``init`` leaves
+    no half-made node behind.  The database file is created here, empty (its
+    schema comes with the first :meth:`NodeHome.open`): from then on a home
+    without it is a damaged one, which :meth:`NodeHome.open` refuses.
+
     Raises:
-        HomeError: when ``home`` already holds a node, ``role`` is unknown or
+        HomeError: when ``home`` already holds a node, ``role`` is unknown,
+            ``name`` is not 1 to 128 characters, ``endpoint`` is not an
+            absolute http(s) base URL, ``port`` is not 0 to 65535, or
             ``signing_seed`` is not 32 bytes.
     """
     if role not in ROLES:
         raise HomeError(f"role must be one of {', '.join(ROLES)}")
     if signing_seed is not None and (type(signing_seed) is not bytes or len(signing_seed) != 32):
         raise HomeError("a signing seed is 32 bytes")
+    if not 0 < len(name) <= 128:
+        raise HomeError("a node's name is 1 to 128 characters")
+    problem = endpoint_problem(endpoint, unbound=True)
+    if problem is not None:
+        raise HomeError(f"endpoint {endpoint!r}: {problem}")
+    if not 0 <= port <= 65535:
+        raise HomeError("a port is a number from 0 to 65535")
     if (home / "node.key").exists():
         raise HomeError(f"{home} already holds a node")
     home.mkdir(parents=True, exist_ok=True)
@@ -108,6 +126,7 @@ def init_home(
     extra = {} if kdf_limits is None else {"ops": kdf_limits[0], "mem": kdf_limits[1]}
     write_key_file(home / "node.key", secrets, passphrase, **extra)
     NodeConfig(role=role, name=name, endpoint=endpoint, host=host, port=port).save(home)
+    sqlite3.connect(home / DATABASE).close()
     return secrets.identity
 
 
@@ -229,12 +248,19 @@ class NodeHome:
         """Unlock the key file and open the database (applying migrations).
 
         Raises:
-            HomeError: when the directory holds no node.
+            HomeError: when the directory holds no node, or its database is missing.
             KeyFileError: wrong passphrase or damaged key file.
         """
         config = NodeConfig.load(path)
         secrets = read_key_file(path / "node.key", passphrase)
-        db = await open_database(path / "node.db", MIGRATIONS)
+        if not (path / DATABASE).is_file():
+            # Never made afresh: an empty database would disown every document file (the orphan
+            # sweep destroys files no row names), and hide the record from its patient.
+            raise HomeError(
+                f"{path / DATABASE} is missing: this node's database was moved or deleted; "
+                "put it back (or restore it from a backup) before using the node"
+            )
+        db = await open_database(path / DATABASE, MIGRATIONS)
         files = DocumentFiles(path / "documents")
         await files.sweep_temporary()
         now = int(time.time()) if now is None else now

@@ -9,6 +9,7 @@ refused request writes nothing.  Randomness and the clock come from here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -17,7 +18,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final, NamedTuple
 
 from fedrecord.core import (
@@ -48,9 +49,10 @@ from fedrecord.core import (
 )
 from fedrecord.core.capabilities import Decision
 from fedrecord.core.documents import DocumentReader, check_whole_stream, padded_size
-from fedrecord.core.errors import AuthenticationError
+from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
+from fedrecord.core.schema import Token
 from fedrecord.core.stream import HEADER_SIZE, MAGIC, PREFIX_SIZE, stream_header
 from fedrecord.storage.documents import CorruptDocumentError
 
@@ -135,6 +137,26 @@ def _not_found() -> RemoteProtocolError:
     return RemoteProtocolError(Code.NOT_FOUND, "no such document")
 
 
+def _check_labels(labels: Sequence[str]) -> None:
+    """Labels the patient adds are tokens, as the author's are ([REC-7]): grants and restrictions match them.
+
+    Raises:
+        LocalProtocolError: ``malformed`` for the first that is not.
+    """
+    for label in labels:
+        problem = Token().check(label)
+        if problem is not None:
+            raise LocalProtocolError(Code.MALFORMED, f"label {problem}")
+
+
+@dataclass
+class _DocumentLock:
+    """The lock of one document's deposits, and how many deposits hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class PatientNode:
     """The patient's side of the protocol, over an opened :class:`NodeHome`."""
 
@@ -155,6 +177,7 @@ class PatientNode:
         # What may be held in memory at once (see BATCHES_IN_MEMORY, DEPOSITS_IN_MEMORY).
         self._batches = asyncio.Semaphore(BATCHES_IN_MEMORY)
         self._deposits_in_memory = DEPOSITS_IN_MEMORY
+        self._deposit_locks: dict[bytes, _DocumentLock] = {}
 
     # --- connecting ----------------------------------------------------------------
 
@@ -256,6 +279,36 @@ class PatientNode:
             revocations=await self._revocations(),
         )
         verdict.require()
+        async with self._depositing(record.doc):
+            return await self._store_deposit(signed, requester, ciphertext, now=now)
+
+    @contextlib.asynccontextmanager
+    async def _depositing(self, doc: bytes) -> AsyncIterator[None]:
+        """Hold the block for one deposit of ``doc`` at a time.
+
+        A clinic's outbox may send a deposit twice at once (its ``serve`` and a
+        ``fedrecord deposit`` of another process both flushing).  Without this,
+        both pass the "known" check, the second fails on the row the first
+        committed, and its cleanup destroys the file the first one's row names.
+        Serialised, the second finds the first's row and is answered ``known``.
+        """
+        entry = self._deposit_locks.get(doc)
+        if entry is None:
+            entry = self._deposit_locks[doc] = _DocumentLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._deposit_locks[doc]
+
+    async def _store_deposit(
+        self, signed: Signed[Deposit], requester: str, ciphertext: AsyncIterable[bytes], *, now: int
+    ) -> str:
+        """The rest of :meth:`receive_deposit`, for one deposit of its document at a time."""
+        record = signed.record
         known = await self.store.document_deposit(record.doc)
         if known is not None:
             if known[0] == signed.id:
@@ -385,8 +438,10 @@ class PatientNode:
         """Accept a deposit into the record, with the labels the patient adds (US-3, US-6).
 
         Raises:
+            LocalProtocolError: ``malformed`` for a label that is not a token ([REC-7]).
             RemoteProtocolError: ``not-found`` when ``doc`` is not in the inbox.
         """
+        _check_labels(labels)
         async with self.store.transaction():
             row = await self._inbox_row(doc)
             merged = sorted(set(json.loads(row["labels"])) | set(labels))
@@ -471,6 +526,14 @@ class PatientNode:
         return DocumentReader(self._unseal(sealed, doc), expected_patient=self.home.did)
 
     async def label(self, doc: bytes, labels: Sequence[str], *, remove: bool = False) -> list[str]:
+        """Add ``labels`` to a document of the record (or remove them); returns its labels after.
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a label that is not a token ([REC-7]).
+            RemoteProtocolError: ``not-found`` for a document not in the record.
+        """
+        if not remove:
+            _check_labels(labels)
         async with self.store.transaction():
             stored = await self.store.document_labels(doc)
             if stored is None:
