@@ -15,6 +15,7 @@ import dataclasses
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -355,6 +356,82 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
             await patient.h.db.execute("DELETE FROM audit WHERE seq >= ?", (checkpoint.record.seq,))
         ok, _count, message = await patient.patient.verify_audit()
         assert not ok and "checkpoint" in message
+    finally:
+        await phone.stop()
+
+
+async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes]) -> list[Any]:
+    """Every record a requester's chain reaches through ``/v0/sync`` and ``/v0/records``, opened."""
+    reconciler = Reconciler(SortedItems())
+    message = reconciler.initiate()
+    while message is not None:
+        answer = await send_signed(
+            story.session, requester.identity, "POST", f"{story.patient.url}/v0/sync", body(chain=chain, message=message)
+        )
+        assert answer.status == 200, answer.body
+        message = reconciler.receive(answer.decoded["message"])
+    answer = await send_signed(
+        story.session,
+        requester.identity,
+        "POST",
+        f"{story.patient.url}/v0/records",
+        body(chain=chain, ids=reconciler.need),
+    )
+    assert answer.status == 200, answer.body
+    return [open_any_record(encoded) for encoded in answer.decoded["records"]]
+
+
+async def test_manage_outside_a_device_grant_gives_only_the_chains_scope(story: Story, tmp_path: Path) -> None:
+    """A narrow child that kept manage, or a patient's narrow grant with manage: no whole record, no push."""
+    patient, lab = story.patient, story.lab
+    phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
+    try:
+        invitation = await patient.patient.create_invitation(label="phone", now=now())
+        await phone.clinic.connect(invitation.url(), now=now())
+        device_grant = await patient.patient.grant(
+            audience=phone.did,
+            scope=Scope(past=True, future=True),
+            actions=("read", "delegate", "manage"),
+            purpose="device",
+            days=365,
+            now=now(),
+        )
+        t = now()
+        narrow = Scope(categories=("lab",), past=True, future=True)
+        child = sign_record(
+            Grant(
+                audience=lab.did,
+                scope=narrow,
+                actions=("manage", "read"),
+                purpose="device",
+                iat=t,
+                nbf=t,
+                exp=t + 30 * 86_400,
+                parent=device_grant.id,
+                nonce=bytes(16),
+            ),
+            phone.identity,
+        )
+        patients_own = await patient.patient.grant(
+            audience=lab.did, scope=narrow, actions=("manage", "read"), purpose="device", days=30, now=now()
+        )
+        for chain in ([device_grant.encoded, child.encoded], [patients_own.encoded]):
+            records = await _view_over_http(story, lab, chain)
+            entries = {r.record.doc for r in records if isinstance(r.record, AcceptedEntry)}
+            lab_results = {story.docs["cbc"], story.docs["lithium"]}  # category lab; no restriction names the lab
+            assert entries == lab_results, "the chain's scope, not the whole record"
+            assert not [r for r in records if isinstance(r.record, PrivateRestriction)]
+            assert story.gp_grant.id not in {r.id for r in records}, "nobody else's grants"
+            before = await snapshot(patient)
+            answer = await send_signed(
+                story.session,
+                lab.identity,
+                "POST",
+                f"{patient.url}/v0/push",
+                body(chain=chain, records=[child.encoded]),
+            )
+            assert (answer.status, answer.code) == (403, "action-not-granted")
+            await assert_unchanged(patient, before, nonce_spent=True)
     finally:
         await phone.stop()
 

@@ -11,23 +11,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import io
 import json
 import os
+import sqlite3
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
 
 from fedrecord import __version__
 
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    from fedrecord.node.client import PeerUnreachable
+
 T = TypeVar("T")
 DAY = 86_400
+INVITATION_MAX_DAYS = 30
+"""An invitation lives 1 to 2,592,000 seconds (the ``invite`` op of spec 15.19): 30 days."""
+INVITATION_LABEL_MAX = 128
+"""An invitation's label is 1 to 128 characters (the spec's ``invite`` op)."""
+GRANT_MAX_DAYS = 5 * 366
+"""The longest grant offered, as on the web page's sharing form: about five years."""
+SINCE_MAX_DAYS = 50 * 365
+"""How far back ``grant --since-days`` reaches: ``since`` is a time, never before 1970 (for older
+documents, leave the option out)."""
+DELEGATION_MAX_DAYS = 365
+"""The longest delegation, as the clinic's ``delegate`` op allows."""
+MIN_PREFIX = 4
+"""The fewest hex digits an id may be shortened to: "" or "a" must never pick the only document."""
+TERMINAL_MAX = 1 << 20
+"""The most of a document ``get`` prints on a terminal; a larger one is written to a file (``--out``)."""
+DEBUG_VARIABLE = "FEDRECORD_DEBUG"
+"""Set (to anything) to see the traceback of an unexpected error rather than its one line."""
 
 
 class Context:
@@ -108,29 +133,121 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot show {type(value).__name__}")
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped a command after a point worth telling the user about; the message says what holds."""
+
+
 def fail_cleanly(function: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., None]:
-    """Run an async command; any error the user can act on becomes one line and exit status 1."""
+    """Run an async command; any error becomes one line on stderr and a non-zero exit.
+
+    An error the user can act on (a refusal, a node that does not answer, a home, database or
+    file that cannot be used) says what is wrong, with exit status 1 (2 for a misused command).
+    Any other exception is a bug, but a person is still not handed a traceback: one line names
+    it, and ``FEDRECORD_DEBUG=1`` shows the traceback.  Ctrl-C says "interrupted" (status 130).
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        from fedrecord.core.errors import FedrecordError
-        from fedrecord.node.client import PeerUnreachable
-        from fedrecord.node.home import HomeError
-        from fedrecord.storage.keyfile import KeyFileError
-        from fedrecord.storage.sqlite import StorageError
-
         try:
             asyncio.run(function(*args, **kwargs))
-        except FedrecordError as error:
-            click.echo(f"error: {error.code.value}: {error.message}", err=True)
-            sys.exit(1)
-        except (PeerUnreachable, HomeError, KeyFileError, StorageError) as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
+        except (click.exceptions.Exit, click.Abort):
+            raise  # click's own ways to end a command (a declined confirmation says "Aborted!")
+        except click.ClickException as error:
+            # Raised by the commands themselves: one line like every other error, not click's "Error:".
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except Interrupted as interrupted:
+            click.echo(f"interrupted: {interrupted}", err=True)
             sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as error:  # a bug: one line, or its traceback under FEDRECORD_DEBUG
+            line = _failure(error)
+            if line is None:
+                if os.environ.get(DEBUG_VARIABLE):
+                    raise
+                line = (
+                    f"unexpected {type(error).__name__}: {error} "
+                    f"(run with {DEBUG_VARIABLE}=1 for details)"
+                )
+            click.echo(f"error: {line}", err=True)
+            sys.exit(1)
 
     return wrapper
+
+
+def _failure(error: Exception) -> str | None:
+    """The line for an error the user can act on; None for one that is a bug."""
+    from fedrecord.core.errors import FedrecordError
+    from fedrecord.node.client import PeerUnreachable
+    from fedrecord.node.home import HomeError
+    from fedrecord.storage.keyfile import KeyFileError
+    from fedrecord.storage.sqlite import StorageError
+
+    if isinstance(error, FedrecordError):
+        return f"{error.code.value}: {error.message}"
+    if isinstance(error, PeerUnreachable):
+        return _unreachable(error, "the node")
+    if isinstance(error, (HomeError, KeyFileError, StorageError)):
+        return str(error)
+    if isinstance(error, sqlite3.Error):
+        return _database_failure(error)
+    if isinstance(error, OSError):
+        return _os_failure(error)
+    return None
+
+
+def _database_failure(error: sqlite3.Error) -> str:
+    """A database error as the user meets it: damaged, held by another program, or read-only."""
+    line = f"the node's database cannot be used: {error}"
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        # Another process holds a write lock longer than we wait (a sqlite3 shell, a backup tool).
+        line += " (another program is using it; try again when it is done)"
+    return line
+
+
+def _os_failure(error: OSError) -> str:
+    """An OSError in one line: the file it concerns and why, without Python's "[Errno n]"."""
+    reason = error.strerror or str(error)
+    if error.filename is not None:
+        return f"{error.filename}: {reason[:1].lower()}{reason[1:]}"
+    return reason
+
+
+def _unreachable(error: PeerUnreachable, whose: str) -> str:
+    """``whose`` (e.g. "the patient's node") at its address did not answer, and a short reason why.
+
+    The client names the URL and the aiohttp exception; the person needs the node's address and
+    "connection refused" rather than ``ClientConnectorError: Cannot connect to host ... ssl:default``.
+    """
+    import aiohttp
+    from yarl import URL
+
+    where, _, detail = str(error).partition(": ")
+    with contextlib.suppress(ValueError):
+        url = URL(where)
+        if url.absolute:
+            where = str(url.origin())
+    # The client raises PeerUnreachable "from None": the aiohttp error is its (unshown) context.
+    cause = error.__context__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        os_error = cause.os_error
+        if os_error.errno is not None and os_error.errno > 0:
+            reason = os.strerror(os_error.errno)
+        else:
+            reason = os_error.strerror or str(os_error)
+    elif isinstance(cause, TimeoutError):
+        reason = "no answer in time"
+    elif isinstance(cause, aiohttp.ServerDisconnectedError):
+        reason = "it closed the connection"
+    elif cause is not None:
+        reason = detail.removeprefix(f"{type(cause).__name__}: ") or type(cause).__name__
+    else:
+        reason = detail
+    if not reason:
+        return f"{whose} at {where} is unreachable"
+    return f"{whose} at {where} is unreachable ({reason[:1].lower()}{reason[1:]})"
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -172,19 +289,54 @@ async def opened(ctx: Context, role: str | None = None) -> AsyncIterator[Any]:
 
 @contextlib.asynccontextmanager
 async def clinic_of(home: Any) -> AsyncIterator[Any]:
-    """The clinic side of an opened node, its HTTP client closed at the end of the command."""
+    """The clinic side of an opened node, its HTTP client closed at the end of the command.
+
+    The nodes a clinic's commands reach are patients' nodes (a delegation's other end is named
+    by ``delegate`` itself), so one that does not answer is named as the patient's.
+
+    Raises:
+        click.ClickException: the patient's node did not answer.
+    """
+    from fedrecord.node.client import PeerUnreachable
     from fedrecord.node.clinic import ClinicNode
 
     clinic = ClinicNode(home)
     try:
         yield clinic
+    except PeerUnreachable as error:
+        raise click.ClickException(_unreachable(error, "the patient's node")) from None
     finally:
         await clinic.client.close()
 
 
+def _config(home: Path) -> Any:
+    """The node's configuration (``node.json``).
+
+    Raises:
+        HomeError: ``home`` is no directory, holds no node, or its node.json is damaged.
+    """
+    from fedrecord.node.home import HomeError, NodeConfig
+
+    if home.exists() and not home.is_dir():
+        raise HomeError(f"{home} is not a directory (--home names a node's data directory)")
+    try:
+        return NodeConfig.load(home)
+    except (ValueError, TypeError) as exc:
+        # Not JSON (ValueError), or not the fields of a configuration (TypeError from NodeConfig(**data)).
+        raise HomeError(f"{home / 'node.json'} is damaged ({exc}); restore it from a backup") from None
+
+
 async def _open(ctx: Context, role: str | None = None) -> Any:
+    """The node at ``ctx.home``, unlocked.
+
+    Raises:
+        HomeError: as :func:`_config`, or the node is not a ``role`` node.
+        KeyFileError: wrong passphrase, damaged key file.
+        sqlite3.Error, StorageError: the database cannot be opened.
+    """
     from fedrecord.node.home import HomeError, NodeHome
 
+    _config(ctx.home)  # its damage said in one line before NodeHome.open reads it again
     home = await NodeHome.open(ctx.home, ctx.passphrase())
     if role is not None and home.config.role != role:
         await home.close()
@@ -200,22 +352,57 @@ def _doc_id(text: str) -> bytes:
     return doc
 
 
-async def _resolve(home: Any, text: str) -> bytes:
-    """A full id from an unambiguous hex prefix of a held document."""
+def _prefix(text: str, what: str = "document") -> str:
+    """``text`` as an id prefix to look up: lower-case hex, at least MIN_PREFIX digits, at most 64.
+
+    Why a minimum: every id starts with "" (an unset shell variable), so with one document
+    ``delete --yes ""`` would delete it.
+
+    Raises:
+        click.UsageError: too short, too long or not hex.
+    """
+    prefix = text.strip().lower()
+    if not MIN_PREFIX <= len(prefix) <= 64 or any(c not in "0123456789abcdef" for c in prefix):
+        raise click.UsageError(
+            f"a {what} id is {MIN_PREFIX} to 64 hexadecimal digits (its start is enough); got {text!r}"
+        )
+    return prefix
+
+
+async def _resolve(home: Any, text: str, *, deleted: bool = False) -> bytes:
+    """A full id from an unambiguous hex prefix of a held document (or, with ``deleted``, of one
+    this patient deleted: its tombstone remains).
+
+    Raises:
+        click.UsageError: as :func:`_prefix`.
+        RemoteProtocolError: ``not-found`` when no document, or several, start with it.
+    """
+    prefix = _prefix(text)
     async with home.db.execute("SELECT id FROM documents") as cursor:
-        ids = [row[0] for row in await cursor.fetchall()]
-    matches = [doc for doc in ids if doc.hex().startswith(text.lower())]
+        ids = {bytes(row[0]) for row in await cursor.fetchall()}
+    if deleted:
+        from fedrecord.core import Tombstone
+
+        # What was deleted is gone from the documents table; its short id, as `delete` printed it, still names it.
+        ids |= {t.record.doc for t in await home.store.records(Tombstone, signer=home.did, verify=False)}
+    matches = [doc for doc in ids if doc.hex().startswith(prefix)]
     if len(matches) == 1:
-        return bytes(matches[0])
-    if len(text) == 64:
-        return _doc_id(text)
+        return matches[0]
+    if len(prefix) == 64:
+        return _doc_id(prefix)
     from fedrecord.core.errors import Code, RemoteProtocolError
 
     raise RemoteProtocolError(Code.NOT_FOUND, f"no single document starts with {text!r}")
 
 
-def _date(seconds: int | None) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(seconds)) if seconds else "-"
+def _date(seconds: int | None, form: str = "%Y-%m-%d") -> str:
+    """A time as a date for people; "?" for one no calendar shows (a grant stored with a huge expiry)."""
+    if not seconds:
+        return "-"
+    try:
+        return time.strftime(form, time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 # --- node life ---------------------------------------------------------------------------------------
@@ -225,11 +412,11 @@ def _date(seconds: int | None) -> str:
 @click.option("--role", type=click.Choice(["patient", "clinic"]), required=True)
 @click.option("--name", required=True, help="Display name shown to other nodes.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8470, show_default=True, type=int)
+@click.option("--port", default=8470, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--endpoint", help="Public URL of this node (default http://HOST:PORT).")
 @click.option(
     "--web-port",
-    type=int,
+    type=click.IntRange(1, 65535),
     help="Port of the patient's web page, on 127.0.0.1 (default: PORT + 1).",
 )
 @click.option(
@@ -251,8 +438,10 @@ async def init(
     signing_seed_file: Path | None,
 ) -> None:
     """Create a node: keys (in a passphrase-encrypted key file), database, profile (US-1)."""
-    from fedrecord.node.home import NodeConfig, NodeHome, init_home, read_signing_seed
+    from fedrecord.node.home import HomeError, NodeConfig, NodeHome, init_home, read_signing_seed
 
+    if ctx.home.exists() and not ctx.home.is_dir():
+        raise HomeError(f"{ctx.home} is not a directory (--home names a node's data directory)")
     # Read before the passphrase is asked for: a bad file fails at once, and its content is never shown.
     signing_seed = read_signing_seed(signing_seed_file) if signing_seed_file is not None else None
     passphrase = ctx.passphrase()
@@ -294,10 +483,17 @@ async def serve(ctx: Context) -> None:
     from fedrecord.node.runner import run_node
 
     home = await _open(ctx)
-    await run_node(
-        home,
-        announce=lambda url: click.echo(f"serving {home.config.role} node {home.did} at {url}", err=True),
-    )
+    try:
+        await run_node(
+            home,
+            announce=lambda url: click.echo(f"serving {home.config.role} node {home.did} at {url}", err=True),
+        )
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise click.ClickException(
+            f"{home.config.host}:{home.config.port} is already in use (is this node already running?)"
+        ) from None
 
 
 @main.command()
@@ -307,10 +503,19 @@ async def status(ctx: Context) -> None:
     """Who this node is, and what it holds."""
     async with opened(ctx) as home:
         counts = {}
-        for table in ("documents", "records", "audit", "outbox", "connections", "peers"):
-            async with home.db.execute(f"SELECT count(*) FROM {table}") as cursor:
+        for name, query in (
+            ("documents", "SELECT count(*) FROM documents"),
+            ("records", "SELECT count(*) FROM records"),
+            ("audit", "SELECT count(*) FROM audit"),
+            # What is still to send; rows done (delivered, or refused for good) are kept apart.
+            ("outbox", "SELECT count(*) FROM outbox WHERE done = 0"),
+            ("outbox_done", "SELECT count(*) FROM outbox WHERE done != 0"),
+            ("connections", "SELECT count(*) FROM connections"),
+            ("peers", "SELECT count(*) FROM peers"),
+        ):
+            async with home.db.execute(query) as cursor:
                 row = await cursor.fetchone()
-            counts[table] = row[0] if row else 0
+            counts[name] = row[0] if row else 0
         data = {
             "did": home.did,
             "role": home.config.role,
@@ -334,14 +539,16 @@ async def status(ctx: Context) -> None:
 @fail_cleanly
 async def web_password(ctx: Context, password_file: Path | None) -> None:
     """Set the password of the patient's web page (its own credential, not the key file's passphrase)."""
-    from fedrecord.node.home import NodeConfig
     from fedrecord.web.auth import set_password
 
-    config = NodeConfig.load(ctx.home)
+    config = _config(ctx.home)
     if config.role != "patient":
         raise click.ClickException("only a patient's node has a web page")
     if password_file is not None:
-        password = password_file.read_text().strip()
+        try:
+            password = password_file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise click.ClickException(f"{password_file} is not UTF-8 text") from None
     elif os.environ.get("FEDRECORD_WEB_PASSWORD"):
         password = os.environ["FEDRECORD_WEB_PASSWORD"]
     else:
@@ -357,9 +564,31 @@ async def web_password(ctx: Context, password_file: Path | None) -> None:
     )
 
 
+def _text_of_length(value: str, maximum: int) -> str:
+    """``value`` when it is 1 to ``maximum`` characters long (an option's callback).
+
+    Raises:
+        click.BadParameter: when it is not.
+    """
+    if not 1 <= len(value) <= maximum:
+        raise click.BadParameter(f"1 to {maximum} characters, not {len(value)}")
+    return value
+
+
 @main.command()
-@click.option("--label", default="clinic", help="Who the invitation is for (for your own list).")
-@click.option("--days", default=7, show_default=True, type=int, help="Days before the invitation expires.")
+@click.option(
+    "--label",
+    default="clinic",
+    callback=lambda _ctx, _param, value: _text_of_length(value, INVITATION_LABEL_MAX),
+    help=f"Who the invitation is for (for your own list), 1 to {INVITATION_LABEL_MAX} characters.",
+)
+@click.option(
+    "--days",
+    default=7,
+    show_default=True,
+    type=click.IntRange(1, INVITATION_MAX_DAYS),
+    help=f"Days before the invitation expires (1 to {INVITATION_MAX_DAYS}).",
+)
 @pass_context
 @fail_cleanly
 async def invite(ctx: Context, label: str, days: int) -> None:
@@ -449,11 +678,21 @@ async def reject(ctx: Context, doc: str) -> None:
 @click.option("--to", "audience", required=True, help="The did:key of the node you grant.")
 @click.option("--category", "categories", multiple=True, help="Document categories (e.g. lab); all if none.")
 @click.option("--label", "labels", multiple=True, help="Only documents carrying one of these labels.")
-@click.option("--doc", "docs", multiple=True, help="Specific document ids.")
-@click.option("--since-days", type=int, help="Only documents dated in the last N days.")
+@click.option("--doc", "docs", multiple=True, help="Specific documents (an id, or its first digits).")
+@click.option(
+    "--since-days",
+    type=click.IntRange(1, SINCE_MAX_DAYS),
+    help=f"Only documents dated in the last N days (1 to {SINCE_MAX_DAYS}).",
+)
 @click.option("--past/--no-past", default=True, show_default=True, help="Documents already in the record.")
 @click.option("--future/--no-future", default=True, show_default=True, help="Documents accepted later.")
-@click.option("--days", default=90, show_default=True, type=int, help="Days until the grant expires.")
+@click.option(
+    "--days",
+    default=90,
+    show_default=True,
+    type=click.IntRange(1, GRANT_MAX_DAYS),
+    help=f"Days until the grant expires (1 to {GRANT_MAX_DAYS}).",
+)
 @click.option("--purpose", default="treatment", show_default=True)
 @click.option("--delegate", is_flag=True, help="Allow the grantee to pass on a narrower grant.")
 @click.option(
@@ -487,7 +726,7 @@ async def grant(
         now = int(time.time())
         select = bool(categories or labels or since_days or not docs)
         scope = Scope(
-            ids=tuple(_doc_id(d) for d in docs) or None,
+            ids=tuple([await _resolve(home, d) for d in docs]) or None,
             categories=categories or None,
             labels=labels or None,
             since=now - since_days * DAY if since_days else None,
@@ -586,9 +825,10 @@ async def revoke(ctx: Context, grant_id: str) -> None:
     """Revoke a grant (and every grant delegated from it) (US-5)."""
     from fedrecord.node.patient import PatientNode
 
+    prefix = _prefix(grant_id, "grant")
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
-        matches = [g.id for g in await patient.all_grants() if g.id.hex().startswith(grant_id.lower())]
+        matches = [g.id for g in await patient.all_grants() if g.id.hex().startswith(prefix)]
         if len(matches) != 1:
             from fedrecord.core.errors import Code, RemoteProtocolError
 
@@ -664,7 +904,7 @@ async def attestations(ctx: Context, doc: str) -> None:
 
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
-        doc_id = _doc_id(doc) if len(doc) == 64 else await _resolve(home, doc)
+        doc_id = await _resolve(home, doc, deleted=True)
         found: list[dict[str, Any]] = [
             {
                 "node": a.signer,
@@ -716,7 +956,7 @@ async def audit(ctx: Context, verify: bool) -> None:
         def show() -> None:
             for entry in entries:
                 click.echo(
-                    f"#{entry['seq']:<4} {time.strftime('%Y-%m-%d %H:%M', time.gmtime(entry['at']))}  "
+                    f"#{entry['seq']:<4} {_date(entry['at'], '%Y-%m-%d %H:%M')}  "
                     f"{entry['name']} read {entry['doc'].hex()[:16]}"
                     + (f" and {len(entry['docs']) - 1} more" if len(entry["docs"]) > 1 else "")
                     + f" for {entry['purpose']}"
@@ -785,8 +1025,16 @@ async def deposit(
             media_type=media_type,
             now=now,
         )
-        with transfer_bar(ctx, "depositing") as progress:
-            sent, pending = await clinic.flush_outbox(now=now, progress=progress)
+        try:
+            with transfer_bar(ctx, "depositing") as progress:
+                sent, pending = await clinic.flush_outbox(now=now, progress=progress)
+        except asyncio.CancelledError:
+            # Ctrl-C while sending (asyncio.run cancels the command): the deposit was committed with
+            # its outbox entry before, so it is not lost, and the person must not deposit it again.
+            raise Interrupted(
+                f"deposit {doc.hex()[:16]} is stored and queued; `fedrecord serve` (or `fedrecord poll`) "
+                "sends it"
+            ) from None
         state = "delivered to the patient's inbox" if sent else "queued; it will be retried until delivered"
         ctx.emit(
             {"doc": doc, "delivered": bool(sent), "pending": pending}, f"deposit {doc.hex()[:16]} {state}"
@@ -825,7 +1073,7 @@ async def list_documents(ctx: Context, patient: str | None) -> None:
                 )
                 return
             await clinic.poll(patient, now=int(time.time()))
-            docs = await clinic.listing(patient, now=int(time.time()))
+            docs = _one_per_document(await clinic.listing(patient, now=int(time.time())))
             ctx.emit(
                 docs,
                 "\n".join(
@@ -846,45 +1094,171 @@ async def get(ctx: Context, doc: str, patient: str | None, out: Path | None) -> 
     """Read a document: from your record (patient) or from a patient under a grant (clinic).
 
     With ``--out`` the document is written there piece by piece, whatever its size; a fetch
-    that is cut short is resumed by running the same command again.
+    that is cut short is resumed by running the same command again.  Without it the document
+    goes to standard output: as it is decrypted into a file or a pipe; on a terminal only when
+    it is text of at most 1 MiB.
     """
+    if out is not None:
+        _check_out(out)  # before the read: a fetch is logged in the patient's audit log
     async with opened(ctx) as home:
         if out is not None:
             with _written_whole(out) as file:
                 size = await _read(ctx, home, doc, patient, file)
             ctx.emit({"size": size, "out": str(out)}, f"wrote {size} bytes to {out}")
             return
-        memory = io.BytesIO()
-        size = await _read(ctx, home, doc, patient, memory)
-        content = memory.getvalue()
-        ctx.emit({"size": size, "out": None}, lambda: click.echo(content.decode(errors="replace"), nl=False))
+        if ctx.as_json:
+            # JSON cannot carry the document: refused before it is read (see _read).
+            await _read(ctx, home, doc, patient, None)
+            raise _needs_out()
+        if not sys.stdout.isatty():
+            await _read_to_stdout(ctx, home, doc, patient)
+            return
+        # A terminal shows text: a binary or huge document would garble it, or scroll for ever.
+        shown = _Bounded(TERMINAL_MAX, _too_large_for_terminal)
+        await _read(ctx, home, doc, patient, shown, at_most=TERMINAL_MAX)
+        try:
+            text = shown.getvalue().decode("utf-8")
+        except UnicodeDecodeError:
+            raise click.ClickException("the document is not text (it is binary): use --out FILE") from None
+        click.echo(text, nl=False)
 
 
-async def _read(ctx: Context, home: Any, doc: str, patient: str | None, into: BinaryIO) -> int:
-    """Decrypt a document into ``into``: the patient's own, a copy held, or one fetched from a patient."""
+class _Bounded(io.BytesIO):
+    """A buffer that refuses to grow past ``limit`` bytes: the read writing into it ends there."""
+
+    def __init__(self, limit: int, refusal: Callable[[], Exception]) -> None:
+        super().__init__()
+        self.limit = limit
+        self.refusal = refusal
+
+    def write(self, piece: ReadableBuffer, /) -> int:
+        if self.tell() + memoryview(piece).nbytes > self.limit:
+            raise self.refusal()
+        return super().write(piece)
+
+
+def _too_large_for_terminal() -> click.ClickException:
+    return click.ClickException(
+        f"the document is too large for the terminal (over {TERMINAL_MAX >> 20} MiB): use --out FILE"
+    )
+
+
+def _needs_out() -> click.UsageError:
+    return click.UsageError("--json get needs --out FILE (JSON output cannot carry the document)")
+
+
+async def _read_to_stdout(ctx: Context, home: Any, doc: str, patient: str | None) -> None:
+    """The document onto standard output (a file or a pipe) as it is decrypted: flat memory, bytes as
+    they are.  A failure part-way is said on stderr with a non-zero status: what came out is not the
+    document (it is authenticated only as a whole).
+
+    Raises:
+        as :func:`_read`; click.ClickException: the reader of the pipe went away.
+    """
+    stdout = sys.stdout.buffer
+    try:
+        await _read(ctx, home, doc, patient, stdout)
+        stdout.flush()
+    except BrokenPipeError:
+        # `fedrecord get DOC | head`: stop quietly, and keep Python from failing again on the final flush.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        raise click.ClickException("the output was closed before the end of the document") from None
+
+
+async def _read(
+    ctx: Context, home: Any, doc: str, patient: str | None, into: BinaryIO | None, *, at_most: int | None = None
+) -> int:
+    """Decrypt a document into ``into``: the patient's own, a copy held, or one fetched from a patient.
+
+    With ``into`` None (``--json`` without ``--out``) nothing is read: the refusal comes where the
+    read would begin, after those the read itself would meet (no such document, no grant reaching
+    it) that can be known without it -- a fetch would be logged in the patient's audit log for
+    nothing.  With ``at_most``, a document the patient's listing says is larger is refused before
+    it is fetched.
+
+    Raises:
+        click.UsageError: a malformed id; with ``into`` None, ``--json`` needs ``--out``.
+        click.ClickException: larger than ``at_most``.
+        RemoteProtocolError: ``not-found``, ``revoked``..., as the read says.
+        PeerUnreachable: the patient's node did not answer.
+    """
     if home.config.role == "patient":
         from fedrecord.node.patient import PatientNode
 
-        return int(await PatientNode(home).read_own_into(await _resolve(home, doc), into))
+        doc_id = await _resolve(home, doc)
+        if into is None:
+            raise _needs_out()
+        return int(await PatientNode(home).read_own_into(doc_id, into))
     async with clinic_of(home) as clinic:
         if patient is None:
             doc_id = await _resolve(home, doc)
+            if into is None:
+                raise _needs_out()
             await _poll_holder(clinic, doc_id)
             return int(await clinic.read_held_into(doc_id, into, now=int(time.time())))
+        prefix = _prefix(doc)
         now = int(time.time())
         await clinic.poll(patient, now=now)
-        doc_id = _doc_id(doc) if len(doc) == 64 else await _listed(clinic, patient, doc, now)
+        if into is None:
+            if await clinic.chains_from(patient, now=now):
+                await _listed(clinic, patient, prefix, now)  # not-found for a document no grant reaches
+                raise _needs_out()
+            # Without a live grant the fetch is refused before any request is sent, and says why
+            # (revoked, expired, or never granted): let it, with nowhere to write.
+            into = _Bounded(0, _needs_out)
+        if len(prefix) == 64 and at_most is None:
+            doc_id = _doc_id(prefix)  # the fetch says when no grant reaches it
+        else:
+            listed = await _listed(clinic, patient, prefix, now, required=len(prefix) < 64)
+            doc_id = _doc_id(prefix) if listed is None else listed["doc"]
+            # The listing gives the stream's size: the content, plus a header and 16 bytes a 64 KiB
+            # chunk that stay far under 64 KiB for a document that would fit.
+            if listed is not None and at_most is not None and listed["size"] > at_most + (64 << 10):
+                raise _too_large_for_terminal()
         with transfer_bar(ctx, "fetching") as progress:
             return int(await clinic.fetch_into(patient, doc_id, into, now=now, progress=progress))
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is no file name, or names something other than a regular file.
+
+    The document is written beside it and renamed over it: a symlink, a device (``/dev/stdout``)
+    or a fifo would be replaced by a file holding the health record, not written through.
+
+    Raises:
+        click.UsageError: no file name, or not a regular file.
+        click.ClickException: its directory does not exist.
+    """
+    if not out.name or out.name in (".", ".."):
+        raise click.UsageError("--out needs a file name")
+    try:
+        mode = out.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise click.UsageError(f"--out {out} is {kind}; name a new or regular file")
+    if not out.parent.is_dir():
+        raise click.ClickException(f"cannot write {out}: there is no directory {out.parent}")
 
 
 @contextlib.contextmanager
 def _written_whole(out: Path) -> Iterator[BinaryIO]:
     """A file beside ``out`` that becomes ``out`` only when the block ends well: a document is
-    authenticated only as a whole, so no part of one that fails is left under its name."""
+    authenticated only as a whole, so no part of one that fails is left under its name.
+
+    The file is made readable by its owner only (0600, whatever the umask allows): it is a health
+    record.  An existing file of that name is truncated, never followed if it is a link.
+    """
     partial = out.with_name(f".{out.name}.part")
     try:
-        with partial.open("wb") as file:
+        try:
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            # Said of the file the user named, not of the partial one beside it.
+            raise click.ClickException(f"cannot write {out}: {_os_failure(exc).partition(': ')[2]}") from None
+        with os.fdopen(descriptor, "wb") as file:
             yield file
         os.replace(partial, out)
     finally:
@@ -902,15 +1276,37 @@ async def _poll_holder(clinic: Any, doc: bytes) -> None:
             await clinic.poll(held[1], now=int(time.time()))
 
 
-async def _listed(clinic: Any, patient: str, prefix: str, now: int) -> bytes:
+def _one_per_document(listing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A patient's listing with each document once, under ``grants`` every grant that reaches it.
+
+    The patient's node lists what each grant reaches; two grants reaching one document (lab results
+    for treatment, everything for a study) name it twice.
+    """
+    merged: dict[bytes, dict[str, Any]] = {}
+    for item in listing:
+        merged.setdefault(item["doc"], {**item, "grants": []})["grants"].append(item["grant"])
+    return list(merged.values())
+
+
+async def _listed(
+    clinic: Any, patient: str, prefix: str, now: int, *, required: bool = True
+) -> dict[str, Any] | None:
+    """The entry of the patient's listing for the one document ``prefix`` (checked hex) starts.
+
+    Raises:
+        RemoteProtocolError: ``not-found`` when no document you may fetch, or several, start with it
+            (with ``required``; else None).
+    """
     from fedrecord.core.errors import Code, RemoteProtocolError
 
     matches = [
-        d["doc"] for d in await clinic.listing(patient, now=now) if d["doc"].hex().startswith(prefix.lower())
+        d for d in _one_per_document(await clinic.listing(patient, now=now)) if d["doc"].hex().startswith(prefix)
     ]
-    if len(matches) != 1:
-        raise RemoteProtocolError(Code.NOT_FOUND, f"no single document you may fetch starts with {prefix!r}")
-    return bytes(matches[0])
+    if len(matches) == 1:
+        return matches[0]
+    if not required:
+        return None
+    raise RemoteProtocolError(Code.NOT_FOUND, f"no single document you may fetch starts with {prefix!r}")
 
 
 @main.command()
@@ -918,24 +1314,35 @@ async def _listed(clinic: Any, patient: str, prefix: str, now: int) -> bytes:
 @click.option("--to", "audience", required=True, help="The did:key of the node you delegate to.")
 @click.option("--to-endpoint", required=True, help="That node's URL.")
 @click.option("--category", "categories", multiple=True, help="Narrow to these categories.")
-@click.option("--days", default=30, show_default=True, type=int, help="Days (never beyond your own grant).")
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, DELEGATION_MAX_DAYS),
+    help=f"Days, 1 to {DELEGATION_MAX_DAYS} (never beyond your own grant).",
+)
 @pass_context
 @fail_cleanly
 async def delegate(
     ctx: Context, patient: str, audience: str, to_endpoint: str, categories: tuple[str, ...], days: int
 ) -> None:
     """Clinic: pass a narrower read grant to another node, if the patient allowed delegation (US-9)."""
+    from fedrecord.node.client import PeerUnreachable
 
     async with opened(ctx, "clinic") as home, clinic_of(home) as clinic:
         await clinic.poll(patient, now=int(time.time()))
-        child = await clinic.delegate(
-            patient,
-            to=audience,
-            to_endpoint=to_endpoint,
-            categories=categories,
-            days=days,
-            now=int(time.time()),
-        )
+        try:
+            child = await clinic.delegate(
+                patient,
+                to=audience,
+                to_endpoint=to_endpoint,
+                categories=categories,
+                days=days,
+                now=int(time.time()),
+            )
+        except PeerUnreachable as exc:
+            # The grant is sent to the delegate, not to the patient's node: name the right one.
+            raise click.ClickException(_unreachable(exc, "the node you delegate to")) from None
         ctx.emit(
             {"grant": child.id, "expires": child.record.exp},
             f"delegated {child.id.hex()[:16]} to {audience[:32]}... until {_date(child.record.exp)}",
@@ -954,13 +1361,12 @@ async def poll(ctx: Context, patient: str | None) -> None:
         now = int(time.time())
         results = {}
         unreachable = {}
-        for connection in await clinic.connections():
-            if patient is None or connection.patient == patient:
-                try:
-                    results[connection.patient] = await clinic.poll(connection.patient, now=now)
-                except PeerUnreachable as exc:
-                    # An offline patient node is normal (US-11): report it, send what can be sent.
-                    unreachable[connection.patient] = str(exc)
+        for connection in await _connections(clinic, patient):
+            try:
+                results[connection.patient] = await clinic.poll(connection.patient, now=now)
+            except PeerUnreachable as exc:
+                # An offline patient node is normal (US-11): report it, send what can be sent.
+                unreachable[connection.patient] = _unreachable(exc, "the patient's node")
         sent, pending = await clinic.flush_outbox(now=now)
         ctx.emit(
             {"patients": results, "unreachable": unreachable, "sent": sent, "pending": pending},
@@ -969,7 +1375,7 @@ async def poll(ctx: Context, patient: str | None) -> None:
                 f"{r['attested']} deletions attested"
                 for p, r in results.items()
             )
-            + "".join(f"\n{p[:32]}...: unreachable, will retry" for p in unreachable)
+            + "".join(f"\n{p[:32]}...: {why}; will retry" for p, why in unreachable.items())
             + f"\noutbox: {sent} sent, {pending} pending",
         )
 
@@ -988,17 +1394,16 @@ async def sync(ctx: Context, patient: str | None, records_only: bool) -> None:
         reports: dict[str, Any] = {}
         unreachable = {}
         with stage_bars(ctx) as progress:
-            for connection in await clinic.connections():
-                if patient is None or connection.patient == patient:
-                    try:
-                        report = await clinic.sync(
-                            connection.patient, now=now, bodies=not records_only, progress=progress
-                        )
-                    except PeerUnreachable as exc:
-                        # What was stored stays; the next sync goes on from there.
-                        unreachable[connection.patient] = str(exc)
-                        continue
-                    reports[connection.patient] = dataclasses.asdict(report)
+            for connection in await _connections(clinic, patient):
+                try:
+                    report = await clinic.sync(
+                        connection.patient, now=now, bodies=not records_only, progress=progress
+                    )
+                except PeerUnreachable as exc:
+                    # What was stored stays; the next sync goes on from there.
+                    unreachable[connection.patient] = _unreachable(exc, "the patient's node")
+                    continue
+                reports[connection.patient] = dataclasses.asdict(report)
         ctx.emit(
             {"patients": reports, "unreachable": unreachable},
             "\n".join(
@@ -1007,15 +1412,30 @@ async def sync(ctx: Context, patient: str | None, records_only: bool) -> None:
                 + (f"; {len(r['documents_failed'])} refused" if r["documents_failed"] else "")
                 for p, r in reports.items()
             )
-            + "".join(f"\n{p[:32]}...: unreachable, sync again later" for p in unreachable),
+            + "".join(f"\n{p[:32]}...: {why}; sync again later" for p, why in unreachable.items()),
         )
 
 
+async def _connections(clinic: Any, patient: str | None) -> list[Any]:
+    """The clinic's connections to patients: all of them, or the one to ``patient``.
+
+    Raises:
+        RemoteProtocolError: ``not-found`` when this clinic is not connected to ``patient`` (a
+            mistyped did must not pass for a patient with nothing new).
+    """
+    connections = [c for c in await clinic.connections() if patient is None or c.patient == patient]
+    if patient is not None and not connections:
+        from fedrecord.core.errors import Code, RemoteProtocolError
+
+        raise RemoteProtocolError(Code.NOT_FOUND, "not connected to this patient")
+    return connections
+
+
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the three nodes running after the story.")
+@click.option("--keep", is_flag=True, help="Leave the four nodes running after the story.")
 @click.option("--offline", is_flag=True, help="Play the story on the protocol core alone, without nodes.")
 def demo(keep: bool, offline: bool) -> None:
-    """Start a patient node, a GP practice and a lab on loopback, and play the main story."""
+    """Start a patient node, a GP practice, a lab and a specialist on loopback, and play the main story."""
     if offline:
         from fedrecord.offline_story import StoryFailed, play
 

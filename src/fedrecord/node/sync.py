@@ -111,6 +111,26 @@ class ViewCache:
     limit: int = 64
 
 
+def is_device_chain(grants: Sequence[Signed[Grant]], patient: str) -> bool:
+    """Whether a chain is a device grant ([API-46]): one link, the patient's, ``manage`` over the whole record.
+
+    ``manage`` in any other chain -- a delegated leaf that kept it, or a
+    patient's grant over less than the whole record -- gives nothing more than
+    the chain's scope: the whole record is for the patient's own devices.
+    """
+    if len(grants) != 1:
+        return False
+    grant = grants[0]
+    scope = grant.record.scope
+    whole = scope.past and scope.future and (scope.ids, scope.categories, scope.labels) == (None, None, None)
+    return (
+        grant.signer == patient
+        and Action.MANAGE in grant.record.actions
+        and whole
+        and (scope.since, scope.until) == (None, None)
+    )
+
+
 async def patient_view(
     node: PatientNode, requester: str, grants: Sequence[Signed[Grant]], *, now: int
 ) -> View:
@@ -119,7 +139,7 @@ async def patient_view(
     ``grants`` is the requester's chain, already decided allowed for reading;
     an empty chain gives the control records only (a depositing clinic).
     """
-    device = bool(grants) and Action.MANAGE in grants[-1].record.actions
+    device = is_device_chain(grants, node.home.did)
     if device:
         # A device syncs: it takes a checkpoint of the audit log along ([API-46]).
         await node.checkpoint_audit(now=now)
@@ -380,14 +400,14 @@ async def receive_pushed(
 
     Raises:
         RemoteProtocolError: the chain's refusal; ``action-not-granted`` when
-            its leaf does not list ``manage``; ``malformed`` for more than
+            it is not a device grant (:func:`is_device_chain`); ``malformed`` for more than
             :data:`MAX_IDS` records or a record that is not the requester's
             grant under its device grant, or its revocation of one.
     """
     grants = await node.reading_chain(requester, chain, now=now)
-    if not grants or Action.MANAGE not in grants[-1].record.actions:
+    if not is_device_chain(grants, node.home.did):
         raise RemoteProtocolError(
-            Code.ACTION_NOT_GRANTED, "only a device's chain, with manage, may push records"
+            Code.ACTION_NOT_GRANTED, "only a device grant (the patient's, manage over the whole record) may push"
         )
     if len(records) > MAX_IDS or not all(type(r) is bytes for r in records):
         raise RemoteProtocolError(Code.MALFORMED, f"records is an array of at most {MAX_IDS} encoded records")

@@ -1109,6 +1109,29 @@ async def device_push_without_manage(s: Session) -> None:
         raise Failed("a refused push stored its grant")
 
 
+@case("sync.manage-outside-a-device-grant", requires=["API-46", "API-48"], adversarial=True)
+async def manage_outside_a_device_grant(s: Session) -> None:
+    """manage in a narrower grant, or kept by a delegated leaf, gives the chain's scope only, and no push."""
+    world = await s.world()
+    device, other = _device(s, "Phone"), Actor.create("Lab that kept manage")
+    device_grant = _device_grant(s, device)
+    restriction = s.restriction(labels=["HIV"], node=Actor.create("Someone else").did)
+    narrow = Scope(past=True, future=True, categories=("lab",))
+    patients_own = s.patient.grant(other.did, actions=("manage", "read"), scope=narrow)
+    await s.keep(device_grant, patients_own, restriction)
+    kept = _child(device, device_grant, other.did, actions=("manage", "read"), scope=narrow)
+    expect_status(await _push(s, device, [device_grant], [kept.encoded]), 200, what="the device's push of its grant")
+    for chain, what in (([patients_own], "the patient's narrow grant"), ([device_grant, kept], "a delegated leaf")):
+        view = await _view(s, other, chain)
+        if restriction.id in view or any(isinstance(r.record, DepositDecision) for r in view.values()):
+            raise Failed(f"{what} with manage synced the whole record (a restriction or a decision)")
+        entries = {r.record.doc for r in view.values() if isinstance(r.record, AcceptedEntry)}
+        if world.imaging.doc in entries:
+            raise Failed(f"{what} with manage synced an entry outside its categories")
+        child = _child(other, chain[-1], Actor.create("Delegate").did, actions=("read",), scope=narrow)
+        expect_refusal(await _push(s, other, chain, [child.encoded]), "action-not-granted", what=what)
+
+
 @case("sync.device-grants-lapse", requires=["API-47", "CAP-7"], adversarial=True)
 async def device_grants_lapse(s: Session) -> None:
     """Once the patient revokes a device grant, every grant the device issued is refused with revoked."""
