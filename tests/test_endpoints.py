@@ -14,12 +14,15 @@ import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from fedrecord.conformance.actors import NOWHERE, Actor
 from fedrecord.core import Code, Grant, NodeProfile, RemoteProtocolError, Signed, SigningIdentity, sign_record
 from fedrecord.http.aiohttp_signing import endpoint_problem
+from fedrecord.node import clinic as clinic_module
 from fedrecord.node.wire import Invitation
 
 from .node_helpers import (
@@ -215,3 +218,33 @@ async def test_a_request_cut_mid_body_leaves_one_log_line(
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
     assert "connection lost during POST /v0/state" in caplog.text
     del reader
+
+
+@ASYNC
+async def test_patients_held_through_delegations_alone_are_bounded(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stranger can mint a patient of its own and delegate from it: such patients are bounded ([API-31])."""
+    monkeypatch.setattr(clinic_module, "MAX_DELEGATED_PATIENTS", 1)
+
+    async def delegate_from_a_made_up_patient() -> Any:
+        made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")
+        root = made_up.grant(stranger.did, actions=("read", "delegate"))
+        child = stranger.grant(story.lab.did, parent=root.id, nbf=root.record.nbf, exp=root.record.exp)
+        return await send_signed(
+            story.session,
+            stranger.identity,
+            "POST",
+            story.lab.url + "/v0/grants",
+            body(
+                patient=made_up.did,
+                endpoint=NOWHERE,
+                profile=made_up.profile.encoded,
+                chain=[root.encoded, child.encoded],
+            ),
+        )
+
+    assert (await delegate_from_a_made_up_patient()).status == 201
+    before = await snapshot(story.lab)
+    refused(await delegate_from_a_made_up_patient(), 429, "too-many", signed=True)
+    await assert_unchanged(story.lab, before, nonce_spent=True)

@@ -7,9 +7,11 @@ Found by the conformance case ``signatures.host-authority``: a request with two
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from fedrecord.core import cbor
@@ -55,3 +57,52 @@ async def test_served_requests_are_unchanged(node: ServedNode) -> None:
     status, data = await raw_request(node.port, head)
     assert status == 200
     assert _error(data)["role"] == "patient"
+
+
+BAD_FRAMING = {
+    "chunk size not hex": "Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "both lengths": "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two lengths": "Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("framing", sorted(BAD_FRAMING))
+async def test_a_malformed_request_logs_one_line(
+    node: ServedNode, framing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can send these: one line each in the node's log, never aiohttp's traceback ([SEC-2])."""
+    caplog.set_level(logging.INFO)
+    head = f"POST /v0/state HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\n" + BAD_FRAMING[framing]
+    status, data = await raw_request(node.port, head)
+    assert (status, _error(data)["code"]) == (400, "malformed")
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
+    assert "refused a malformed HTTP request" in caplog.text
+
+
+async def test_a_field_over_the_parsers_limit_is_too_large(node: ServedNode) -> None:
+    """Over 8190 bytes aiohttp refuses the line; over 4096 characters is too-large already ([HTTP-15])."""
+    head = (
+        f"POST /v0/state HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nSignature: fr=:{'A' * 9000}:\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    status, data = await raw_request(node.port, head)
+    assert (status, _error(data)["code"]) == (413, "too-large")
+
+
+async def test_an_expectation_other_than_100_continue_is_malformed(node: ServedNode) -> None:
+    head = (
+        f"POST /v0/state HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nExpect: something-else\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    status, data = await raw_request(node.port, head)
+    assert (status, _error(data)["code"]) == (400, "malformed")
+
+
+async def test_a_transfer_coding_other_than_chunked_is_malformed(node: ServedNode) -> None:
+    """``gzip, chunked``: aiohttp reads the chunks and never decodes the gzip, so the body is refused."""
+    head = (
+        f"POST /v0/state HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nTransfer-Encoding: gzip, chunked\r\n"
+        "Connection: close\r\n\r\n0\r\n\r\n"
+    )
+    status, data = await raw_request(node.port, head)
+    assert (status, _error(data)["code"]) == (400, "malformed")

@@ -315,15 +315,9 @@ def _config(home: Path) -> Any:
     Raises:
         HomeError: ``home`` is no directory, holds no node, or its node.json is damaged.
     """
-    from fedrecord.node.home import HomeError, NodeConfig
+    from fedrecord.node.home import NodeConfig
 
-    if home.exists() and not home.is_dir():
-        raise HomeError(f"{home} is not a directory (--home names a node's data directory)")
-    try:
-        return NodeConfig.load(home)
-    except (ValueError, TypeError) as exc:
-        # Not JSON (ValueError), or not the fields of a configuration (TypeError from NodeConfig(**data)).
-        raise HomeError(f"{home / 'node.json'} is damaged ({exc}); restore it from a backup") from None
+    return NodeConfig.load(home)
 
 
 async def _open(ctx: Context, role: str | None = None) -> Any:
@@ -336,7 +330,7 @@ async def _open(ctx: Context, role: str | None = None) -> Any:
     """
     from fedrecord.node.home import HomeError, NodeHome
 
-    _config(ctx.home)  # its damage said in one line before NodeHome.open reads it again
+    _config(ctx.home)  # a home that is no node is said before the passphrase is asked for
     home = await NodeHome.open(ctx.home, ctx.passphrase())
     if role is not None and home.config.role != role:
         await home.close()

@@ -1,6 +1,6 @@
-"""``make demo`` / ``fedrecord demo``: three real nodes on loopback, and the main story narrated.
+"""``make demo`` / ``fedrecord demo``: four real nodes on loopback, and the main story narrated.
 
-A patient's home node, a GP practice and a lab run as separate processes,
+A patient's home node, a GP practice, a lab and a specialist run as separate processes,
 each with its own database in a temporary folder; every step is a real
 ``fedrecord`` command, so the transcript is also a guide to the CLI.  The
 demo exits non-zero as soon as a step does not behave as the protocol says.

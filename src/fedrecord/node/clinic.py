@@ -79,6 +79,15 @@ MAX_HEAD_AGE = 300
 RETENTION = 10 * 365 * 86_400
 
 
+MAX_DELEGATED_PATIENTS: Final = 256
+"""Patients a clinic may hold through delegations alone; one more delegation is ``too-many`` ([API-31]).
+
+A delegation may come from a node this clinic never met, about a patient it
+never met (US-9), whose profile -- and so the endpoint this clinic then polls --
+that node may have made itself.  Nothing tells such a patient from a real one,
+so their number is bounded: a stranger cannot grow the database or the polling
+without end.
+"""
 CHECK_SLICE: Final = 32
 """Fetched copies checked between two turns of the event loop (about 5 ms for 1 KiB documents)."""
 CHECK_SLICE_BYTES: Final = 256 * 1024
@@ -624,7 +633,8 @@ class ClinicNode:
 
         Raises:
             RemoteProtocolError: the codes of [API-30], in its order; then
-                ``malformed`` for an endpoint the patient's profile does not list.
+                ``malformed`` for an endpoint the patient's profile does not list;
+                ``too-many`` for a new patient beyond ``MAX_DELEGATED_PATIENTS``.
         """
         links = [open_record(link, Grant) for link in chain]
         patient_profile = open_record(profile, NodeProfile)
@@ -643,6 +653,15 @@ class ClinicNode:
         async with self.store.transaction():
             held = await self.store.connection(patient)
             if held is None:
+                if await self.store.delegated_only_count() >= MAX_DELEGATED_PATIENTS:
+                    log.warning(
+                        "refused a delegation from %s: %d patients held through delegations alone",
+                        requester,
+                        MAX_DELEGATED_PATIENTS,
+                    )
+                    raise RemoteProtocolError(
+                        Code.TOO_MANY, "this clinic holds as many patients through delegations as it takes"
+                    )
                 await self.store.save_connection(patient, endpoint=endpoint, profile=patient_profile.encoded)
             elif patient_profile.record.seq > open_record(held.profile, NodeProfile).record.seq:
                 kept = held.endpoint if held.endpoint in patient_profile.record.endpoints else endpoint

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from fedrecord.core import EncryptionKey, NodeProfile, Signed, SigningIdentity, sign_record
 from fedrecord.core.identity import EncryptionKeyPair
@@ -67,11 +67,23 @@ class NodeConfig:
 
     @classmethod
     def load(cls, home: Path) -> NodeConfig:
+        """The configuration kept in ``home``.
+
+        Raises:
+            HomeError: ``home`` is not a directory, holds no node, or its node.json is damaged.
+        """
+        if home.exists() and not home.is_dir():
+            raise HomeError(f"{home} is not a directory (a node's home is its data directory)")
         try:
-            data: dict[str, Any] = json.loads((home / "node.json").read_text())
+            data = json.loads((home / "node.json").read_text(encoding="utf-8"))
+            if type(data) is not dict:
+                raise TypeError("not a JSON object")
+            return cls(**data)
         except FileNotFoundError:
             raise HomeError(f"{home} is not a fedrecord node (no node.json); run `fedrecord init`") from None
-        return cls(**data)
+        except (ValueError, TypeError) as exc:
+            # Not JSON, not UTF-8 (ValueError), or not the fields of a configuration (TypeError).
+            raise HomeError(f"{home / 'node.json'} is damaged ({exc}); restore it from a backup") from None
 
     def save(self, home: Path) -> None:
         (home / "node.json").write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -152,13 +153,21 @@ class _CborRefusals(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        answer = super().handle_error(request, status, exc, message)
-        if status >= 500:
-            return answer
+        if status < 500 and isinstance(exc, HttpProcessingError):
+            # The peer's malformed request, not our fault: one line, not aiohttp's "Error handling
+            # request" traceback, which anyone could make fill the log ([SEC-2]).
+            log.info("refused a malformed HTTP request from %s: %s", request.remote, exc.message)
+            if request.writer.output_size > 0:
+                raise ConnectionError("an answer was already being sent: the connection is closed")
+        else:
+            answer = super().handle_error(request, status, exc, message)
+            if status >= 500:
+                return answer
         refusal: RemoteProtocolError
         if "'Host' header" in (message or ""):
             refusal = AuthenticationError()
-        elif status == 413:
+        elif status == 413 or isinstance(exc, LineTooLong):
+            # A field over aiohttp's 8190-byte line limit is over [HTTP-15]'s 4096 characters too.
             refusal = RemoteProtocolError(Code.TOO_LARGE, "request head too large")
         else:
             refusal = RemoteProtocolError(Code.MALFORMED, "not a well-formed HTTP/1.1 request")

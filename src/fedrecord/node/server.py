@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from yarl import URL
 
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
@@ -87,6 +87,7 @@ def _maybe_signed(request: web.Request, http_status: int, body: bytes) -> web.Re
 @web.middleware
 async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        _chunked_only(request)
         return await handler(request)
     except FedrecordError as error:
         # Refusals of authenticated requests (not-found, revoked, ...) are signed too, so a
@@ -108,6 +109,19 @@ async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamRe
         log.exception("unexpected error answering %s %s", request.method, request.path)
         body = error_body(RemoteProtocolError(Code.MALFORMED, "internal error"))
         return web.Response(status=500, body=body, content_type=CBOR_TYPE)
+
+
+def _chunked_only(request: web.Request) -> None:
+    """Refuse a body under a transfer coding other than ``chunked`` (``gzip, chunked``), as a compressed one is.
+
+    aiohttp reads such a body as plain chunks and never decodes it ([API-4]).
+
+    Raises:
+        RemoteProtocolError: ``malformed``.
+    """
+    fields = request.headers.getall(hdrs.TRANSFER_ENCODING, [])
+    if fields and [c.strip().lower() for c in ",".join(fields).split(",")] != ["chunked"]:
+        raise RemoteProtocolError(Code.MALFORMED, "transfer codings other than chunked are refused")
 
 
 async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes:
@@ -433,31 +447,58 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
     """The aiohttp application of one node (patient or clinic routes by its role)."""
     app = web.Application(middlewares=[errors_as_cbor], client_max_size=MAX_BODY)
     app[HOME] = home
-    app.router.add_get("/v0/profile", profile)
-    app.router.add_get("/v0/health", health)
+    routes: list[tuple[str, str, Handler]] = [("GET", "/v0/profile", profile), ("GET", "/v0/health", health)]
     if home.config.role == "patient":
         feed = StateFeed(home.store)
         app[FEED] = feed
         app[PATIENT] = PatientNode(home, state_changed=feed.poke)
         app.on_shutdown.append(_close_feed)
-        app.router.add_post("/v0/connect", connect)
-        app.router.add_put("/v0/documents/{doc}", deposit)
-        app.router.add_post("/v0/state", state)
-        app.router.add_post("/v0/events", events)
-        app.router.add_post("/v0/list", listing)
-        app.router.add_post("/v0/fetch", fetch)
-        app.router.add_post("/v0/fetch-batch", fetch_batch)
-        app.router.add_post("/v0/sync", sync_round)
-        app.router.add_post("/v0/records", records)
-        app.router.add_post("/v0/push", push)
-        app.router.add_post("/v0/attestations", attestation)
-        app.router.add_post("/v0/manage", patient_control)
+        routes += [
+            ("POST", "/v0/connect", connect),
+            ("PUT", "/v0/documents/{doc}", deposit),
+            ("POST", "/v0/state", state),
+            ("POST", "/v0/events", events),
+            ("POST", "/v0/list", listing),
+            ("POST", "/v0/fetch", fetch),
+            ("POST", "/v0/fetch-batch", fetch_batch),
+            ("POST", "/v0/sync", sync_round),
+            ("POST", "/v0/records", records),
+            ("POST", "/v0/push", push),
+            ("POST", "/v0/attestations", attestation),
+            ("POST", "/v0/manage", patient_control),
+        ]
     else:
         app[CLINIC] = clinic or ClinicNode(home)
-        app.router.add_post("/v0/decisions", decision)
-        app.router.add_post("/v0/grants", delegation)
-        app.router.add_post("/v0/manage", clinic_control)
+        routes += [
+            ("POST", "/v0/decisions", decision),
+            ("POST", "/v0/grants", delegation),
+            ("POST", "/v0/manage", clinic_control),
+        ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
+        if method == "GET":
+            app.router.add_route("HEAD", path, handler, expect_handler=expect_continue)
     return app
+
+
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """Answer ``Expect: 100-continue`` as aiohttp does, and any other expectation with an error body ([API-5]).
+
+    aiohttp's own handler answers an unknown expectation with a plain-text 417,
+    before any middleware runs.
+
+    Returns:
+        ``None`` to go on to the route's handler, or the refusal (``malformed``) that takes its place.
+    """
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        refusal = RemoteProtocolError(Code.MALFORMED, "the only expectation served is 100-continue")
+        answer = web.Response(status=refusal.status, body=error_body(refusal), content_type=CBOR_TYPE)
+        answer.force_close()  # its body, if any, is not read
+        return answer
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own head and body are still to come
+    return None
 
 
 async def _close_feed(app: web.Application) -> None:

@@ -506,6 +506,10 @@ class NodeStore(Protocol):
         """One connection; ``None`` when not connected to ``patient``."""
         ...
 
+    async def delegated_only_count(self) -> int:
+        """How many connections came from delegations alone (no deposit grant from an invitation)."""
+        ...
+
     async def save_connection(
         self, patient: str, *, endpoint: str, profile: bytes, deposit_grant: bytes | None = None
     ) -> None:
@@ -1057,6 +1061,10 @@ class SqliteNodeStore:
     async def connections(self) -> list[ConnectionRow]:
         rows = await self._all("SELECT patient, profile, endpoint, head_seq FROM connections")
         return [ConnectionRow(*row) for row in rows]
+
+    async def delegated_only_count(self) -> int:
+        row = await self._one("SELECT count(*) FROM connections WHERE deposit_grant IS NULL")
+        return int(row[0])
 
     async def connection(self, patient: str) -> ConnectionDetail | None:
         row = await self._one(
