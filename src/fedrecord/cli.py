@@ -216,38 +216,15 @@ def _os_failure(error: OSError) -> str:
 
 
 def _unreachable(error: PeerUnreachable, whose: str) -> str:
-    """``whose`` (e.g. "the patient's node") at its address did not answer, and a short reason why.
-
-    The client names the URL and the aiohttp exception; the person needs the node's address and
-    "connection refused" rather than ``ClientConnectorError: Cannot connect to host ... ssl:default``.
-    """
-    import aiohttp
+    """``whose`` (e.g. "the patient's node") at its address did not answer, and the short reason why."""
     from yarl import URL
 
-    where, _, detail = str(error).partition(": ")
+    where = error.url
     with contextlib.suppress(ValueError):
         url = URL(where)
         if url.absolute:
             where = str(url.origin())
-    # The client raises PeerUnreachable "from None": the aiohttp error is its (unshown) context.
-    cause = error.__context__
-    if isinstance(cause, aiohttp.ClientConnectorError):
-        os_error = cause.os_error
-        if os_error.errno is not None and os_error.errno > 0:
-            reason = os.strerror(os_error.errno)
-        else:
-            reason = os_error.strerror or str(os_error)
-    elif isinstance(cause, TimeoutError):
-        reason = "no answer in time"
-    elif isinstance(cause, aiohttp.ServerDisconnectedError):
-        reason = "it closed the connection"
-    elif cause is not None:
-        reason = detail.removeprefix(f"{type(cause).__name__}: ") or type(cause).__name__
-    else:
-        reason = detail
-    if not reason:
-        return f"{whose} at {where} is unreachable"
-    return f"{whose} at {where} is unreachable ({reason[:1].lower()}{reason[1:]})"
+    return f"{whose} at {where} is unreachable ({error.reason})"
 
 
 pass_context = click.make_pass_decorator(Context)

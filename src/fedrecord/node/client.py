@@ -35,7 +35,28 @@ TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
 
 class PeerUnreachable(Exception):
     """The peer did not answer (refused, timed out, connection cut), or its answer counts as none
-    ([API-5]); worth retrying later."""
+    ([API-5]); worth retrying later.
+
+    Attributes:
+        url: what was asked.
+        reason: why there is no answer, for people ("connection refused", "HTTP 503").
+    """
+
+    def __init__(self, url: object, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = str(url)
+        self.reason = reason
+
+
+def _no_answer(exc: BaseException) -> str:
+    """Why a request got no answer, in a few words: the system's reason rather than aiohttp's class name."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return os.strerror(exc.os_error.errno).lower()
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 def b64(data: bytes) -> str:
@@ -109,7 +130,7 @@ class PeerClient:
                 data = await _read_answer(response)
                 status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+            raise PeerUnreachable(url, _no_answer(exc)) from None
         return _checked(method, url, headers, status, answer_headers, data, expected_signer)
 
     async def events(
@@ -146,7 +167,7 @@ class PeerClient:
                     for event in reader.feed(chunk):
                         yield event
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+            raise PeerUnreachable(url, _no_answer(exc)) from None
 
     async def upload(
         self,
@@ -175,7 +196,7 @@ class PeerClient:
                 data = await _read_answer(response)
                 status, answer_headers = response.status, dict(response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+            raise PeerUnreachable(url, _no_answer(exc)) from None
         return _checked("PUT", url, signed_headers, status, answer_headers, data, expected_signer)
 
     async def download(
@@ -212,7 +233,7 @@ class PeerClient:
                 finally:
                     response.release()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerUnreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+            raise PeerUnreachable(url, _no_answer(exc)) from None
         if response.status >= 300:
             _checked("POST", url, headers, response.status, dict(response.headers), data, expected_signer)
         return Download(response.status, response.headers, _cut_is_unreachable(url, response), response)
@@ -237,9 +258,7 @@ async def _cut_is_unreachable(url: str, response: aiohttp.ClientResponse) -> Asy
         async for chunk in response.content.iter_chunked(1 << 16):
             yield chunk
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise PeerUnreachable(
-            f"{url}: the transfer was cut ({exc.__class__.__name__}: {exc}); fetching again resumes it"
-        ) from None
+        raise PeerUnreachable(url, f"the transfer was cut ({_no_answer(exc)}); fetching again resumes it") from None
 
 
 async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
@@ -251,7 +270,7 @@ async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
             raise RemoteProtocolError(Code.TOO_LARGE, "the answer is over the cap")
     if response.content_length is not None and len(data) < response.content_length:
         # The connection closed mid-answer: no answer, as a dropped link (retry later).
-        raise PeerUnreachable(f"{response.url}: the answer was cut short")
+        raise PeerUnreachable(response.url, "the answer was cut short")
     return bytes(data)
 
 
@@ -274,7 +293,7 @@ def _checked(
     """
     if status >= 500:
         # The peer's own trouble (an internal error, a busy database): retry later, never give up.
-        raise PeerUnreachable(f"{url}: HTTP {status}")
+        raise PeerUnreachable(url, f"HTTP {status}")
     if expected_signer is not None:
         try:
             verify_response(
@@ -289,9 +308,7 @@ def _checked(
             )
         except FedrecordError as exc:
             # Anyone on the path can send an unsigned answer: it is no answer, never a refusal.
-            raise PeerUnreachable(
-                f"{url}: the answer is not signed by the node asked ({exc.code.value})"
-            ) from None
+            raise PeerUnreachable(url, f"the answer is not signed by the node asked ({exc.code.value})") from None
     if status >= 300:
         raise _refusal(url, data, status)
     return decode_body(data)
@@ -308,7 +325,7 @@ def _refusal(url: str, data: bytes, status: int) -> RemoteProtocolError:
     except FedrecordError:
         body = None
     if type(body) is not dict or type(body.get("code")) is not str or type(body.get("message")) is not str:
-        raise PeerUnreachable(f"{url}: HTTP {status} without a readable error body")
+        raise PeerUnreachable(url, f"HTTP {status} without a readable error body")
     # A readable body with a code we do not know is still a refusal ([ERR-5]): read_error says so.
     return read_error(data, status)
 
