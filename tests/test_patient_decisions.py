@@ -143,3 +143,32 @@ async def test_labels_the_patient_adds_are_tokens(story: Story, label: str) -> N
         await patient.label(doc, [label])
     assert await patient.label(doc, ["SEX"]) == ["PSY", "SEX"]
     assert await patient.label(doc, [label], remove=True) == ["PSY", "SEX"], "removing checks nothing"
+
+
+async def test_peers_that_read_alike_are_told_apart(story: Story) -> None:
+    """A clinic that takes the GP's name (or it with a zero-width space) shows with the end of its did, as the GP does."""
+    patient = story.patient.patient
+    gp_name = story.gp.h.config.name
+    assert await patient.peer_name(story.gp.did) == gp_name
+    impostors = []
+    for name in (gp_name, gp_name.replace(" ", " \u200b", 1), "\u202eevil\u202c lab"):
+        identity = SigningIdentity.from_seed(os.urandom(32))
+        keys = EncryptionKeyPair.from_seed(os.urandom(32))
+        t = now()
+        profile = NodeProfile(
+            name=name,
+            role="clinic",
+            endpoints=("http://127.0.0.1:9",),
+            enc_keys=(EncryptionKey(key=keys.public_key, nbf=t - DAY, exp=t + DAY),),
+            versions=(0,),
+            seq=t,
+            iat=t,
+        )
+        async with story.patient.h.store.transaction():
+            await story.patient.h.store.remember_peer(sign_record(profile, identity))
+        impostors.append(identity.did)
+    shown = [await patient.peer_name(did) for did in (story.gp.did, *impostors)]
+    assert shown[0] == f"{gp_name} (…{story.gp.did[-8:]})"
+    assert shown[1] == f"{gp_name} (…{impostors[0][-8:]})"
+    assert shown[2] == f"{gp_name} (…{impostors[1][-8:]})", "the zero-width space is gone, the name is a twin"
+    assert shown[3] == "evil lab", "no direction override reaches the page"

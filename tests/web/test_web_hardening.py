@@ -163,3 +163,26 @@ async def test_an_audit_position_past_any_entry_shows_the_log(story: Story) -> N
             assert answer.status == 200, query
     finally:
         await client.close()
+
+
+@ASYNC
+async def test_a_rebound_host_name_is_refused_before_sign_in(story: Story) -> None:
+    """DNS rebinding: another site's name pointed at 127.0.0.1, with Origin to match; refused, attempts not counted."""
+    client = await page_client(story)
+    try:
+        port = client.port
+        for host in (f"attacker.example:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1", f"127.0.0.1.nip.io:{port}"):
+            answer = await client.post(
+                "/signin",
+                data={"password": "a guess"},
+                headers={"Host": host, "Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"},
+            )
+            assert answer.status == 421, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            answer = await client.get("/signin", headers={"Host": host})
+            assert answer.status == 200, host
+        # None of the refused posts was counted against the patient's own next attempt.
+        answer = await client.post("/signin", data={"password": PASSWORD}, allow_redirects=False)
+        assert answer.status == 303
+    finally:
+        await client.close()

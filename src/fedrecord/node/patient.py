@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,17 @@ def _not_found() -> RemoteProtocolError:
     return RemoteProtocolError(Code.NOT_FOUND, "no such document")
 
 
+def readable_name(name: str) -> str:
+    """A name another node chose, as people may read it safely.
+
+    Without control, format and unassigned characters: direction overrides (which reverse the
+    rest of a sentence on screen), zero-width characters (which make two names that read the
+    same differ), and white space runs collapsed.
+    """
+    kept = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cn", "Co", "Cs"))
+    return " ".join(kept.split()) or "?"
+
+
 def _check_labels(labels: Sequence[str]) -> None:
     """Labels the patient adds are tokens, as the author's are ([REC-7]): grants and restrictions match them.
 
@@ -240,8 +252,20 @@ class PatientNode:
         return await self.store.peer_profile(did)
 
     async def peer_name(self, did: str) -> str:
-        name = await self.store.peer_name(did)
-        return name if name is not None else did[:24] + "..."
+        """How a peer is shown to the patient: the name it gives itself, made safe to read.
+
+        The name is the peer's own choice, so it is shown without the characters that hide or
+        reorder text (:func:`readable_name`), and with the end of its did when another peer's
+        name reads the same: a clinic cannot pass for the GP by taking the GP's name.
+        """
+        names = {peer: readable_name(name) for peer, name in (await self.store.peer_names()).items()}
+        name = names.get(did)
+        if name is None:
+            return did[:24] + "..."
+        same = name.casefold()
+        if any(other != did and shown.casefold() == same for other, shown in names.items()):
+            return f"{name} (…{did[-8:]})"
+        return name
 
     # --- inbox -----------------------------------------------------------------------
 

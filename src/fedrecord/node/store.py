@@ -261,6 +261,10 @@ class NodeStore(Protocol):
         """A peer's display name; ``None`` for an unknown peer."""
         ...
 
+    async def peer_names(self) -> dict[str, str]:
+        """Every known peer's display name, by did."""
+        ...
+
     # --- documents
     async def insert_document(
         self,
@@ -738,6 +742,9 @@ class SqliteNodeStore:
     async def peer_name(self, did: str) -> str | None:
         row = await self._one("SELECT name FROM peers WHERE did = ?", (did,))
         return str(row[0]) if row else None
+
+    async def peer_names(self) -> dict[str, str]:
+        return {str(did): str(name) for did, name in await self._all("SELECT did, name FROM peers")}
 
     # --- documents
 

@@ -9,14 +9,16 @@ from elsewhere), ``no-store`` caching and no referrer.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from fedrecord.node.home import NodeHome
 from fedrecord.node.patient import PatientNode
@@ -77,6 +79,10 @@ i18n.register(
         "form.unreadable": (
             "This form could not be read. Please go back, reload the page and try again.",
             "Ce formulaire n'a pas pu être lu. Revenez en arrière, rechargez la page et réessayez.",
+        ),
+        "host.refused": (
+            "This page answers only at its own address (such as http://127.0.0.1 and its port).",
+            "Cette page ne répond qu'à sa propre adresse (comme http://127.0.0.1 et son port).",
         ),
         "error.title": ("Something went wrong", "Un problème est survenu"),
         "error.back": ("Back to my record", "Retour à mon dossier"),
@@ -148,6 +154,40 @@ def _secure(response: web.StreamResponse) -> None:
     # check below refuses.  "same-origin" still sends nothing to any other site.
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers.setdefault("Cache-Control", "no-store")
+
+
+@web.middleware
+async def own_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve only requests addressed to this page: the ``Host`` names it, by address or loopback name.
+
+    A page on another site can rebind its own host name to 127.0.0.1 (DNS rebinding); its requests
+    then reach this page with that name in ``Host`` and, since the browser deems them same-origin,
+    in ``Origin`` too, which the CSRF check compares with ``Host``.  An IP literal cannot be rebound,
+    nor ``localhost``; the port must be the one the request came in on.
+    """
+    if not _names_this_page(request):
+        return render(request, "refused.html", status=421, message_key="host.refused")
+    return await handler(request)
+
+
+def _names_this_page(request: web.Request) -> bool:
+    host = request.headers.get(hdrs.HOST, "")
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    try:
+        url = URL(f"http://{host}")
+        port = url.port
+        name = (url.host or "").strip("[]").lower()
+    except ValueError:
+        return False
+    if not sockname or port != sockname[1]:
+        return False
+    if name in ("localhost", request.app[HOME].config.web_host.lower()):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 @web.middleware
@@ -261,7 +301,7 @@ def make_web_app(home: NodeHome, patient: PatientNode, *, sessions: Sessions | N
     """The patient's web page over ``patient``, the node's own :class:`PatientNode` (one per process)."""
     from .pages import register_pages
 
-    app = web.Application(middlewares=[headers, language, signed_in], client_max_size=64 << 10)
+    app = web.Application(middlewares=[headers, own_host, language, signed_in], client_max_size=64 << 10)
     app[HOME] = home
     app[PATIENT] = patient
     app[SESSIONS] = sessions or Sessions(home=home.path)
