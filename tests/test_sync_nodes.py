@@ -28,6 +28,7 @@ from fedrecord.core import (
     RemoteProtocolError,
     Revocation,
     Scope,
+    Signed,
     StateHead,
     Tombstone,
     cbor,
@@ -275,11 +276,9 @@ async def test_an_answer_with_records_not_asked_for_stores_nothing(
     assert changed == [], changed
 
 
-async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it(
-    story: Story, tmp_path: Path
-) -> None:
-    """US-12 with the decision of [API-46]: a device grant carries manage; what the device issued dies with it."""
-    patient, lab = story.patient, story.lab
+async def _enrolled_phone(story: Story, tmp_path: Path) -> tuple[ServedNode, Signed[Grant]]:
+    """The patient's phone, served, connected and holding a device grant (US-12); stop it when done."""
+    patient = story.patient
     phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
     try:
         invitation = await patient.patient.create_invitation(label="phone", now=now())
@@ -292,6 +291,19 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
             days=365,
             now=now(),
         )
+    except BaseException:
+        await phone.stop()
+        raise
+    return phone, device_grant
+
+
+async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it(
+    story: Story, tmp_path: Path
+) -> None:
+    """US-12 with the decision of [API-46]: a device grant carries manage; what the device issued dies with it."""
+    patient, lab = story.patient, story.lab
+    phone, device_grant = await _enrolled_phone(story, tmp_path)
+    try:
         await phone.clinic.poll(patient.did, now=now())
         report = await phone.clinic.sync(patient.did, now=now())
         # The whole record: every entry (the GP's restriction does not apply to the device), every
@@ -384,18 +396,8 @@ async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes
 async def test_manage_outside_a_device_grant_gives_only_the_chains_scope(story: Story, tmp_path: Path) -> None:
     """A narrow child that kept manage, or a patient's narrow grant with manage: no whole record, no push."""
     patient, lab = story.patient, story.lab
-    phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
+    phone, device_grant = await _enrolled_phone(story, tmp_path)
     try:
-        invitation = await patient.patient.create_invitation(label="phone", now=now())
-        await phone.clinic.connect(invitation.url(), now=now())
-        device_grant = await patient.patient.grant(
-            audience=phone.did,
-            scope=Scope(past=True, future=True),
-            actions=("read", "delegate", "manage"),
-            purpose="device",
-            days=365,
-            now=now(),
-        )
         t = now()
         narrow = Scope(categories=("lab",), past=True, future=True)
         child = sign_record(

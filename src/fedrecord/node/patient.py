@@ -19,7 +19,7 @@ import time
 import unicodedata
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Final, NamedTuple
 
 from fedrecord.core import (
@@ -55,6 +55,7 @@ from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
 from fedrecord.core.schema import Token
 from fedrecord.core.stream import HEADER_SIZE, MAGIC, PREFIX_SIZE, stream_header
+from fedrecord.keyed_locks import KeyedLocks
 from fedrecord.storage.documents import CorruptDocumentError
 
 from .home import INLINE_STREAM_MAX, NodeHome
@@ -161,14 +162,6 @@ def _check_labels(labels: Sequence[str]) -> None:
             raise LocalProtocolError(Code.MALFORMED, f"label {problem}")
 
 
-@dataclass
-class _DocumentLock:
-    """The lock of one document's deposits, and how many deposits hold or wait for it."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class PatientNode:
     """The patient's side of the protocol, over an opened :class:`NodeHome`."""
 
@@ -189,7 +182,7 @@ class PatientNode:
         # What may be held in memory at once (see BATCHES_IN_MEMORY, DEPOSITS_IN_MEMORY).
         self._batches = asyncio.Semaphore(BATCHES_IN_MEMORY)
         self._deposits_in_memory = DEPOSITS_IN_MEMORY
-        self._deposit_locks: dict[bytes, _DocumentLock] = {}
+        self._deposit_locks: KeyedLocks[bytes] = KeyedLocks()
 
     # --- connecting ----------------------------------------------------------------
 
@@ -306,8 +299,7 @@ class PatientNode:
         async with self._depositing(record.doc):
             return await self._store_deposit(signed, requester, ciphertext, now=now)
 
-    @contextlib.asynccontextmanager
-    async def _depositing(self, doc: bytes) -> AsyncIterator[None]:
+    def _depositing(self, doc: bytes) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold the block for one deposit of ``doc`` at a time.
 
         A clinic's outbox may send a deposit twice at once (its ``serve`` and a
@@ -316,17 +308,7 @@ class PatientNode:
         committed, and its cleanup destroys the file the first one's row names.
         Serialised, the second finds the first's row and is answered ``known``.
         """
-        entry = self._deposit_locks.get(doc)
-        if entry is None:
-            entry = self._deposit_locks[doc] = _DocumentLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if not entry.users:
-                del self._deposit_locks[doc]
+        return self._deposit_locks.hold(doc)
 
     async def _store_deposit(
         self, signed: Signed[Deposit], requester: str, ciphertext: AsyncIterable[bytes], *, now: int

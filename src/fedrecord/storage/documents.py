@@ -54,12 +54,12 @@ import hmac
 import os
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from fedrecord.core.errors import Code, LocalProtocolError
 from fedrecord.core.stream import CHUNK_SIZE, TAG_SIZE
+from fedrecord.keyed_locks import KeyedLocks
 
 from ._files import (
     WRITE_BLOCK,
@@ -91,12 +91,6 @@ _HEX_DIGITS: Final = "0123456789abcdef"
 
 class CorruptDocumentError(Exception):
     """A stored file no longer matches its document id (disk corruption or tampering at rest)."""
-
-
-@dataclass
-class _IdLock:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
 
 
 def _hex(doc_id: bytes) -> str:
@@ -148,7 +142,7 @@ class DocumentFiles:
         self._root = Path(root)
         self._root_text = os.fspath(self._root)
         self._tmp = self._root / _TEMPORARY
-        self._locks: dict[bytes, _IdLock] = {}
+        self._locks: KeyedLocks[bytes] = KeyedLocks()
 
     @property
     def root(self) -> Path:
@@ -168,19 +162,8 @@ class DocumentFiles:
         name = _hex(doc_id)
         return f"{self._root_text}/{name[:2]}/{name}"
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, doc_id: bytes) -> AsyncIterator[None]:
-        entry = self._locks.get(doc_id)
-        if entry is None:
-            entry = self._locks[doc_id] = _IdLock()
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[doc_id]
+    def _locked(self, doc_id: bytes) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._locks.hold(doc_id)
 
     async def put(self, doc_id: bytes, chunks: AsyncIterable[bytes], *, max_size: int) -> int:
         """Store a ciphertext streamed in ``chunks``, checking it against ``doc_id``.
