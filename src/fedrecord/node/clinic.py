@@ -495,7 +495,8 @@ class ClinicNode:
         outcomes = await _checked_copies(documents, streams, document_keys, patient)
         checked = [outcome for outcome in outcomes if isinstance(outcome, _CheckedCopy)]
         failed = {doc: outcome for doc, outcome in zip(documents, outcomes, strict=True) if isinstance(outcome, str)}
-        await self._keep_copies(patient, leaf, checked, now=now)
+        deleted = await self._keep_copies(patient, leaf, checked, now=now)
+        failed.update({doc: Code.NOT_FOUND.value for doc in deleted})
         return failed
 
     async def _keep_copies(
@@ -505,17 +506,25 @@ class ClinicNode:
         checked: Sequence[_CheckedCopy],
         *,
         now: int,
-    ) -> None:
+    ) -> set[bytes]:
         """Keep checked streams as copies, each in its row, in one transaction.
 
         A batch answer is a CBOR body under ``MAX_BODY`` (1 MiB), so each of its
         streams is small enough to be kept in its row (``INLINE_STREAM_MAX``).
+        A document whose tombstone this node holds by then is not kept ([API-27]).
+
+        Returns:
+            The documents not kept because the patient deleted them.
         """
         async with self.store.transaction():
+            # Under the write lock, which serialises this with a tombstone applied by any process.
+            deleted = await self.store.tombstoned_among([copy.doc for copy in checked])
             for copy in checked:
-                await self._upsert_copy(
-                    patient, grant, copy.doc, copy.key, copy.header, copy.size, now=now, stream=copy.stream
-                )
+                if copy.doc not in deleted:
+                    await self._upsert_copy(
+                        patient, grant, copy.doc, copy.key, copy.header, copy.size, now=now, stream=copy.stream
+                    )
+        return deleted
 
     async def fetch_into(
         self, patient: str, doc: bytes, into: BinaryIO, *, now: int, progress: Progress | None = None
@@ -755,13 +764,22 @@ class ClinicNode:
         *,
         now: int,
     ) -> int:
-        """Decrypt a fetched ciphertext into ``sink`` and keep the copy; nothing is kept when it fails."""
+        """Decrypt a fetched ciphertext into ``sink`` and keep the copy; nothing is kept when it fails.
+
+        Raises:
+            RemoteProtocolError: the decryption's codes; ``not-found`` when this node holds the
+                document's tombstone by the time the copy would be kept.
+        """
         try:
             reader = DocumentReader(key, expected_patient=patient)
             size = await decrypt_stored(self.home, doc, reader, sink=sink)
             assert reader.header is not None
             header = reader.header
             async with self.store.transaction():
+                if await self.store.tombstoned_among([doc]):
+                    # Deleted while it was fetched (a tombstone applied by any process, serialised by
+                    # the write lock): a copy kept now would outlive the attestation sent ([API-27]).
+                    raise RemoteProtocolError(Code.NOT_FOUND, "the patient deleted this document")
                 await self._upsert_copy(patient, grant, doc, key, header, size, now=now)
                 await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
@@ -783,7 +801,7 @@ class ClinicNode:
     ) -> None:
         """Keep the row of a fetched copy, its key wrapped at rest (and a small one's stream).
 
-        Call inside a transaction.
+        Call inside a transaction, once the document is known not to be tombstoned.
         """
         await self.store.upsert_shared(
             doc=doc,

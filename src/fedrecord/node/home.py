@@ -206,7 +206,34 @@ class NodeHome:
         for doc in docs:
             await self.files.destroy(doc)
         if docs:
+            async with self.store.transaction():
+                await self.store.undoom(docs)
+            # Last, so that the log holds nothing after it; a crash before it leaves old images in
+            # the database file, which the checkpoint serve makes at start overwrites.
             await self.db.checkpoint()
+
+    async def finish_destruction(self, *, before: int | None = None) -> int:
+        """Finish the destructions a process began and did not end (killed between commit and file).
+
+        The transaction that forgets a document's rows lists it as doomed; :meth:`destroyed`
+        strikes it off once its file and the log's old images are gone.  What is still listed
+        is destroyed here, whatever the file's age (unlike :meth:`sweep_orphans`).
+
+        Args:
+            before: only documents forgotten before this time, so as not to race a process
+                destroying them right now (None: all, and a checkpoint in any case, at start).
+
+        Returns:
+            How many documents were finished.
+
+        Raises:
+            OSError, sqlite3.Error: the disk failed.
+        """
+        docs = await self.store.doomed(before=before)
+        await self.destroyed(*docs)
+        if before is None and not docs:
+            await self.db.checkpoint()  # images a crash left between a destruction and its checkpoint
+        return len(docs)
 
     async def sweep_orphans(self, *, now: float | None = None) -> int:
         """Destroy the document files no row names that are older than :data:`ORPHAN_AGE`.

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -54,6 +55,8 @@ async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int
 async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, stop: asyncio.Event) -> None:
     while not stop.is_set():
         now = int(time.time())
+        # What another process (a `fedrecord delete` killed after its commit) left undone.
+        await finish_destruction(home, before=now - FINISH_AFTER)
         try:
             if clinic is not None:
                 await clinic.flush_outbox(now=now)
@@ -70,6 +73,21 @@ async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, 
             await asyncio.wait_for(stop.wait(), timeout=home.config.poll_interval)
 
 
+FINISH_AFTER: Final = 60
+"""Seconds after which serve finishes a destruction another process left listed (it was killed)."""
+
+
+async def finish_destruction(home: NodeHome, *, before: int | None = None) -> None:
+    """Destroy what a killed process left of documents it had forgotten (logged, never raised)."""
+    try:
+        finished = await home.finish_destruction(before=before)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("finishing the destruction of forgotten documents: %s", exc)
+        return
+    if finished:
+        log.info("destroyed what was left of %d forgotten document(s) (an interrupted deletion)", finished)
+
+
 async def sweep_orphans(home: NodeHome) -> None:
     """Destroy, once at start, the document files a crash left without their row (logged, never raised)."""
     try:
@@ -83,6 +101,9 @@ async def sweep_orphans(home: NodeHome) -> None:
 
 async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Before anything is served or sent: an attestation queued by a process killed before it
+    # destroyed the copy goes out only once the copy is gone.
+    await finish_destruction(home)
     client = PeerClient(home.identity)
     clinic = ClinicNode(home, client) if home.config.role == "clinic" else None
     app = make_app(home, clinic=clinic)

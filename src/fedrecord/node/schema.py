@@ -107,6 +107,11 @@ MIGRATIONS = (
         # IF EXISTS: for a while migration 5 itself dropped it, and databases made then have none.
         statements=("DROP INDEX IF EXISTS audit_by_doc",),
     ),
+    Migration(
+        version=8,
+        description="doomed: documents whose rows a transaction forgot, until their file and log images are destroyed",
+        statements=("CREATE TABLE doomed (doc BLOB PRIMARY KEY, at INTEGER NOT NULL)",),
+    ),
 )
 
 TABLES = (
@@ -122,4 +127,5 @@ TABLES = (
     "delegations",
     "outbox",
     "view_epoch",
+    "doomed",
 )

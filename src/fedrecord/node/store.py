@@ -347,6 +347,22 @@ class NodeStore(Protocol):
         """Those of ``docs`` that have a row, in any state (at most ``MAX_IDS_PER_QUERY`` at a time)."""
         ...
 
+    async def tombstoned_among(self, docs: Sequence[bytes]) -> set[bytes]:
+        """Those of ``docs`` this node holds a tombstone of (at most ``MAX_IDS_PER_QUERY`` at a time)."""
+        ...
+
+    async def doomed(self, *, before: int | None = None) -> list[bytes]:
+        """Documents whose rows were forgotten and whose file and log images are still to destroy.
+
+        Args:
+            before: only those forgotten before this time (None: all).
+        """
+        ...
+
+    async def undoom(self, docs: Sequence[bytes]) -> None:
+        """Strike documents off the list once destroyed.  Call inside a transaction."""
+        ...
+
     async def authored_for(self, doc: bytes) -> str | None:
         """The patient of a document this clinic authored; ``None`` when it authored no such document."""
         ...
@@ -855,6 +871,17 @@ class SqliteNodeStore:
         )
         return [InboxRow(*row) for row in rows]
 
+    async def tombstoned_among(self, docs: Sequence[bytes]) -> set[bytes]:
+        if len(docs) > MAX_IDS_PER_QUERY:
+            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
+        if not docs:
+            return set()
+        marks = ", ".join("?" * len(docs))
+        rows = await self._all(
+            f"SELECT subject FROM records WHERE typ = ? AND subject IN ({marks})", (Tombstone.TYPE.value, *docs)
+        )
+        return {row[0] for row in rows}
+
     async def documents_among(self, docs: Sequence[bytes]) -> set[bytes]:
         if len(docs) > MAX_IDS_PER_QUERY:
             raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
@@ -931,6 +958,20 @@ class SqliteNodeStore:
     async def forget_document(self, doc: bytes, keys_in: type[Record]) -> None:
         await self.db.execute("DELETE FROM documents WHERE id = ?", (doc,))
         await self.db.execute("DELETE FROM records WHERE typ = ? AND subject = ?", (keys_in.TYPE.value, doc))
+        # In the same transaction: should the process die before the file and the log are destroyed,
+        # the next start finds what is left to do (NodeHome.finish_destruction).
+        await self.db.execute(
+            "INSERT OR REPLACE INTO doomed (doc, at) VALUES (?, CAST(strftime('%s', 'now') AS INTEGER))", (doc,)
+        )
+
+    async def doomed(self, *, before: int | None = None) -> list[bytes]:
+        if before is None:
+            return [row[0] for row in await self._all("SELECT doc FROM doomed")]
+        return [row[0] for row in await self._all("SELECT doc FROM doomed WHERE at < ?", (before,))]
+
+    async def undoom(self, docs: Sequence[bytes]) -> None:
+        for doc in docs:
+            await self.db.execute("DELETE FROM doomed WHERE doc = ?", (doc,))
 
     async def held_documents(self) -> list[HeldRow]:
         rows = await self._all(

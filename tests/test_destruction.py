@@ -1,0 +1,117 @@
+"""Destruction that survives interruptions: deletions finished after a crash, copies never kept after their tombstone.
+
+* A process killed between the commit that forgets a document and the
+  destruction of its file (and of the log's old images) leaves the document
+  listed as doomed; the next ``serve`` finishes it at start, whatever the
+  file's age, and a running one after ``FINISH_AFTER`` seconds.
+* A fetch that was under way when the patient deleted the document, and whose
+  copy would be kept after this node applied the tombstone and attested its
+  destruction, keeps nothing ([API-27]).
+
+Real nodes over HTTP on loopback (:func:`tests.node_helpers.build_story`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from fedrecord.core import RemoteProtocolError
+from fedrecord.node import clinic as clinic_module
+from fedrecord.node import runner
+from fedrecord.node.home import NodeHome
+
+from .node_helpers import Story, build_story, now
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story]:
+    built = await build_story(tmp_path_factory.mktemp("destruction"))
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+async def _accepted(story: Story, content: bytes, title: str) -> bytes:
+    doc = await story.lab.clinic.deposit(
+        story.patient.did, content, title=title, category="lab", doc_type="lab-result", now=now()
+    )
+    await story.lab.clinic.flush_outbox()
+    await story.patient.patient.accept(doc, now=now())
+    return doc
+
+
+async def test_a_deletion_cut_after_its_commit_is_finished_by_the_next_start(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file of a large document outlives a deletion killed after its commit; the next start destroys it."""
+    home = story.patient.h
+    doc = await _accepted(story, os.urandom(2_000_000), "Large scan")  # over 1 MiB: kept in a file
+    assert home.files.path_of(doc).exists()
+
+    async def killed(*_docs: bytes) -> None:  # the process dies right after the commit
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(NodeHome, "destroyed", killed)
+        await story.patient.patient.delete(doc, now=now())
+    assert await home.store.doomed() == [doc] and home.files.path_of(doc).exists()
+    # A running serve leaves it to the process that is destroying it, for FINISH_AFTER seconds.
+    await runner.finish_destruction(home, before=now() - runner.FINISH_AFTER)
+    assert home.files.path_of(doc).exists()
+    await runner.finish_destruction(home)  # as serve does at start
+    assert not home.files.path_of(doc).exists()
+    assert await home.store.doomed() == []
+
+
+async def test_a_copy_fetched_while_the_patient_deleted_it_is_not_kept(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tombstone is applied (and destruction attested) between the download and the keep: nothing kept."""
+    gp, patient = story.gp, story.patient
+    doc = await _accepted(story, b"Ferritin 12 ug/L\n" * 100, "Ferritin")
+    real = clinic_module.decrypt_stored
+
+    async def meanwhile(*args: Any, **kwargs: Any) -> int:
+        size = await real(*args, **kwargs)
+        # What another process does at this moment: the patient deletes, the GP's serve applies it.
+        await patient.patient.delete(doc, now=now())
+        await gp.clinic.poll(patient.did, now=now())
+        return size
+
+    monkeypatch.setattr(clinic_module, "decrypt_stored", meanwhile)
+    with pytest.raises(RemoteProtocolError) as caught:
+        await gp.clinic.fetch(patient.did, doc, now=now())
+    assert caught.value.code.value == "not-found"
+    assert await gp.h.store.attested(doc)
+    assert await gp.h.store.document_state(doc) is None
+    assert not gp.h.files.path_of(doc).exists()
+
+
+async def test_a_batch_keeps_none_of_what_the_patient_deleted_meanwhile(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same between a batch's download and its keep: the deleted one is not kept, the others are."""
+    gp, patient = story.gp, story.patient
+    kept = await _accepted(story, b"Vitamin D 30 ng/mL\n", "Vitamin D")
+    deleted = await _accepted(story, b"Vitamin B12 400 pg/mL\n", "Vitamin B12")
+    real = clinic_module._checked_copies
+
+    async def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        outcomes = await real(*args, **kwargs)
+        await patient.patient.delete(deleted, now=now())
+        await gp.clinic.poll(patient.did, now=now())
+        return outcomes
+
+    monkeypatch.setattr(clinic_module, "_checked_copies", meanwhile)
+    failed = await gp.clinic.fetch_batch(patient.did, [kept, deleted], now=now())
+    assert failed == {deleted: "not-found"}
+    assert await gp.h.store.document_state(kept) == "shared"
+    assert await gp.h.store.document_state(deleted) is None
