@@ -443,3 +443,25 @@ async def test_fedrecord_sync_command(story: Story) -> None:
     report = (await cli_json(story.gp, "sync"))["patients"][story.patient.did]
     assert report["documents_fetched"] == 1 and report["records_stored"] > 0
     assert await story.gp.clinic.read_held(story.docs["cbc"], now=now())
+
+
+async def test_the_sync_that_brings_a_first_grant_also_syncs_what_it_opens(story: Story, tmp_path: Path) -> None:
+    """A clinic granted access since it last synced gets the documents in that same sync, not the next."""
+    patient = story.patient
+    clinic = await ServedNode.create(tmp_path / "radiology", role="clinic", name="Radiologie")
+    try:
+        invitation = await patient.patient.create_invitation(label="radiology", now=now())
+        await clinic.clinic.connect(invitation.url(), now=now())
+        await patient.patient.grant(
+            audience=clinic.did,
+            scope=Scope(categories=("lab",), past=True, future=True),
+            actions=("read",),
+            purpose="treatment",
+            days=30,
+            now=now(),
+        )
+        report = await clinic.clinic.sync(patient.did, now=now())
+        assert report.documents_fetched == 2 and not report.documents_failed  # the two lab results
+        assert await clinic.h.store.held_copy(story.docs["cbc"]) is not None
+    finally:
+        await clinic.stop()

@@ -245,8 +245,20 @@ async def sync_with_patient(
             a reconciliation that does not end.
         PeerUnreachable: the patient's node did not answer (what was stored so far stays).
     """
-    endpoint, chain = await clinic.sync_target(patient, now=now)
     report = SyncReport()
+    held = await _sync_pass(clinic, patient, report, now=now, bodies=bodies, progress=progress)
+    if not held and (await clinic.sync_target(patient, now=now))[1]:
+        # The pass brought this node its first grant: the view it opens is synced now, not next time.
+        await _sync_pass(clinic, patient, report, now=now, bodies=bodies, progress=progress)
+    return report
+
+
+async def _sync_pass(
+    clinic: ClinicNode, patient: str, report: SyncReport, *, now: int, bodies: bool, progress: Progress | None
+) -> bool:
+    """One sync under the chain this node holds now, counted into ``report``; whether it held one."""
+    endpoint, chain = await clinic.sync_target(patient, now=now)
+    held = bool(chain)
     try:
         need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
     except RemoteProtocolError as exc:
@@ -275,7 +287,7 @@ async def sync_with_patient(
         await _fetch_bodies(
             clinic, patient, await clinic.missing_entries(patient, known=synced), report, now=now, progress=progress
         )
-    return report
+    return held
 
 
 async def _fetch_bodies(
