@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import RemoteProtocolError
+from fedrecord.core import RemoteProtocolError, Scope
 from fedrecord.node import clinic as clinic_module
 from fedrecord.node import runner
 from fedrecord.node.home import NodeHome
@@ -39,9 +39,9 @@ async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story
         await built.close()
 
 
-async def _accepted(story: Story, content: bytes, title: str) -> bytes:
+async def _accepted(story: Story, content: bytes, title: str, category: str = "lab") -> bytes:
     doc = await story.lab.clinic.deposit(
-        story.patient.did, content, title=title, category="lab", doc_type="lab-result", now=now()
+        story.patient.did, content, title=title, category=category, doc_type="lab-result", now=now()
     )
     await story.lab.clinic.flush_outbox()
     await story.patient.patient.accept(doc, now=now())
@@ -115,3 +115,32 @@ async def test_a_batch_keeps_none_of_what_the_patient_deleted_meanwhile(
     assert failed == {deleted: "not-found"}
     assert await gp.h.store.document_state(kept) == "shared"
     assert await gp.h.store.document_state(deleted) is None
+
+
+async def test_a_copy_kept_again_is_struck_off_the_list(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revoked (the clinic killed after its commit), granted again, fetched again: the new copy survives."""
+    gp, patient = story.gp, story.patient
+    doc = await _accepted(story, os.urandom(2_000_000), "Scan", "imaging")  # outside the GP's own grant
+    grant = await patient.patient.grant(
+        audience=gp.did, scope=Scope(ids=(doc,)), actions=("read",), purpose="treatment", days=30, now=now()
+    )
+    await gp.clinic.poll(patient.did, now=now())
+    await gp.clinic.fetch(patient.did, doc, now=now())
+    await patient.patient.revoke(grant.id, now=now())
+
+    async def killed(*_docs: bytes) -> None:
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(NodeHome, "destroyed", killed)
+        await gp.clinic.poll(patient.did, now=now())
+    assert await gp.h.store.doomed() == [doc]
+    await patient.patient.grant(
+        audience=gp.did, scope=Scope(ids=(doc,)), actions=("read",), purpose="treatment", days=30, now=now()
+    )
+    await gp.clinic.poll(patient.did, now=now())
+    await gp.clinic.fetch(patient.did, doc, now=now())
+    assert await gp.h.store.doomed() == [], "kept again: no longer to destroy"
+    await runner.finish_destruction(gp.h)  # as the next serve does at start
+    assert gp.h.files.path_of(doc).exists()
+    assert await gp.clinic.read_held(doc, now=now())

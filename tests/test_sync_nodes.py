@@ -465,3 +465,26 @@ async def test_the_sync_that_brings_a_first_grant_also_syncs_what_it_opens(story
         assert await clinic.h.store.held_copy(story.docs["cbc"]) is not None
     finally:
         await clinic.stop()
+
+
+async def test_a_clinic_whose_grant_lists_manage_syncs_without_pushing(story: Story, tmp_path: Path) -> None:
+    """manage in a narrow grant makes no device: its holder pushes nothing, and its sync goes through."""
+    patient = story.patient
+    clinic = await ServedNode.create(tmp_path / "cardiology", role="clinic", name="Cardiologie")
+    try:
+        invitation = await patient.patient.create_invitation(label="cardiology", now=now())
+        await clinic.clinic.connect(invitation.url(), now=now())
+        await patient.patient.grant(
+            audience=clinic.did,
+            scope=Scope(categories=("lab",), past=True, future=True),
+            actions=("manage", "delegate", "read"),
+            purpose="treatment",
+            days=30,
+            now=now(),
+        )
+        await clinic.clinic.poll(patient.did, now=now())
+        await clinic.clinic.delegate(patient.did, to=story.gp.did, to_endpoint=story.gp.url, days=10, now=now())
+        report = await clinic.clinic.sync(patient.did, now=now())
+        assert report.records_pushed == 0 and report.documents_fetched == 2 and not report.documents_failed
+    finally:
+        await clinic.stop()

@@ -110,7 +110,12 @@ MIGRATIONS = (
     Migration(
         version=8,
         description="doomed: documents whose rows a transaction forgot, until their file and log images are destroyed",
-        statements=("CREATE TABLE doomed (doc BLOB PRIMARY KEY, at INTEGER NOT NULL)",),
+        statements=(
+            "CREATE TABLE doomed (doc BLOB PRIMARY KEY, at INTEGER NOT NULL)",
+            # A document kept again (granted again, fetched again) is no longer to destroy: were it
+            # left listed, finishing an old destruction would take the new copy's file.
+            "CREATE TRIGGER kept_again AFTER INSERT ON documents BEGIN DELETE FROM doomed WHERE doc = NEW.id; END",
+        ),
     ),
 )
 

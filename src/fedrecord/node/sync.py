@@ -111,6 +111,13 @@ class ViewCache:
     limit: int = 64
 
 
+def is_device_grant(grant: Grant) -> bool:
+    """Whether a grant's terms are a device grant's ([API-46]): ``manage`` over the whole record."""
+    scope = grant.scope
+    whole = scope.past and scope.future and (scope.ids, scope.categories, scope.labels) == (None, None, None)
+    return Action.MANAGE in grant.actions and whole and (scope.since, scope.until) == (None, None)
+
+
 def is_device_chain(grants: Sequence[Signed[Grant]], patient: str) -> bool:
     """Whether a chain is a device grant ([API-46]): one link, the patient's, ``manage`` over the whole record.
 
@@ -118,17 +125,7 @@ def is_device_chain(grants: Sequence[Signed[Grant]], patient: str) -> bool:
     patient's grant over less than the whole record -- gives nothing more than
     the chain's scope: the whole record is for the patient's own devices.
     """
-    if len(grants) != 1:
-        return False
-    grant = grants[0]
-    scope = grant.record.scope
-    whole = scope.past and scope.future and (scope.ids, scope.categories, scope.labels) == (None, None, None)
-    return (
-        grant.signer == patient
-        and Action.MANAGE in grant.record.actions
-        and whole
-        and (scope.since, scope.until) == (None, None)
-    )
+    return len(grants) == 1 and grants[0].signer == patient and is_device_grant(grants[0].record)
 
 
 async def patient_view(
@@ -392,9 +389,10 @@ async def _push_own(
     clinic: ClinicNode, patient: str, endpoint: str, chain: list[bytes], have: list[bytes]
 ) -> int:
     """A device sends the patient's node the grants and revocations it issued there ([API-48])."""
-    leaf = open_stored(chain[-1], Grant)
-    if Action.MANAGE not in leaf.record.actions:
-        return 0
+    links = [open_stored(link, Grant) for link in chain]
+    if not is_device_chain(links, patient):
+        return 0  # the patient's node takes pushes from its devices only ([API-48])
+    leaf = links[-1]
     own = await clinic.issued_under(leaf.id, set(have))
     if not own:
         return 0

@@ -25,6 +25,7 @@ from aiohttp import web
 from fedrecord.core import Grant
 from fedrecord.core.errors import FedrecordError
 from fedrecord.node.patient import DAY, PatientNode
+from fedrecord.node.sync import is_device_grant
 from fedrecord.node.wire import Invitation
 
 from .. import i18n
@@ -291,8 +292,8 @@ class ConnectedNode:
 
 
 async def device_holders(patient: PatientNode) -> set[str]:
-    """Nodes holding a device grant (one with ``manage``) from the patient, whatever its state."""
-    return {g.record.audience for g in await patient.all_grants() if "manage" in g.record.actions}
+    """Nodes holding a device grant (``manage`` over the whole record) from the patient, whatever its state."""
+    return {g.record.audience for g in await patient.all_grants() if is_device_grant(g.record)}
 
 
 async def invitation_rows(patient: PatientNode, language: str, now: int) -> list[InvitationRowView]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from fedrecord.core import Revocation, Scope
 from fedrecord.core.errors import FedrecordError
 from fedrecord.node.patient import PatientNode
+from fedrecord.node.sync import is_device_grant
 
 from .. import i18n
 from ..app import PATIENT, language_of, notify, redirect, render
@@ -168,7 +169,7 @@ async def enrolled(patient: PatientNode, language: str, now: int) -> list[Device
     """Every device grant the patient issued, newest first, with its state."""
     revoked = {r.record.grant for r in await patient.store.records(Revocation)}
     devices = []
-    grants = [g for g in await patient.all_grants() if "manage" in g.record.actions]
+    grants = [g for g in await patient.all_grants() if is_device_grant(g.record)]
     for grant in sorted(grants, key=lambda g: g.record.iat, reverse=True):
         record = grant.record
         state = "revoked" if grant.id in revoked else "expired" if now >= record.exp else "active"

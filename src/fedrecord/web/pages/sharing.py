@@ -14,6 +14,7 @@ from fedrecord.core.errors import FedrecordError
 from fedrecord.core.identity import public_key_from_did
 from fedrecord.node.patient import PatientNode
 from fedrecord.node.store import RecordFilter
+from fedrecord.node.sync import is_device_grant
 
 from .. import i18n
 from ..app import PATIENT, language_of, notify, redirect, render
@@ -172,7 +173,7 @@ class GrantView:
 
 
 def _is_device(grant: Grant) -> bool:
-    return Action.MANAGE.value in grant.actions
+    return is_device_grant(grant)
 
 
 def _is_reader(grant: Grant) -> bool:
