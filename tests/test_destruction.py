@@ -144,3 +144,25 @@ async def test_a_copy_kept_again_is_struck_off_the_list(story: Story, monkeypatc
     await runner.finish_destruction(gp.h)  # as the next serve does at start
     assert gp.h.files.path_of(doc).exists()
     assert await gp.clinic.read_held(doc, now=now())
+
+
+async def test_an_attestation_goes_out_only_once_the_copy_is_destroyed(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GP killed after it applied a tombstone: whichever process sends the attestation destroys first."""
+    gp, patient = story.gp, story.patient
+    doc = await _accepted(story, os.urandom(2_000_000), "Large lab report")  # the GP reads lab results
+    await gp.clinic.fetch(patient.did, doc, now=now())
+    await patient.patient.delete(doc, now=now())
+
+    async def killed(*_docs: bytes) -> None:
+        return None
+
+    with monkeypatch.context() as patched:
+        patched.setattr(NodeHome, "destroyed", killed)
+        await gp.clinic.poll(patient.did, now=now())  # applies the tombstone, queues the attestation
+    assert gp.h.files.path_of(doc).exists() and await gp.h.store.doomed() == [doc]
+    assert await gp.h.store.attested(doc)
+    await gp.clinic.flush_outbox()
+    assert not gp.h.files.path_of(doc).exists() and await gp.h.store.doomed() == []
+    assert [o["done"] for o in await gp.clinic.outbox() if o["kind"] == "attestation"][-1]

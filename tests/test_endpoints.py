@@ -23,6 +23,7 @@ from fedrecord.conformance.actors import NOWHERE, Actor
 from fedrecord.core import Code, Grant, NodeProfile, RemoteProtocolError, Signed, SigningIdentity, sign_record
 from fedrecord.http.aiohttp_signing import endpoint_problem
 from fedrecord.node import clinic as clinic_module
+from fedrecord.node import runner
 from fedrecord.node.wire import Invitation
 
 from .node_helpers import (
@@ -224,14 +225,17 @@ async def test_a_request_cut_mid_body_leaves_one_log_line(
 async def test_patients_held_through_delegations_alone_are_bounded(
     story: Story, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stranger can mint a patient of its own and delegate from it: such patients are bounded ([API-31])."""
+    """A stranger can mint a patient of its own and delegate from it: such patients are bounded ([API-31]).
+
+    The bound counts live delegations: once a made-up patient's chain expired, its place is free.
+    """
     monkeypatch.setattr(clinic_module, "MAX_DELEGATED_PATIENTS", 1)
 
-    async def delegate_from_a_made_up_patient() -> Any:
+    async def delegate_from_a_made_up_patient(*, lasting: int) -> tuple[Any, str]:
         made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")
-        root = made_up.grant(stranger.did, actions=("read", "delegate"))
+        root = made_up.grant(stranger.did, actions=("read", "delegate"), exp=now() + lasting)
         child = stranger.grant(story.lab.did, parent=root.id, nbf=root.record.nbf, exp=root.record.exp)
-        return await send_signed(
+        answer = await send_signed(
             story.session,
             stranger.identity,
             "POST",
@@ -243,8 +247,53 @@ async def test_patients_held_through_delegations_alone_are_bounded(
                 chain=[root.encoded, child.encoded],
             ),
         )
+        return answer, made_up.did
 
-    assert (await delegate_from_a_made_up_patient()).status == 201
+    first, short_lived = await delegate_from_a_made_up_patient(lasting=2)
+    assert first.status == 201
     before = await snapshot(story.lab)
-    refused(await delegate_from_a_made_up_patient(), 429, "too-many", signed=True)
+    second, _ = await delegate_from_a_made_up_patient(lasting=3600)
+    refused(second, 429, "too-many", signed=True)
     await assert_unchanged(story.lab, before, nonce_spent=True)
+    await asyncio.sleep(3)  # the first made-up patient's chain expires
+    third, kept = await delegate_from_a_made_up_patient(lasting=3600)
+    assert third.status == 201, third.body
+    assert await story.lab.h.store.connection(short_lived) is None, "the dead one was forgotten"
+    assert await story.lab.h.store.connection(kept) is not None
+
+
+@ASYNC
+async def test_a_stalling_patient_node_holds_up_no_other_poll(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A made-up patient whose endpoint accepts and never answers: the real patient is still polled at once."""
+    monkeypatch.setattr(runner, "POLL_DEADLINE", 0.5)
+
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+        writer.close()
+
+    trap = await asyncio.start_server(stall, "127.0.0.1", 0)
+    try:
+        endpoint = f"http://127.0.0.1:{trap.sockets[0].getsockname()[1]}"
+        made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")
+        root = made_up.grant(stranger.did, actions=("read", "delegate"))
+        child = stranger.grant(story.lab.did, parent=root.id, nbf=root.record.nbf, exp=root.record.exp)
+        answer = await send_signed(
+            story.session,
+            stranger.identity,
+            "POST",
+            story.lab.url + "/v0/grants",
+            body(
+                patient=made_up.did,
+                endpoint=endpoint,
+                profile=made_up.profile_with(endpoints=(endpoint,)),
+                chain=[root.encoded, child.encoded],
+            ),
+        )
+        assert answer.status == 201, answer.body
+        started = asyncio.get_running_loop().time()
+        await runner.poll_all(story.lab.clinic, now=now())
+        assert asyncio.get_running_loop().time() - started < 10
+        held = await story.lab.h.store.connection(story.patient.did)
+        assert held is not None and held.head_seq >= 0
+    finally:
+        trap.close()

@@ -328,6 +328,11 @@ class ClinicNode:
                 expected_signer=target,
             )
         elif kind == "attestation":
+            # "destroyed" is said only once it is true: what a process killed after the commit left
+            # of the copy is destroyed first, by whichever process sends ([API-27]).
+            doc = reopen_record(payload, DeletionAttestation).record.doc
+            if doc in await self.store.doomed():
+                await self.home.destroyed(doc)
             await self.client.call(
                 "POST",
                 f"{connection['endpoint']}/v0/attestations",
@@ -662,9 +667,9 @@ class ClinicNode:
         async with self.store.transaction():
             held = await self.store.connection(patient)
             if held is None:
-                if await self.store.delegated_only_count() >= MAX_DELEGATED_PATIENTS:
+                if not await self._room_for_a_delegated_patient(now=now):
                     log.warning(
-                        "refused a delegation from %s: %d patients held through delegations alone",
+                        "refused a delegation from %s: %d patients held through live delegations alone",
                         requester,
                         MAX_DELEGATED_PATIENTS,
                     )
@@ -679,6 +684,21 @@ class ClinicNode:
             for link in links:
                 await self.store.put_record(link, now=now, subject=link.record.audience.encode())
         return links[-1]
+
+    async def _room_for_a_delegated_patient(self, *, now: int) -> bool:
+        """Whether one more patient may be held through delegations alone (``MAX_DELEGATED_PATIENTS``).
+
+        At the bound, the patients whose every delegated chain is dead (expired, revoked) and of
+        whom no copy is held are forgotten first, so the bound counts live delegations only.
+        Call inside a transaction.
+        """
+        patients = await self.store.delegated_only()
+        if len(patients) < MAX_DELEGATED_PATIENTS:
+            return True
+        for patient in patients:
+            if not await self.chains_from(patient, now=now) and not await self.store.shared_copies(patient):
+                await self.store.forget_connection(patient)
+        return len(await self.store.delegated_only()) < MAX_DELEGATED_PATIENTS
 
     async def _transfer(self, fetch: _Fetch) -> tuple[Signed[KeyWrap], bytes]:
         """Bring the document's ciphertext to its final file under one chain: resumed when bytes are kept.

@@ -60,17 +60,40 @@ async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, 
         try:
             if clinic is not None:
                 await clinic.flush_outbox(now=now)
-                for connection in await clinic.connections():
-                    try:
-                        await clinic.poll(connection.patient, now=now)
-                    except (FedrecordError, PeerUnreachable) as exc:
-                        log.warning("polling %s: %s", connection.patient, exc)
+                await poll_all(clinic, now=now)
             else:
                 await deliver_patient_outbox(home, client, now=now)
         except Exception:
             log.exception("background duties")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=home.config.poll_interval)
+
+
+POLLS_AT_ONCE: Final = 8
+"""Patients' nodes a clinic polls at the same time."""
+POLL_DEADLINE: Final = 15.0
+"""Seconds one poll may take: a node that accepts and then stalls holds up no other."""
+
+
+async def poll_all(clinic: ClinicNode, *, now: int) -> None:
+    """Poll every connected patient's node, a few at a time, each within ``POLL_DEADLINE`` (logged, never raised).
+
+    A connection may come from a delegation by a node never met, whose patient's endpoint that
+    node chose (spec 15.18): one slow endpoint must not delay the others, nor the next outbox run.
+    """
+    turns = asyncio.Semaphore(POLLS_AT_ONCE)
+
+    async def poll(patient: str) -> None:
+        async with turns:
+            try:
+                async with asyncio.timeout(POLL_DEADLINE):
+                    await clinic.poll(patient, now=now)
+            except (FedrecordError, PeerUnreachable) as exc:
+                log.warning("polling %s: %s", patient, exc)
+            except TimeoutError:
+                log.warning("polling %s: no state within %.0f s", patient, POLL_DEADLINE)
+
+    await asyncio.gather(*(poll(connection.patient) for connection in await clinic.connections()))
 
 
 FINISH_AFTER: Final = 60

@@ -526,8 +526,12 @@ class NodeStore(Protocol):
         """One connection; ``None`` when not connected to ``patient``."""
         ...
 
-    async def delegated_only_count(self) -> int:
-        """How many connections came from delegations alone (no deposit grant from an invitation)."""
+    async def delegated_only(self) -> list[str]:
+        """The patients connected through delegations alone (no deposit grant from an invitation)."""
+        ...
+
+    async def forget_connection(self, patient: str) -> None:
+        """Drop a connection and the chains delegated for it.  Call inside a transaction."""
         ...
 
     async def save_connection(
@@ -1110,9 +1114,12 @@ class SqliteNodeStore:
         rows = await self._all("SELECT patient, profile, endpoint, head_seq FROM connections")
         return [ConnectionRow(*row) for row in rows]
 
-    async def delegated_only_count(self) -> int:
-        row = await self._one("SELECT count(*) FROM connections WHERE deposit_grant IS NULL")
-        return int(row[0])
+    async def delegated_only(self) -> list[str]:
+        return [row[0] for row in await self._all("SELECT patient FROM connections WHERE deposit_grant IS NULL")]
+
+    async def forget_connection(self, patient: str) -> None:
+        await self.db.execute("DELETE FROM delegations WHERE patient = ?", (patient,))
+        await self.db.execute("DELETE FROM connections WHERE patient = ?", (patient,))
 
     async def connection(self, patient: str) -> ConnectionDetail | None:
         row = await self._one(

@@ -81,8 +81,8 @@ i18n.register(
             "Ce formulaire n'a pas pu être lu. Revenez en arrière, rechargez la page et réessayez.",
         ),
         "host.refused": (
-            "This page answers only at its own address (such as http://127.0.0.1 and its port).",
-            "Cette page ne répond qu'à sa propre adresse (comme http://127.0.0.1 et son port).",
+            "This page answers only at an IP address, localhost or the name set as web_host.",
+            "Cette page ne répond qu'à une adresse IP, à localhost ou au nom choisi comme web_host.",
         ),
         "error.title": ("Something went wrong", "Un problème est survenu"),
         "error.back": ("Back to my record", "Retour à mon dossier"),
@@ -158,12 +158,13 @@ def _secure(response: web.StreamResponse) -> None:
 
 @web.middleware
 async def own_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Serve only requests addressed to this page: the ``Host`` names it, by address or loopback name.
+    """Serve only requests addressed to this page by a name no other site can hold.
 
     A page on another site can rebind its own host name to 127.0.0.1 (DNS rebinding); its requests
     then reach this page with that name in ``Host`` and, since the browser deems them same-origin,
-    in ``Origin`` too, which the CSRF check compares with ``Host``.  An IP literal cannot be rebound,
-    nor ``localhost``; the port must be the one the request came in on.
+    in ``Origin`` too, which the CSRF check compares with ``Host``.  An IP address cannot be
+    rebound, nor ``localhost``, nor the name the patient configured (``web_host``); any port is
+    fine, so that a tunnel or a forwarded port (``ssh -L 9000:127.0.0.1:8471``) still works.
     """
     if not _names_this_page(request):
         return render(request, "refused.html", status=421, message_key="host.refused")
@@ -171,15 +172,9 @@ async def own_host(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def _names_this_page(request: web.Request) -> bool:
-    host = request.headers.get(hdrs.HOST, "")
-    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
     try:
-        url = URL(f"http://{host}")
-        port = url.port
-        name = (url.host or "").strip("[]").lower()
+        name = (URL(f"http://{request.headers.get(hdrs.HOST, '')}").host or "").strip("[]").lower()
     except ValueError:
-        return False
-    if not sockname or port != sockname[1]:
         return False
     if name in ("localhost", request.app[HOME].config.web_host.lower()):
         return True
