@@ -399,9 +399,11 @@ def test_ctrl_c_after_a_deposit_is_committed_says_it_is_queued(tmp_path: Path) -
             while tables(homes.lab, outbox) == [0]:
                 assert time.monotonic() < deadline and depositing.poll() is None, "the deposit was not queued"
                 time.sleep(0.05)
-            time.sleep(0.3)  # committed: now it waits for the silent node's answer
-            depositing.send_signal(signal.SIGINT)
-            _, err = depositing.communicate(timeout=30)
+            silent.settimeout(30)
+            sending, _ = silent.accept()  # committed, and now sending: it waits for the silent node's answer
+            with sending:
+                depositing.send_signal(signal.SIGINT)
+                _, err = depositing.communicate(timeout=30)
         finally:
             if depositing.poll() is None:
                 depositing.kill()

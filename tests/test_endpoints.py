@@ -214,7 +214,10 @@ async def test_a_request_cut_mid_body_leaves_one_log_line(
     await writer.drain()
     await asyncio.sleep(0.2)
     writer.transport.abort()
-    await asyncio.sleep(0.3)
+    for _ in range(100):  # until the node has seen the connection go
+        if "connection lost during" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
     await assert_unchanged(story.patient, before, nonce_spent=False)
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
     assert "connection lost during POST /v0/state" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from collections.abc import AsyncIterator
 
 import pytest
@@ -151,7 +152,8 @@ async def test_peers_that_read_alike_are_told_apart(story: Story) -> None:
     gp_name = story.gp.h.config.name
     assert await patient.peer_name(story.gp.did) == gp_name
     impostors = []
-    for name in (gp_name, gp_name.replace(" ", " \u200b", 1), "\u202eevil\u202c lab"):
+    decomposed = unicodedata.normalize("NFD", gp_name.upper())  # accents written apart, other case
+    for name in (gp_name, gp_name.replace(" ", " \u200b", 1), "\u202eevil\u202c lab", decomposed, "Dr X (…abcdefgh)"):
         identity = SigningIdentity.from_seed(os.urandom(32))
         keys = EncryptionKeyPair.from_seed(os.urandom(32))
         t = now()
@@ -172,3 +174,5 @@ async def test_peers_that_read_alike_are_told_apart(story: Story) -> None:
     assert shown[1] == f"{gp_name} (…{impostors[0][-8:]})"
     assert shown[2] == f"{gp_name} (…{impostors[1][-8:]})", "the zero-width space is gone, the name is a twin"
     assert shown[3] == "evil lab", "no direction override reaches the page"
+    assert shown[4].endswith(f"(…{impostors[3][-8:]})"), "the same name in another case and form is a twin"
+    assert shown[5] == f"Dr X (…abcdefgh) (…{impostors[4][-8:]})", "a name imitating the mark is marked"

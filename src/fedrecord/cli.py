@@ -16,6 +16,7 @@ import functools
 import io
 import json
 import os
+import re
 import sqlite3
 import stat
 import sys
@@ -420,7 +421,7 @@ async def init(
         ctx.home,
         role=role,
         name=name,
-        endpoint=endpoint or f"http://{host}:{port}",
+        endpoint=endpoint or f"http://{_url_host(host)}:{port}",
         passphrase=passphrase,
         host=host,
         port=port,
@@ -435,6 +436,11 @@ async def init(
         {"did": identity.did, "role": role, "home": str(ctx.home)},
         f"created {role} node {name!r}\n  id   {identity.did}\n  home {ctx.home}",
     )
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _kdf_limits() -> tuple[int, int] | None:
@@ -462,9 +468,10 @@ async def serve(ctx: Context) -> None:
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
-        raise click.ClickException(
-            f"{home.config.host}:{home.config.port} is already in use (is this node already running?)"
-        ) from None
+        # The API's port or the web page's: asyncio's message names the address it could not bind.
+        bound = re.search(r"\('([^']*)', (\d+)", str(exc))
+        where = f"{bound[1]}:{bound[2]}" if bound else f"{home.config.host}:{home.config.port}"
+        raise click.ClickException(f"{where} is already in use (is this node already running?)") from None
 
 
 @main.command()
@@ -905,11 +912,13 @@ async def audit(ctx: Context, verify: bool) -> None:
 
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
+        log = await patient.audit_log()
+        names = {reader: await patient.peer_name(reader) for reader in {e.reader for e in log}}
         entries: list[dict[str, Any]] = [
             {
                 "seq": e.seq,
                 "reader": e.reader,
-                "name": await patient.peer_name(e.reader),
+                "name": names[e.reader],
                 "doc": e.doc,
                 # Every document the entry covers: a batch read names several (spec 15.10, 15.21).
                 "docs": list(e.docs),
@@ -917,7 +926,7 @@ async def audit(ctx: Context, verify: bool) -> None:
                 "purpose": e.purpose,
                 "at": e.at,
             }
-            for e in await patient.audit_log()
+            for e in log
         ]
         result: dict[str, Any] = {"entries": entries}
         if verify:

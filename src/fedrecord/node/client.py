@@ -50,7 +50,13 @@ class PeerUnreachable(Exception):
 
 def _no_answer(exc: BaseException) -> str:
     """Why a request got no answer, in a few words: the system's reason rather than aiohttp's class name."""
-    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its name was not found"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate was refused ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS failed ({exc})"
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno and exc.os_error.errno > 0:
         return os.strerror(exc.os_error.errno).lower()
     if isinstance(exc, TimeoutError):
         return "no answer in time"

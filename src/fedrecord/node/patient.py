@@ -147,7 +147,13 @@ def readable_name(name: str) -> str:
     same differ), and white space runs collapsed.
     """
     kept = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Cn", "Co", "Cs"))
-    return " ".join(kept.split()) or "?"
+    return unicodedata.normalize("NFC", " ".join(kept.split())) or "?"
+
+
+def _name_key(name: str) -> str:
+    """What two names that read alike share: compatibility forms folded (full-width letters, accents
+    written apart), case ignored.  Letters of other scripts that look alike are not caught."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def _check_labels(labels: Sequence[str]) -> None:
@@ -255,8 +261,9 @@ class PatientNode:
         name = names.get(did)
         if name is None:
             return did[:24] + "..."
-        same = name.casefold()
-        if any(other != did and shown.casefold() == same for other, shown in names.items()):
+        same = _name_key(name)
+        twin = any(other != did and _name_key(shown) == same for other, shown in names.items())
+        if twin or "…" in name:  # "…": a name that imitates the mark below is always marked
             return f"{name} (…{did[-8:]})"
         return name
 
