@@ -57,6 +57,7 @@ from fedrecord.core import (
     DocumentHeader,
     Grant,
     KeyWrap,
+    LocalProtocolError,
     RemoteProtocolError,
     Scope,
     Signed,
@@ -765,9 +766,37 @@ async def test_a_stored_document_corrupted_at_rest_refuses_the_batch(setting: Se
         answer = await fetch_batch_as(setting, [setting.small[0], damaged])
         refused(answer, 404, "not-found")
         await assert_unchanged(story.patient, before, nonce_spent=True)
+        # Alone, through /v0/fetch: found before any byte is sent, answered as missing (it was a 500).
+        gp = story.gp.identity
+        body = fetch_body(gp, story, damaged, [story.gp_grant])
+        answer = await send_signed(story.session, gp, "POST", story.patient.url + "/v0/fetch", body)
+        refused(answer, 404, "not-found", signed=True)
     finally:
         await keep(whole)
     assert (await fetch_batch_as(setting, [setting.small[0], damaged])).status == 200
+
+
+async def test_another_stream_under_an_old_format_key_is_not_read_as_the_document(setting: Setting) -> None:
+    """A row given another document's stream, with its key sealed to the node as earlier versions kept
+    keys (a format anyone can make): the patient's own read refuses it, as does a reader's fetch."""
+    story = setting.story
+    patient, db = story.patient, story.patient.h.db
+    victim, other = setting.small[28], setting.small[29]
+    async with db.execute("SELECT stream, sealed_key FROM documents WHERE id = ?", (victim,)) as cursor:
+        saved = await cursor.fetchone()
+    other_stream = await stored_stream(patient, other)
+    other_key = patient.patient._unseal(await patient.h.store.sealed_key(other), other)
+    legacy = seal(other_key, patient.h.encryption.public_key, os.urandom(32))
+    async with db.transaction():
+        await db.execute("UPDATE documents SET stream = ?, sealed_key = ? WHERE id = ?", (other_stream, legacy, victim))
+    try:
+        with pytest.raises(LocalProtocolError) as caught:
+            await patient.patient.read_own(victim)
+        assert caught.value.code.value == "malformed"
+    finally:
+        async with db.transaction():
+            await db.execute("UPDATE documents SET stream = ?, sealed_key = ? WHERE id = ?", (*saved, victim))
+    assert await patient.patient.read_own(victim) == setting.content_of(victim)
 
 
 async def test_not_found_says_neither_which_nor_how_many(setting: Setting) -> None:
@@ -1176,6 +1205,25 @@ async def test_audit_log_with_batch_entries_verifies(setting: Setting) -> None:
     await story.patient.patient.forget_audit_verification()
     standing = await story.patient.patient.verify_audit_since_last()
     assert standing.broken is None and standing.verified == standing.total == links[-1].seq
+
+
+async def test_a_receipt_id_changed_in_the_log_is_found(setting: Setting) -> None:
+    """The receipt id the log indexes (by which a receipt used twice is refused) is checked against the receipt."""
+    story = setting.story
+    assert (await fetch_batch_as(setting, setting.small[10:12])).status == 200
+    db = story.patient.h.db
+    seq, _hash = await story.patient.h.store.audit_tail()  # type: ignore[misc]
+    async with db.execute("SELECT receipt_id FROM audit WHERE seq = ?", (seq,)) as cursor:
+        (real,) = await cursor.fetchone()
+    async with db.transaction():
+        await db.execute("UPDATE audit SET receipt_id = ? WHERE seq = ?", (bytes(32), seq))
+    try:
+        ok, _count, message = await story.patient.patient.verify_audit()
+        assert not ok and f"entry {seq}" in message and "receipt id" in message
+    finally:
+        async with db.transaction():
+            await db.execute("UPDATE audit SET receipt_id = ? WHERE seq = ?", (real, seq))
+    assert (await story.patient.patient.verify_audit())[0]
 
 
 async def test_listing_by_document_finds_the_batch_entry_under_each_document(setting: Setting) -> None:

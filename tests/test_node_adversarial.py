@@ -1098,3 +1098,39 @@ async def test_a_shared_copy_is_not_read_on_a_stale_state_head(story: Story) -> 
     with pytest.raises(RemoteProtocolError) as caught:
         await gp.read_held(doc, now=now() + 3600)
     assert caught.value.code is Code.STALE
+
+
+@pytest.mark.parametrize("change", ["revoke", "hide"])
+async def test_a_change_committed_while_a_fetch_is_decided_refuses_it(
+    story: Story, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """A revocation or hide committed (by any process) between the decision and the receipt: refused, nothing logged."""
+    patient = story.patient
+    grant = await issue_grant(story, story.gp.did)
+    doc = story.docs["cbc"]
+    store_type = type(patient.h.store)
+    real = store_type.key_and_size
+
+    async def meanwhile(self: Any, wanted: bytes) -> Any:
+        monkeypatch.setattr(store_type, "key_and_size", real)
+        if change == "revoke":
+            await patient.patient.revoke(grant.id, now=now())
+        else:
+            await patient.patient.hide(doc)
+        return await real(self, wanted)
+
+    monkeypatch.setattr(store_type, "key_and_size", meanwhile)
+    before = await snapshot(patient)
+    try:
+        answer = await send_signed(
+            story.session, story.gp.identity, "POST", url(story, "/v0/fetch"), fetch_body(story.gp.identity, story, doc, [grant])
+        )
+        if change == "revoke":
+            refused(answer, 403, "revoked", signed=True)
+        else:
+            refused(answer, 404, "not-found", signed=True)
+        after = await snapshot(patient)
+        assert after.digest["audit"] == before.digest["audit"], "nothing logged"
+    finally:
+        if change == "hide":
+            await patient.patient.hide(doc, False)

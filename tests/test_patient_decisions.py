@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import unicodedata
@@ -176,3 +177,26 @@ async def test_peers_that_read_alike_are_told_apart(story: Story) -> None:
     assert shown[3] == "evil lab", "no direction override reaches the page"
     assert shown[4].endswith(f"(…{impostors[3][-8:]})"), "the same name in another case and form is a twin"
     assert shown[5] == f"Dr X (…abcdefgh) (…{impostors[4][-8:]})", "a name imitating the mark is marked"
+
+
+async def test_the_records_table_indexes_do_not_decide(story: Story) -> None:
+    """A grant row whose subject or signer column was changed is not taken for what the column says."""
+    patient = story.patient.patient
+    lab_grant = next(g for g in await patient.all_grants() if g.record.audience == story.lab.did)
+    stranger = SigningIdentity.from_seed(os.urandom(32))
+    forged = sign_record(dataclasses.replace(lab_grant.record, nonce=os.urandom(16)), stranger)
+    db = story.patient.h.db
+    async with db.transaction():
+        await db.execute("UPDATE records SET subject = ? WHERE id = ?", (story.gp.did.encode(), lab_grant.id))
+        await db.execute(
+            "INSERT INTO records (id, typ, signer, subject, encoded, received) VALUES (?, ?, ?, ?, ?, ?)",
+            (forged.id, Grant.TYPE.value, story.patient.did, story.gp.did.encode(), forged.encoded, now()),
+        )
+    try:
+        state = await patient.state_for(story.gp.did, now=now())
+        assert lab_grant.encoded not in state["grants"], "another audience's grant is not handed out"
+        assert forged.encoded not in state["grants"] and forged.id not in {g.id for g in await patient.all_grants()}
+    finally:
+        async with db.transaction():
+            await db.execute("UPDATE records SET subject = ? WHERE id = ?", (story.lab.did.encode(), lab_grant.id))
+            await db.execute("DELETE FROM records WHERE id = ?", (forged.id,))

@@ -696,6 +696,7 @@ class PatientNode:
             "grants": [
                 g.encoded
                 for g in await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
+                if g.record.audience == requester  # the subject column is an index: the record decides
             ],
         }
 
@@ -864,6 +865,9 @@ class PatientNode:
                 ([API-73]); ``bad-range`` for a ``start`` not below the
                 stream's length ([API-41]), before anything is logged.
         """
+        # What the decision is made on: a revocation, hide or deletion committed meanwhile (by any
+        # process) moves it, and the fetch is decided again where its receipt is logged.
+        epoch = await self.store.view_epoch()
         signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
         request = signed_receipt.record
         await self._require_servable(requester, decision, request.documents, now=now)
@@ -875,6 +879,11 @@ class PatientNode:
             raise RemoteProtocolError(Code.BAD_RANGE, "the range starts at or past the end of the stream")
         wrap = self._wrap_for(requester, reader_key, request, sealed_key=row[0], now=now)
         async with self.store.transaction():
+            if await self.store.view_epoch() != epoch:
+                # Transactions are serialised: decided again here, nothing can change before the commit
+                # ([CAP-16]: refused from the moment a revocation is committed, whoever committed it).
+                _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
+                await self._require_servable(requester, decision, request.documents, now=now)
             await self._append_audit(signed_receipt, now=now)
         chunks = await self.home.open_stream(request.doc, start=start)
         if chunks is None:
@@ -1104,9 +1113,13 @@ class PatientNode:
         prev_hash = GENESIS_HASH
         count = after = 0
         hashes: dict[int, bytes] = {}
+        receipts: set[bytes] = set()
         while rows := await self.store.audit_chain(after=after, limit=AUDIT_BATCH):
             for row in rows:
                 problem = self._audit_entry_problem(row, prev_hash)
+                if problem is None and row.receipt_id in receipts:
+                    problem = "its receipt was already used by an earlier entry"
+                receipts.add(row.receipt_id)
                 if problem is not None:
                     await self._audit_broken(row.seq, problem, 0)
                     return False, count, f"entry {row.seq}: {problem}"
@@ -1145,6 +1158,9 @@ class PatientNode:
             record.purpose,
         ):
             return "the entry differs from its receipt"
+        if row.receipt_id != signed.id:
+            # The index a replay is refused by: outside the hash chain, so checked against the receipt.
+            return "the receipt id the log indexes differs from the receipt's"
         if row.listed != {(doc, row.at) for doc in record.documents}:
             # The listing by document (audit_docs) is outside the hash chain: checked against the receipt.
             return "the documents the log lists for the entry differ from its receipt"
@@ -1346,6 +1362,7 @@ async def decrypt_stored(
 
     Raises:
         RemoteProtocolError: ``not-found`` when the file is missing; the reader's codes.
+        LocalProtocolError: ``malformed`` when the stream decrypts but is not ``doc``'s.
     """
     path = home.files.path_of(doc)
     stream = await home.store.document_stream(doc)
@@ -1361,12 +1378,20 @@ async def decrypt_stored(
     def run() -> int:
         if stream is not None:
             # A small document kept in its row (INLINE_STREAM_MAX).
-            return pieces_of((stream,))
-        try:
-            with path.open("rb") as file:
-                return pieces_of(iter(lambda: file.read(1 << 16), b""))
-        except FileNotFoundError:
-            raise _not_found() from None
+            size = pieces_of((stream,))
+        else:
+            try:
+                with path.open("rb") as file:
+                    size = pieces_of(iter(lambda: file.read(1 << 16), b""))
+            except FileNotFoundError:
+                raise _not_found() from None
+        if reader.document_id != doc:
+            # The reader hashed the stream as it decrypted it: bytes that decrypt under the stored key
+            # but are another stream (put in the row or file at rest) are not this document [ENC-6].
+            raise LocalProtocolError(
+                Code.MALFORMED, f"stored document {doc.hex()[:16]} no longer matches its id (damaged at rest)"
+            )
+        return size
 
     return await asyncio.to_thread(run)
 

@@ -21,6 +21,7 @@ from yarl import URL
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import signed_response, verified, was_verified
 from fedrecord.http.event_stream import EVENT_STREAM_TYPE, KEEP_ALIVE, encode_event
+from fedrecord.storage.documents import CorruptDocumentError
 
 from .client import b64, unb64
 from .clinic import ClinicNode
@@ -353,8 +354,15 @@ async def fetch(request: web.Request) -> web.StreamResponse:
         # The rest of the stream from `start` [API-40].
         status, length = 206, size - start
         headers[hdrs.CONTENT_RANGE] = content_range(start, size)
-    first = await anext(chunks, b"")
-    if len(first) == length and await anext(chunks, None) is None:  # the second read ends the reader
+    try:
+        first = await anext(chunks, b"")
+        whole = len(first) == length and await anext(chunks, None) is None  # the second read ends the reader
+    except CorruptDocumentError:
+        # Found before any byte is sent: answered as a missing document, as a batch is, and said in
+        # the node's log (a later piece found bad can only cut the stream, which the reader detects).
+        log.error("stored document no longer matches its id: not served (%s)", request.path)
+        raise RemoteProtocolError(Code.NOT_FOUND, "no such document") from None
+    if whole:
         # A one-piece document (most are) goes out with its head in one write.
         return web.Response(status=status, body=first, headers=headers)
     response = web.StreamResponse(status=status, headers=headers)

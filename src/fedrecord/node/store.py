@@ -675,7 +675,11 @@ class SqliteNodeStore:
             query += " AND subject = ?"
             params.append(subject)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
-        return [open_stored(row[0], cls, verify=verify) for row in rows]
+        opened = [open_stored(row[0], cls, verify=verify) for row in rows]
+        if signer is not None:
+            # The column is an index, not the signature: a row whose record another key signed is not one.
+            return [record for record in opened if record.signer == signer]
+        return opened
 
     async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
         rows = await self.db.execute_fetchall(
@@ -1227,14 +1231,25 @@ class SqliteNodeStore:
     async def audit_chain(self, *, after: int, limit: int) -> list[AuditChainRow]:
         rows = await self._all(
             "SELECT seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant_id, purpose,"
-            f" {_LISTED} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+            f" {_LISTED}, receipt_id FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
         return [
             AuditChainRow(
-                seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant, purpose, _listed(listed)
+                seq,
+                receipt,
+                at,
+                prev_hash,
+                entry_hash,
+                countersignature,
+                reader,
+                doc,
+                grant,
+                purpose,
+                _listed(listed),
+                receipt_id,
             )
-            for seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant, purpose, listed in rows
+            for seq, receipt, at, prev_hash, entry_hash, countersignature, reader, doc, grant, purpose, listed, receipt_id in rows
         ]
 
     async def audit_entry_hash(self, seq: int) -> bytes | None:
@@ -1405,6 +1420,8 @@ class AuditChainRow(NamedTuple):
     #: The (document, time) pairs the log lists for this entry (``audit_docs``): one per document
     #: its receipt names, at the entry's time.
     listed: frozenset[tuple[bytes, int]] = frozenset()
+    #: The receipt's id as the log indexes it (``audit_has``, which refuses a receipt used twice).
+    receipt_id: bytes = b""
 
 
 _LISTED: Final = "(SELECT group_concat(hex(d.doc) || ':' || d.at) FROM audit_docs d WHERE d.seq = audit.seq)"
