@@ -766,11 +766,13 @@ async def test_a_stored_document_corrupted_at_rest_refuses_the_batch(setting: Se
         answer = await fetch_batch_as(setting, [setting.small[0], damaged])
         refused(answer, 404, "not-found")
         await assert_unchanged(story.patient, before, nonce_spent=True)
-        # Alone, through /v0/fetch: found before any byte is sent, answered as missing (it was a 500).
+        # Alone, through /v0/fetch: found before the receipt is logged, answered as missing (it was a 500).
         gp = story.gp.identity
+        before = await snapshot(story.patient)
         body = fetch_body(gp, story, damaged, [story.gp_grant])
         answer = await send_signed(story.session, gp, "POST", story.patient.url + "/v0/fetch", body)
         refused(answer, 404, "not-found", signed=True)
+        await assert_unchanged(story.patient, before, nonce_spent=True)
     finally:
         await keep(whole)
     assert (await fetch_batch_as(setting, [setting.small[0], damaged])).status == 200

@@ -233,6 +233,7 @@ async def test_patients_held_through_delegations_alone_are_bounded(
     The bound counts live delegations: once a made-up patient's chain expired, its place is free.
     """
     monkeypatch.setattr(clinic_module, "MAX_DELEGATED_PATIENTS", 1)
+    monkeypatch.setattr(clinic_module, "DELEGATION_SWEEP_EVERY", 0)
 
     async def delegate_from_a_made_up_patient(*, lasting: int) -> tuple[Any, str]:
         made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")

@@ -470,7 +470,7 @@ async def serve(ctx: Context) -> None:
             raise
         # The API's port or the web page's: asyncio's message names the address it could not bind.
         bound = re.search(r"\('([^']*)', (\d+)", str(exc))
-        where = f"{bound[1]}:{bound[2]}" if bound else f"{home.config.host}:{home.config.port}"
+        where = f"{_url_host(bound[1])}:{bound[2]}" if bound else f"{_url_host(home.config.host)}:{home.config.port}"
         raise click.ClickException(f"{where} is already in use (is this node already running?)") from None
 
 

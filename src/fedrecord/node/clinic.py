@@ -88,6 +88,8 @@ that node may have made itself.  Nothing tells such a patient from a real one,
 so their number is bounded: a stranger cannot grow the database or the polling
 without end.
 """
+DELEGATION_SWEEP_EVERY: Final = 60
+"""Seconds between two looks for dead delegations when the bound is reached."""
 CHECK_SLICE: Final = 32
 """Fetched copies checked between two turns of the event loop (about 5 ms for 1 KiB documents)."""
 CHECK_SLICE_BYTES: Final = 256 * 1024
@@ -122,6 +124,7 @@ class ClinicNode:
         self.store = home.store
         self.client = client or PeerClient(home.identity)
         self._applying: dict[str, asyncio.Lock] = {}
+        self._delegations_swept = 0  # when dead delegations were last looked for
         self._flushing = asyncio.Lock()
 
     # --- connecting ---------------------------------------------------------------------
@@ -688,15 +691,21 @@ class ClinicNode:
     async def _room_for_a_delegated_patient(self, *, now: int) -> bool:
         """Whether one more patient may be held through delegations alone (``MAX_DELEGATED_PATIENTS``).
 
-        At the bound, the patients whose every delegated chain is dead (expired, revoked) and of
-        whom no copy is held are forgotten first, so the bound counts live delegations only.
+        At the bound, the patients whose every delegated chain is dead (expired, revoked), of
+        whom no copy is held and to whom nothing is owed are forgotten first (at most once every
+        ``DELEGATION_SWEEP_EVERY`` seconds), so the bound counts live delegations only.
         Call inside a transaction.
         """
         patients = await self.store.delegated_only()
         if len(patients) < MAX_DELEGATED_PATIENTS:
             return True
+        if now < self._delegations_swept + DELEGATION_SWEEP_EVERY:
+            return False  # swept a moment ago: a stream of delegations must not make each pay for a sweep
+        self._delegations_swept = now
         for patient in patients:
-            if not await self.chains_from(patient, now=now) and not await self.store.shared_copies(patient):
+            dead = not await self.chains_from(patient, now=now)
+            if dead and not await self.store.shared_copies(patient) and not await self.store.owes(patient):
+                # Owed nothing: an attestation still queued for it must not be dropped ([API-27]).
                 await self.store.forget_connection(patient)
         return len(await self.store.delegated_only()) < MAX_DELEGATED_PATIENTS
 

@@ -229,20 +229,22 @@ class NodeHome:
         Raises:
             OSError, sqlite3.Error: the disk failed.
         """
-        listed = await self.store.doomed(before=before)
-        # Never a document with a row (the trigger kept_again strikes those off; this is the
-        # second guard): its file is a live copy's.
-        live: set[bytes] = set()
-        for start in range(0, len(listed), MAX_IDS_PER_QUERY):
-            live |= await self.store.documents_among(listed[start : start + MAX_IDS_PER_QUERY])
-        if live:
+        finished: list[bytes] = []
+        for doc in await self.store.doomed(before=before):
+            # Never a document with a row (the trigger kept_again strikes those off; this is the
+            # second guard, looked at just before each file): its file is a live copy's.
+            if await self.store.documents_among([doc]):
+                async with self.store.transaction():
+                    await self.store.undoom([doc])
+                continue
+            await self.files.destroy(doc)
+            finished.append(doc)
+        if finished:
             async with self.store.transaction():
-                await self.store.undoom(sorted(live))
-        docs = [doc for doc in listed if doc not in live]
-        await self.destroyed(*docs)
-        if before is None and not docs:
-            await self.db.checkpoint()  # images a crash left between a destruction and its checkpoint
-        return len(docs)
+                await self.store.undoom(finished)
+        if finished or before is None:
+            await self.db.checkpoint()  # and the images a crash left between a destruction and its checkpoint
+        return len(finished)
 
     async def sweep_orphans(self, *, now: float | None = None) -> int:
         """Destroy the document files no row names that are older than :data:`ORPHAN_AGE`.

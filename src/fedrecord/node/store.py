@@ -534,6 +534,10 @@ class NodeStore(Protocol):
         """Drop a connection and the chains delegated for it.  Call inside a transaction."""
         ...
 
+    async def owes(self, patient: str) -> bool:
+        """Whether anything is still to send to ``patient`` (an outbox entry not done)."""
+        ...
+
     async def save_connection(
         self, patient: str, *, endpoint: str, profile: bytes, deposit_grant: bytes | None = None
     ) -> None:
@@ -676,9 +680,12 @@ class SqliteNodeStore:
             params.append(subject)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
         opened = [open_stored(row[0], cls, verify=verify) for row in rows]
+        # The columns are indexes, not the signature: a row whose record another key signed, or a
+        # grant's row whose subject is not the grant's audience, is not what the query asked for.
         if signer is not None:
-            # The column is an index, not the signature: a row whose record another key signed is not one.
-            return [record for record in opened if record.signer == signer]
+            opened = [record for record in opened if record.signer == signer]
+        if subject is not None and cls is Grant:
+            opened = [g for g in opened if g.record.audience.encode() == subject]  # type: ignore[attr-defined]
         return opened
 
     async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
@@ -1124,6 +1131,10 @@ class SqliteNodeStore:
     async def forget_connection(self, patient: str) -> None:
         await self.db.execute("DELETE FROM delegations WHERE patient = ?", (patient,))
         await self.db.execute("DELETE FROM connections WHERE patient = ?", (patient,))
+
+    async def owes(self, patient: str) -> bool:
+        row = await self._one("SELECT 1 FROM outbox WHERE target = ? AND done = 0 LIMIT 1", (patient,))
+        return row is not None
 
     async def connection(self, patient: str) -> ConnectionDetail | None:
         row = await self._one(

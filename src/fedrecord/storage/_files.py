@@ -154,6 +154,7 @@ def overwrite_and_unlink(path: Path) -> bool:
         overwrite(fd)
     finally:
         os.close(fd)
-    os.unlink(path)
+    # Another process finishing the same destruction (a serve and a CLI command) may unlink it first.
+    path.unlink(missing_ok=True)
     fsync_directory(path.parent)
     return True
