@@ -224,6 +224,28 @@ async def test_a_request_cut_mid_body_leaves_one_log_line(
     del reader
 
 
+async def _delegated_by_a_stranger(
+    story: Story, *, endpoint: str = NOWHERE, lasting: int = 30 * 86_400
+) -> tuple[Any, str]:
+    """A stranger mints a patient of its own and delegates from it to the lab: (answer, made-up patient's did)."""
+    made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")
+    root = made_up.grant(stranger.did, actions=("read", "delegate"), exp=now() + lasting)
+    child = stranger.grant(story.lab.did, parent=root.id, nbf=root.record.nbf, exp=root.record.exp)
+    answer = await send_signed(
+        story.session,
+        stranger.identity,
+        "POST",
+        story.lab.url + "/v0/grants",
+        body(
+            patient=made_up.did,
+            endpoint=endpoint,
+            profile=made_up.profile_with(endpoints=(endpoint,)),
+            chain=[root.encoded, child.encoded],
+        ),
+    )
+    return answer, made_up.did
+
+
 @ASYNC
 async def test_patients_held_through_delegations_alone_are_bounded(
     story: Story, monkeypatch: pytest.MonkeyPatch
@@ -235,32 +257,14 @@ async def test_patients_held_through_delegations_alone_are_bounded(
     monkeypatch.setattr(clinic_module, "MAX_DELEGATED_PATIENTS", 1)
     monkeypatch.setattr(clinic_module, "DELEGATION_SWEEP_EVERY", 0)
 
-    async def delegate_from_a_made_up_patient(*, lasting: int) -> tuple[Any, str]:
-        made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")
-        root = made_up.grant(stranger.did, actions=("read", "delegate"), exp=now() + lasting)
-        child = stranger.grant(story.lab.did, parent=root.id, nbf=root.record.nbf, exp=root.record.exp)
-        answer = await send_signed(
-            story.session,
-            stranger.identity,
-            "POST",
-            story.lab.url + "/v0/grants",
-            body(
-                patient=made_up.did,
-                endpoint=NOWHERE,
-                profile=made_up.profile.encoded,
-                chain=[root.encoded, child.encoded],
-            ),
-        )
-        return answer, made_up.did
-
-    first, short_lived = await delegate_from_a_made_up_patient(lasting=2)
+    first, short_lived = await _delegated_by_a_stranger(story, lasting=2)
     assert first.status == 201
     before = await snapshot(story.lab)
-    second, _ = await delegate_from_a_made_up_patient(lasting=3600)
+    second, _ = await _delegated_by_a_stranger(story, lasting=3600)
     refused(second, 429, "too-many", signed=True)
     await assert_unchanged(story.lab, before, nonce_spent=True)
     await asyncio.sleep(3)  # the first made-up patient's chain expires
-    third, kept = await delegate_from_a_made_up_patient(lasting=3600)
+    third, kept = await _delegated_by_a_stranger(story, lasting=3600)
     assert third.status == 201, third.body
     assert await story.lab.h.store.connection(short_lived) is None, "the dead one was forgotten"
     assert await story.lab.h.store.connection(kept) is not None
@@ -278,21 +282,7 @@ async def test_a_stalling_patient_node_holds_up_no_other_poll(story: Story, monk
     trap = await asyncio.start_server(stall, "127.0.0.1", 0)
     try:
         endpoint = f"http://127.0.0.1:{trap.sockets[0].getsockname()[1]}"
-        made_up, stranger = Actor.create("Made-up patient", role="patient"), Actor.create("Stranger")
-        root = made_up.grant(stranger.did, actions=("read", "delegate"))
-        child = stranger.grant(story.lab.did, parent=root.id, nbf=root.record.nbf, exp=root.record.exp)
-        answer = await send_signed(
-            story.session,
-            stranger.identity,
-            "POST",
-            story.lab.url + "/v0/grants",
-            body(
-                patient=made_up.did,
-                endpoint=endpoint,
-                profile=made_up.profile_with(endpoints=(endpoint,)),
-                chain=[root.encoded, child.encoded],
-            ),
-        )
+        answer, _patient = await _delegated_by_a_stranger(story, endpoint=endpoint)
         assert answer.status == 201, answer.body
         started = asyncio.get_running_loop().time()
         await runner.poll_all(story.lab.clinic, now=now())

@@ -276,25 +276,35 @@ async def test_an_answer_with_records_not_asked_for_stores_nothing(
     assert changed == [], changed
 
 
-async def _enrolled_phone(story: Story, tmp_path: Path) -> tuple[ServedNode, Signed[Grant]]:
-    """The patient's phone, served, connected and holding a device grant (US-12); stop it when done."""
+async def _granted_node(
+    story: Story, path: Path, name: str, *, scope: Scope, actions: tuple[str, ...], purpose: str, days: int
+) -> tuple[ServedNode, Signed[Grant]]:
+    """A new node, served, connected by invitation, and granted ``actions`` over ``scope``; stop it when done."""
     patient = story.patient
-    phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
+    node = await ServedNode.create(path, role="clinic", name=name)
     try:
-        invitation = await patient.patient.create_invitation(label="phone", now=now())
-        await phone.clinic.connect(invitation.url(), now=now())
-        device_grant = await patient.patient.grant(
-            audience=phone.did,
-            scope=Scope(past=True, future=True),
-            actions=("read", "delegate", "manage"),
-            purpose="device",
-            days=365,
-            now=now(),
+        invitation = await patient.patient.create_invitation(label=name, now=now())
+        await node.clinic.connect(invitation.url(), now=now())
+        grant = await patient.patient.grant(
+            audience=node.did, scope=scope, actions=actions, purpose=purpose, days=days, now=now()
         )
     except BaseException:
-        await phone.stop()
+        await node.stop()
         raise
-    return phone, device_grant
+    return node, grant
+
+
+async def _enrolled_phone(story: Story, tmp_path: Path) -> tuple[ServedNode, Signed[Grant]]:
+    """The patient's phone, served, connected and holding a device grant (US-12); stop it when done."""
+    return await _granted_node(
+        story,
+        tmp_path / "phone",
+        "Camille's phone",
+        scope=Scope(past=True, future=True),
+        actions=("read", "delegate", "manage"),
+        purpose="device",
+        days=365,
+    )
 
 
 async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it(
@@ -448,18 +458,11 @@ async def test_fedrecord_sync_command(story: Story) -> None:
 async def test_the_sync_that_brings_a_first_grant_also_syncs_what_it_opens(story: Story, tmp_path: Path) -> None:
     """A clinic granted access since it last synced gets the documents in that same sync, not the next."""
     patient = story.patient
-    clinic = await ServedNode.create(tmp_path / "radiology", role="clinic", name="Radiologie")
+    lab_results = Scope(categories=("lab",), past=True, future=True)
+    clinic, _grant = await _granted_node(
+        story, tmp_path / "radiology", "Radiologie", scope=lab_results, actions=("read",), purpose="treatment", days=30
+    )
     try:
-        invitation = await patient.patient.create_invitation(label="radiology", now=now())
-        await clinic.clinic.connect(invitation.url(), now=now())
-        await patient.patient.grant(
-            audience=clinic.did,
-            scope=Scope(categories=("lab",), past=True, future=True),
-            actions=("read",),
-            purpose="treatment",
-            days=30,
-            now=now(),
-        )
         report = await clinic.clinic.sync(patient.did, now=now())
         assert report.documents_fetched == 2 and not report.documents_failed  # the two lab results
         assert await clinic.h.store.held_copy(story.docs["cbc"]) is not None
@@ -470,18 +473,17 @@ async def test_the_sync_that_brings_a_first_grant_also_syncs_what_it_opens(story
 async def test_a_clinic_whose_grant_lists_manage_syncs_without_pushing(story: Story, tmp_path: Path) -> None:
     """manage in a narrow grant makes no device: its holder pushes nothing, and its sync goes through."""
     patient = story.patient
-    clinic = await ServedNode.create(tmp_path / "cardiology", role="clinic", name="Cardiologie")
+    lab_results = Scope(categories=("lab",), past=True, future=True)
+    clinic, _grant = await _granted_node(
+        story,
+        tmp_path / "cardiology",
+        "Cardiologie",
+        scope=lab_results,
+        actions=("manage", "delegate", "read"),
+        purpose="treatment",
+        days=30,
+    )
     try:
-        invitation = await patient.patient.create_invitation(label="cardiology", now=now())
-        await clinic.clinic.connect(invitation.url(), now=now())
-        await patient.patient.grant(
-            audience=clinic.did,
-            scope=Scope(categories=("lab",), past=True, future=True),
-            actions=("manage", "delegate", "read"),
-            purpose="treatment",
-            days=30,
-            now=now(),
-        )
         await clinic.clinic.poll(patient.did, now=now())
         await clinic.clinic.delegate(patient.did, to=story.gp.did, to_endpoint=story.gp.url, days=10, now=now())
         report = await clinic.clinic.sync(patient.did, now=now())
