@@ -39,6 +39,10 @@ async def story(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Story
         await built.close()
 
 
+async def _killed_after_commit(*_docs: bytes) -> None:
+    """In place of ``NodeHome.destroyed``: the process dies right after the commit that forgot the documents."""
+
+
 async def _accepted(story: Story, content: bytes, title: str, category: str = "lab") -> bytes:
     doc = await story.lab.clinic.deposit(
         story.patient.did, content, title=title, category=category, doc_type="lab-result", now=now()
@@ -56,11 +60,8 @@ async def test_a_deletion_cut_after_its_commit_is_finished_by_the_next_start(
     doc = await _accepted(story, os.urandom(2_000_000), "Large scan")  # over 1 MiB: kept in a file
     assert home.files.path_of(doc).exists()
 
-    async def killed(*_docs: bytes) -> None:  # the process dies right after the commit
-        return None
-
     with monkeypatch.context() as patched:
-        patched.setattr(NodeHome, "destroyed", killed)
+        patched.setattr(NodeHome, "destroyed", _killed_after_commit)
         await story.patient.patient.delete(doc, now=now())
     assert await home.store.doomed() == [doc] and home.files.path_of(doc).exists()
     # A running serve leaves it to the process that is destroying it, for FINISH_AFTER seconds.
@@ -128,11 +129,8 @@ async def test_a_copy_kept_again_is_struck_off_the_list(story: Story, monkeypatc
     await gp.clinic.fetch(patient.did, doc, now=now())
     await patient.patient.revoke(grant.id, now=now())
 
-    async def killed(*_docs: bytes) -> None:
-        return None
-
     with monkeypatch.context() as patched:
-        patched.setattr(NodeHome, "destroyed", killed)
+        patched.setattr(NodeHome, "destroyed", _killed_after_commit)
         await gp.clinic.poll(patient.did, now=now())
     assert await gp.h.store.doomed() == [doc]
     await patient.patient.grant(
@@ -155,11 +153,8 @@ async def test_an_attestation_goes_out_only_once_the_copy_is_destroyed(
     await gp.clinic.fetch(patient.did, doc, now=now())
     await patient.patient.delete(doc, now=now())
 
-    async def killed(*_docs: bytes) -> None:
-        return None
-
     with monkeypatch.context() as patched:
-        patched.setattr(NodeHome, "destroyed", killed)
+        patched.setattr(NodeHome, "destroyed", _killed_after_commit)
         await gp.clinic.poll(patient.did, now=now())  # applies the tombstone, queues the attestation
     assert gp.h.files.path_of(doc).exists() and await gp.h.store.doomed() == [doc]
     assert await gp.h.store.attested(doc)

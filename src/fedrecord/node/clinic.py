@@ -288,20 +288,14 @@ class ClinicNode:
                 async with self.store.transaction():
                     await self.store.outbox_retry(item_id, next_at=now + delay, error=str(exc))
                 continue
-            except AuthenticationError as exc:
-                # An answer we cannot authenticate is no answer (a forger must not cancel a deposit).
+            except (AuthenticationError, LocalProtocolError) as exc:
+                # An answer we cannot authenticate is no answer (a forger must not cancel a deposit);
+                # an entry not sent at all (an endpoint kept by an older version that is no URL) is
+                # kept too, so that nothing queued is lost and the other entries still go [API-74].
+                why = "unauthenticated answer" if isinstance(exc, AuthenticationError) else exc.message
                 delay = min(MAX_BACKOFF, 2**attempts)
                 async with self.store.transaction():
-                    await self.store.outbox_retry(
-                        item_id, next_at=now + delay, error=f"{exc.code.value}: unauthenticated answer"
-                    )
-                continue
-            except LocalProtocolError as exc:
-                # Not sent at all (an endpoint kept by an older version that is no URL): kept and
-                # retried, so that nothing queued is lost, and the other entries still go [API-74].
-                delay = min(MAX_BACKOFF, 2**attempts)
-                async with self.store.transaction():
-                    await self.store.outbox_retry(item_id, next_at=now + delay, error=f"{exc.code.value}: {exc.message}")
+                    await self.store.outbox_retry(item_id, next_at=now + delay, error=f"{exc.code.value}: {why}")
                 continue
             except RemoteProtocolError as exc:
                 # Refused for good: keep the reason, stop retrying.
@@ -702,12 +696,14 @@ class ClinicNode:
         if now < self._delegations_swept + DELEGATION_SWEEP_EVERY:
             return False  # swept a moment ago: a stream of delegations must not make each pay for a sweep
         self._delegations_swept = now
+        held = len(patients)
         for patient in patients:
             dead = not await self.chains_from(patient, now=now)
             if dead and not await self.store.shared_copies(patient) and not await self.store.owes(patient):
                 # Owed nothing: an attestation still queued for it must not be dropped ([API-27]).
                 await self.store.forget_connection(patient)
-        return len(await self.store.delegated_only()) < MAX_DELEGATED_PATIENTS
+                held -= 1
+        return held < MAX_DELEGATED_PATIENTS
 
     async def _transfer(self, fetch: _Fetch) -> tuple[Signed[KeyWrap], bytes]:
         """Bring the document's ciphertext to its final file under one chain: resumed when bytes are kept.

@@ -230,18 +230,18 @@ class NodeHome:
             OSError, sqlite3.Error: the disk failed.
         """
         finished: list[bytes] = []
+        kept: list[bytes] = []
         for doc in await self.store.doomed(before=before):
             # Never a document with a row (the trigger kept_again strikes those off; this is the
             # second guard, looked at just before each file): its file is a live copy's.
             if await self.store.documents_among([doc]):
-                async with self.store.transaction():
-                    await self.store.undoom([doc])
+                kept.append(doc)
                 continue
             await self.files.destroy(doc)
             finished.append(doc)
-        if finished:
+        if finished or kept:
             async with self.store.transaction():
-                await self.store.undoom(finished)
+                await self.store.undoom(finished + kept)
         if finished or before is None:
             await self.db.checkpoint()  # and the images a crash left between a destruction and its checkpoint
         return len(finished)

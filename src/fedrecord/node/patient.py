@@ -895,13 +895,7 @@ class PatientNode:
         except CorruptDocumentError:
             log.error("stored document %s no longer matches its id: not served", request.doc.hex())
             raise _not_found() from None
-        async with self.store.transaction():
-            if await self.store.view_epoch() != epoch:
-                # Transactions are serialised: decided again here, nothing can change before the commit
-                # ([CAP-16]: refused from the moment a revocation is committed, whoever committed it).
-                _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
-                await self._require_servable(requester, decision, request.documents, now=now)
-            await self._append_audit(signed_receipt, now=now)
+        await self._log_receipt(signed_receipt, epoch, requester, chain, receipt, now=now, batch=False)
         return wrap, row[1], _after(first, chunks)
 
     async def fetch_batch(
@@ -982,14 +976,35 @@ class PatientNode:
             iat=now,
             ephemeral_seed=os.urandom(32),
         )
+        await self._log_receipt(signed_receipt, epoch, requester, chain, receipt, now=now, batch=True)
+        return wrap, streams
+
+    async def _log_receipt(
+        self,
+        signed_receipt: Signed[AccessReceipt],
+        epoch: int,
+        requester: str,
+        chain: Sequence[bytes],
+        receipt: bytes,
+        *,
+        now: int,
+        batch: bool,
+    ) -> None:
+        """Commit a read's receipt to the audit log, deciding the read again if the view moved since ``epoch``.
+
+        Transactions are serialised: a revocation, hide or deletion committed (by any process)
+        after the read was decided is seen here, and nothing can change before the commit
+        ([CAP-16]: refused from the moment a revocation is committed, whoever committed it).
+
+        Raises:
+            RemoteProtocolError: the read's refusal when decided again (a deleted document has no
+                row any more: ``not-found``); ``replay``.
+        """
         async with self.store.transaction():
             if await self.store.view_epoch() != epoch:
-                # Transactions are serialised: decided again here, nothing can change before the commit.
-                _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=True)
-                # A deleted document has no row any more: not-found here too.
-                await self._require_servable(requester, decision, documents, now=now)
+                _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=batch)
+                await self._require_servable(requester, decision, signed_receipt.record.documents, now=now)
             await self._append_audit(signed_receipt, now=now)
-        return wrap, streams
 
     async def _checked_receipt(
         self, requester: str, chain: Sequence[bytes], receipt: bytes, *, now: int, batch: bool

@@ -14,8 +14,8 @@ import logging
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -107,24 +107,31 @@ FINISH_AFTER: Final = 60
 
 async def finish_destruction(home: NodeHome, *, before: int | None = None) -> None:
     """Destroy what a killed process left of documents it had forgotten (logged, never raised)."""
-    try:
-        finished = await home.finish_destruction(before=before)
-    except (OSError, sqlite3.Error) as exc:
-        log.warning("finishing the destruction of forgotten documents: %s", exc)
-        return
-    if finished:
-        log.info("destroyed what was left of %d forgotten document(s) (an interrupted deletion)", finished)
+    await _housekeeping(
+        home.finish_destruction(before=before),
+        failed="finishing the destruction of forgotten documents",
+        done="destroyed what was left of %d forgotten document(s) (an interrupted deletion)",
+    )
 
 
 async def sweep_orphans(home: NodeHome) -> None:
     """Destroy, once at start, the document files a crash left without their row (logged, never raised)."""
+    await _housekeeping(
+        home.sweep_orphans(),
+        failed="sweeping document files that no row names",
+        done="destroyed %d document file(s) that no row names (left by an interrupted write)",
+    )
+
+
+async def _housekeeping(step: Coroutine[Any, Any, int], *, failed: str, done: str) -> None:
+    """Run a step that destroys what a crash left, logging how many it destroyed; a disk failure is logged."""
     try:
-        destroyed = await home.sweep_orphans()
+        count = await step
     except (OSError, sqlite3.Error) as exc:
-        log.warning("sweeping document files that no row names: %s", exc)
+        log.warning("%s: %s", failed, exc)
         return
-    if destroyed:
-        log.info("destroyed %d document file(s) that no row names (left by an interrupted write)", destroyed)
+    if count:
+        log.info(done, count)
 
 
 async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -> None:

@@ -887,23 +887,19 @@ class SqliteNodeStore:
         return [InboxRow(*row) for row in rows]
 
     async def tombstoned_among(self, docs: Sequence[bytes]) -> set[bytes]:
-        if len(docs) > MAX_IDS_PER_QUERY:
-            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
-        if not docs:
-            return set()
-        marks = ", ".join("?" * len(docs))
-        rows = await self._all(
-            f"SELECT subject FROM records WHERE typ = ? AND subject IN ({marks})", (Tombstone.TYPE.value, *docs)
-        )
-        return {row[0] for row in rows}
+        return await self._among("SELECT subject FROM records WHERE typ = ? AND subject", docs, Tombstone.TYPE.value)
 
     async def documents_among(self, docs: Sequence[bytes]) -> set[bytes]:
+        return await self._among("SELECT id FROM documents WHERE id", docs)
+
+    async def _among(self, select: str, docs: Sequence[bytes], *params: object) -> set[bytes]:
+        """The ids ``select`` (ending in the column compared) finds among ``docs`` (at most MAX_IDS_PER_QUERY)."""
         if len(docs) > MAX_IDS_PER_QUERY:
             raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
         if not docs:
             return set()
         marks = ", ".join("?" * len(docs))
-        return {row[0] for row in await self._all(f"SELECT id FROM documents WHERE id IN ({marks})", docs)}
+        return {row[0] for row in await self._all(f"{select} IN ({marks})", (*params, *docs))}
 
     async def pending_deposit(self, doc: bytes) -> PendingDeposit | None:
         row = await self._one(

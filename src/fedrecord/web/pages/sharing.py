@@ -172,10 +172,6 @@ class GrantView:
     delegable: bool
 
 
-def _is_device(grant: Grant) -> bool:
-    return is_device_grant(grant)
-
-
 def _is_reader(grant: Grant) -> bool:
     return Action.READ.value in grant.actions
 
@@ -211,7 +207,7 @@ async def sentence_for(patient: PatientNode, grant: Signed[Grant], *, language: 
 
 async def _peers(patient: PatientNode, grants: list[Signed[Grant]]) -> list[tuple[str, str]]:
     """Connected clinics and other peers the patient granted something, as (did, name), by name."""
-    dids = {g.record.audience for g in grants if not _is_device(g.record)}
+    dids = {g.record.audience for g in grants if not is_device_grant(g.record)}
     return sorted(
         [(did, await patient.peer_name(did)) for did in dids], key=lambda p: (p[1].casefold(), p[0])
     )
@@ -254,7 +250,7 @@ async def sharing_page(request: web.Request) -> web.Response:
                 )
             )
             continue
-        if _is_device(record):
+        if is_device_grant(record):
             devices += 1
             continue
         view = GrantView(
@@ -421,7 +417,7 @@ async def _live_grant(patient: PatientNode, text: str) -> Signed[Grant] | None:
 async def revoke(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
     issued = await _live_grant(patient, request.match_info["grant"])
-    if issued is None or _is_device(issued.record):
+    if issued is None or is_device_grant(issued.record):
         notify(request, "sharing.gone")
         raise redirect("/sharing")
     try:
@@ -439,7 +435,7 @@ async def hide(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
     form = await request.post()
     issued = await _live_grant(patient, request.match_info["grant"])
-    if issued is None or not _is_reader(issued.record) or _is_device(issued.record):
+    if issued is None or not _is_reader(issued.record) or is_device_grant(issued.record):
         notify(request, "sharing.gone")
         raise redirect("/sharing")
     try:
