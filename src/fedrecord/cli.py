@@ -287,28 +287,17 @@ async def clinic_of(home: Any) -> AsyncIterator[Any]:
         await clinic.client.close()
 
 
-def _config(home: Path) -> Any:
-    """The node's configuration (``node.json``).
-
-    Raises:
-        HomeError: ``home`` is no directory, holds no node, or its node.json is damaged.
-    """
-    from fedrecord.node.home import NodeConfig
-
-    return NodeConfig.load(home)
-
-
 async def _open(ctx: Context, role: str | None = None) -> Any:
     """The node at ``ctx.home``, unlocked.
 
     Raises:
-        HomeError: as :func:`_config`, or the node is not a ``role`` node.
+        HomeError: as ``NodeConfig.load``, or the node is not a ``role`` node.
         KeyFileError: wrong passphrase, damaged key file.
         sqlite3.Error, StorageError: the database cannot be opened.
     """
-    from fedrecord.node.home import HomeError, NodeHome
+    from fedrecord.node.home import HomeError, NodeConfig, NodeHome
 
-    _config(ctx.home)  # a home that is no node is said before the passphrase is asked for
+    NodeConfig.load(ctx.home)  # a home that is no node is said before the passphrase is asked for
     home = await NodeHome.open(ctx.home, ctx.passphrase())
     if role is not None and home.config.role != role:
         await home.close()
@@ -517,9 +506,10 @@ async def status(ctx: Context) -> None:
 @fail_cleanly
 async def web_password(ctx: Context, password_file: Path | None) -> None:
     """Set the password of the patient's web page (its own credential, not the key file's passphrase)."""
+    from fedrecord.node.home import NodeConfig
     from fedrecord.web.auth import set_password
 
-    config = _config(ctx.home)
+    config = NodeConfig.load(ctx.home)
     if config.role != "patient":
         raise click.ClickException("only a patient's node has a web page")
     if password_file is not None:
