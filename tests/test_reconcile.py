@@ -173,6 +173,59 @@ def test_bad_items_and_params_are_refused() -> None:
     for bad in ({"branching": 1}, {"fp_len": 4}, {"prefix_len": 40}, {"max_message": 10}):
         with pytest.raises(LocalProtocolError):
             Params(**bad)  # type: ignore[arg-type]
+    # A list, or a split, that would not fit in half a message: one answer could outgrow the cap.
+    for bad in ({"id_list_threshold": 4096}, {"id_list_threshold": 65}, {"branching": 24}):
+        with pytest.raises(LocalProtocolError):
+            Params(max_message=4096, **bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("ours, theirs", [(0, 300), (300, 0), (150, 300)])
+def test_every_message_fits_the_cap_at_the_widest_parameters_it_allows(ours: int, theirs: int) -> None:
+    # [SYNC-9]: the first range of an answer is always sent, so no single answer may outgrow the cap.
+    params = Params(branching=23, id_list_threshold=64, max_message=4096)
+    base = items(300, 12)
+    initiator = Reconciler(SortedItems(base[:ours]), params)
+    responder_items = SortedItems(base[300 - theirs :])
+    message: bytes | None = initiator.initiate()
+    while message is not None:
+        assert len(message) <= params.max_message
+        reply = respond(responder_items, message, params)
+        assert len(reply) <= params.max_message
+        message = initiator.receive(reply)
+    assert (set(initiator.need), set(initiator.have)) == differences(base[:ours], base[300 - theirs :])
+
+
+def _fp(ids: list[bytes], fp_len: int = 12) -> bytes:
+    return fingerprint(sum(int.from_bytes(i, "little") for i in ids), len(ids), fp_len)
+
+
+def test_a_diff_for_another_range_than_the_one_listed_is_out_of_order() -> None:
+    # The initiator listed [start, end); a diff for [(15, ''), end) shares only the upper bound.
+    mine = items(5, 13)
+    initiator = Reconciler(SortedItems(mine))
+    initiator.initiate()
+    reply = cbor.encode([0, 12, 8, [[15, b"", 0], [None, b"", 4, b"", b"\x00", _fp([i for _, i in mine])]]])
+    with pytest.raises(RemoteProtocolError) as caught:
+        initiator.receive(reply)
+    assert caught.value.code is Code.OUT_OF_ORDER and not initiator.need and not initiator.have
+
+
+def test_a_diff_for_a_range_listed_two_messages_ago_is_out_of_order() -> None:
+    mine = sorted(items(10, 14))
+    ids = [i for _, i in mine]
+    middle = Bound(mine[5][0], b"")
+    initiator = Reconciler(SortedItems(mine), Params(id_list_threshold=8))
+    initiator.initiate()  # one fingerprint of the 10
+    split = [[middle.timestamp, b"", 1, bytes(12)], [None, b"", 1, bytes(12)]]
+    # Both halves differ: the initiator lists each half (5 items, under the threshold of 8).
+    listing = decode_message(initiator.receive(cbor.encode([0, 12, 8, split])) or b"", max_size=1 << 20)
+    assert [r.mode for r in listing.ranges] == [Mode.ID_PREFIXES, Mode.ID_PREFIXES]
+    # The first half is left unanswered (skip) and the second differs again: listed again, alone.
+    initiator.receive(cbor.encode([0, 12, 8, [[middle.timestamp, b"", 0], [None, b"", 1, bytes(12)]]]))
+    late = [[middle.timestamp, b"", 4, b"", b"\x00", _fp(ids[:5])], [None, b"", 0]]
+    with pytest.raises(RemoteProtocolError) as caught:
+        initiator.receive(cbor.encode([0, 12, 8, late]))
+    assert caught.value.code is Code.OUT_OF_ORDER and not initiator.need and not initiator.have
 
 
 def _message(*ranges: list[object], fp_len: int = 16, prefix_len: int = 8, version: int = 0) -> bytes:

@@ -76,6 +76,13 @@ ID_SIZE: Final = 32
 FINGERPRINT_DOMAIN: Final = b"fedrecord/v0/sync-fingerprint"
 _MODULUS: Final = 1 << 256
 _MAX_TIMESTAMP: Final = (1 << 64) - 1
+# The size estimate of [SYNC-9]: a range's head (array, timestamp delta, mode, byte-string heads) is
+# counted as 24 bytes; a range with a whole id as its payload as 56; a sub-range of a split at most 88.
+_RANGE_COST: Final = 24
+_ID_RANGE_COST: Final = _RANGE_COST + ID_SIZE
+_SPLIT_RANGE_COST: Final = _ID_RANGE_COST + 32
+_MESSAGE_COST: Final = 16
+_RESERVE: Final = 64
 
 Item = tuple[int, bytes]
 """``(timestamp, id)``: an unsigned 64-bit timestamp and a 32-byte record id."""
@@ -112,6 +119,15 @@ class Params:
             (1 <= self.id_list_threshold <= 4096, "id_list_threshold is 1..4096"),
             (8 <= self.prefix_len <= ID_SIZE, "prefix_len is 8..32 bytes"),
             (4096 <= self.max_message <= 16 << 20, "max_message is 4 KiB..16 MiB"),
+            # Any one range's answer then fits in half a message, so every message makes progress ([SYNC-9]).
+            (
+                self.id_list_threshold * ID_SIZE <= self.max_message // 2,
+                "id_list_threshold x 32 is at most half of max_message",
+            ),
+            (
+                self.branching * _SPLIT_RANGE_COST <= self.max_message // 2,
+                "branching x 88 is at most half of max_message",
+            ),
         )
         for ok, message in checks:
             if not ok:
@@ -358,7 +374,7 @@ class _Writer:
     def __init__(self, params: Params, fp_len: int, prefix_len: int) -> None:
         self.message = Message(fp_len, prefix_len)
         self.params = params
-        self.size = 16  # the head, roughly
+        self.size = _MESSAGE_COST
         self.full = False
         self.substantive = False
 
@@ -369,13 +385,13 @@ class _Writer:
             return
         ranges.append(r)
         # An upper bound of the range's CBOR: heads and a 9-byte timestamp delta at most.
-        self.size += 24 + len(r.upper.prefix) + len(r.payload) + len(r.lacks) + len(r.check)
+        self.size += _RANGE_COST + len(r.upper.prefix) + len(r.payload) + len(r.lacks) + len(r.check)
         if r.mode is not Mode.SKIP:
             self.substantive = True
 
     def room_for(self, extra: int) -> bool:
         # Keep room for the closing fingerprint of the rest.
-        return self.size + extra + 64 <= self.params.max_message
+        return self.size + extra + _RESERVE <= self.params.max_message
 
 
 class Reconciler:
@@ -405,8 +421,10 @@ class Reconciler:
         self.rounds = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        # Ranges we listed with prefixes, by upper bound: the ids the DIFF's bitmap refers to.
-        self._listed: dict[Bound, list[bytes]] = {}
+        # The ranges listed in the message last sent, by (lower, upper) bound: the ids a DIFF's bitmap
+        # refers to.  Only a diff for one of these is an answer; the next message starts a new table.
+        self._listed: dict[tuple[Bound, Bound], list[bytes]] = {}
+        self._answered: dict[tuple[Bound, Bound], list[bytes]] = {}
 
     def initiate(self) -> bytes:
         """The first message: the whole space as one fingerprint, or listed when it is small."""
@@ -430,13 +448,14 @@ class Reconciler:
 
     def _process(self, message: Message) -> _Writer:
         writer = _Writer(self.params, message.fp_len, message.prefix_len)
+        self._answered, self._listed = self._listed, {}
         lower = START
         lo = 0
         for r in message.ranges:
             hi = self.items.position(r.upper)
             if writer.full:
                 pass
-            elif writer.substantive and not writer.room_for(self._cost(r, lo, hi)):
+            elif writer.substantive and not writer.room_for(self._cost(r, lo, hi, message.fp_len)):
                 # Out of room: the rest of the space goes back as one fingerprint, taken up next round.
                 writer.full = True
                 rest_lo = lo
@@ -454,17 +473,17 @@ class Reconciler:
             writer.add(Range(END, Mode.SKIP))
         return writer
 
-    def _cost(self, r: Range, lo: int, hi: int) -> int:
-        """An upper bound of the bytes our answer to ``r`` adds (see ``_Writer.add``)."""
-        split = self.params.branching * (24 + ID_SIZE + self.params.fp_len)
+    def _cost(self, r: Range, lo: int, hi: int, fp_len: int) -> int:
+        """The cost of [SYNC-9]: an upper bound of the bytes our answer to ``r`` adds (see ``_Writer.add``)."""
+        split = self.params.branching * (_ID_RANGE_COST + fp_len)
         if r.mode is Mode.FINGERPRINT:
-            listed = min(hi - lo, self.params.id_list_threshold) * ID_SIZE + 24 + ID_SIZE
+            listed = min(hi - lo, self.params.id_list_threshold) * ID_SIZE + _ID_RANGE_COST
             return max(split, listed)
         if r.mode in (Mode.ID_PREFIXES, Mode.ID_LIST) and not self.initiator:
             if self._too_many_to_list(hi - lo):
                 return split
-            return (hi - lo) * ID_SIZE + len(r.payload) // 8 + 24 + ID_SIZE
-        return 24 + ID_SIZE
+            return (hi - lo) * ID_SIZE + len(r.payload) // 8 + _ID_RANGE_COST
+        return _ID_RANGE_COST
 
     def _too_many_to_list(self, count: int) -> bool:
         return count * ID_SIZE > self.params.max_message // 2 and count >= self.params.id_list_threshold
@@ -483,9 +502,7 @@ class Reconciler:
         elif r.mode in (Mode.ID_PREFIXES, Mode.ID_LIST):  # the initiator's list, to the responder
             if self.initiator:
                 raise RemoteProtocolError(Code.OUT_OF_ORDER, "only the initiator lists prefixes")
-            if (
-                hi - lo
-            ) * ID_SIZE > self.params.max_message // 2 and hi - lo >= self.params.id_list_threshold:
+            if self._too_many_to_list(hi - lo):
                 # Too many of ours to list in one answer (an initiator that has little): split instead.
                 self._describe(writer, lower, r.upper, lo, hi, split=True, fp_len=message.fp_len)
             else:
@@ -494,12 +511,12 @@ class Reconciler:
         else:  # DIFF
             if not self.initiator:
                 raise RemoteProtocolError(Code.OUT_OF_ORDER, "only the responder answers with a diff")
-            if self._apply_diff(r, message.fp_len):
+            if self._apply_diff(r, lower, message.fp_len):
                 writer.add(Range(r.upper, Mode.SKIP))
             else:
                 # Two ids shared a prefix: the diff is wrong.  List the range again with whole ids.
                 ids = [item_id for _, item_id in self.items.items(lo, hi)]
-                self._listed[r.upper] = ids
+                self._listed[lower, r.upper] = ids
                 writer.add(Range(r.upper, Mode.ID_LIST, b"".join(ids)))
 
     def _describe(
@@ -520,7 +537,7 @@ class Reconciler:
         if count < max(2, self.params.id_list_threshold):
             ids = [item_id for _, item_id in self.items.items(lo, hi)]
             if self.initiator:
-                self._listed[upper] = ids
+                self._listed[lower, upper] = ids
                 writer.add(
                     Range(upper, Mode.ID_PREFIXES, b"".join(i[: writer.message.prefix_len] for i in ids))
                 )
@@ -572,11 +589,13 @@ class Reconciler:
                 lacks[i // 8] |= 1 << (i % 8)
         return Range(r.upper, Mode.DIFF, extra, bytes(lacks), self.items.fingerprint(lo, hi, fp_len))
 
-    def _apply_diff(self, r: Range, fp_len: int) -> bool:
+    def _apply_diff(self, r: Range, lower: Bound, fp_len: int) -> bool:
         """Initiator: take a diff in; false (nothing taken) when it does not add up to the responder's range."""
-        listed = self._listed.pop(r.upper, None)
+        listed = self._answered.pop((lower, r.upper), None)
         if listed is None:
-            raise RemoteProtocolError(Code.OUT_OF_ORDER, "a diff for a range this side never listed")
+            raise RemoteProtocolError(
+                Code.OUT_OF_ORDER, "a diff for a range this side did not list in its last message"
+            )
         if len(r.lacks) != (len(listed) + 7) // 8:
             raise RemoteProtocolError(Code.MALFORMED, "the diff's bitmap does not match the listed range")
         ours = set(listed)

@@ -153,8 +153,8 @@ def build() -> VectorFile:
         requester: SigningIdentity = GP,
         action: str = "read",
         document: dict[str, Any] | None = LAB_DOC,
-        revocations: list[Signed[Revocation]] = (),  # type: ignore[assignment]
-        restrictions: list[Signed[PrivateRestriction]] = (),  # type: ignore[assignment]
+        revocations: list[Signed[Revocation] | bytes] = (),  # type: ignore[assignment]
+        restrictions: list[Signed[PrivateRestriction] | bytes] = (),  # type: ignore[assignment]
         state_head: Signed[StateHead] | bytes | None = None,
         highest_seq: int = 0,
         max_head_age: int | None = None,
@@ -172,8 +172,8 @@ def build() -> VectorFile:
             action=action,
             now=NOW,
             chain=[c.hex() for c in raw_chain] if raw_chain else [link.encoded.hex() for link in chain],
-            revocations=[r.encoded.hex() for r in revocations],
-            restrictions=[r.encoded.hex() for r in restrictions],
+            revocations=[_encoded(r).hex() for r in revocations],
+            restrictions=[_encoded(r).hex() for r in restrictions],
             head=encoded_head.hex() if encoded_head is not None else None,
             highestSeq=highest_seq,
             maxHeadAge=max_head_age,
@@ -326,6 +326,13 @@ def build() -> VectorFile:
         revocations=[sign_record(Revocation(grant=root.id, iat=NOW), MALLORY)],
     )
     case(
+        "a revocation whose signature does not verify is void",
+        "VoidRevocation",
+        None,
+        [root],
+        revocations=[_broken(sign_record(Revocation(grant=root.id, iat=NOW), PATIENT))],
+    )
+    case(
         "the audience cannot revoke its own root grant",
         "VoidRevocation",
         None,
@@ -410,6 +417,14 @@ def build() -> VectorFile:
         [everything],
         document=PSY_DOC,
         restrictions=[restrict],
+    )
+    case(
+        "a restriction whose signature does not verify has no effect",
+        "Restriction",
+        None,
+        [everything],
+        document=PSY_DOC,
+        restrictions=[_broken(restrict)],
     )
     case(
         "everything grant, restriction does not touch a lab result",
@@ -512,3 +527,12 @@ def build() -> VectorFile:
         "a revocation record as a chain link", "Signature", "wrong-type", [], raw_chain=[revoke_root.encoded]
     )
     return file
+
+
+def _encoded(record: Signed[Any] | bytes) -> bytes:
+    return record.encoded if isinstance(record, Signed) else record
+
+
+def _broken(record: Signed[Any]) -> bytes:
+    """The record with the last byte of its signature changed: it no longer opens ([CAP-7], [CAP-13])."""
+    return record.encoded[:-1] + bytes([record.encoded[-1] ^ 1])

@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 from fedrecord.core import cbor
+from fedrecord.core.errors import RemoteProtocolError
 from fedrecord.core.reconcile import (
     DEFAULT_PARAMS,
     Item,
@@ -94,6 +95,8 @@ def build() -> VectorFile:
             "SyncRespond: the responder's answer to one message over its items, or the error code.",
             "SyncTranscript: every message of a whole reconciliation, initiator first, and the",
             "initiator's need and have at the end ([SYNC-6] to [SYNC-9]).",
+            "SyncInitiator: an initiator's first message, then its answer to each of the responder's",
+            "messages, or its refusal of the last one ([SYNC-6]).",
         ],
         notes=NOTES,
     )
@@ -203,6 +206,26 @@ def build() -> VectorFile:
         ),
         ("first bound at the start", message([[0, b"", 0], [None, b"", 0]]), "out-of-order", "OutOfOrder"),
         (
+            "bounds equal once padded",
+            message([[10, b"", 0], [0, b"\x00", 0], [None, b"", 0]]),
+            "out-of-order",
+            "OutOfOrder",
+        ),
+        ("end bound with a prefix", message([[None, b"\x01", 0]]), "out-of-order", "OutOfOrder"),
+        (
+            "a range's bound checked before a later range's mode",
+            message([[None, b"", 0], [5, b"", 9]]),
+            "out-of-order",
+            "OutOfOrder",
+        ),
+        ("version as text", cbor.encode(["0", 12, 8, [[None, b"", 0]]]), "unsupported-version", "Version"),
+        (
+            "timestamps past 2^64 - 1",
+            message([[2**64 - 1, b"", 0], [1, b"", 0], [None, b"", 0]]),
+            "malformed",
+            "Malformed",
+        ),
+        (
             "diff sent to the responder",
             message([[None, b"", 4, b"", b"", bytes(12)]]),
             "out-of-order",
@@ -222,4 +245,80 @@ def build() -> VectorFile:
             responderItems=_items_json(responder[:10]),
             message=data.hex(),
         )
+
+    tests = vectors.group("SyncInitiator", "An initiator's answers to a responder's messages, or its refusal")
+    mine = sorted(base[:5])
+    ids = [item_id for _, item_id in mine]
+    every = fingerprint(sum(int.from_bytes(i, "little") for i in ids), len(ids), 12)
+    after_first = mine[0][0] + 1
+    assert mine[1][0] >= after_first  # the first half holds the first item alone
+    split = [[after_first, b"", 1, bytes(12)], [None, b"", 1, bytes(12)]]
+    first_half = fingerprint(int.from_bytes(ids[0], "little"), 1, 12)
+    for comment, flags, error, replies in (
+        ("a diff that completes", ["Valid"], None, [message([[None, b"", 4, b"", b"\x00", every]])]),
+        (
+            "a diff for a range sharing only its upper bound with the one listed",
+            ["OutOfOrder"],
+            "out-of-order",
+            [message([[15, b"", 0], [None, b"", 4, b"", b"\x00", every]])],
+        ),
+        (
+            "a diff for a range listed two messages before",
+            ["OutOfOrder"],
+            "out-of-order",
+            [
+                message([[None, b"", 1, bytes(12)]]),  # differs: the 5 are listed
+                message(split),  # both halves differ again: each half listed
+                message([[after_first, b"", 0], [None, b"", 1, bytes(12)]]),  # first left, second listed
+                message([[after_first, b"", 4, b"", b"\x00", first_half], [None, b"", 0]]),
+            ],
+        ),
+        (
+            "a diff whose bitmap does not fit the list",
+            ["Malformed"],
+            "malformed",
+            [message([[None, b"", 4, b"", b"\x00\x00", every]])],
+        ),
+        (
+            "id prefixes sent to the initiator",
+            ["OutOfOrder"],
+            "out-of-order",
+            [message([[None, b"", 3, bytes(8)]])],
+        ),
+    ):
+        vectors.case(
+            tests,
+            comment,
+            result="invalid" if error else "valid",
+            flags=flags,
+            **({"error": error} if error else {}),
+            params=_params_json(Params(id_list_threshold=8)),
+            initiatorItems=_items_json(mine),
+            replies=[r.hex() for r in replies],
+            **initiator_answers(mine, replies, Params(id_list_threshold=8), error),
+        )
     return vectors
+
+
+def initiator_answers(
+    items: list[Item], replies: list[bytes], params: Params, error: str | None
+) -> dict[str, Any]:
+    """The initiator's first message and its answer to each reply (``None`` once complete).
+
+    An invalid case's answers stop before the reply it refuses, which must be the last.
+    """
+    initiator = Reconciler(SortedItems(items), params)
+    answers: list[str | None] = [initiator.initiate().hex()]
+    for i, reply in enumerate(replies):
+        try:
+            answer = initiator.receive(reply)
+        except RemoteProtocolError as exc:
+            assert error == exc.code.value and i == len(replies) - 1, (error, exc.code, i)
+            return {"answers": answers}
+        answers.append(None if answer is None else answer.hex())
+    assert error is None, error
+    return {
+        "answers": answers,
+        "need": sorted(i.hex() for i in initiator.need),
+        "have": sorted(i.hex() for i in initiator.have),
+    }
