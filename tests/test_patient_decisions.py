@@ -32,7 +32,18 @@ from fedrecord.core import (
 from fedrecord.core.identity import EncryptionKeyPair
 from fedrecord.core.records import EncryptionKey
 
-from .node_helpers import DAY, Story, body, build_story, now, receipt_for, send_signed
+from .node_helpers import (
+    DAY,
+    Story,
+    answered,
+    body,
+    build_story,
+    fetch_body,
+    now,
+    receipt_for,
+    refused,
+    send_signed,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -154,7 +165,13 @@ async def test_peers_that_read_alike_are_told_apart(story: Story) -> None:
     assert await patient.peer_name(story.gp.did) == gp_name
     impostors = []
     decomposed = unicodedata.normalize("NFD", gp_name.upper())  # accents written apart, other case
-    for name in (gp_name, gp_name.replace(" ", " \u200b", 1), "\u202eevil\u202c lab", decomposed, "Dr X (…abcdefgh)"):
+    for name in (
+        gp_name,
+        gp_name.replace(" ", " \u200b", 1),
+        "\u202eevil\u202c lab",
+        decomposed,
+        "Dr X (…abcdefgh)",
+    ):
         identity = SigningIdentity.from_seed(os.urandom(32))
         keys = EncryptionKeyPair.from_seed(os.urandom(32))
         t = now()
@@ -195,8 +212,54 @@ async def test_the_records_table_indexes_do_not_decide(story: Story) -> None:
     try:
         state = await patient.state_for(story.gp.did, now=now())
         assert lab_grant.encoded not in state["grants"], "another audience's grant is not handed out"
-        assert forged.encoded not in state["grants"] and forged.id not in {g.id for g in await patient.all_grants()}
+        assert forged.encoded not in state["grants"] and forged.id not in {
+            g.id for g in await patient.all_grants()
+        }
     finally:
         async with db.transaction():
-            await db.execute("UPDATE records SET subject = ? WHERE id = ?", (story.lab.did.encode(), lab_grant.id))
+            await db.execute(
+                "UPDATE records SET subject = ? WHERE id = ?", (story.lab.did.encode(), lab_grant.id)
+            )
             await db.execute("DELETE FROM records WHERE id = ?", (forged.id,))
+
+
+async def test_a_restriction_by_audience_follows_the_grants_it_delegates(story: Story) -> None:
+    """The patient hides PSY from a node: a child grant that node signs, even to a key of its own, hides it too."""
+    patient = story.patient.patient
+    cardiologist, alias = (SigningIdentity.from_seed(os.urandom(32)) for _ in range(2))
+    parent = await patient.grant(
+        audience=cardiologist.did,
+        scope=Scope(categories=("lab",), past=True, future=True),
+        actions=("delegate", "read"),
+        purpose="treatment",
+        days=30,
+        now=now(),
+    )
+    await patient.restrict(audience=cardiologist.did, labels=("PSY",), now=now())
+    t = now()
+    child = sign_record(
+        dataclasses.replace(
+            parent.record,
+            audience=alias.did,
+            actions=("read",),
+            iat=t,
+            nbf=max(t, parent.record.nbf),
+            parent=parent.id,
+            nonce=os.urandom(16),
+        ),
+        cardiologist,
+    )
+    url = story.patient.url
+    for reader, chain in ((cardiologist, [parent]), (alias, [parent, child])):
+        listing = await send_signed(
+            story.session, reader, "POST", f"{url}/v0/list", body(chain=[g.encoded for g in chain])
+        )
+        listed = {item["doc"] for item in answered(listing)["documents"]}
+        assert story.docs["cbc"] in listed and story.docs["lithium"] not in listed, reader
+        hidden = fetch_body(reader, story, story.docs["lithium"], chain)
+        refused(
+            await send_signed(story.session, reader, "POST", f"{url}/v0/fetch", hidden),
+            404,
+            "not-found",
+            signed=True,
+        )

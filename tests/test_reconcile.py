@@ -293,3 +293,18 @@ def test_ids_sharing_a_prefix_are_listed_again_whole() -> None:
     initiator, round_trips, _ = reconcile(ours, theirs)
     assert (set(initiator.need), set(initiator.have)) == differences(ours, theirs)
     assert round_trips == 2
+
+
+def test_a_diff_stretched_over_more_than_the_listed_range_is_refused() -> None:
+    # A responder answers a listed 5-item range with a failing diff from the start of the space: were it
+    # taken, the initiator would list again, with whole ids, everything below it, past its cap.
+    base = items(10_000, 15)
+    initiator = Reconciler(SortedItems(base))
+    initiator.initiate()
+    ts = sorted(base)[5000][0]
+    listed = initiator.receive(cbor.encode([0, 12, 8, [[ts, b"", 0], [5, b"", 1, bytes(12)], [None, b"", 0]]]))
+    assert listed is not None and decode_message(listed, max_size=1 << 20).ranges[1].mode is Mode.ID_PREFIXES
+    stretched = cbor.encode([0, 12, 8, [[ts + 5, b"", 4, b"", bytes(1), bytes(12)], [None, b"", 0]]])
+    with pytest.raises(RemoteProtocolError) as caught:
+        initiator.receive(stretched)
+    assert caught.value.code is Code.OUT_OF_ORDER

@@ -197,10 +197,13 @@ def decide(
             if not scope_matches(link.record.scope, document, link.record.iat):
                 return _deny(Code.OUT_OF_SCOPE, "the document is outside the grant")
         chain_ids = {link.id for link in chain}
+        # Every audience up the chain, not the requester alone: a restriction naming a node follows the
+        # grants it delegates, or the node could read what is hidden from it through a key of its own.
+        audiences = {link.record.audience for link in chain}
         for signed_restriction in restrictions:
             if signed_restriction.signer != patient:
                 continue
-            if _restriction_hides(signed_restriction.record, chain_ids, requester, document):
+            if _restriction_hides(signed_restriction.record, chain_ids, audiences, document):
                 return _deny(Code.RESTRICTED, "the patient keeps this document from this grant")
 
     return Decision(allowed=True, grant=leaf)
@@ -312,10 +315,10 @@ def scope_matches(scope: Scope, document: DocumentFacts, issued_at: int) -> bool
 
 
 def _restriction_hides(
-    restriction: PrivateRestriction, chain_ids: set[bytes], requester: str, document: DocumentFacts
+    restriction: PrivateRestriction, chain_ids: set[bytes], audiences: set[str], document: DocumentFacts
 ) -> bool:
     applies = bool(restriction.grants and chain_ids.intersection(restriction.grants)) or bool(
-        restriction.audiences and requester in restriction.audiences
+        restriction.audiences and audiences.intersection(restriction.audiences)
     )
     if not applies:
         return False

@@ -455,7 +455,7 @@ class Reconciler:
             hi = self.items.position(r.upper)
             if writer.full:
                 pass
-            elif writer.substantive and not writer.room_for(self._cost(r, lo, hi, message.fp_len)):
+            elif writer.substantive and not writer.room_for(self._cost(r, lower, lo, hi, message.fp_len)):
                 # Out of room: the rest of the space goes back as one fingerprint, taken up next round.
                 writer.full = True
                 rest_lo = lo
@@ -473,7 +473,7 @@ class Reconciler:
             writer.add(Range(END, Mode.SKIP))
         return writer
 
-    def _cost(self, r: Range, lo: int, hi: int, fp_len: int) -> int:
+    def _cost(self, r: Range, lower: Bound, lo: int, hi: int, fp_len: int) -> int:
         """The cost of [SYNC-9]: an upper bound of the bytes our answer to ``r`` adds (see ``_Writer.add``)."""
         split = self.params.branching * (_ID_RANGE_COST + fp_len)
         if r.mode is Mode.FINGERPRINT:
@@ -483,6 +483,9 @@ class Reconciler:
             if self._too_many_to_list(hi - lo):
                 return split
             return (hi - lo) * ID_SIZE + len(r.payload) // 8 + _ID_RANGE_COST
+        if r.mode is Mode.DIFF and self.initiator:
+            # A diff whose check fails is answered with the whole ids of the range listed.
+            return len(self._answered.get((lower, r.upper), ())) * ID_SIZE + _ID_RANGE_COST
         return _ID_RANGE_COST
 
     def _too_many_to_list(self, count: int) -> bool:

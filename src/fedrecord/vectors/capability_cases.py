@@ -473,6 +473,26 @@ def build() -> VectorFile:
         restrictions=[restrict],
     )
     case(
+        "restriction of the parent's audience applies to the delegate",
+        "Restriction",
+        "restricted",
+        [
+            everything,
+            grant(
+                issuer=GP,
+                audience=SPECIALIST,
+                parent=everything,
+                scope=Scope(past=True, future=True),
+                actions=("read",),
+            ),
+        ],
+        requester=SPECIALIST,
+        document=PSY_DOC,
+        restrictions=[
+            sign_record(PrivateRestriction(audiences=(GP.did,), labels=("PSY",), iat=NOW), PATIENT)
+        ],
+    )
+    case(
         "restriction not signed by the patient has no effect",
         "Restriction",
         None,

@@ -669,6 +669,26 @@ async def restriction_by_audience(s: Session) -> None:
     await _reads(s, holder, chain, world.psy_note)
 
 
+@case("capabilities.restriction-follows-delegation", requires=["CAP-13", "CAP-12"], adversarial=True)
+async def restriction_follows_delegation(s: Session) -> None:
+    """A restriction naming a node also hides the document from the grants that node delegates (7.7).
+
+    Else the node reads what is hidden from it through a child grant to a key of its own.
+    """
+    world = await s.world()
+    holder, chain = _chain(s, 1, leaf_actions=("read", "delegate"))
+    child, grant = _delegate(holder, chain[0])
+    await s.keep(s.restriction(node=holder.did, labels=["PSY"]))
+    await _like_missing(s, holder, chain, world.psy_note.doc, what="a PSY note restricted from a node")
+    await _like_missing(
+        s,
+        child,
+        [chain[0], grant],
+        world.psy_note.doc,
+        what="the same note, through a grant that node delegated",
+    )
+
+
 @case("capabilities.restriction-on-parent", requires=["CAP-13", "CAP-12"], adversarial=True)
 async def restriction_on_parent(s: Session) -> None:
     """A restriction naming a link up the chain hides the document from every delegate below it."""
