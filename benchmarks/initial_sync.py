@@ -43,9 +43,10 @@ after the sync.
   with its 64-byte signature, best of several rounds of ``time.process_time``,
   measured in this run, before and after the syncs).  Target >= 0.35.
   ``records_stored`` counts every record the GP verified and stored: the
-  accepted entry of each document, but also every state head the patient
-  ever signed (one per accept: the view holds them all, [API-44]) and its
-  grants -- so about 2N for N documents (``accepted_entries_stored`` and
+  accepted entry of each document, the state heads the patient signed (the
+  view holds them all, [API-44]; one at the first state request, then one per
+  revocation or deletion -- none per accept, [API-18]) and its grants -- so
+  about N for N documents (``accepted_entries_stored`` and
   ``state_heads_stored`` say how many of each).
 * ``initial_sync_ratio_records_only``: the same with ``bodies=False`` by a
   second GP (fresh home, node restarted again): the ratio when the document
@@ -62,8 +63,7 @@ with bodies every document held as a copy (``missing_bodies`` empty, one
 shared copy per document); the script fails loudly otherwise.
 
 Size.  The acceptance point is 20,000 documents, but its setup takes about
-10 minutes on a 2-core machine (every accept signs a head over all the
-accepted ids, so the setup grows a little faster than linearly), against
+10 minutes on a 2-core machine, against
 about 3 minutes for the default, 8,000 (``DEFAULT_COUNT``).  The figure is
 per CPU-second, so sizes compare as far as the sync's own costs grow
 linearly; the printed ``n_documents`` says which size was measured, and

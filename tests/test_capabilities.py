@@ -174,8 +174,6 @@ def test_state_head_freshness_and_rollback():
                 iat=iat,
                 revocations=bytes(32),
                 revocation_count=0,
-                records=bytes(32),
-                record_count=0,
                 prev=None if seq == 0 else bytes(32),
             ),
             signer,

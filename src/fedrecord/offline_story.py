@@ -265,8 +265,6 @@ def play(say: Callable[[str], None] = print, now: int | None = None) -> None:
             iat=now + 120,
             revocations=hashlib.sha256(gp_grant.id).digest(),
             revocation_count=1,
-            records=hashlib.sha256(writer.document_id).digest(),
-            record_count=1,
             prev=hashlib.sha256(b"head 0").digest(),
         ),
         patient.identity,

@@ -270,15 +270,12 @@ class FakeNode:
         previous = self.heads[-1] if self.heads else None
         next_seq = (previous.record.seq + 1 if previous else 0) if seq is None else seq
         revoked = sorted(r.record.grant for r in self.revocations)
-        accepted = sorted(self.documents)
         head = sign_record(
             StateHead(
                 seq=next_seq,
                 iat=now(),
                 revocations=hashlib.sha256(b"".join(revoked)).digest(),
                 revocation_count=len(revoked),
-                records=hashlib.sha256(b"".join(accepted)).digest(),
-                record_count=len(accepted),
                 prev=None if next_seq == 0 else (previous.id if previous else os.urandom(32)),
             ),
             signer or self.identity,

@@ -362,7 +362,11 @@ class Revocation(Record):
 
 @dataclass(frozen=True, kw_only=True)
 class StateHead(Record):
-    """The patient's sequence-numbered summary of revocations and records (spec [HEAD-1])."""
+    """The patient's sequence-numbered summary of its revocations (spec [HEAD-1]).
+
+    It says nothing of the documents of the record: every grantee receives the head, and a count or
+    digest of the record set would tell one how many documents are kept from it ([API-18]).
+    """
 
     TYPE: ClassVar[RecordType] = RecordType.STATE_HEAD
     v: int = wire("v", _VERSION, default=PROTOCOL_VERSION)
@@ -370,8 +374,6 @@ class StateHead(Record):
     iat: int = wire("iat", UInt())
     revocations: bytes = wire("revs", _ID)
     revocation_count: int = wire("nrevs", UInt())
-    records: bytes = wire("recs", _ID)
-    record_count: int = wire("nrecs", UInt())
     prev: bytes | None = wire("prev", _ID, optional=True)
 
     def check_record(self) -> None:

@@ -477,7 +477,8 @@ class PatientNode:
             await self.store.put_record(decision, now=now, subject=doc)
             await self.store.put_record(entry, now=now, subject=doc)
             await self.store.accept_document(doc, labels=json.dumps(merged), added=now)
-            await self._sign_head(now)
+            # No new state head: a head signed on each accept would tell every grantee when documents
+            # arrive that it may not see ([API-18]).
         self._state_changed()
         return entry
 
@@ -675,18 +676,15 @@ class PatientNode:
             return await self._sign_head(now)
 
     async def _sign_head(self, now: int) -> Signed[StateHead]:
-        """A new head summarising revocations and the record set.  Call inside a transaction."""
+        """A new head summarising the revocations.  Call inside a transaction."""
         previous = await self.store.newest_record(StateHead, signer=self.home.did)
         revoked = sorted(r.record.grant for r in await self.store.records(Revocation))
-        docs = await self.store.accepted_ids()
         head = sign_record(
             StateHead(
                 seq=previous.record.seq + 1 if previous else 0,
                 iat=now,
                 revocations=hashlib.sha256(b"".join(revoked)).digest(),
                 revocation_count=len(revoked),
-                records=hashlib.sha256(b"".join(docs)).digest(),
-                record_count=len(docs),
                 prev=previous.id if previous else None,
             ),
             self.home.identity,

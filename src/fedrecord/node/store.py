@@ -379,10 +379,6 @@ class NodeStore(Protocol):
         """Move a document into the record with its labels.  Call inside a transaction."""
         ...
 
-    async def accepted_ids(self) -> list[bytes]:
-        """The ids of the record's documents, in id order."""
-        ...
-
     async def accepted_documents(self) -> list[AcceptedRow]:
         """The record's documents, by date then id."""
         ...
@@ -912,11 +908,6 @@ class SqliteNodeStore:
             "UPDATE documents SET state = 'accepted', labels = ?, added = ? WHERE id = ?",
             (labels, added, doc),
         )
-
-    async def accepted_ids(self) -> list[bytes]:
-        return [
-            row[0] for row in await self._all("SELECT id FROM documents WHERE state = 'accepted' ORDER BY id")
-        ]
 
     async def accepted_documents(self) -> list[AcceptedRow]:
         rows = await self._all(

@@ -121,8 +121,6 @@ def head(seq: int, iat: int, signer: SigningIdentity = PATIENT) -> Signed[StateH
             iat=iat,
             revocations=fixed_seed("revs"),
             revocation_count=0,
-            records=fixed_seed("recs"),
-            record_count=3,
             prev=None if seq == 0 else fixed_seed(f"head{seq}"),
         ),
         signer,

@@ -154,8 +154,6 @@ def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
                 iat=NOW,
                 revocations=fixed_seed("revocation-digest"),
                 revocation_count=1,
-                records=fixed_seed("record-digest"),
-                record_count=12,
                 prev=fixed_seed("previous-head"),
             ),
             PATIENT,

@@ -257,7 +257,7 @@ def _summary(state: dict[str, Any]) -> tuple[Any, ...]:
     """What a state answer says of the record, whatever head a node signed meanwhile."""
     head = open_record(state["head"], StateHead).record
     lists = tuple(frozenset(state[key]) for key in ("revocations", "tombstones", "grants"))
-    return (head.revocations, head.revocation_count, head.records, head.record_count, *lists)
+    return (head.revocations, head.revocation_count, *lists)
 
 
 async def _revoked_ids(s: Session, actor: Actor) -> set[bytes]:
