@@ -276,7 +276,11 @@ async def test_delete_withdraws_a_document(story: Story) -> None:
     assert await story.patient.h.store.document_state(doc) is None
     assert not story.patient.h.files.path_of(doc).exists()
     assert (await newest_head(story)).record.seq == before.record.seq + 1
-    assert tombstone.encoded in answered(await as_gp(story, "/v0/state"))["tombstones"]
+    # The tombstone goes to the lab, which deposited the document; the GP never saw it ([API-16]).
+    as_lab = await send_signed(story.session, story.lab.identity, "POST", story.patient.url + "/v0/state", body())
+    assert tombstone.encoded in answered(as_lab)["tombstones"]
+    assert tombstone.encoded not in answered(await as_gp(story, "/v0/state"))["tombstones"]
+    assert await story.patient.patient.expected_attestations(doc) == [story.lab.did]
     await refused_unchanged(story, "delete", 404, "not-found", doc=doc)
 
 

@@ -1170,7 +1170,7 @@ class ClinicNode:
         """Destroy a withdrawn document (or keep our own authored copy) and attest it, once [API-27]."""
         doc = tombstone.record.doc
         if await self.store.attested(doc):
-            return False  # the usual case, every answer repeats every tombstone: no write lock taken
+            return False  # the usual case, every answer repeats the tombstones it holds: no write lock taken
         async with self.store.transaction():
             # Again under the write lock: another process (`fedrecord poll`) may have attested it meanwhile.
             if await self.store.attested(doc):

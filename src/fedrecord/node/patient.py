@@ -62,7 +62,7 @@ from .home import INLINE_STREAM_MAX, NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
 from .store import AuditChainRow, AuditRow
-from .sync import ViewCache, subject_of
+from .sync import ViewCache, is_device_grant, subject_of
 from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation, check_profile_endpoints
 
 DAY = 86_400
@@ -693,17 +693,29 @@ class PatientNode:
         return head
 
     async def state_for(self, requester: str, *, now: int) -> dict[str, Any]:
-        """What a peer polls: the newest head, revocations, tombstones and the grants addressed to it."""
+        """What a peer polls: the newest head, revocations, the tombstones it needs, the grants addressed to it."""
         head = await self.state_head(now=now)
+        grants = await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
+        device = any(is_device_grant(g.record) for g in grants)
         return {
             "head": head.encoded,
             "revocations": [r.encoded for r in await self.store.records(Revocation)],
-            "tombstones": [t.encoded for t in await self.store.records(Tombstone, signer=self.home.did)],
-            "grants": [
-                g.encoded
-                for g in await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
-            ],
+            "tombstones": [t.encoded for t in await self.tombstones_for(requester, device=device)],
+            "grants": [g.encoded for g in grants],
         }
+
+    async def tombstones_for(self, requester: str, *, device: bool, verify: bool = True) -> list[Signed[Tombstone]]:
+        """The tombstones a requester is told of ([API-16]): those of documents it read or deposited.
+
+        A tombstone of any other document would tell it of a document it never
+        saw -- with a whole-record grant, one the patient kept from it ([CAP-15]).
+        A device, which holds the whole record, is told of every one.
+        """
+        tombstones = await self.store.records(Tombstone, signer=self.home.did, verify=verify)
+        if device:
+            return tombstones
+        told = await self.store.told_docs(requester)
+        return [t for t in tombstones if t.record.doc in told]
 
     # --- reads by other nodes -----------------------------------------------------------
 
@@ -1201,6 +1213,10 @@ class PatientNode:
             raise _not_found()
         tombstone = sign_record(Tombstone(doc=doc, iat=now), self.home.identity)
         async with self.store.transaction():
+            # Those who may hold a copy, to whom the tombstone goes ([API-16]): its author, its readers.
+            author = await self.store.document_author(doc)
+            readers = await self.store.audit_readers_of(doc)
+            await self.store.tell_of_deletion(doc, [*readers, *([author] if author else [])])
             await self.store.put_record(tombstone, now=now, subject=doc)
             await self._forget_document(doc)
             await self._sign_head(now)
@@ -1347,10 +1363,9 @@ class PatientNode:
         return found[0] if found else None
 
     async def expected_attestations(self, doc: bytes) -> list[str]:
-        """Who should answer the deletion of ``doc`` with an attestation: every connected clinic (each
-        is sent every tombstone) and every node that read the document."""
-        clinics = {did for did, _name in await self.store.peers_with_role("clinic")}
-        return sorted(clinics | set(await self.store.audit_readers_of(doc)))
+        """Who should answer the deletion of ``doc`` with an attestation: those its tombstone goes to,
+        the nodes that read the document and its author ([API-16])."""
+        return await self.store.told_nodes(doc)
 
 
 def _own_subject(signed: Signed[Any]) -> bytes | None:

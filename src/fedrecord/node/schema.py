@@ -117,6 +117,19 @@ MIGRATIONS = (
             "CREATE TRIGGER kept_again AFTER INSERT ON documents BEGIN DELETE FROM doomed WHERE doc = NEW.id; END",
         ),
     ),
+    Migration(
+        version=9,
+        description="told: the nodes a deletion's tombstone goes to, those that read or deposited the document",
+        statements=(
+            "CREATE TABLE told (doc BLOB NOT NULL, node TEXT NOT NULL, PRIMARY KEY (doc, node)) WITHOUT ROWID",
+            # Tombstones of before: told, as they were then, to every clinic and to every reader.
+            "INSERT OR IGNORE INTO told (doc, node) SELECT r.subject, p.did FROM records r, peers p"
+            " WHERE r.typ = 'fedrecord/tombstone' AND p.role = 'clinic'",
+            "INSERT OR IGNORE INTO told (doc, node) SELECT w.doc, a.reader FROM audit_docs w"
+            " JOIN audit a ON a.seq = w.seq WHERE w.doc IN"
+            " (SELECT subject FROM records WHERE typ = 'fedrecord/tombstone')",
+        ),
+    ),
 )
 
 TABLES = (
@@ -133,4 +146,5 @@ TABLES = (
     "outbox",
     "view_epoch",
     "doomed",
+    "told",
 )

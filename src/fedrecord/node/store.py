@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
@@ -231,6 +231,18 @@ class NodeStore(Protocol):
         """Whether a deletion attestation about ``doc`` is kept."""
         ...
 
+    async def tell_of_deletion(self, doc: bytes, nodes: Iterable[str]) -> None:
+        """Keep that the tombstone of ``doc`` goes to ``nodes`` ([API-16]).  Call inside a transaction."""
+        ...
+
+    async def told_docs(self, node: str) -> set[bytes]:
+        """The documents whose tombstones go to ``node``."""
+        ...
+
+    async def told_nodes(self, doc: bytes) -> list[str]:
+        """The nodes the tombstone of ``doc`` goes to, in did order."""
+        ...
+
     async def state_mark(self) -> tuple[int, int]:
         """A value that changes whenever a grant, revocation, state head or tombstone is kept, by this
         process or another one writing the same database (what the patient's event streams watch)."""
@@ -341,6 +353,10 @@ class NodeStore(Protocol):
 
     async def document_state(self, doc: bytes) -> str | None:
         """A document's state (``inbox``, ``accepted``, ``authored``, ``shared``); ``None`` when absent."""
+        ...
+
+    async def document_author(self, doc: bytes) -> str | None:
+        """The did of a document's author (its depositor, on a patient's node); ``None`` when absent."""
         ...
 
     async def documents_among(self, docs: Sequence[bytes]) -> set[bytes]:
@@ -684,6 +700,16 @@ class SqliteNodeStore:
             opened = [g for g in opened if g.record.audience.encode() == subject]  # type: ignore[attr-defined]
         return opened
 
+    async def tell_of_deletion(self, doc: bytes, nodes: Iterable[str]) -> None:
+        for node in nodes:
+            await self.db.execute("INSERT OR IGNORE INTO told (doc, node) VALUES (?, ?)", (doc, node))
+
+    async def told_docs(self, node: str) -> set[bytes]:
+        return {row[0] for row in await self._all("SELECT doc FROM told WHERE node = ?", (node,))}
+
+    async def told_nodes(self, doc: bytes) -> list[str]:
+        return [row[0] for row in await self._all("SELECT node FROM told WHERE doc = ? ORDER BY node", (doc,))]
+
     async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
         rows = await self.db.execute_fetchall(
             "SELECT id, subject, encoded FROM records WHERE typ = ? AND signer = ? ORDER BY received, id",
@@ -869,6 +895,10 @@ class SqliteNodeStore:
 
     async def document_state(self, doc: bytes) -> str | None:
         row = await self._one("SELECT state FROM documents WHERE id = ?", (doc,))
+        return str(row[0]) if row is not None else None
+
+    async def document_author(self, doc: bytes) -> str | None:
+        row = await self._one("SELECT author FROM documents WHERE id = ?", (doc,))
         return str(row[0]) if row is not None else None
 
     async def authored_for(self, doc: bytes) -> str | None:

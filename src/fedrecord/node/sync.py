@@ -157,9 +157,11 @@ async def patient_view(
                 records[signed.id] = signed
     else:
         # Passed on, not acted on: the requester verifies each record it takes ([API-45]).
-        for cls in (StateHead, Tombstone):
-            for signed in await node.store.records(cls, signer=patient, verify=False):
-                records[signed.id] = signed
+        for head in await node.store.records(StateHead, signer=patient, verify=False):
+            records[head.id] = head
+        # The tombstones its state answer holds: of documents it read or deposited ([API-16]).
+        for tombstone in await node.tombstones_for(requester, device=False, verify=False):
+            records[tombstone.id] = tombstone
         # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated.
         for revocation in await node.store.records(Revocation, verify=False):
             records[revocation.id] = revocation

@@ -980,9 +980,10 @@ async def no_head_on_accept(s: Session) -> None:
 
 @case("capabilities.head-on-delete", requires=["API-17", "HEAD-2", "API-16"])
 async def head_on_delete(s: Session) -> None:
-    """Deleting a document signs the next head, and its tombstone is in the state."""
+    """Deleting a document signs the next head, and its tombstone is in the state of the node that read it."""
     _lab, sealed = await _own_document(s, b"to be deleted")
     reader, grant = await s.reader()
+    await _reads(s, reader, [grant], sealed)
     before = _head(s, await s.state(reader))
     tombstone = open_record((await s.manage("delete", doc=sealed.doc))["tombstone"], Tombstone)
     state = await s.state(reader)

@@ -1364,9 +1364,10 @@ async def attest(s: Session, sender: Actor, record: bytes) -> Answer:
     return await s.wire.call("/v0/attestations", sender.identity, {"attestation": record})
 
 
-@case("documents.delete", requires=["API-16", "API-17", "API-22"])
+@case("documents.delete", requires=["API-16", "API-17", "API-22", "CAP-15"])
 async def delete(s: Session) -> None:
-    """Deleting a document signs a tombstone that every state answer carries; it is no longer listed or fetched."""
+    """Deleting a document signs a tombstone that the state answers of its reader and depositor carry, and
+    no one else's; it is no longer listed or fetched."""
     reader, chain = await reader_of_all(s, "Conformance reader of a deleted document")
     lab, grant = await connected(s, "Conformance deleting lab")
     sealed = await s.accepted(lab, grant, b"withdrawn result", title="Withdrawn")
@@ -1382,9 +1383,14 @@ async def delete(s: Session) -> None:
         raise Failed(f"the deletion did not sign a new state head after seq {before.record.seq}")
     if tombstone.signer != s.patient.did or tombstone.record.doc != sealed.doc:
         raise Failed("the tombstone is not the patient's, for this document")
-    for actor in (reader, Actor.create("Conformance bystander")):
+    for actor in (reader, lab):
         if tombstone.encoded not in (await s.state(actor))["tombstones"]:
-            raise Failed("a state answer does not carry the tombstone")
+            raise Failed(f"the state answer of the document's {actor.name} does not carry the tombstone")
+    # A node that never read it is not told a document existed ([API-16], [CAP-15]).
+    unseen_reader, _chain = await reader_of_all(s, "Conformance reader that never read it")
+    for actor in (unseen_reader, Actor.create("Conformance bystander")):
+        if tombstone.encoded in (await s.state(actor))["tombstones"]:
+            raise Failed(f"the state answer of a {actor.name} carries the tombstone of a document it never read")
     if sealed.doc in await s.listed(reader, [chain]):
         raise Failed("a deleted document is still listed")
     expect_refusal(
