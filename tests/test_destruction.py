@@ -91,7 +91,7 @@ async def test_a_copy_fetched_while_the_patient_deleted_it_is_not_kept(
     with pytest.raises(RemoteProtocolError) as caught:
         await gp.clinic.fetch(patient.did, doc, now=now())
     assert caught.value.code.value == "not-found"
-    assert await gp.h.store.attested(doc)
+    assert await gp.h.store.attested(doc, patient=patient.did)
     assert await gp.h.store.document_state(doc) is None
     assert not gp.h.files.path_of(doc).exists()
 
@@ -157,7 +157,7 @@ async def test_an_attestation_goes_out_only_once_the_copy_is_destroyed(
         patched.setattr(NodeHome, "destroyed", _killed_after_commit)
         await gp.clinic.poll(patient.did, now=now())  # applies the tombstone, queues the attestation
     assert gp.h.files.path_of(doc).exists() and await gp.h.store.doomed() == [doc]
-    assert await gp.h.store.attested(doc)
+    assert await gp.h.store.attested(doc, patient=patient.did)
     await gp.clinic.flush_outbox()
     assert not gp.h.files.path_of(doc).exists() and await gp.h.store.doomed() == []
     assert [o["done"] for o in await gp.clinic.outbox() if o["kind"] == "attestation"][-1]

@@ -520,7 +520,7 @@ class ClinicNode:
         """
         async with self.store.transaction():
             # Under the write lock, which serialises this with a tombstone applied by any process.
-            deleted = await self.store.tombstoned_among([copy.doc for copy in checked])
+            deleted = await self.store.tombstoned_among([copy.doc for copy in checked], patient=patient)
             for copy in checked:
                 if copy.doc not in deleted:
                     await self._upsert_copy(
@@ -801,7 +801,7 @@ class ClinicNode:
             assert reader.header is not None
             header = reader.header
             async with self.store.transaction():
-                if await self.store.tombstoned_among([doc]):
+                if await self.store.tombstoned_among([doc], patient=patient):
                     # Deleted while it was fetched (a tombstone applied by any process, serialised by
                     # the write lock): a copy kept now would outlive the attestation sent ([API-27]).
                     raise RemoteProtocolError(Code.NOT_FOUND, "the patient deleted this document")
@@ -1161,21 +1161,28 @@ class ClinicNode:
         destroyed = 0
         for download in kept:
             stream = KeptStream.decode(download.meta)
-            dead = stream is not None and stream.patient == patient and stream.wrap.record.grant not in live
+            if stream is not None and stream.patient != patient:
+                continue  # another patient's document: this patient's grants and tombstones do not reach it
+            dead = stream is not None and stream.wrap.record.grant not in live
             if dead or download.doc in withdrawn:
                 destroyed += await self.home.partials.destroy(download.doc)
         return destroyed
 
     async def _apply_tombstone(self, patient: str, tombstone: Signed[Tombstone], *, now: int) -> bool:
-        """Destroy a withdrawn document (or keep our own authored copy) and attest it, once [API-27]."""
+        """Destroy a withdrawn document (or keep our own authored copy) and attest it, once [API-27].
+
+        The tombstone is ``patient``'s and withdraws only ``patient``'s document: a copy this node
+        holds of another patient's document under the same id (fetched from them, authored for
+        them) is not touched, and ``patient`` is answered as for a document never held.
+        """
         doc = tombstone.record.doc
-        if await self.store.attested(doc):
+        if await self.store.attested(doc, patient=patient):
             return False  # the usual case, every answer repeats the tombstones it holds: no write lock taken
         async with self.store.transaction():
             # Again under the write lock: another process (`fedrecord poll`) may have attested it meanwhile.
-            if await self.store.attested(doc):
+            if await self.store.attested(doc, patient=patient):
                 return False
-            state = await self.store.document_state(doc)
+            state = await self.store.document_state(doc, patient=patient)
             if state == "authored":
                 outcome: dict[str, Any] = {
                     "outcome": "retained",

@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 from fedrecord.core import (
+    DeletionAttestation,
     DepositDecision,
     Grant,
     NodeProfile,
@@ -227,8 +228,9 @@ class NodeStore(Protocol):
         """Whether a deposit decision or tombstone about ``doc`` is kept (the patient decided)."""
         ...
 
-    async def attested(self, doc: bytes) -> bool:
-        """Whether a deletion attestation about ``doc`` is kept."""
+    async def attested(self, doc: bytes, *, patient: str) -> bool:
+        """Whether a deletion attestation to ``patient`` about ``doc`` is kept (this node attested that
+        patient's tombstone; another patient's tombstone of the same id is not this one, [API-27])."""
         ...
 
     async def tell_of_deletion(self, doc: bytes, nodes: Iterable[str]) -> None:
@@ -351,8 +353,13 @@ class NodeStore(Protocol):
         """The deposit record id a document came with, in a 1-tuple; ``None`` when no such document."""
         ...
 
-    async def document_state(self, doc: bytes) -> str | None:
-        """A document's state (``inbox``, ``accepted``, ``authored``, ``shared``); ``None`` when absent."""
+    async def document_state(self, doc: bytes, *, patient: str | None = None) -> str | None:
+        """A document's state (``inbox``, ``accepted``, ``authored``, ``shared``); ``None`` when absent.
+
+        Args:
+            patient: when given, only a document of that patient's counts (a copy fetched from
+                them, one authored for them): another patient's is absent.
+        """
         ...
 
     async def document_author(self, doc: bytes) -> str | None:
@@ -363,8 +370,9 @@ class NodeStore(Protocol):
         """Those of ``docs`` that have a row, in any state (at most ``MAX_IDS_PER_QUERY`` at a time)."""
         ...
 
-    async def tombstoned_among(self, docs: Sequence[bytes]) -> set[bytes]:
-        """Those of ``docs`` this node holds a tombstone of (at most ``MAX_IDS_PER_QUERY`` at a time)."""
+    async def tombstoned_among(self, docs: Sequence[bytes], *, patient: str) -> set[bytes]:
+        """Those of ``docs`` this node holds a tombstone of signed by ``patient`` (at most
+        ``MAX_IDS_PER_QUERY`` at a time)."""
         ...
 
     async def doomed(self, *, before: int | None = None) -> list[bytes]:
@@ -739,12 +747,12 @@ class SqliteNodeStore:
         )
         return row is not None
 
-    async def attested(self, doc: bytes) -> bool:
-        row = await self._one(
-            "SELECT count(*) FROM records WHERE typ = ? AND subject = ?",
-            ("fedrecord/deletion-attestation", doc),
+    async def attested(self, doc: bytes, *, patient: str) -> bool:
+        # Usually one row, verified once and then from the cache: every state answer repeats every tombstone.
+        return any(
+            attestation.record.patient == patient
+            for attestation in await self.records(DeletionAttestation, subject=doc)
         )
-        return bool(row and row[0])
 
     async def state_mark(self) -> tuple[int, int]:
         # These records are never deleted, so their count and highest rowid only grow.  Read on the
@@ -893,9 +901,11 @@ class SqliteNodeStore:
         row = await self._one("SELECT deposit FROM documents WHERE id = ?", (doc,))
         return (row[0],) if row is not None else None
 
-    async def document_state(self, doc: bytes) -> str | None:
-        row = await self._one("SELECT state FROM documents WHERE id = ?", (doc,))
-        return str(row[0]) if row is not None else None
+    async def document_state(self, doc: bytes, *, patient: str | None = None) -> str | None:
+        row = await self._one("SELECT state, patient FROM documents WHERE id = ?", (doc,))
+        if row is None or (patient is not None and row[1] != patient):
+            return None
+        return str(row[0])
 
     async def document_author(self, doc: bytes) -> str | None:
         row = await self._one("SELECT author FROM documents WHERE id = ?", (doc,))
@@ -912,8 +922,10 @@ class SqliteNodeStore:
         )
         return [InboxRow(*row) for row in rows]
 
-    async def tombstoned_among(self, docs: Sequence[bytes]) -> set[bytes]:
-        return await self._among("SELECT subject FROM records WHERE typ = ? AND subject", docs, Tombstone.TYPE.value)
+    async def tombstoned_among(self, docs: Sequence[bytes], *, patient: str) -> set[bytes]:
+        return await self._among(
+            "SELECT subject FROM records WHERE typ = ? AND signer = ? AND subject", docs, Tombstone.TYPE.value, patient
+        )
 
     async def documents_among(self, docs: Sequence[bytes]) -> set[bytes]:
         return await self._among("SELECT id FROM documents WHERE id", docs)

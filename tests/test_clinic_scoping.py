@@ -1,0 +1,137 @@
+"""A clinic connected to several patients keeps each patient's records to that patient (spec 15.11, 15.7, 16).
+
+A clinic may hold copies from one patient while it polls and syncs another, and any node it
+connects to as a patient answers what it likes.  What one patient's node signs or sends reaches
+only that patient's documents and grants: a tombstone withdraws only the signer's own document and
+is attested to the signer, once per patient ([API-27]); a revocation counts only when an issuer
+up the chain of the grant it names signed it ([CAP-7], [API-19]); and a sync with one patient
+reconciles over that patient's records alone ([SYNC-10], section 16), so that it reveals nothing
+of another patient's and agrees in one round.
+
+Real nodes over HTTP on loopback (:func:`tests.node_helpers.build_story`): the patient, the GP
+and the lab of the demo's story, and a second patient node M made here, which stands for any
+node a clinic connects to as a patient -- a patient's node run by an attacker who learnt the id
+of a document or a grant of the story's patient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from fedrecord.core import DeletionAttestation, Signed, Tombstone, open_record, sign_record
+from fedrecord.node.sync import subject_of
+from fedrecord.storage.sqlite import table_digest
+
+from .node_helpers import ServedNode, Story, build_story, node_tables, now
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def story(tmp_path: Path) -> AsyncIterator[Story]:
+    built = await build_story(tmp_path)
+    yield built
+    await built.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def mallory(story: Story, tmp_path: Path) -> AsyncIterator[ServedNode]:
+    """M's patient node, which the GP and the lab are connected to (by M's invitations)."""
+    node = await ServedNode.create(tmp_path / "mallory", role="patient", name="M (patient)")
+    try:
+        for clinic in (story.gp, story.lab):
+            invitation = await node.patient.create_invitation(label=clinic.h.config.name, now=now())
+            await clinic.clinic.connect(invitation.url(), now=now())
+        yield node
+    finally:
+        await node.stop()
+
+
+async def holds(node: ServedNode, record: Signed[Any]) -> None:
+    """Make a patient's node hold a record as it holds its own (its state answers carry it): a node
+    answers what it likes."""
+    async with node.h.store.transaction():
+        await node.h.store.put_record(record, now=now(), subject=subject_of(record))
+
+
+async def digests(node: ServedNode, *tables: str) -> dict[str, tuple[int, str]]:
+    assert set(tables) <= set(await node_tables(node))
+    return await table_digest(node.h.db, tables)
+
+
+async def attestations_to(node: ServedNode, patient: str) -> list[DeletionAttestation]:
+    """The attestations ``node`` queued for ``patient``, in the order it queued them."""
+    rows = await node.h.db.execute_fetchall(
+        "SELECT payload FROM outbox WHERE kind = 'attestation' AND target = ? ORDER BY id", (patient,)
+    )
+    return [open_record(row[0], DeletionAttestation).record for row in rows]
+
+
+# --- tombstones: only the signer's document, attested to the signer ([API-27]) ------------------------
+
+
+async def test_another_patients_tombstone_does_not_withdraw_this_patients_document(
+    story: Story, mallory: ServedNode
+) -> None:
+    """M signs a tombstone of the id of the patient's blood count: the GP's copy stays, M is answered as
+    for a document never held, the GP fetches the document again; the patient's own deletion is then
+    applied and attested to the patient."""
+    gp, patient, doc = story.gp, story.patient, story.docs["cbc"]
+    await gp.clinic.sync(patient.did, now=now())
+    assert await gp.h.store.held_copy(doc) is not None
+    await holds(mallory, sign_record(Tombstone(doc=doc, iat=now()), mallory.identity))
+
+    before = await digests(gp, "documents", "doomed", "delegations")
+    files = gp.h.files.path_of(doc).exists(), await gp.h.store.document_stream(doc)
+    answer = await gp.clinic.poll(mallory.did, now=now())
+    assert answer["destroyed"] == 0 and answer["attested"] == 1
+    assert await digests(gp, "documents", "doomed", "delegations") == before, "M's tombstone changed a copy"
+    assert (gp.h.files.path_of(doc).exists(), await gp.h.store.document_stream(doc)) == files
+    (to_mallory,) = await attestations_to(gp, mallory.did)
+    assert (to_mallory.patient, to_mallory.doc, to_mallory.outcome) == (mallory.did, doc, "destroyed")
+    assert await attestations_to(gp, patient.did) == []
+    assert await gp.h.store.attested(doc, patient=mallory.did)
+    assert not await gp.h.store.attested(doc, patient=patient.did)
+
+    # M's tombstone is no bar to the patient's document: fetched and kept again (the receipt logged
+    # in the patient's audit log is for a copy the GP keeps).
+    assert await gp.clinic.fetch(patient.did, doc, now=now()) == b"Hemoglobin 14.1 g/dL\nLeukocytes 6.2 G/L\n"
+    assert await gp.h.store.document_state(doc) == "shared"
+    # The patient's own deletion: destroyed, and attested to the patient, who is owed it.
+    await patient.patient.delete(doc, now=now())
+    answer = await gp.clinic.poll(patient.did, now=now())
+    assert answer["destroyed"] == 0 and answer["attested"] == 1
+    assert await gp.h.store.held_copy(doc) is None
+    (to_patient,) = await attestations_to(gp, patient.did)
+    assert (to_patient.patient, to_patient.doc, to_patient.outcome) == (patient.did, doc, "destroyed")
+    assert len(await attestations_to(gp, mallory.did)) == 1, "M's tombstone is attested once"
+    await gp.clinic.flush_outbox()
+    (received,) = await patient.h.store.records(DeletionAttestation, signer=gp.did)
+    assert received.record.doc == doc
+
+
+async def test_another_patients_tombstone_leaves_an_authored_document_as_it_was(
+    story: Story, mallory: ServedNode
+) -> None:
+    """The lab authored the blood count for the patient: M's tombstone of its id is not the patient's
+    deletion, and the patient's is then answered ``retained``, to the patient."""
+    lab, patient, doc = story.lab, story.patient, story.docs["cbc"]
+    assert await lab.h.store.document_state(doc) == "authored"
+    await holds(mallory, sign_record(Tombstone(doc=doc, iat=now()), mallory.identity))
+
+    before = await digests(lab, "documents", "doomed")
+    await lab.clinic.poll(mallory.did, now=now())
+    assert await digests(lab, "documents", "doomed") == before
+    (to_mallory,) = await attestations_to(lab, mallory.did)
+    assert (to_mallory.doc, to_mallory.outcome) == (doc, "destroyed")
+
+    await patient.patient.delete(doc, now=now())
+    await lab.clinic.poll(patient.did, now=now())
+    (to_patient,) = await attestations_to(lab, patient.did)
+    assert (to_patient.patient, to_patient.doc, to_patient.outcome) == (patient.did, doc, "retained")
+    assert await lab.h.store.document_state(doc) == "authored"
