@@ -127,6 +127,25 @@ def test_revocation_by_someone_outside_the_chain_is_void():
     assert check([root], revocations=revocations).allowed
 
 
+def test_the_revoked_link_of_a_chain_is_the_one_decide_refuses():
+    """RevocationSet.revoked_link: what a holder of copies checks against (a clinic, [API-19])."""
+    root = grant()
+    child = grant(issuer=GP, audience=SPECIALIST, parent=root, actions=("read",))
+    chain = [root, child]
+    for signer, revoked, expected in (
+        (PATIENT, child, child),  # the root's issuer is up every link
+        (GP, child, child),
+        (GP, root, None),  # the root's audience is not up the root
+        (SPECIALIST, child, None),  # nor is the child's
+        (MALLORY, root, None),
+    ):
+        revocations = RevocationSet.from_records([sign_record(Revocation(grant=revoked.id, iat=NOW), signer)])
+        assert revocations.revoked_link(chain) == expected, (signer.did, revoked is root)
+        refused = check(chain, requester=SPECIALIST, revocations=revocations).reason is Code.REVOKED
+        assert refused == (expected is not None)
+    assert RevocationSet().revoked_link([]) is None
+
+
 def test_time_window():
     assert check([grant(nbf=NOW + 1)]).reason is Code.NOT_YET_VALID
     assert check([grant(exp=NOW)]).reason is Code.EXPIRED

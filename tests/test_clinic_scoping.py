@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import DeletionAttestation, Signed, Tombstone, open_record, sign_record
+from fedrecord.core import DeletionAttestation, Revocation, Signed, Tombstone, open_record, sign_record
 from fedrecord.node.sync import subject_of
 from fedrecord.storage.sqlite import table_digest
 
@@ -135,3 +135,47 @@ async def test_another_patients_tombstone_leaves_an_authored_document_as_it_was(
     (to_patient,) = await attestations_to(lab, patient.did)
     assert (to_patient.patient, to_patient.doc, to_patient.outcome) == (patient.did, doc, "retained")
     assert await lab.h.store.document_state(doc) == "authored"
+
+
+# --- revocations: only an issuer up the chain of the grant named ([CAP-7], [API-19]) ----------------
+
+
+async def test_a_revocation_signed_by_a_stranger_destroys_nothing(
+    story: Story, mallory: ServedNode, tmp_path: Path
+) -> None:
+    """Revocations of the GP's grant and of its delegation to a cardiologist, signed by M (who learnt
+    their ids, as every delegate of the GP does from its chain) or by the cardiologist itself, reach the
+    GP and the cardiologist in the patient's own state answers and in M's: void, they destroy nothing.
+    The GP's revocation of the grant it delegated still destroys the cardiologist's copy, and only it."""
+    gp, patient, doc = story.gp, story.patient, story.docs["cbc"]
+    await gp.clinic.sync(patient.did, now=now())
+    async with ServedNode.running(tmp_path / "cardiology", role="clinic", name="Cardiologie") as cardiology:
+        child = await gp.clinic.delegate(
+            patient.did, to=cardiology.did, to_endpoint=cardiology.url, days=30, now=now()
+        )
+        assert await cardiology.clinic.fetch(patient.did, doc, now=now())
+        clinics = (gp, cardiology)
+        void = [
+            sign_record(Revocation(grant=story.gp_grant.id, iat=now()), mallory.identity),
+            sign_record(Revocation(grant=child.id, iat=now()), mallory.identity),
+            sign_record(Revocation(grant=child.id, iat=now()), cardiology.identity),  # the link's own audience
+        ]
+        for revocation in void:
+            await holds(patient, revocation)
+            await holds(mallory, revocation)
+        before = {clinic.did: await digests(clinic, "documents", "doomed") for clinic in clinics}
+        for clinic in clinics:
+            assert (await clinic.clinic.poll(patient.did, now=now()))["destroyed"] == 0
+        await gp.clinic.poll(mallory.did, now=now())
+        await gp.clinic.sync(patient.did, now=now(), bodies=False)  # applies what it holds from the patient
+        for clinic in clinics:
+            assert await digests(clinic, "documents", "doomed") == before[clinic.did], clinic.h.config.name
+            assert await clinic.clinic.chains_from(patient.did, now=now())
+            assert await clinic.h.store.held_copy(doc) is not None
+
+        # The GP, up the cardiologist's chain, may revoke what it delegated: that copy dies, the GP's stays.
+        await holds(patient, sign_record(Revocation(grant=child.id, iat=now()), gp.identity))
+        assert (await cardiology.clinic.poll(patient.did, now=now()))["destroyed"] == 1
+        assert await cardiology.h.store.held_copy(doc) is None
+        assert (await gp.clinic.poll(patient.did, now=now()))["destroyed"] == 0
+        assert await digests(gp, "documents", "doomed") == before[gp.did]

@@ -129,6 +129,15 @@ class RevocationSet:
     def revoked_by(self, grant_id: bytes) -> set[str]:
         return self.revokers.get(grant_id, set())
 
+    def revoked_link(self, chain: Sequence[Signed[Grant]]) -> Signed[Grant] | None:
+        """The first link of ``chain`` revoked by an issuer up the chain, or None ([CAP-7]).
+
+        The issuers up a link are the signers of that link and of the links
+        before it; a revocation signed by anyone else, the link's own audience
+        included, is void.  The chain's shape is not checked here (see :func:`decide`).
+        """
+        return _revoked_link(chain, self.revokers)
+
 
 def decide(
     chain: Sequence[Signed[Grant]],
@@ -172,12 +181,9 @@ def decide(
     if shape is not None:
         return shape
 
-    issuers: set[str] = set()
-    for link in chain:
-        issuers.add(link.signer)
-        # Any issuer up the chain may revoke; a revocation by anyone else is void.
-        if revokers.get(link.id, set()) & issuers:
-            return _deny(Code.REVOKED, f"grant {link.id.hex()[:16]} was revoked")
+    revoked = _revoked_link(chain, revokers)
+    if revoked is not None:
+        return _deny(Code.REVOKED, f"grant {revoked.id.hex()[:16]} was revoked")
 
     for link in chain:
         grant = link.record
@@ -235,6 +241,16 @@ def decide_from_bytes(
     except FedrecordError as exc:
         return _deny(exc.code, exc.message)
     return decide(grants, freshness=freshness, **kwargs)  # type: ignore[arg-type]
+
+
+def _revoked_link(chain: Sequence[Signed[Grant]], revokers: Mapping[bytes, set[str]]) -> Signed[Grant] | None:
+    issuers: set[str] = set()
+    for link in chain:
+        issuers.add(link.signer)
+        # Any issuer up the chain may revoke; a revocation by anyone else is void.
+        if revokers.get(link.id, set()) & issuers:
+            return link
+    return None
 
 
 def _freshness_problem(freshness: Freshness, patient: str, now: int) -> Decision | None:

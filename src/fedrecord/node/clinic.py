@@ -364,20 +364,24 @@ class ClinicNode:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def chains_from(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
-        """The live grant chains that let this node read from ``patient``: its own grants, then delegations."""
-        revocations = RevocationSet.from_records(await self.store.records(Revocation))
+    async def _held_chains(self, patient: str) -> list[list[Signed[Grant]]]:
+        """Every grant chain from ``patient`` this node holds, live or not: its own grants, then delegations."""
         chains = [
             [grant]
             for grant in await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
         ]
         for _leaf, encoded in await self.store.delegations(patient):
             chains.append([open_record(link, Grant) for link in cbor.decode(encoded)])
+        return chains
+
+    async def chains_from(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
+        """The live grant chains that let this node read from ``patient``: its own grants, then delegations."""
+        revocations = RevocationSet.from_records(await self.store.records(Revocation))
         # The same decision the patient's node makes, without a document: only revocations by an
         # issuer up the chain count [CAP-7].
         return [
             chain
-            for chain in chains
+            for chain in await self._held_chains(patient)
             if decide(
                 chain,
                 patient=patient,
@@ -1118,9 +1122,13 @@ class ClinicNode:
     ) -> int:
         """Keep grants, revocations and the head in one transaction, destroying the copies revoked.
 
+        A revocation counts only against a chain it names a link of and that
+        an issuer up that link signed ([CAP-7]): one signed by anyone else --
+        another patient's node, the link's own audience -- destroys nothing.
+
         Returns the number of copies destroyed.
         """
-        revoked = {r.record.grant for r in revocations}
+        revoked = RevocationSet.from_records(revocations)
         async with self.store.transaction():
             for grant in grants:
                 if grant.signer == patient and grant.record.audience == self.home.did:
@@ -1131,12 +1139,13 @@ class ClinicNode:
                 patient, seq=head.record.seq, head=head.encoded, polled=now if polled else None
             )
             shared = await self.store.shared_copies(patient)
-            chain_ids = {
-                leaf: {open_record(link, Grant).id for link in cbor.decode(chain)}
-                for leaf, chain in await self.store.delegations(patient)
-            }
+            # Every copy was kept under a chain held here: grants are never forgotten, nor delegations
+            # while a copy is held under them.  Read in the transaction, this answer's grants included.
+            chains = {chain[-1].id: chain for chain in await self._held_chains(patient)}
             # A copy dies with any grant up its chain (US-9: revoking the parent kills the child).
-            doomed = [doc for doc, grant_id in shared if chain_ids.get(grant_id, {grant_id}) & revoked]
+            doomed = [
+                doc for doc, grant_id in shared if revoked.revoked_link(chains.get(grant_id, ())) is not None
+            ]
             for doc in doomed:
                 await self._forget_copy_records(doc)
         await self.home.destroyed(*doomed)
