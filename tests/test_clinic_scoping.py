@@ -16,16 +16,30 @@ of a document or a grant of the story's patient.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import DeletionAttestation, Revocation, Signed, Tombstone, open_record, sign_record
-from fedrecord.node.sync import subject_of
-from fedrecord.storage.sqlite import table_digest
+from fedrecord.core import (
+    DeletionAttestation,
+    Grant,
+    Revocation,
+    Scope,
+    Signed,
+    SigningIdentity,
+    Tombstone,
+    open_record,
+    sign_record,
+)
+from fedrecord.node.clinic import ClinicNode
+from fedrecord.node.schema import MIGRATIONS
+from fedrecord.node.store import SqliteNodeStore
+from fedrecord.node.sync import patient_view, subject_of
+from fedrecord.storage.sqlite import open_database, table_digest, transaction
 
 from .node_helpers import ServedNode, Story, build_story, node_tables, now
 
@@ -179,3 +193,124 @@ async def test_a_revocation_signed_by_a_stranger_destroys_nothing(
         assert await cardiology.h.store.held_copy(doc) is None
         assert (await gp.clinic.poll(patient.did, now=now()))["destroyed"] == 0
         assert await digests(gp, "documents", "doomed") == before[gp.did]
+
+
+# --- syncing: one patient's records only (section 16, [SYNC-10]) -------------------------------------
+
+
+@contextmanager
+def sync_messages(clinic: ClinicNode) -> Iterator[list[bytes]]:
+    """The reconciliation messages ``clinic`` sends (``POST /v0/sync``) inside the block."""
+    sent: list[bytes] = []
+    real_call = clinic.client.call
+
+    async def spying(method: str, url: str, **fields: Any) -> dict[str, Any]:
+        if url.endswith("/v0/sync"):
+            sent.append(fields["message"])
+        return await real_call(method, url, **fields)
+
+    clinic.client.call = spying  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        del clinic.client.call
+
+
+async def ids_of(clinic: ClinicNode, patient: str) -> set[bytes]:
+    items = await clinic.sync_items(patient)
+    return {record_id for _, record_id in items.items(0, len(items))}
+
+
+async def test_a_sync_with_one_patient_carries_nothing_of_another_patients_records(
+    story: Story, mallory: ServedNode
+) -> None:
+    """The GP holds M's records too: M's revocation of M's grant to it, M's void revocation of the
+    patient's grant, and a revocation someone else signed that M's node gave it.  A sync with the
+    patient reveals none of their ids and agrees in one round; so does a sync with M, over M's."""
+    gp, patient = story.gp, story.patient
+    granted = await mallory.patient.grant(
+        audience=gp.did, scope=Scope(past=True, future=True), actions=("read",), purpose="treatment", days=30, now=now()
+    )
+    await holds(mallory, sign_record(Revocation(grant=story.gp_grant.id, iat=now()), mallory.identity))
+    await holds(mallory, sign_record(Revocation(grant=granted.id, iat=now()), story.lab.identity))
+    await mallory.patient.revoke(granted.id, now=now())
+    await gp.clinic.poll(mallory.did, now=now())
+    malloryish = {r.id for r in await mallory.h.store.records(Revocation)}
+    assert len(malloryish) == 3 and malloryish <= {r.id for r in await gp.h.store.records(Revocation)}
+
+    with sync_messages(gp.clinic) as sent:
+        await gp.clinic.sync(patient.did, now=now())
+        again = await gp.clinic.sync(patient.did, now=now())
+    leaked = [r.hex()[:16] for r in malloryish if any(r[:8] in message for message in sent)]
+    assert sent and not leaked, f"the patient's node was sent id prefixes of M's records: {leaked}"
+    assert again.rounds == 1
+    view = await patient_view(patient.patient, gp.did, [story.gp_grant], now=now())
+    assert await ids_of(gp.clinic, patient.did) == set(view.records)
+    # M's records are M's: its sync is one round too (control records: the GP's grant from M is revoked).
+    await gp.clinic.sync(mallory.did, now=now())
+    assert (await gp.clinic.sync(mallory.did, now=now())).rounds == 1
+    assert malloryish <= await ids_of(gp.clinic, mallory.did)
+
+
+async def test_a_devices_revocation_is_in_the_set_of_the_patient_whose_node_gave_it(
+    story: Story, tmp_path: Path
+) -> None:
+    """A revocation the patient's phone signed of a grant it issued, pushed to the patient's node
+    ([API-48]), is one of the patient's records though the patient did not sign it: the GP, which
+    holds neither the phone's grant nor its device grant, learns so from where it came, and its syncs
+    with the patient still agree in one round."""
+    gp, patient, lab = story.gp, story.patient, story.lab
+    async with ServedNode.running(tmp_path / "phone", role="clinic", name="Camille's phone") as phone:
+        invitation = await patient.patient.create_invitation(label="phone", now=now())
+        await phone.clinic.connect(invitation.url(), now=now())
+        await patient.patient.grant(
+            audience=phone.did,
+            scope=Scope(past=True, future=True),
+            actions=("read", "delegate", "manage"),
+            purpose="device",
+            days=365,
+            now=now(),
+        )
+        await phone.clinic.poll(patient.did, now=now())
+        child = await phone.clinic.delegate(patient.did, to=lab.did, to_endpoint=lab.url, days=30, now=now())
+        revocation = sign_record(Revocation(grant=child.id, iat=now()), phone.identity)
+        async with phone.h.store.transaction():  # as the phone keeps a revocation it signs
+            await phone.h.store.put_record(revocation, now=now(), subject=child.id)
+        assert (await phone.clinic.sync(patient.did, now=now())).records_pushed == 2
+        assert revocation.id in {r.id for r in await patient.h.store.records(Revocation, signer=phone.did)}
+
+    await gp.clinic.sync(patient.did, now=now())
+    assert await gp.h.store.record(Grant, child.id) is None
+    assert revocation.id in await ids_of(gp.clinic, patient.did)
+    assert (await gp.clinic.sync(patient.did, now=now())).rounds == 1
+    view = await patient_view(patient.patient, gp.did, [story.gp_grant], now=now())
+    assert await ids_of(gp.clinic, patient.did) == set(view.records)
+
+    # A database from before migration 9 does not know where its records came from: the patient's
+    # next state answer, which holds every revocation its node holds, says it again.
+    async with gp.h.store.transaction():
+        await gp.h.db.execute("DELETE FROM record_sets")
+    assert revocation.id not in await ids_of(gp.clinic, patient.did)
+    await gp.clinic.poll(patient.did, now=now())
+    assert await ids_of(gp.clinic, patient.did) == set(view.records)
+
+
+async def test_migration_9_adds_record_sets_and_changes_no_row(tmp_path: Path) -> None:
+    """A database at schema 8 with a revocation another node signed: kept as it was, in no patient's
+    set until a patient's node gives it (correct, if incomplete: see the previous test)."""
+    path = tmp_path / "node.db"
+    db = await open_database(path, MIGRATIONS[:8])
+    revocation = sign_record(Revocation(grant=bytes(32), iat=now()), SigningIdentity.from_seed(bytes(32)))
+    try:
+        async with transaction(db):
+            await SqliteNodeStore(db).put_record(revocation, now=now(), subject=bytes(32))
+        before = await table_digest(db, ["records"])
+    finally:
+        await db.close()
+    db = await open_database(path, MIGRATIONS)
+    try:
+        assert await table_digest(db, ["records"]) == before
+        assert await db.execute_fetchall("SELECT * FROM record_sets") == []
+        assert [r.id for r in await SqliteNodeStore(db).records(Revocation)] == [revocation.id]
+    finally:
+        await db.close()

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final, NamedTuple
+from typing import Any, BinaryIO, Final, NamedTuple, TypeVar
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -41,6 +41,7 @@ from fedrecord.core import (
     Grant,
     KeyWrap,
     NodeProfile,
+    Record,
     RemoteProtocolError,
     Revocation,
     RevocationSet,
@@ -71,6 +72,7 @@ from .sync import Progress as SyncProgress
 from .wire import MAX_DOCUMENT, Invitation, StateAnswer, check_profile_endpoints
 
 log = logging.getLogger("fedrecord.node")
+R = TypeVar("R", bound=Record)
 
 MAX_BACKOFF = 300
 # How old the patient's state head may be for this node to read a shared copy it holds [HEAD-4].
@@ -934,26 +936,46 @@ class ClinicNode:
         return connection["endpoint"], [link.encoded for link in chains[0]] if chains else []
 
     async def sync_items(self, patient: str) -> SortedItems:
-        """The reconciliation items of the records this node holds from ``patient`` ([SYNC-1]).
+        """The reconciliation items of ``patient``'s records this node holds ([SYNC-1]).
 
-        Grants this node issued under the patient's grants to it are among them: a device pushes
-        them to the patient's node ([API-48]).
+        A sync is between two sets of records for one patient (section 16): the patient's node
+        reconciles over what this node may see of that patient's ([SYNC-10]), and this node over
+        what it holds of that patient's -- never another patient's records, which that node does
+        not hold and should not learn the ids of.  Grants this node issued under the patient's
+        grants to it, and its revocations of them, are among them: a device pushes them to the
+        patient's node ([API-48]).
         """
         # Read for their ids and dates only: what reconciliation compares.
-        held: list[Signed[Any]] = await self.store.records(Revocation, verify=False)
+        held: dict[bytes, Signed[Any]] = {}
         for cls in DEVICE_TYPES:
-            if cls is not Revocation:  # every revocation counts, whoever signed it
-                held += await self.store.records(cls, signer=patient, verify=False)
+            held.update((s.id, s) for s in await self._record_set(cls, patient, verify=False))
         mine = {
             g.id
             for g in await self.store.records(Grant, signer=patient, subject=self.home.did.encode(), verify=False)
         }
-        held += [
-            g
-            for g in await self.store.records(Grant, signer=self.home.did, verify=False)
-            if g.record.parent in mine
+        issued = [
+            g for g in await self.store.records(Grant, signer=self.home.did, verify=False) if g.record.parent in mine
         ]
-        return SortedItems(item_of(signed) for signed in held)
+        ids = {g.id for g in issued}
+        held.update((g.id, g) for g in issued)
+        held.update(
+            (r.id, r)
+            for r in await self.store.records(Revocation, signer=self.home.did, verify=False)
+            if r.record.grant in ids
+        )
+        return SortedItems(item_of(signed) for signed in held.values())
+
+    async def _record_set(self, cls: type[R], patient: str, *, verify: bool = True) -> list[Signed[R]]:
+        """The records of type ``cls`` this node holds of ``patient``'s record.
+
+        Those the patient signed, and those another node signed that the patient's node gave
+        this one in its state answers and syncs (a device's revocations, [API-48]): a record
+        another patient's node gave is not this patient's, whatever it names.
+        """
+        return [
+            *await self.store.records(cls, signer=patient, verify=verify),
+            *[s for s in await self.store.records(cls, given_by=patient, verify=verify) if s.signer != patient],
+        ]
 
     async def issued_under(self, grant_id: bytes, among: set[bytes]) -> list[Signed[Any]]:
         """The grants this node issued under ``grant_id``, and its revocations of them, among ``among`` ids."""
@@ -978,6 +1000,7 @@ class ClinicNode:
         async with self.store.transaction():
             for signed in records:
                 await self.store.put_record(signed, now=now, subject=subject_of(signed))
+            await self.store.keep_given(patient, [s.id for s in records if s.signer != patient])
         return len(records)
 
     async def apply_held_state(
@@ -1004,7 +1027,7 @@ class ClinicNode:
         answer = {
             "v": 0,
             "head": head.encoded,
-            "revocations": [r.encoded for r in await self.store.records(Revocation)],
+            "revocations": [r.encoded for r in await self._record_set(Revocation, patient)],
             "tombstones": [t.encoded for t in await self.store.records(Tombstone, signer=patient)],
             "grants": [
                 g.encoded
@@ -1135,6 +1158,7 @@ class ClinicNode:
                     await self.store.put_record(grant, now=now, subject=self.home.did.encode())
             for revocation in revocations:
                 await self.store.put_record(revocation, now=now, subject=revocation.record.grant)
+            await self.store.keep_given(patient, [r.id for r in revocations if r.signer != patient])
             await self.store.set_head(
                 patient, seq=head.record.seq, head=head.encoded, polled=now if polled else None
             )

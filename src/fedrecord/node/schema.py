@@ -119,6 +119,19 @@ MIGRATIONS = (
     ),
     Migration(
         version=9,
+        description="record_sets: records another node signed that a patient's node gave as part of its record",
+        statements=(
+            # A clinic reconciles with one patient over that patient's records only (spec 16): those the
+            # patient signed, found by signer, and those its node holds and another node signed (a
+            # device's revocations, [API-48]), which only where they came from tells apart.  Left
+            # empty here, which is correct if incomplete: the next state answer of each patient holds
+            # every revocation its node holds ([API-16]), and a sync fetches again what it misses.
+            "CREATE TABLE record_sets (patient TEXT NOT NULL, id BLOB NOT NULL, PRIMARY KEY (patient, id))"
+            " WITHOUT ROWID",
+        ),
+    ),
+    Migration(
+        version=10,
         description="told: the nodes a deletion's tombstone goes to, those that read or deposited the document",
         statements=(
             "CREATE TABLE told (doc BLOB NOT NULL, node TEXT NOT NULL, PRIMARY KEY (doc, node)) WITHOUT ROWID",
@@ -146,5 +159,6 @@ TABLES = (
     "outbox",
     "view_epoch",
     "doomed",
+    "record_sets",
     "told",
 )

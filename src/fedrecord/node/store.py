@@ -196,15 +196,33 @@ class NodeStore(Protocol):
         ...
 
     async def records(
-        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None, verify: bool = True
+        self,
+        cls: type[R],
+        *,
+        signer: str | None = None,
+        subject: bytes | None = None,
+        given_by: str | None = None,
+        verify: bool = True,
     ) -> list[Signed[R]]:
         """The kept records of one type, oldest first, verified on the way out.
 
         With ``verify=False``, decoded only: for records passed on to a peer or
         read for their ids and dates (see :mod:`fedrecord.node.records_table`).
 
+        Args:
+            given_by: only those the node of this patient gave as part of its
+                record (:meth:`keep_given`).
+
         Raises:
             RemoteProtocolError: when a stored record does not verify.
+        """
+        ...
+
+    async def keep_given(self, patient: str, record_ids: Sequence[bytes]) -> None:
+        """Note that ``patient``'s node gave these records (kept too) as part of its record.
+
+        For records another node signed (a device's revocations): whose record they are is
+        known only from where they came.  Idempotent.  Call inside a transaction.
         """
         ...
 
@@ -688,7 +706,13 @@ class SqliteNodeStore:
         )
 
     async def records(
-        self, cls: type[R], *, signer: str | None = None, subject: bytes | None = None, verify: bool = True
+        self,
+        cls: type[R],
+        *,
+        signer: str | None = None,
+        subject: bytes | None = None,
+        given_by: str | None = None,
+        verify: bool = True,
     ) -> list[Signed[R]]:
         query = "SELECT encoded FROM records WHERE typ = ?"
         params: list[object] = [cls.TYPE.value]
@@ -698,6 +722,9 @@ class SqliteNodeStore:
         if subject is not None:
             query += " AND subject = ?"
             params.append(subject)
+        if given_by is not None:
+            query += " AND id IN (SELECT id FROM record_sets WHERE patient = ?)"
+            params.append(given_by)
         rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
         opened = [open_stored(row[0], cls, verify=verify) for row in rows]
         # The columns are indexes, not the signature: a row whose record another key signed, or a
@@ -707,6 +734,12 @@ class SqliteNodeStore:
         if subject is not None and cls is Grant:
             opened = [g for g in opened if g.record.audience.encode() == subject]  # type: ignore[attr-defined]
         return opened
+
+    async def keep_given(self, patient: str, record_ids: Sequence[bytes]) -> None:
+        for record_id in record_ids:
+            await self.db.execute(
+                "INSERT OR IGNORE INTO record_sets (patient, id) VALUES (?, ?)", (patient, record_id)
+            )
 
     async def tell_of_deletion(self, doc: bytes, nodes: Iterable[str]) -> None:
         for node in nodes:

@@ -16,8 +16,9 @@ once and kept until records or documents change (the ``view_epoch`` count that
 triggers keep in the database), so the rounds of one sync, and the next syncs of
 an idle record, cost no rebuild; nonces and audit entries do not count.
 
-The clinic (:func:`sync_with_patient`) reconciles the records it holds from
-that patient against the view, fetches what it lacks in batches
+The clinic (:func:`sync_with_patient`) reconciles the records it holds of
+that patient's record -- never another patient's (:meth:`ClinicNode.sync_items`)
+-- against the view, fetches what it lacks in batches
 (``POST /v0/records``), verifies each record (signed by the patient, of a
 type the view holds, the id asked for) before storing any of a batch, applies
 revocations and tombstones as a polled answer would (:meth:`ClinicNode.apply_state`),
