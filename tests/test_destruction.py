@@ -6,7 +6,9 @@
   file's age, and a running one after ``FINISH_AFTER`` seconds.
 * A fetch that was under way when the patient deleted the document, and whose
   copy would be kept after this node applied the tombstone and attested its
-  destruction, keeps nothing ([API-27]).
+  destruction, keeps nothing ([API-27]); nor does one under way when the
+  grant it was made under was revoked, whose copies this node destroyed
+  ([API-19]).
 
 Real nodes over HTTP on loopback (:func:`tests.node_helpers.build_story`).
 """
@@ -20,10 +22,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import RemoteProtocolError, Scope
+from fedrecord.core import KeyWrap, RemoteProtocolError, Scope
 from fedrecord.node import clinic as clinic_module
 from fedrecord.node import runner
 from fedrecord.node.home import NodeHome
+from fedrecord.storage.sqlite import table_digest
 
 from .node_helpers import Story, build_story, now
 
@@ -116,6 +119,64 @@ async def test_a_batch_keeps_none_of_what_the_patient_deleted_meanwhile(
     assert failed == {deleted: "not-found"}
     assert await gp.h.store.document_state(kept) == "shared"
     assert await gp.h.store.document_state(deleted) is None
+
+
+async def test_a_copy_fetched_while_its_grant_was_revoked_is_not_kept(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation is applied (copies under the grant destroyed) between the download and the keep:
+    nothing kept, ``revoked`` ([API-19]); the clinic's documents as they were."""
+    gp, patient = story.gp, story.patient
+    doc = await _accepted(story, b"Bone density T-score -1.2\n" * 100, "Densitometry", "imaging")
+    grant = await patient.patient.grant(
+        audience=gp.did, scope=Scope(ids=(doc,)), actions=("read",), purpose="treatment", days=30, now=now()
+    )
+    await gp.clinic.poll(patient.did, now=now())
+    before = await table_digest(gp.h.db, ["documents", "doomed"])
+    real = clinic_module.decrypt_stored
+
+    async def meanwhile(*args: Any, **kwargs: Any) -> int:
+        size = await real(*args, **kwargs)
+        # What another process does at this moment: the patient revokes, the GP's serve applies it.
+        await patient.patient.revoke(grant.id, now=now())
+        await gp.clinic.poll(patient.did, now=now())
+        return size
+
+    monkeypatch.setattr(clinic_module, "decrypt_stored", meanwhile)
+    with pytest.raises(RemoteProtocolError) as caught:
+        await gp.clinic.fetch(patient.did, doc, now=now())
+    assert caught.value.code.value == "revoked"
+    assert await table_digest(gp.h.db, ["documents", "doomed"]) == before
+    assert await gp.h.store.records(KeyWrap, subject=doc) == []
+    assert not gp.h.files.path_of(doc).exists()
+
+
+async def test_a_batch_keeps_nothing_under_a_grant_revoked_meanwhile(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same between a batch's download and its keep: none of its documents is kept."""
+    gp, patient = story.gp, story.patient
+    docs = [
+        await _accepted(story, f"Spirometry FEV1 {litres} L\n".encode(), f"Spirometry {litres}", "imaging")
+        for litres in (3, 4)
+    ]
+    grant = await patient.patient.grant(
+        audience=gp.did, scope=Scope(ids=tuple(docs)), actions=("read",), purpose="treatment", days=30, now=now()
+    )
+    await gp.clinic.poll(patient.did, now=now())
+    before = await table_digest(gp.h.db, ["documents", "doomed"])
+    real = clinic_module._checked_copies
+
+    async def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        outcomes = await real(*args, **kwargs)
+        await patient.patient.revoke(grant.id, now=now())
+        await gp.clinic.poll(patient.did, now=now())
+        return outcomes
+
+    monkeypatch.setattr(clinic_module, "_checked_copies", meanwhile)
+    failed = await gp.clinic.fetch_batch(patient.did, docs, now=now())
+    assert failed == dict.fromkeys(docs, "revoked")
+    assert await table_digest(gp.h.db, ["documents", "doomed"]) == before
 
 
 async def test_a_copy_kept_again_is_struck_off_the_list(story: Story, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -503,36 +503,46 @@ class ClinicNode:
         outcomes = await _checked_copies(documents, streams, document_keys, patient)
         checked = [outcome for outcome in outcomes if isinstance(outcome, _CheckedCopy)]
         failed = {doc: outcome for doc, outcome in zip(documents, outcomes, strict=True) if isinstance(outcome, str)}
-        deleted = await self._keep_copies(patient, leaf, checked, now=now)
-        failed.update({doc: Code.NOT_FOUND.value for doc in deleted})
+        failed.update(await self._keep_copies(patient, chain, checked, now=now))
         return failed
 
     async def _keep_copies(
         self,
         patient: str,
-        grant: Signed[Grant],
+        chain: Sequence[Signed[Grant]],
         checked: Sequence[_CheckedCopy],
         *,
         now: int,
-    ) -> set[bytes]:
+    ) -> dict[bytes, str]:
         """Keep checked streams as copies, each in its row, in one transaction.
 
         A batch answer is a CBOR body under ``MAX_BODY`` (1 MiB), so each of its
         streams is small enough to be kept in its row (``INLINE_STREAM_MAX``).
-        A document whose tombstone this node holds by then is not kept ([API-27]).
+        A document whose tombstone this node holds by then is not kept ([API-27]),
+        nor is any when the chain was revoked meanwhile ([API-19]).
 
         Returns:
-            The documents not kept because the patient deleted them.
+            The refusal code of each document not kept: ``revoked``, ``not-found``
+            when the patient deleted it.
         """
+        docs = [copy.doc for copy in checked]
         async with self.store.transaction():
-            # Under the write lock, which serialises this with a tombstone applied by any process.
-            deleted = await self.store.tombstoned_among([copy.doc for copy in checked], patient=patient)
+            # Under the write lock, which serialises this with a revocation or a tombstone applied by
+            # any process.
+            if await self._revoked_link(chain) is not None:
+                return dict.fromkeys(docs, Code.REVOKED.value)
+            deleted = await self.store.tombstoned_among(docs, patient=patient)
             for copy in checked:
                 if copy.doc not in deleted:
                     await self._upsert_copy(
-                        patient, grant, copy.doc, copy.key, copy.header, copy.size, now=now, stream=copy.stream
+                        patient, chain[-1], copy.doc, copy.key, copy.header, copy.size, now=now, stream=copy.stream
                     )
-        return deleted
+        return dict.fromkeys(deleted, Code.NOT_FOUND.value)
+
+    async def _revoked_link(self, chain: Sequence[Signed[Grant]]) -> Signed[Grant] | None:
+        """The link of ``chain`` that a revocation held now revokes ([CAP-7]), or None."""
+        held = [r for link in chain for r in await self.store.records(Revocation, subject=link.id)]
+        return RevocationSet.from_records(held).revoked_link(chain)
 
     async def fetch_into(
         self, patient: str, doc: bytes, into: BinaryIO, *, now: int, progress: Progress | None = None
@@ -574,7 +584,7 @@ class ClinicNode:
             except RemoteProtocolError as exc:
                 last_error = exc
                 continue
-            return await self._keep_copy(patient, doc, chain[-1], wrap, key, sink, now=now)
+            return await self._keep_copy(patient, doc, chain, wrap, key, sink, now=now)
         assert last_error is not None
         raise last_error
 
@@ -788,7 +798,7 @@ class ClinicNode:
         self,
         patient: str,
         doc: bytes,
-        grant: Signed[Grant],
+        chain: Sequence[Signed[Grant]],
         wrap: Signed[KeyWrap],
         key: bytes,
         sink: Callable[[bytes], object],
@@ -799,7 +809,8 @@ class ClinicNode:
 
         Raises:
             RemoteProtocolError: the decryption's codes; ``not-found`` when this node holds the
-                document's tombstone by the time the copy would be kept.
+                document's tombstone by the time the copy would be kept, ``revoked`` when it
+                holds a revocation of the chain it was fetched under by then.
         """
         try:
             reader = DocumentReader(key, expected_patient=patient)
@@ -811,7 +822,11 @@ class ClinicNode:
                     # Deleted while it was fetched (a tombstone applied by any process, serialised by
                     # the write lock): a copy kept now would outlive the attestation sent ([API-27]).
                     raise RemoteProtocolError(Code.NOT_FOUND, "the patient deleted this document")
-                await self._upsert_copy(patient, grant, doc, key, header, size, now=now)
+                if await self._revoked_link(chain) is not None:
+                    # Revoked while it was fetched: a copy kept now would outlive the revocation
+                    # applied, which destroyed the copies held under this chain ([API-19]).
+                    raise RemoteProtocolError(Code.REVOKED, "the grant was revoked while the document was fetched")
+                await self._upsert_copy(patient, chain[-1], doc, key, header, size, now=now)
                 await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
             await self._forget_copy(doc)
