@@ -24,6 +24,7 @@ from aiohttp import web
 from fedrecord.core import (
     Action,
     Grant,
+    RemoteProtocolError,
     Scope,
     Signed,
     SigningIdentity,
@@ -424,6 +425,33 @@ async def test_a_refusal_of_the_patient_comes_back_with_its_code(story: Story, r
         await refused_unchanged(
             story, reader, "fetch", 403, "revoked", patient=story.patient.did, doc=story.docs["cbc"]
         )
+    finally:
+        await reader.stop()
+
+
+@pytest.mark.parametrize(("code", "issued", "days"), [("not-yet-valid", DAY, 30), ("expired", -2 * DAY, 1)])
+async def test_a_clinic_refuses_a_fetch_by_itself_with_its_grants_own_code(
+    story: Story, root: Path, code: str, issued: int, days: int
+) -> None:
+    """Its only grant starts tomorrow, or ended yesterday: the clinic sends nothing and says which
+    ([CAP-8]), as the patient's node would, not ``revoked``; a batch fetch too."""
+    reader = await connected_clinic(story, root, "reader")
+    try:
+        await story.patient.patient.grant(
+            audience=reader.did,
+            scope=Scope(categories=("lab",), past=True, future=True),
+            actions=("read",),
+            purpose="treatment",
+            days=days,
+            now=now() + issued,
+        )
+        answered(await manage(story, reader, "poll", patient=story.patient.did))
+        await refused_unchanged(story, reader, "fetch", 403, code, patient=story.patient.did, doc=story.docs["cbc"])
+        before = await snapshot(reader)
+        with pytest.raises(RemoteProtocolError) as caught:
+            await reader.clinic.fetch_batch(story.patient.did, [story.docs["cbc"]], now=now())
+        assert caught.value.code.value == code
+        await assert_unchanged(reader, before, nonce_spent=False)
     finally:
         await reader.stop()
 

@@ -34,6 +34,7 @@ from fedrecord.core import (
     AccessReceipt,
     Action,
     Code,
+    Decision,
     DeletionAttestation,
     Deposit,
     DepositDecision,
@@ -378,21 +379,46 @@ class ClinicNode:
 
     async def chains_from(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
         """The live grant chains that let this node read from ``patient``: its own grants, then delegations."""
+        return [chain for chain, decision in await self._decided_chains(patient, now=now) if decision.allowed]
+
+    async def _decided_chains(self, patient: str, *, now: int) -> list[tuple[list[Signed[Grant]], Decision]]:
+        """Every chain held from ``patient``, with the decision of reading under it now."""
         revocations = RevocationSet.from_records(await self.store.records(Revocation))
         # The same decision the patient's node makes, without a document: only revocations by an
         # issuer up the chain count [CAP-7].
         return [
-            chain
-            for chain in await self._held_chains(patient)
-            if decide(
+            (
                 chain,
-                patient=patient,
-                requester=self.home.did,
-                action=Action.READ,
-                now=now,
-                revocations=revocations,
-            ).allowed
+                decide(
+                    chain,
+                    patient=patient,
+                    requester=self.home.did,
+                    action=Action.READ,
+                    now=now,
+                    revocations=revocations,
+                ),
+            )
+            for chain in await self._held_chains(patient)
         ]
+
+    async def _chains_to_read(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
+        """The live chains to read from ``patient`` under, as :meth:`chains_from`; never none.
+
+        Raises:
+            RemoteProtocolError: when none is live, the code the patient's node would refuse the
+                newest chain that lists ``read`` with (``revoked``, ``expired``,
+                ``not-yet-valid``...); ``not-found`` when no chain lists ``read``.
+        """
+        decided = await self._decided_chains(patient, now=now)
+        chains = [chain for chain, decision in decided if decision.allowed]
+        if chains:
+            return chains
+        readers = [(chain, decision) for chain, decision in decided if Action.READ in chain[-1].record.actions]
+        if not readers:
+            raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
+        _, refusal = max(readers, key=lambda decided: decided[0][-1].record.iat)
+        assert refusal.reason is not None
+        raise RemoteProtocolError(refusal.reason, refusal.message)
 
     async def grants_from(self, patient: str, *, now: int) -> list[Signed[Grant]]:
         """The last link of each live chain from ``patient``."""
@@ -421,7 +447,9 @@ class ClinicNode:
         ([API-42]); see :meth:`fetch_into` for documents too large to hold.
 
         Raises:
-            RemoteProtocolError: ``not-found`` when no grant reaches it, or the patient node's refusal.
+            RemoteProtocolError: ``not-found`` when no grant lists ``read``; the decision's code
+                (``revoked``, ``expired``, ``not-yet-valid``...) when none is live; the patient
+                node's refusal.
             PeerUnreachable: the patient's node did not answer, or the transfer was cut.
         """
         pieces: list[bytes] = []
@@ -443,15 +471,13 @@ class ClinicNode:
             when all were).
 
         Raises:
-            RemoteProtocolError: ``not-found`` when no grant reaches them; the
+            RemoteProtocolError: as :meth:`fetch` when no grant is live; the
                 patient node's refusal of the whole batch; ``malformed`` or a
                 wrap code for an answer that does not hold together.
             PeerUnreachable: the patient's node did not answer.
         """
         connection = await self._connection(patient)
-        chains = await self.chains_from(patient, now=now)
-        if not chains:
-            raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
+        chains = await self._chains_to_read(patient, now=now)
         last_error: RemoteProtocolError | None = None
         for chain in chains:
             # As a single fetch does: a chain the patient's node refuses gives way to the next one.
@@ -568,13 +594,7 @@ class ClinicNode:
         progress: Progress | None,
     ) -> int:
         connection = await self._connection(patient)
-        chains = await self.chains_from(patient, now=now)
-        if not chains:
-            ever = await self.store.records(Grant, signer=patient, subject=self.home.did.encode())
-            delegated = await self.store.delegation_count(patient)
-            if any(Action.READ in g.record.actions for g in ever) or delegated:
-                raise RemoteProtocolError(Code.REVOKED, "the patient's grant was revoked or has expired")
-            raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
+        chains = await self._chains_to_read(patient, now=now)
         last_error: RemoteProtocolError | None = None
         for chain in chains:
             try:
