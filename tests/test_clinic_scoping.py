@@ -71,6 +71,9 @@ async def holds(node: ServedNode, record: Signed[Any]) -> None:
     answers what it likes."""
     async with node.h.store.transaction():
         await node.h.store.put_record(record, now=now(), subject=subject_of(record))
+        if isinstance(record.record, Tombstone):  # told to every clinic it knows ([API-16])
+            clinics = [did for did, _name in await node.h.store.peers_with_role("clinic")]
+            await node.h.store.tell_of_deletion(record.record.doc, clinics)
 
 
 async def digests(node: ServedNode, *tables: str) -> dict[str, tuple[int, str]]:
