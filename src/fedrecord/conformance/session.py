@@ -335,9 +335,12 @@ def expect_refusal(answer: Answer, code: str, status: int | None = None, *, what
     """Fail unless ``answer`` is an error body with ``code`` (and ``status`` when given, else the code's status)."""
     # The table of Section 10, as the core holds it (tests/test_requirement_ids.py keeps them equal).
     expected_status = status if status is not None else HTTP_STATUS.get(Code(code), 400)
+    prefix = f"{what}: " if what else ""
     if answer.code != code or answer.status != expected_status:
-        prefix = f"{what}: " if what else ""
         raise Failed(f"{prefix}expected HTTP {expected_status} {code}, got {answer.describe()}")
+    keys = sorted(cbor.decode(answer.body, max_size=1 << 20))
+    if keys != ["code", "message"]:
+        raise Failed(f"{prefix}an error body holds exactly code and message ([ERR-2]), this one {keys}")
 
 
 def expect_status(answer: Answer, status: int, *, what: str = "") -> None:

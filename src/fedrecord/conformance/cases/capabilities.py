@@ -27,12 +27,13 @@ from fedrecord.core import (
     sign_record,
 )
 from fedrecord.core.errors import FedrecordError
-from fedrecord.core.records import EncryptionKey
+from fedrecord.core.identity import EncryptionKeyPair
+from fedrecord.core.records import EncryptionKey, KeyWrap
 
 from ..actors import DAY, Actor, SealedDocument, now
 from ..registry import Failed, case
 from ..session import Session, expect_refusal
-from ..wire import Answer
+from ..wire import Answer, unb64
 
 WHOLE = Scope(past=True, future=True)
 DEVICE_ACTIONS = ("read", "delegate", "manage")
@@ -1025,3 +1026,42 @@ async def head_chain(s: Session) -> None:
         head = previous
     if head.record.seq != 0:
         raise Failed(f"the first head of the chain has seq {head.record.seq} and no prev")
+
+
+@case("capabilities.child-own-iat", requires=["CAP-20", "CAP-11"])
+async def child_own_iat(s: Session) -> None:
+    """`past` and `future` of a delegated link are taken at its own `iat`, not its parent's ([CAP-20])."""
+    t = now()
+    holder, chain = _chain(s, 1, leaf_actions=("read", "delegate"), iat=t - 1000)
+    await s.keep(chain[0])
+    _lab, sealed = await _own_document(s, b"added between the two iats")
+    # Added after the root's iat (future for it) and before the child's (past for the child).
+    reader, past_child = _delegate(holder, chain[0], iat=t + 1000, scope=Scope(past=True))
+    await _reads(s, reader, [chain[0], past_child], sealed)
+    other, future_child = _delegate(holder, chain[0], iat=t + 1000, scope=Scope(future=True))
+    await _like_missing(
+        s, other, [chain[0], future_child], sealed.doc, what="a future-only child issued after the document came"
+    )
+
+
+@case("capabilities.older-profile-kept-out", requires=["API-22"])
+async def older_profile_kept_out(s: Session) -> None:
+    """A profile offered in a fetch with a lower `seq` than the one held does not replace it (step 7)."""
+    world = await s.world()
+    reader, grant = await s.reader()
+    t = now()
+    other_key = EncryptionKeyPair.from_seed(os.urandom(32))
+    newer = reader.profile_with(seq=5)
+    older = reader.profile_with(
+        seq=3, enc_keys=(EncryptionKey(key=other_key.public_key, nbf=t - 60, exp=t + DAY),)
+    )
+    for offered in (newer, older):
+        answer = await s.fetch(reader, [grant], world.lab_result.doc, profile=offered)
+        if answer.status != 200:
+            raise Failed(f"set-up: a fetch offering a profile answered {answer.describe()}")
+    answer = await s.fetch(reader, [grant], world.lab_result.doc, profile=None)
+    if answer.status != 200:
+        raise Failed(f"a fetch without a profile answered {answer.describe()}")
+    wrap = open_record(unb64(answer.headers["Fedrecord-Key-Wrap"]), KeyWrap)
+    if wrap.record.recipient_key != reader.keys.public_key:
+        raise Failed("a profile of a lower seq replaced the one held: the key wrap is sealed to its key")

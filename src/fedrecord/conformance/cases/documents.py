@@ -1611,3 +1611,35 @@ async def slow_senders(s: Session) -> None:
     )
     expect_status(retry, 201, what="the invitation of a timed-out connect")
     await honest_deposit_lands(s, lab, sealed, after="a stalled stream")
+
+
+@case("documents.receipt-before-bytes", requires=["API-23"])
+async def receipt_before_bytes(s: Session) -> None:
+    """The receipt of a fetch is in the audit log while the requester has taken only the first bytes of
+    a document far larger than any socket buffer: logged before any byte was sent, not after the last."""
+    lab, grant = await connected(s, "Conformance lab of a large scan")
+    sealed = await s.accepted(lab, grant, os.urandom(24 << 20), title="Large scan", category="imaging")
+    reader, chain = await reader_of_all(s, "Conformance slow reader")
+    receipt = reader.receipt(s.patient.did, sealed.doc, chain)
+    data = cbor.encode({"v": 0, "chain": [chain.encoded], "receipt": receipt.encoded, "profile": reader.profile.encoded})
+    headers = s.wire.signed_headers(
+        reader.identity, "POST", "/v0/fetch", data, headers={"Content-Type": "application/cbor"}
+    )
+    url = URL(s.wire.base_url)
+    stream_reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        head = f"POST /v0/fetch HTTP/1.1\r\nContent-Length: {len(data)}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+        writer.write(head.encode() + data)
+        await writer.drain()
+        async with asyncio.timeout(30):
+            status = await stream_reader.readline()
+            await stream_reader.read(1000)  # a first piece; the rest stays unread
+        await asyncio.sleep(1)
+        logged = receipt_ids(await audit_entries(s))
+    finally:
+        writer.close()
+    if status_of(status) != 200:
+        raise Failed(f"set-up: the fetch of the large scan answered {status!r}")
+    if receipt.id not in logged:
+        raise Failed("the first bytes of the document came while its receipt was not yet in the audit log")

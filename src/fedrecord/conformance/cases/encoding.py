@@ -18,6 +18,7 @@ from typing import Any
 
 import cbor2
 import nacl.bindings
+from yarl import URL
 
 from fedrecord.core import Grant, NodeProfile, cbor, open_record
 from fedrecord.core.errors import FedrecordError
@@ -28,7 +29,7 @@ from fedrecord.vectors.record_cases import forge
 from ..actors import DAY, Actor, now
 from ..registry import Failed, case
 from ..session import Session, expect_refusal, expect_status
-from ..wire import Answer, body
+from ..wire import Answer, body, raw_exchange, status_of
 
 MIB = 1 << 20
 #: The protected header of a record signed by ``identity`` as ``typ`` (Section 5.1).
@@ -519,3 +520,21 @@ async def target_writes_strictly(s: Session) -> None:
             raise Failed("an encryption key of the profile is not 32 bytes with nbf < exp")
         if key.key in derived:
             raise Failed("an encryption key of the profile is derived from the signing key")
+
+
+@case("encoding.body-cap-before-reading", requires=["API-3"], adversarial=True)
+async def body_cap_before_reading(s: Session) -> None:
+    """A request announcing a body over 1 MiB is refused at once, before the node waits for any of it."""
+    url = URL(s.wire.base_url)
+    host, port = url.host or "127.0.0.1", url.port or 80
+    head = (
+        f"POST /v0/state HTTP/1.1\r\nHost: {url.authority}\r\nContent-Type: application/cbor\r\n"
+        f"Content-Length: {MIB + 1}\r\n\r\n"
+    )
+    # Nothing of the body is sent: a node that reads before it checks the length waits for it.
+    answer = await raw_exchange(host, port, head.encode(), read_timeout=5)
+    if not answer:
+        raise Failed("no answer within 5 s to a head announcing 1 MiB + 1 byte: the node waits for the body")
+    if status_of(answer) != 413:
+        first_line = answer.split(b"\r\n", 1)[0]
+        raise Failed(f"a head announcing 1 MiB + 1 byte answered {first_line!r}, not 413")
