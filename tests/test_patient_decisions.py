@@ -36,6 +36,7 @@ from .node_helpers import (
     DAY,
     Story,
     answered,
+    assert_unchanged,
     body,
     build_story,
     fetch_body,
@@ -43,6 +44,7 @@ from .node_helpers import (
     receipt_for,
     refused,
     send_signed,
+    snapshot,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -263,3 +265,30 @@ async def test_a_restriction_by_audience_follows_the_grants_it_delegates(story: 
             "not-found",
             signed=True,
         )
+
+
+async def test_state_and_views_are_for_nodes_the_patient_knows(story: Story) -> None:
+    """Revocations (with the patient's reasons) and the times of the record's changes go to nodes the patient
+    connected, granted or let read; a node never met is answered not-found and leaves only its nonce."""
+    patient, url = story.patient.patient, story.patient.url
+    stranger = SigningIdentity.from_seed(os.urandom(32))
+    for path, fields in (
+        ("/v0/state", {}),
+        ("/v0/sync", {"message": bytes(3)}),
+        ("/v0/records", {"ids": []}),
+    ):
+        before = await snapshot(story.patient)
+        answer = await send_signed(story.session, stranger, "POST", f"{url}{path}", body(**fields))
+        refused(answer, 404, "not-found", signed=True)
+        await assert_unchanged(story.patient, before, nonce_spent=True)
+    # Granted by the patient, never connected, never read: known.
+    await patient.grant(
+        audience=stranger.did,
+        scope=Scope(categories=("lab",), past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now(),
+    )
+    state = answered(await send_signed(story.session, stranger, "POST", f"{url}/v0/state", body()))
+    assert len(state["grants"]) == 1

@@ -4,5 +4,5 @@ from _broken import edit, serve
 
 from fedrecord.core import capabilities
 
-edit(capabilities.decide, ("if revokers.get(link.id, set()) & issuers:", "if False:"))
+edit(capabilities._revoked_link, ("if revokers.get(link.id, set()) & issuers:", "if False:"))
 serve()

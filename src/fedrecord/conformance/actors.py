@@ -52,8 +52,11 @@ class Actor:
     profile: Signed[NodeProfile]
 
     @classmethod
-    def create(cls, name: str, *, role: str = "clinic", patient: str | None = None) -> Actor:
-        identity = SigningIdentity.from_seed(os.urandom(32))
+    def create(
+        cls, name: str, *, role: str = "clinic", patient: str | None = None, seed: bytes | None = None
+    ) -> Actor:
+        """A node with fresh keys (its signing key from ``seed`` when given) and a profile it signed."""
+        identity = SigningIdentity.from_seed(seed if seed is not None else os.urandom(32))
         keys = EncryptionKeyPair.from_seed(os.urandom(32))
         t = now()
         profile = NodeProfile(

@@ -60,6 +60,7 @@ class Session:
     #: The clinic's signing key, when the suite knows its seed: it drives the clinic through its control endpoint.
     peer_identity: SigningIdentity | None = None
     _world: World | None = field(default=None, init=False)
+    _known: dict[str, bytes] = field(default_factory=dict, init=False)  # did -> its deposit grant's id
 
     @classmethod
     async def open(
@@ -151,7 +152,9 @@ class Session:
         )
         if answer.status != 201:
             raise Failed(f"set-up: connect answered {answer.describe()}")
-        return open_record(answer.data["grant"], Grant)
+        grant = open_record(answer.data["grant"], Grant)
+        self._known.setdefault(actor.did, grant.id)
+        return grant
 
     def seal(
         self, author: Actor, grant: Signed[Grant], content: bytes, *, title: str, **header: Any
@@ -299,7 +302,25 @@ class Session:
             raise Failed("the fetched stream is not the document asked for")
         return content
 
+    async def make_known(self, *actors: Actor) -> None:
+        """Connect each actor with an invitation, once: the target answers state to nodes it knows ([API-16])."""
+        for actor in actors:
+            if actor.did not in self._known:
+                await self.connect(actor)
+
+    def known_grant(self, actor: Actor) -> bytes | None:
+        """The id of the deposit grant the suite's own connect of ``actor`` received, if it connected it."""
+        return self._known.get(actor.did)
+
+    async def grants_for(self, actor: Actor) -> list[bytes]:
+        """The grants of ``actor``'s state answer, less the deposit grant of the suite's own connect of it."""
+        grants = (await self.state(actor))["grants"]
+        own = self.known_grant(actor)
+        return [g for g in grants if own is None or open_record(g, Grant).id != own]
+
     async def state(self, actor: Actor) -> dict[str, Any]:
+        """The state answer to ``actor``, connected first if the target does not know it yet."""
+        await self.make_known(actor)
         answer = await self.wire.call("/v0/state", actor.identity, {})
         if answer.status != 200:
             raise Failed(f"the state request answered {answer.describe()}")

@@ -1107,7 +1107,14 @@ class ClinicNode:
                 the patient's refusal; as :meth:`apply_state`.
         """
         connection = await self._connection(patient)
-        answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state", expected_signer=patient)
+        try:
+            answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state", expected_signer=patient)
+        except RemoteProtocolError as exc:
+            if exc.code is not Code.NOT_FOUND or connection["deposit_grant"] is not None:
+                raise
+            # Held through a delegation alone: the patient's node answers this node's state once it
+            # fetched there ([API-16]).  Before that it holds no copy, and there is nothing to apply.
+            return {"seq": connection["head_seq"], "destroyed": 0, "attested": 0, "grants": 0}
         return await self.apply_state(patient, answer, now=now, polled=True)
 
     async def apply_state(

@@ -258,6 +258,21 @@ class PatientNode:
     async def peer_profile(self, did: str) -> Signed[NodeProfile] | None:
         return await self.store.peer_profile(did)
 
+    async def require_known(self, requester: str) -> None:
+        """State and event streams are for nodes the patient connected, granted or let read ([API-16]).
+
+        Revocations -- with the reasons the patient gave -- and the times of the record's changes
+        are nobody else's business: a node never met is answered as for a path that is not there.
+
+        Raises:
+            RemoteProtocolError: ``not-found`` for a node that neither connected with an
+                invitation, nor holds a grant the patient signed, nor showed its profile in a fetch.
+        """
+        if await self.store.peer_profile(requester) is not None:
+            return
+        if not await self.store.records(Grant, signer=self.home.did, subject=requester.encode()):
+            raise RemoteProtocolError(Code.NOT_FOUND, "this node does not know you")
+
     async def peer_name(self, did: str) -> str:
         """How a peer is shown to the patient: the name it gives itself, made safe to read.
 
@@ -812,9 +827,12 @@ class PatientNode:
         """The requester's chain, opened and decided allowed for reading; empty for no chain.
 
         Raises:
-            RemoteProtocolError: the chain's refusal, with the decision's code.
+            RemoteProtocolError: the chain's refusal, with the decision's code;
+                ``not-found`` for no chain from a node this node does not know
+                (a view without a chain is what a state answer holds, [API-16]).
         """
         if not chain:
+            await self.require_known(requester)
             return []
         grants = self._open_chain(chain)
         (await self._decide(requester, grants, now=now)).require()

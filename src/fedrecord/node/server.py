@@ -223,8 +223,16 @@ async def deposit(request: web.Request) -> web.Response:
 
 
 async def state(request: web.Request) -> web.Response:
+    """The requester's state answer ([API-16]).
+
+    Raises:
+        RemoteProtocolError: the codes of a signed request; ``not-found`` for a
+            requester this node does not know.
+    """
     signer, _body = await signed_body(request)
-    return answer(request, **await request.app[PATIENT].state_for(signer, now=int(time.time())))
+    patient = request.app[PATIENT]
+    await patient.require_known(signer)
+    return answer(request, **await patient.state_for(signer, now=int(time.time())))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -237,9 +245,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     """
     signer, _body = await signed_body(request)
     patient, feed = request.app[PATIENT], request.app[FEED]
-    # An open stream holds a connection: only for nodes the patient connected or let read.
-    if await patient.peer_profile(signer) is None:
-        raise RemoteProtocolError(Code.NOT_FOUND, "no event stream for an unknown node")
+    await patient.require_known(signer)
     with feed.subscribe(signer) as subscription:
         response = web.StreamResponse(
             headers={"Content-Type": EVENT_STREAM_TYPE, "Cache-Control": "no-store"}

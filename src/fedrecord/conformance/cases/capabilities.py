@@ -928,7 +928,7 @@ async def decision_order(s: Session) -> None:
 # --- state answers and heads (15.7, 7.6) -----------------------------------------------------------
 
 
-@case("capabilities.state-answer", requires=["API-16", "HEAD-1", "API-17"])
+@case("capabilities.state-answer", requires=["API-16", "HEAD-1", "API-17"], adversarial=True)
 async def state_answer(s: Session) -> None:
     """The state answer holds a patient-signed head, every revocation, and the requester's grants only."""
     t = now()
@@ -939,6 +939,7 @@ async def state_answer(s: Session) -> None:
     someone_else = s.patient.grant(Actor.create("Someone else").did)
     await s.keep(live, lapsed, revoked, someone_else)
     revocation = open_record((await s.manage("revoke", grant=revoked.id))["revocation"], Revocation)
+    await s.make_known(reader)  # state is answered to nodes the target knows ([API-16])
     answer = await s.wire.call("/v0/state", reader.identity, {})
     if answer.status != 200:
         raise Failed(f"the state request answered {answer.describe()}")
@@ -951,7 +952,7 @@ async def state_answer(s: Session) -> None:
     head = _check_revs(s, state)
     if head.record.iat < t - 60:
         raise Failed("the newest head predates the revocation just made")
-    grants = {g.id for g in _state_records(state, "grants", Grant)}
+    grants = {g.id for g in _state_records(state, "grants", Grant)} - {s.known_grant(reader)}
     if grants != {live.id, lapsed.id, revoked.id}:
         raise Failed(
             "the state answer's grants are not exactly the requester's (live, expired and revoked): "
@@ -962,8 +963,13 @@ async def state_answer(s: Session) -> None:
     for tombstone in _state_records(state, "tombstones", Tombstone):
         if tombstone.signer != s.patient.did:
             raise Failed("the state answer holds a tombstone not signed by the patient")
-    stranger = await s.state(Actor.create("Stranger"))
-    if stranger.get("grants"):
+    stranger = Actor.create("Stranger")
+    expect_refusal(
+        await s.wire.call("/v0/state", stranger.identity, {}),
+        "not-found",
+        what="a state request of a node the target does not know ([API-16])",
+    )
+    if await s.grants_for(stranger):
         raise Failed("a node without grants is answered grants")
 
 

@@ -307,7 +307,7 @@ async def connect_with(
 
 
 async def grants_for(s: Session, actor: Actor) -> list[bytes]:
-    return list((await s.state(actor))["grants"])
+    return list(await s.grants_for(actor))
 
 
 def code_payload(code: str) -> dict[str, Any]:

@@ -132,7 +132,9 @@ async def send(wire: Wire, path: str, data: bytes | None, headers: CIMultiDict[s
 
 
 async def _baseline(s: Session, actor: Actor) -> None:
-    """The control every hand-signed case starts from: a hand-signed state request is accepted."""
+    """The control every hand-signed case starts from: a hand-signed state request of a node the target
+    knows is accepted."""
+    await s.make_known(actor)
     data = body()
     answer = await send(s.wire, "/v0/state", data, hand_signed(s.wire, actor.identity, "/v0/state", data))
     expect_status(answer, 200, what="set-up: a state request signed by hand as Section 14.2 says")
@@ -155,10 +157,17 @@ async def _token(s: Session) -> bytes:
 
 
 async def _still_unused(s: Session, token: bytes, *hostile: Actor) -> None:
-    """The invitation was not consumed, and no hostile actor received a grant ([ERR-4])."""
+    """The invitation was not consumed, and no hostile actor became known or received a grant ([ERR-4])."""
     for actor in hostile:
-        if (await s.state(actor))["grants"]:
-            raise Failed(f"a refused connect left a grant addressed to {actor.name}")
+        answer = await s.wire.call("/v0/state", actor.identity, {})
+        own = s.known_grant(actor)
+        if own is None and answer.status != 404:
+            raise Failed(f"after a refused connect, {actor.name}'s state request answered {answer.describe()}")
+        if own is not None:
+            expect_status(answer, 200, what=f"the state request of {actor.name}")
+            grants = {open_record(g, Grant).id for g in answer.data["grants"]}
+            if grants - {own}:
+                raise Failed(f"a refused connect left a grant addressed to {actor.name}")
     honest = Actor.create("Honest clinic")
     answer = await s.wire.call(
         "/v0/connect", honest.identity, {"token": token, "profile": honest.profile.encoded}
@@ -244,6 +253,7 @@ async def content_digest(s: Session) -> None:
     """A Content-Digest that is absent, of another form or of other content is bad-signature; no nonce is kept."""
     token = await _token(s)
     actor = Actor.create("Digest forger")
+    await s.make_known(actor)  # its last, valid, state request is answered ([API-16])
     data = _connect_body(token, actor.profile.encoded)
     other = _connect_body(bytes(32), actor.profile.encoded)
     digest = _digest(data)
@@ -481,15 +491,15 @@ async def host_authority(s: Session) -> None:
 async def replay(s: Session) -> None:
     """A request sent again byte for byte is refused as replay, also when its first sending was refused."""
     actor = Actor.create("Replaying clinic")
-    first = await s.wire.call("/v0/state", actor.identity, {})
-    expect_status(first, 200, what="state")
-    expect_refusal(await s.wire.resend(first, body()), "replay", what="a replayed state request")
     token = await _token(s)
     data = _connect_body(token, actor.profile.encoded)
     connected = await s.wire.call("/v0/connect", actor.identity, raw=data)
     expect_status(connected, 201, what="connect")
     expect_refusal(await s.wire.resend(connected, data), "replay", what="a replayed connect")
-    if len((await s.state(actor))["grants"]) != 1:
+    first = await s.wire.call("/v0/state", actor.identity, {})
+    expect_status(first, 200, what="state")
+    expect_refusal(await s.wire.resend(first, body()), "replay", what="a replayed state request")
+    if len(await s.grants_for(actor)) != 1:
         raise Failed("the replayed connect changed the grants of the clinic")
     # A request refused after it verified still spends its nonce.
     stranger = Actor.create("Stranger")
@@ -499,6 +509,7 @@ async def replay(s: Session) -> None:
     expect_refusal(await s.wire.resend(refused, unknown), "replay", what="a replayed refused connect")
     # The pair is (signer, nonce): the same nonce from another signer is a new request.
     nonce = b64(os.urandom(16))
+    await s.make_known(stranger)
     for who in (actor, stranger):
         expect_status(
             await s.wire.call("/v0/state", who.identity, {}, nonce=nonce), 200, what="a shared nonce"
@@ -582,9 +593,11 @@ async def keyid_vectors(s: Session) -> None:
     checked = 0
     for test in tests:
         if test["result"] == "valid":
-            signer = SigningIdentity.from_seed(bytes.fromhex(test["seed"]))
+            holder = Actor.create(f"Vector key {test['tcId']}", seed=bytes.fromhex(test["seed"]))
+            signer = holder.identity
             if signer.did != test["did"]:
                 raise Failed(f"internal: vector {test['tcId']} does not derive its did")
+            await s.make_known(holder)  # state is answered to nodes the target knows ([API-16])
             answer = await send(s.wire, "/v0/state", data, hand_signed(s.wire, signer, "/v0/state", data))
             expect_status(answer, 200, what=f"keyid {test['did']} ({test['comment']})")
         else:
@@ -603,6 +616,7 @@ async def keyid_vectors(s: Session) -> None:
 async def answers_bound(s: Session) -> None:
     """Answers to verified requests are signed by the patient and bound to them; earlier refusals are not signed."""
     actor = Actor.create("Careful clinic")
+    await s.make_known(actor)
     state = await s.wire.call("/v0/state", actor.identity, {})
     expect_status(state, 200, what="state")
     if not state.signed_by(s.patient.did):
@@ -842,7 +856,7 @@ async def record_vectors(s: Session) -> None:
             wrong.append(f"tcId {test['tcId']} ({test['comment']}): {exc}")
     if wrong:
         raise Failed(f"{len(wrong)} of {len(tests)} vectors answered wrongly: " + "; ".join(wrong[:6]))
-    if (await s.state(actor))["grants"]:
+    if (await s.grants_for(actor)):
         raise Failed("a refused keep stored the valid grant that came with an invalid record")
 
 
@@ -852,7 +866,7 @@ async def record_ids(s: Session) -> None:
     actor = Actor.create("Id checker")
     kept = s.patient.grant(actor.did, purpose="research")
     await s.keep(kept)
-    grants = (await s.state(actor))["grants"]
+    grants = (await s.grants_for(actor))
     if grants != [kept.encoded]:
         raise Failed("the state answer does not hand back the kept grant's bytes unchanged")
     expected = hashlib.sha256(b"fedrecord/v0/record-id" + _sig_structure(kept.encoded)).digest()

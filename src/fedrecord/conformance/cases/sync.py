@@ -282,6 +282,7 @@ async def view_of_a_reader(s: Session) -> None:
     other = Actor.create("Someone else")
     foreign = s.patient.grant(other.did)
     await s.keep(grant, foreign)
+    await s.make_known(reader)  # its state answer is compared with its view ([API-16])
     # A document of the case's own, read by the reader, then deleted: its tombstone is the reader's.
     lab = Actor.create("Conformance lab of a withdrawn scan")
     sealed = await s.accepted(lab, await s.connect(lab), b"withdrawn scan", title="Withdrawn", category="imaging")
@@ -319,13 +320,22 @@ async def view_of_a_reader(s: Session) -> None:
 
 @case("sync.view-without-chain", requires=["SYNC-10", "API-44"])
 async def view_without_chain(s: Session) -> None:
-    """A sync without a chain sees the control records and its own grants, and no document."""
+    """A sync without a chain is refused to a node the target does not know; a node it knows sees the
+    control records and its own grants, and no document."""
     await s.world()
     stranger = Actor.create("Stranger")
+    message = Reconciler(SortedItems()).initiate()
+    expect_refusal(await _sync(s, stranger, None, message), "not-found", what="a sync of a node never met")
+    answer = await s.wire.call("/v0/records", stranger.identity, _fields(None, ids=[os.urandom(32)]))
+    expect_refusal(answer, "not-found", what="a records request of a node never met")
+    await s.make_known(stranger)
     records = await _view(s, stranger, None)
     kinds = {type(r.record) for r in records.values()}
-    if not kinds <= {StateHead, Tombstone, Revocation}:
-        raise Failed(f"a requester without a chain or grant sees {sorted(k.__name__ for k in kinds)}")
+    own = {s.known_grant(stranger)}
+    if not kinds <= {StateHead, Tombstone, Revocation, Grant} or {
+        i for i, r in records.items() if isinstance(r.record, Grant)
+    } - own:
+        raise Failed(f"a requester without a chain sees {sorted(k.__name__ for k in kinds)} beyond its own grant")
     if not any(isinstance(r.record, StateHead) for r in records.values()):
         raise Failed("the view has no state head")
     grant = s.patient.grant(stranger.did)
