@@ -36,6 +36,7 @@ from fedrecord.core import (
     sign_record,
 )
 from fedrecord.core.reconcile import Reconciler, SortedItems
+from fedrecord.node import sync
 from fedrecord.node.client import PeerUnreachable
 from fedrecord.node.sync import item_of, patient_view
 
@@ -294,12 +295,12 @@ async def _granted_node(
     return node, grant
 
 
-async def _enrolled_phone(story: Story, tmp_path: Path) -> tuple[ServedNode, Signed[Grant]]:
-    """The patient's phone, served, connected and holding a device grant (US-12); stop it when done."""
+async def _enrolled_phone(story: Story, tmp_path: Path, name: str = "phone") -> tuple[ServedNode, Signed[Grant]]:
+    """A device of the patient, served, connected and holding a device grant (US-12); stop it when done."""
     return await _granted_node(
         story,
-        tmp_path / "phone",
-        "Camille's phone",
+        tmp_path / name,
+        f"Camille's {name}",
         scope=Scope(past=True, future=True),
         actions=("read", "delegate", "manage"),
         purpose="device",
@@ -380,6 +381,75 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
         assert not ok and "checkpoint" in message
     finally:
         await phone.stop()
+
+
+async def test_a_device_syncs_the_grants_another_device_issued_and_nothing_else_signed_by_others(
+    story: Story, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[API-46], [API-48], [API-45]: a grant the phone issued and pushed is in the tablet's view, signed by the
+    phone; the tablet takes it (checked against the phone's device grant), even once the phone is revoked,
+    and its syncs go on converging.  A grant signed by anyone else, or by the phone under another parent,
+    is refused with ``bad-signature`` and nothing of that answer is stored."""
+    patient, lab = story.patient, story.lab
+    phone, phone_grant = await _enrolled_phone(story, tmp_path, "phone")
+    tablet, _tablet_grant = await _enrolled_phone(story, tmp_path, "tablet")
+    try:
+        assert not (await tablet.clinic.sync(patient.did, now=now())).documents_failed
+        await phone.clinic.poll(patient.did, now=now())
+        child = await phone.clinic.delegate(
+            patient.did, to=lab.did, to_endpoint=lab.url, categories=("lab",), days=30, now=now()
+        )
+        assert (await phone.clinic.sync(patient.did, now=now())).records_pushed == 1
+        await tablet.clinic.sync(patient.did, now=now())
+        assert child.id in {g.id for g in await tablet.h.store.records(Grant, signer=phone.did)}
+        # The phone is lost: the tablet still syncs, and learns of the revocation.
+        revocation = await patient.patient.revoke(phone_grant.id, now=now())
+        await tablet.clinic.sync(patient.did, now=now())
+        assert revocation.id in {r.id for r in await tablet.h.store.records(Revocation)}
+        idle = await tablet.clinic.sync(patient.did, now=now())
+        assert (idle.rounds, idle.records_fetched) == (1, 0), "the tablet holds its whole view"
+        # A third device, whose records come one per answer, the phone's grant first: it waits for the
+        # phone's device grant, then is taken.
+        real_reconcile = sync._reconcile
+
+        async def child_first(*args: Any) -> tuple[list[bytes], list[bytes]]:
+            need, have = await real_reconcile(*args)
+            return sorted(need, key=lambda record_id: record_id != child.id), have
+
+        laptop, _laptop_grant = await _enrolled_phone(story, tmp_path, "laptop")
+        try:
+            with monkeypatch.context() as patched:
+                patched.setattr(sync, "_reconcile", child_first)
+                patched.setattr(sync, "MAX_IDS", 1)
+                await laptop.clinic.sync(patient.did, now=now(), bodies=False)
+            assert child.id in {g.id for g in await laptop.h.store.records(Grant, signer=phone.did)}
+        finally:
+            await laptop.stop()
+        # What the view may not hold: a grant under the phone's device grant signed by the lab, and one the
+        # phone signed under another parent.  (Only a patient's node that lies would serve them.)
+        t = now()
+        forged = sign_record(dataclasses.replace(child.record, nonce=bytes(16), iat=t), lab.identity)
+        stray = sign_record(
+            dataclasses.replace(child.record, parent=story.gp_grant.id, nonce=bytes(16), iat=t), phone.identity
+        )
+        for record in (forged, stray):
+            await tablet.clinic.sync(patient.did, now=now())  # the refused record is the only one it lacks
+            async with patient.h.store.transaction():
+                await patient.h.store.put_record(record, now=t, subject=lab.did.encode())
+            try:
+                before = await snapshot(tablet)
+                with pytest.raises(RemoteProtocolError) as caught:
+                    await tablet.clinic.sync(patient.did, now=now())
+                assert caught.value.code.value == "bad-signature"
+                after = await snapshot(tablet)
+                changed = sorted(t for t in before.digest if t != "nonces" and before.digest[t] != after.digest[t])
+                assert changed == [], changed
+            finally:
+                async with patient.h.store.transaction():
+                    await patient.h.db.execute("DELETE FROM records WHERE id = ?", (record.id,))
+    finally:
+        await phone.stop()
+        await tablet.stop()
 
 
 async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes]) -> list[Any]:

@@ -19,9 +19,11 @@ an idle record, cost no rebuild; nonces and audit entries do not count.
 The clinic (:func:`sync_with_patient`) reconciles the records it holds of
 that patient's record -- never another patient's (:meth:`ClinicNode.sync_items`)
 -- against the view, fetches what it lacks in batches
-(``POST /v0/records``), verifies each record (signed by the patient, of a
-type the view holds, the id asked for) before storing any of a batch, applies
-revocations and tombstones as a polled answer would (:meth:`ClinicNode.apply_state`),
+(``POST /v0/records``), verifies each record (the id asked for, of a type the
+view holds, signed by the patient -- or, in a device's view, a grant another
+device issued under its device grant, signed by that device) before storing
+any of a batch, applies revocations and tombstones as a polled answer would
+(:meth:`ClinicNode.apply_state`),
 then fetches the bodies of the documents it does not hold yet: the small ones
 in batches, each batch one request, one receipt and one key wrap
 (``POST /v0/fetch-batch``, 15.21), the large ones alone, where a body cut
@@ -32,7 +34,7 @@ interrupted at any point is finished by the next one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -127,6 +129,28 @@ def is_device_chain(grants: Sequence[Signed[Grant]], patient: str) -> bool:
     the chain's scope: the whole record is for the patient's own devices.
     """
     return len(grants) == 1 and grants[0].signer == patient and is_device_grant(grants[0].record)
+
+
+def device_grants(grants: Iterable[Signed[Any]], patient: str) -> dict[bytes, str]:
+    """The patient's device grants among ``grants``: each id to the did of its device ([API-46]).
+
+    A device grant is a root: the patient's, without a parent, ``manage`` over the whole record.
+    """
+    return {
+        g.id: g.record.audience
+        for g in grants
+        if isinstance(g.record, Grant) and g.record.parent is None and is_device_chain([g], patient)
+    }
+
+
+def is_device_issued(signed: Signed[Any], devices: Mapping[bytes, str]) -> bool:
+    """Whether a record is a grant a device issued under its device grant ([API-48]).
+
+    Args:
+        devices: the patient's device grants, as :func:`device_grants` gives them.
+    """
+    record = signed.record
+    return isinstance(record, Grant) and record.parent is not None and devices.get(record.parent) == signed.signer
 
 
 async def patient_view(
@@ -268,20 +292,34 @@ async def _sync_pass(
         # it, which is how we learn of the revocation and destroy what it covered.
         chain = []
         need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
+    device = bool(chain) and is_device_chain([open_stored(link, Grant) for link in chain], patient)
+    # A device's view holds the grants the patient's other devices issued ([API-46]): each is checked
+    # against its parent, a device grant of this patient, held already or brought by this sync.
+    devices = device_grants(await clinic.store.records(Grant, signer=patient), patient) if device else None
+    expected = _Expected(patient=patient, requester=clinic.home.did, devices=devices)
     synced: list[Signed[Any]] = []
-    for start in range(0, len(need), MAX_IDS):
-        batch = need[start : start + MAX_IDS]
+
+    async def take(batch: list[bytes], *, last: bool) -> list[bytes]:
+        """Fetch, verify and keep one batch of records; the ids left for later."""
         answer = await clinic.client.call(
             "POST", f"{endpoint}/v0/records", expected_signer=patient, chain=chain, ids=batch
         )
-        records = _verified_batch(answer.get("records"), set(batch), patient)
+        records, later = _verified_batch(answer.get("records"), set(batch), expected, last=last)
         report.records_fetched += len(records)
         report.records_stored += await clinic.keep_synced(patient, records, now=now)
         synced.extend(records)
+        return later
+
+    deferred: list[bytes] = []
+    for start in range(0, len(need), MAX_IDS):
+        deferred += await take(need[start : start + MAX_IDS], last=False)
         if progress is not None:
             progress("records", min(start + MAX_IDS, len(need)), len(need))
+    # A grant whose parent came in a later answer than its own: every parent the view holds is here now.
+    for start in range(0, len(deferred), MAX_IDS):
+        await take(deferred[start : start + MAX_IDS], last=True)
     await clinic.apply_held_state(patient, now=now, synced=synced)
-    if chain and reconciler_have:
+    if device and reconciler_have:
         report.records_pushed = await _push_own(clinic, patient, endpoint, chain, reconciler_have)
     if bodies:
         await _fetch_bodies(
@@ -391,11 +429,11 @@ async def _reconcile(
 async def _push_own(
     clinic: ClinicNode, patient: str, endpoint: str, chain: list[bytes], have: list[bytes]
 ) -> int:
-    """A device sends the patient's node the grants and revocations it issued there ([API-48])."""
-    links = [open_stored(link, Grant) for link in chain]
-    if not is_device_chain(links, patient):
-        return 0  # the patient's node takes pushes from its devices only ([API-48])
-    leaf = links[-1]
+    """A device sends the patient's node the grants and revocations it issued there ([API-48]).
+
+    ``chain`` is the device's device grant (the patient's node takes pushes from its devices only).
+    """
+    leaf = open_stored(chain[-1], Grant)
     own = await clinic.issued_under(leaf.id, set(have))
     if not own:
         return 0
@@ -442,16 +480,65 @@ async def receive_pushed(
     return await node.keep_pushed(opened, now=now)
 
 
-def _verified_batch(records: object, asked: set[bytes], patient: str) -> list[Signed[Any]]:
-    """Every record of an answer, verified, signed by the patient, of a view type, and asked for."""
+@dataclass
+class _Expected:
+    """What the view a sync reconciles against may hold ([API-44], [API-46]), for checking its records."""
+
+    patient: str
+    requester: str
+    devices: dict[bytes, str] | None
+    """For a device's sync, the patient's device grants known so far (:func:`device_grants`); else None."""
+
+
+def _verified_batch(
+    records: object, asked: set[bytes], expected: _Expected, *, last: bool
+) -> tuple[list[Signed[Any]], list[bytes]]:
+    """The records of an answer, each verified, asked for and one the requester's view may hold ([API-45]).
+
+    A view holds records the patient signed (for a clinic, of the types of :data:`VIEW_TYPES`
+    and grants to itself only; for a device, of :data:`DEVICE_TYPES`), revocations whoever signed
+    them, and, for a device, the grants another device of the patient issued under its device
+    grant ([API-46], [API-48]), signed by that device.  Such a grant whose parent is neither known
+    nor in the answer is left for later (its parent may come in another answer of the sync).
+
+    Args:
+        last: the parents of the view are all known now: a grant whose parent is unknown is refused.
+
+    Returns:
+        The verified records, and the ids of those left for later.
+
+    Raises:
+        RemoteProtocolError: ``malformed`` for a record not asked for or of a type the view does
+            not hold, or a grant to another node in a clinic's view; ``bad-signature`` for one
+            signed by someone the view does not take it from.  Nothing of the answer is kept then.
+    """
     if type(records) is not list or not all(type(r) is bytes for r in records):
         raise RemoteProtocolError(Code.MALFORMED, "records is an array of encoded records")
-    verified = []
+    devices = expected.devices
+    types = DEVICE_TYPES if devices is not None else VIEW_TYPES
+    opened = []
     for encoded in records:
         signed = open_any_record(encoded)
-        if signed.signer != patient and not isinstance(signed.record, Revocation):
-            raise AuthenticationError()
-        if not isinstance(signed.record, DEVICE_TYPES) or signed.id not in asked:
+        if not isinstance(signed.record, types) or signed.id not in asked:
             raise RemoteProtocolError(Code.MALFORMED, "an answer holds a record that was not asked for")
-        verified.append(signed)
-    return verified
+        opened.append(signed)
+    known = {**devices, **device_grants(opened, expected.patient)} if devices is not None else {}
+    verified: list[Signed[Any]] = []
+    later: list[bytes] = []
+    for signed in opened:
+        record = signed.record
+        if signed.signer == expected.patient:
+            if devices is None and isinstance(record, Grant) and record.audience != expected.requester:
+                raise RemoteProtocolError(Code.MALFORMED, "a clinic's view holds only the grants to it")
+            verified.append(signed)
+        elif isinstance(record, Revocation):
+            verified.append(signed)  # by an issuer up a chain, or void: the decision tells ([CAP-7])
+        elif devices is not None and is_device_issued(signed, known):
+            verified.append(signed)
+        elif devices is not None and isinstance(record, Grant) and record.parent not in known and not last:
+            later.append(signed.id)
+        else:
+            raise AuthenticationError()
+    if devices is not None:
+        devices.update(known)
+    return verified, later
