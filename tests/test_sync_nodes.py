@@ -452,6 +452,63 @@ async def test_a_device_syncs_the_grants_another_device_issued_and_nothing_else_
         await tablet.stop()
 
 
+async def test_a_device_pushes_what_it_issued_in_pushes_of_at_most_512_records(
+    story: Story, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[API-48]: a push holds at most 512 records; a device that issued more since its last sync pushes them
+    in several pushes, each revocation with or after its grant, and its next sync pushes nothing."""
+    patient = story.patient
+    phone, device_grant = await _enrolled_phone(story, tmp_path)
+    try:
+        await phone.clinic.sync(patient.did, now=now(), bodies=False)
+        t = now()
+        issued = [
+            sign_record(
+                Grant(
+                    audience=story.gp.did,
+                    scope=Scope(categories=("lab",), past=True, future=True),
+                    actions=("read",),
+                    purpose="device",
+                    iat=t,
+                    nbf=t,
+                    exp=t + 86_400,
+                    parent=device_grant.id,
+                    nonce=i.to_bytes(16, "big"),
+                ),
+                phone.identity,
+            )
+            for i in range(513)
+        ]
+        revocations = [sign_record(Revocation(grant=g.id, iat=t), phone.identity) for g in (issued[0], issued[-1])]
+        async with phone.h.store.transaction():  # as 513 calls of ClinicNode.delegate would keep them
+            for grant in issued:
+                await phone.h.store.put_record(grant, now=t, subject=story.gp.did.encode())
+            for revocation in revocations:
+                await phone.h.store.put_record(revocation, now=t, subject=revocation.record.grant)
+        pushes: list[list[bytes]] = []
+        real_call = phone.clinic.client.call
+
+        async def counting(method: str, url: str, **fields: Any) -> dict[str, Any]:
+            if url.endswith("/v0/push"):
+                pushes.append(fields["records"])
+            return await real_call(method, url, **fields)
+
+        monkeypatch.setattr(phone.clinic.client, "call", counting)
+        report = await phone.clinic.sync(patient.did, now=now(), bodies=False)
+        assert report.records_pushed == 515
+        assert len(pushes) == 2 and all(len(records) <= 512 for records in pushes)
+        # Each revocation in the same push as its grant, or a later one.
+        order = [open_any_record(encoded).id for records in pushes for encoded in records]
+        for revocation in revocations:
+            assert order.index(revocation.record.grant) < order.index(revocation.id)
+        held = {g.id for g in await patient.h.store.records(Grant, signer=phone.did)}
+        assert {g.id for g in issued} <= held
+        assert {r.id for r in revocations} <= {r.id for r in await patient.h.store.records(Revocation)}
+        assert (await phone.clinic.sync(patient.did, now=now(), bodies=False)).records_pushed == 0
+    finally:
+        await phone.stop()
+
+
 async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes]) -> list[Any]:
     """Every record a requester's chain reaches through ``/v0/sync`` and ``/v0/records``, opened."""
     reconciler = Reconciler(SortedItems())

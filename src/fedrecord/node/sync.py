@@ -65,7 +65,11 @@ if TYPE_CHECKING:
     from .patient import PatientNode
 
 MAX_IDS: Final = 512
-"""Record ids asked for in one ``POST /v0/records`` (their records fit well within the 1 MiB body cap)."""
+"""Record ids asked for in one ``POST /v0/records`` (their records fit well within the 1 MiB body cap),
+and records sent in one ``POST /v0/push``."""
+PUSH_MAX_BYTES: Final = 786_432
+"""The encoded records of one push: with the device's chain (one record of at most 64 KiB) and the
+framing, its body stays within the 1 MiB cap."""
 BODY_FETCHES: Final = 8
 """Fetch requests (of one document, or of a batch) a sync runs at once."""
 BATCH_LARGEST: Final = 64 * 1024
@@ -434,14 +438,52 @@ async def _push_own(
     ``chain`` is the device's device grant (the patient's node takes pushes from its devices only).
     """
     leaf = open_stored(chain[-1], Grant)
-    own = await clinic.issued_under(leaf.id, set(have))
-    if not own:
-        return 0
-    answer = await clinic.client.call(
-        "POST", f"{endpoint}/v0/push", expected_signer=patient, chain=chain, records=[r.encoded for r in own]
-    )
-    stored = answer.get("stored")
-    return stored if type(stored) is int else 0
+    stored = 0
+    for piece in push_pieces(await clinic.issued_under(leaf.id, set(have))):
+        answer = await clinic.client.call(
+            "POST", f"{endpoint}/v0/push", expected_signer=patient, chain=chain, records=[r.encoded for r in piece]
+        )
+        count = answer.get("stored")
+        stored += count if type(count) is int else 0
+    return stored
+
+
+def push_pieces(own: Sequence[Signed[Any]]) -> list[list[Signed[Any]]]:
+    """A device's grants and revocations cut into pushes the patient's node takes ([API-48]).
+
+    Each push holds at most :data:`MAX_IDS` records of at most :data:`PUSH_MAX_BYTES` bytes.  The
+    revocations of grants the patient's node holds already go first ([CAP-16]); every other
+    revocation goes with its grant, or after it when they do not fit in one push: a push never
+    revokes a grant the patient's node does not hold, and a revoked grant arrives with its
+    revocation whenever one push holds both.
+    """
+    grants = [s for s in own if isinstance(s.record, Grant)]
+    pushed = {g.id for g in grants}
+    revocations_of: dict[bytes, list[Signed[Any]]] = {}
+    first: list[list[Signed[Any]]] = []
+    for signed in own:
+        if isinstance(signed.record, Revocation):
+            if signed.record.grant in pushed:
+                revocations_of.setdefault(signed.record.grant, []).append(signed)
+            else:
+                first.append([signed])
+    units = [*first, *([g, *revocations_of.get(g.id, [])] for g in grants)]
+    pieces: list[list[Signed[Any]]] = []
+    piece: list[Signed[Any]] = []
+    size = 0
+    for unit in units:
+        if piece and (len(piece) + len(unit) > MAX_IDS or size + sum(len(s.encoded) for s in unit) > PUSH_MAX_BYTES):
+            pieces.append(piece)
+            piece, size = [], 0
+        for signed in unit:
+            if piece and (len(piece) == MAX_IDS or size + len(signed.encoded) > PUSH_MAX_BYTES):
+                pieces.append(piece)
+                piece, size = [], 0
+            piece.append(signed)
+            size += len(signed.encoded)
+    if piece:
+        pieces.append(piece)
+    return pieces
 
 
 async def receive_pushed(
