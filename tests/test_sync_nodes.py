@@ -509,6 +509,47 @@ async def test_a_device_pushes_what_it_issued_in_pushes_of_at_most_512_records(
         await phone.stop()
 
 
+async def test_the_patient_sees_and_revokes_the_grants_its_device_gave(story: Story, tmp_path: Path) -> None:
+    """[API-48]: what a device gives appears in the patient's record; 7.5: any issuer up the chain revokes.
+    ``fedrecord grants`` lists the grant the phone gave the lab (given by the phone), ``fedrecord inbox``
+    names the lab among those who would see a new lab result, and ``fedrecord revoke`` ends it."""
+    patient, lab = story.patient, story.lab
+    phone, _device_grant = await _enrolled_phone(story, tmp_path)
+    try:
+        await phone.clinic.poll(patient.did, now=now())
+        child = await phone.clinic.delegate(
+            patient.did, to=lab.did, to_endpoint=lab.url, categories=("lab",), days=30, now=now()
+        )
+        assert (await phone.clinic.sync(patient.did, now=now(), bodies=False)).records_pushed == 1
+        rows = {row["grant"]: row for row in await cli_json(patient, "grants")}
+        row = rows[child.id.hex()]
+        assert (row["by"], row["by_name"], row["to"], row["state"]) == (
+            phone.did, "Camille's phone", lab.did, "active"
+        )
+        assert rows[story.gp_grant.id.hex()]["by"] is None
+        doc = await lab.clinic.deposit(
+            patient.did, b"Ferritin 80 ug/L\n", title="Ferritin", category="lab", doc_type="lab-result", now=now()
+        )
+        await lab.clinic.flush_outbox()
+        (waiting,) = [item for item in await cli_json(patient, "inbox") if item["doc"] == doc.hex()]
+        assert "Laboratoire Pasteur" in waiting["would_be_seen_by"]
+        await patient.patient.reject(doc, now=now())
+        # An id that names no grant of the record: not-found, nothing revoked.
+        before = await snapshot(patient)
+        with pytest.raises(AssertionError, match="not-found"):
+            await cli_json(patient, "revoke", "ab" * 32)
+        await assert_unchanged(patient, before, nonce_spent=False)
+        answer = await cli_json(patient, "revoke", child.id.hex()[:16])
+        assert answer["grant"] == child.id.hex()
+        with pytest.raises(RemoteProtocolError) as caught:
+            await lab.clinic.fetch(patient.did, story.docs["cbc"], now=now())
+        assert caught.value.code.value == "revoked"
+        rows = {row["grant"]: row for row in await cli_json(patient, "grants")}
+        assert rows[child.id.hex()]["state"] == "revoked"
+    finally:
+        await phone.stop()
+
+
 async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes]) -> list[Any]:
     """Every record a requester's chain reaches through ``/v0/sync`` and ``/v0/records``, opened."""
     reconciler = Reconciler(SortedItems())

@@ -728,31 +728,38 @@ async def grant(
 @pass_context
 @fail_cleanly
 async def grants(ctx: Context) -> None:
-    """Who can see what: every grant you issued, its scope, expiry, state and private restrictions."""
-    from fedrecord.core import PrivateRestriction, Revocation
+    """Who can see what: every grant you or your devices issued, its scope, expiry, state and private restrictions."""
+    from fedrecord.core import PrivateRestriction, Revocation, RevocationSet
     from fedrecord.node.patient import PatientNode
 
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
-        revoked = {r.record.grant for r in await home.store.records(Revocation)}
+        revocations = RevocationSet.from_records(await home.store.records(Revocation))
         restrictions = await home.store.records(PrivateRestriction, signer=home.did)
         now = int(time.time())
         rows: list[dict[str, Any]] = []
-        for issued in await patient.all_grants():
-            record = issued.record
+        for given in await patient.given_grants():
+            issued, record = given.grant, given.grant.record
             scope = record.scope
+            links = {link.id for link in given.chain}
             hidden = sorted(
                 {
                     label
                     for r in restrictions
-                    if issued.id in (r.record.grants or ())
+                    if links & set(r.record.grants or ())
                     for label in (r.record.labels or ())
                 }
             )
-            state = "revoked" if issued.id in revoked else "expired" if now >= record.exp else "active"
+            state = (
+                "revoked" if given.revoked(revocations) else "expired" if now >= given.expires else "active"
+            )
+            # A grant one of your devices gave under its device grant ([API-48]): by that device.
+            by = given.device.record.audience if given.device is not None else None
             rows.append(
                 {
                     "grant": issued.id,
+                    "by": by,
+                    "by_name": await patient.peer_name(by) if by is not None else None,
                     "to": record.audience,
                     "name": await patient.peer_name(record.audience),
                     "actions": list(record.actions),
@@ -763,7 +770,7 @@ async def grants(ctx: Context) -> None:
                     "future": scope.future,
                     "since": scope.since,
                     "purpose": record.purpose,
-                    "expires": record.exp,
+                    "expires": given.expires,
                     "state": state,
                     "hidden": hidden,
                 }
@@ -778,6 +785,7 @@ async def grants(ctx: Context) -> None:
                     f"{row['grant'].hex()[:16]}  {row['state']:8} {row['name']}: {'/'.join(row['actions'])} "
                     f"{what} until {_date(row['expires'])} for {row['purpose']}"
                     + (f", except {', '.join(row['hidden'])}" if row["hidden"] else "")
+                    + (f", given by {row['by_name']}" if row["by"] else "")
                 )
             if not rows:
                 click.echo("no grants")
@@ -790,13 +798,13 @@ async def grants(ctx: Context) -> None:
 @pass_context
 @fail_cleanly
 async def revoke(ctx: Context, grant_id: str) -> None:
-    """Revoke a grant (and every grant delegated from it) (US-5)."""
+    """Revoke a grant, yours or one your devices gave (and every grant delegated from it) (US-5)."""
     from fedrecord.node.patient import PatientNode
 
     prefix = _prefix(grant_id, "grant")
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
-        matches = [g.id for g in await patient.all_grants() if g.id.hex().startswith(prefix)]
+        matches = [g.grant.id for g in await patient.given_grants() if g.grant.id.hex().startswith(prefix)]
         if len(matches) != 1:
             from fedrecord.core.errors import Code, RemoteProtocolError
 

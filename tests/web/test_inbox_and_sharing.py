@@ -24,7 +24,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nacl.pwhash import argon2id
 
-from fedrecord.core import Code, Grant, PrivateRestriction, RemoteProtocolError, Scope, SigningIdentity
+from fedrecord.core import (
+    Code,
+    Grant,
+    PrivateRestriction,
+    RemoteProtocolError,
+    Revocation,
+    Scope,
+    SigningIdentity,
+)
 from fedrecord.core.errors import FedrecordError
 from fedrecord.web import i18n
 from fedrecord.web.app import make_web_app
@@ -42,7 +50,7 @@ from fedrecord.web.sentences import (
     long_date,
 )
 
-from ..node_helpers import Story, build_story, stored_stream
+from ..node_helpers import ServedNode, Story, build_story, stored_stream
 from .forms import csrf_of, forms_of
 
 PASSWORD = "correct horse battery staple"
@@ -173,6 +181,15 @@ def test_restrictions_that_apply_to_a_grant() -> None:
         labels=("PSY",), categories=("imaging",), documents=1
     )
     assert not hidden_from(other, a_grant(audience=LAB), [])
+    # A grant a device gave: what is hidden from the device grant above it, or from the device, is hidden
+    # from it too (7.7).
+    given, phone = b"\xcc" * 32, "did:key:z6MkphoneXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2do"
+    device = (other, a_grant(audience=phone))
+    assert hidden_from(given, a_grant(audience=LAB), restrictions, above=[device]) == Hidden(
+        labels=("HIV", "SEX")
+    )
+    by_node = [PrivateRestriction(audiences=(phone,), labels=("GDIS",), iat=T)]
+    assert hidden_from(given, a_grant(audience=LAB), by_node, above=[device]) == Hidden(labels=("GDIS",))
 
 
 def test_short_form_details_and_ended_grants() -> None:
@@ -558,6 +575,55 @@ async def test_revoking_ends_the_clinic_reads(page: Page) -> None:
         )
     answer = await page.client.post(f"/sharing/{grant_id.hex()}/revoke", data={}, allow_redirects=False)
     assert answer.status == 403
+
+
+async def test_what_a_device_gave_is_listed_hidden_from_and_revoked(page: Page, tmp_path: Path) -> None:
+    """[API-48], 7.5: a grant the patient's phone gave the lab and pushed is on the sharing page, given by the
+    phone; the inbox names the lab among who would see a new lab result; the page hides from it and
+    revokes it, and the lab's reads end."""
+    patient, lab = page.story.patient, page.story.lab
+    phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
+    try:
+        invitation = await page.patient.create_invitation(label="phone", now=now())
+        await phone.clinic.connect(invitation.url(), now=now())
+        await page.patient.grant(
+            audience=phone.did,
+            scope=Scope(past=True, future=True),
+            actions=("read", "delegate", "manage"),
+            purpose="device",
+            days=365,
+            now=now(),
+        )
+        await phone.clinic.poll(patient.did, now=now())
+        child = await phone.clinic.delegate(
+            patient.did, to=lab.did, to_endpoint=lab.url, categories=("lab",), days=30, now=now()
+        )
+        assert (await phone.clinic.sync(patient.did, now=now(), bodies=False)).records_pushed == 1
+        words = text_of(await page.get("/sharing"))
+        exp = child.record.exp
+        assert (
+            f"Laboratoire Pasteur can read your lab results until {long_date(exp, 'en')}. "
+            "Given by your device Camille's phone."
+        ) in words
+        assert "Donné par votre appareil Camille's phone." in text_of(await page.get("/sharing", "fr"))
+        doc = await deposit(page, "Ferritin")
+        assert f"Laboratoire Pasteur (lab results until {long_date(exp, 'en')})" in text_of(await page.get("/inbox"))
+        await page.patient.reject(doc, now=now())
+        after = text_of(await page.post(f"/sharing/{child.id.hex()}/hide", [("hide", "HIV")]))
+        assert f"Laboratoire Pasteur can read your lab results until {long_date(exp, 'en')}, except HIV." in after
+        after = text_of(await page.post(f"/sharing/{child.id.hex()}/revoke", {}))
+        assert "Revoked: Laboratoire Pasteur can no longer read these documents" in after
+        with pytest.raises(RemoteProtocolError) as caught:
+            await lab.clinic.fetch(patient.did, page.story.docs["cbc"], now=now())
+        assert caught.value.code is Code.REVOKED
+        # Ended now: revoked again, nothing changes.
+        count = len(await patient.h.store.records(Revocation))
+        assert "This access has already ended. Nothing was changed." in text_of(
+            await page.post(f"/sharing/{child.id.hex()}/revoke", {})
+        )
+        assert len(await patient.h.store.records(Revocation)) == count
+    finally:
+        await phone.stop()
 
 
 async def test_stopping_a_clinic_from_sending(page: Page) -> None:

@@ -62,7 +62,7 @@ from .home import INLINE_STREAM_MAX, NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
 from .store import AuditChainRow, AuditRow
-from .sync import ViewCache, is_device_grant, subject_of
+from .sync import ViewCache, device_grants, is_device_grant, is_device_issued, subject_of
 from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation, check_profile_endpoints
 
 DAY = 86_400
@@ -124,6 +124,43 @@ async def _gathered(chunks: AsyncIterable[bytes], size: int) -> bytes:
             raise RemoteProtocolError(Code.TOO_LARGE, f"document exceeds the cap of {size} bytes")
         pieces.append(chunk)
     return b"".join(pieces)
+
+
+@dataclass(frozen=True)
+class GivenGrant:
+    """A grant of the patient's record: one the patient signed, or one a device of the patient gave.
+
+    A device gives grants as children of its device grant and pushes them to the patient's node
+    ([API-47], [API-48]); the patient, issuer of that device grant, sees them and may revoke them
+    (7.5: any issuer up the chain).
+    """
+
+    grant: Signed[Grant]
+    device: Signed[Grant] | None = None
+    """The device grant it was given under; None for a grant the patient signed."""
+
+    @property
+    def chain(self) -> list[Signed[Grant]]:
+        """The chain its audience uses, root first."""
+        return [self.device, self.grant] if self.device is not None else [self.grant]
+
+    @property
+    def expires(self) -> int:
+        """When the chain ends: the earliest ``exp`` of its links."""
+        return min(link.record.exp for link in self.chain)
+
+    def revoked(self, revocations: RevocationSet) -> bool:
+        """Whether a link is revoked by its issuer or an issuer above it ([CAP-7])."""
+        issuers: set[str] = set()
+        for link in self.chain:
+            issuers.add(link.signer)
+            if revocations.revoked_by(link.id) & issuers:
+                return True
+        return False
+
+    def live(self, revocations: RevocationSet, *, now: int) -> bool:
+        """Neither expired nor revoked (a grant that starts later is live)."""
+        return now < self.expires and not self.revoked(revocations)
 
 
 class _ChainDecision(NamedTuple):
@@ -449,19 +486,22 @@ class PatientNode:
     async def grants_that_would_see(
         self, doc: bytes, *, labels: Sequence[str] = (), now: int
     ) -> list[Signed[Grant]]:
-        """The live grants that would let their audience read ``doc`` once accepted now (shown before accepting)."""
+        """The live grants that would let their audience read ``doc`` once accepted now (shown before accepting).
+
+        The grants the patient's devices gave are among them, each decided with its device grant.
+        """
         facts = await self._facts(doc, extra_labels=labels, added=now)
         if facts is None:
             return []
         revocations = await self._revocations()
         restrictions = await self._restrictions()
         return [
-            grant
-            for grant in await self.live_grants(now=now)
+            given.grant
+            for given in await self.live_given_grants(now=now)
             if decide(
-                [grant],
+                given.chain,
                 patient=self.home.did,
-                requester=grant.record.audience,
+                requester=given.grant.record.audience,
                 action=Action.READ,
                 now=now,
                 revocations=revocations,
@@ -663,6 +703,26 @@ class PatientNode:
 
     async def all_grants(self) -> list[Signed[Grant]]:
         return await self.store.records(Grant, signer=self.home.did)
+
+    async def given_grants(self) -> list[GivenGrant]:
+        """Every grant of the record: the patient's own, then those its devices gave and pushed ([API-48]).
+
+        A device's grant is one whose parent is a device grant of the patient and whose signer is
+        that device (what :func:`fedrecord.node.sync.receive_pushed` keeps).
+        """
+        own = await self.store.records(Grant, signer=self.home.did)
+        audiences = device_grants(own, self.home.did)
+        devices = {g.id: g for g in own if g.id in audiences}
+        given = [GivenGrant(grant) for grant in own]
+        for grant in await self.store.records(Grant):
+            if grant.signer != self.home.did and is_device_issued(grant, audiences):
+                given.append(GivenGrant(grant, devices[grant.record.parent or b""]))
+        return given
+
+    async def live_given_grants(self, *, now: int) -> list[GivenGrant]:
+        """The grants of :meth:`given_grants` that are neither expired nor revoked."""
+        revocations = await self._revocations()
+        return [given for given in await self.given_grants() if given.live(revocations, now=now)]
 
     async def revoke(self, grant_id: bytes, *, now: int, reason: str | None = None) -> Signed[Revocation]:
         """Revoke a grant (and so every grant delegated from it) and sign a new state head (US-5)."""

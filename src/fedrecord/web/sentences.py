@@ -98,13 +98,26 @@ class Hidden:
         return bool(self.labels or self.categories or self.documents)
 
 
-def hidden_from(grant_id: bytes, grant: Grant, restrictions: Sequence[PrivateRestriction]) -> Hidden:
-    """What ``restrictions`` hide from the grant ``grant_id``: those naming it or its audience."""
+def hidden_from(
+    grant_id: bytes,
+    grant: Grant,
+    restrictions: Sequence[PrivateRestriction],
+    *,
+    above: Sequence[tuple[bytes, Grant]] = (),
+) -> Hidden:
+    """What ``restrictions`` hide from the grant ``grant_id``: those naming it or its audience.
+
+    Args:
+        above: the links above it in its chain, (id, grant) each (the device grant a device gave
+            it under): a restriction naming one of them or its audience applies to it too (7.7).
+    """
     labels: set[str] = set()
     categories: set[str] = set()
     documents: set[bytes] = set()
+    links = {grant_id, *(link_id for link_id, _link in above)}
+    audiences = {grant.audience, *(link.audience for _link_id, link in above)}
     for restriction in restrictions:
-        if grant_id in (restriction.grants or ()) or grant.audience in (restriction.audiences or ()):
+        if links & set(restriction.grants or ()) or audiences & set(restriction.audiences or ()):
             labels.update(restriction.labels or ())
             categories.update(restriction.categories or ())
             documents.update(restriction.ids or ())

@@ -9,10 +9,10 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from fedrecord.core import Action, Grant, PrivateRestriction, Revocation, Scope, Signed
+from fedrecord.core import Action, Grant, PrivateRestriction, Revocation, RevocationSet, Scope, Signed
 from fedrecord.core.errors import FedrecordError
 from fedrecord.core.identity import public_key_from_did
-from fedrecord.node.patient import PatientNode
+from fedrecord.node.patient import GivenGrant, PatientNode
 from fedrecord.node.store import RecordFilter
 from fedrecord.node.sync import is_device_grant
 
@@ -20,6 +20,7 @@ from .. import i18n
 from ..app import PATIENT, language_of, notify, redirect, render
 from ..sentences import (
     PURPOSES,
+    Hidden,
     Vocabulary,
     ended_sentence,
     grant_details,
@@ -51,6 +52,7 @@ i18n.register(
             "Personne d'autre que vous ne peut lire votre dossier.",
         ),
         "sharing.revoke": ("Revoke this access", "Révoquer cet accès"),
+        "sharing.given.by": ("Given by your device {device}.", "Donné par votre appareil {device}."),
         "sharing.revoke.effect": (
             "If you revoke it, {name} can no longer read these documents, and its node is told to destroy the copies it holds.",
             "Si vous le révoquez, {name} ne pourra plus lire ces documents, et son nœud devra détruire les copies qu'il détient.",
@@ -170,6 +172,8 @@ class GrantView:
     sentence: str
     details: str
     delegable: bool
+    by: str | None = None
+    """The name of the device that gave it ([API-48]); None when the patient did."""
 
 
 def _is_reader(grant: Grant) -> bool:
@@ -181,8 +185,19 @@ async def _restrictions(patient: PatientNode) -> list[PrivateRestriction]:
     return [r.record for r in await patient.store.records(PrivateRestriction, signer=patient.home.did)]
 
 
-async def _revoked(patient: PatientNode) -> set[bytes]:
-    return {r.record.grant for r in await patient.store.records(Revocation)}
+async def _revocations(patient: PatientNode) -> RevocationSet:
+    return RevocationSet.from_records(await patient.store.records(Revocation))
+
+
+def _is_device(given: GivenGrant) -> bool:
+    """A device grant of the patient (its devices have their own page), not a grant a device gave."""
+    return given.device is None and is_device_grant(given.grant.record)
+
+
+def _hidden(given: GivenGrant, restrictions: list[PrivateRestriction]) -> Hidden:
+    """What the patient's restrictions hide from a grant: those naming it or its device grant, or their audiences."""
+    above = [(given.device.id, given.device.record)] if given.device is not None else []
+    return hidden_from(given.grant.id, given.grant.record, restrictions, above=above)
 
 
 async def _vocabulary(patient: PatientNode, grants: list[Signed[Grant]]) -> Vocabulary:
@@ -194,12 +209,13 @@ async def _vocabulary(patient: PatientNode, grants: list[Signed[Grant]]) -> Voca
     return Vocabulary(labels=LABELS, categories=CATEGORIES, titles=titles)
 
 
-async def sentence_for(patient: PatientNode, grant: Signed[Grant], *, language: str) -> str:
+async def sentence_for(patient: PatientNode, given: GivenGrant, *, language: str) -> str:
     """The sentence of one live grant, with the private restrictions that apply to it now."""
+    grant = given.grant
     return grant_sentence(
         grant.record,
         name=await patient.peer_name(grant.record.audience),
-        hidden=hidden_from(grant.id, grant.record, await _restrictions(patient)),
+        hidden=_hidden(given, await _restrictions(patient)),
         language=language,
         vocabulary=await _vocabulary(patient, [grant]),
     )
@@ -231,26 +247,31 @@ async def sharing_page(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
     language = language_of(request)
     now = int(time.time())
-    grants = await patient.all_grants()
-    revoked = await _revoked(patient)
+    # The patient's grants and those its devices gave ([API-48]): the patient sees and may revoke both.
+    given_grants = await patient.given_grants()
+    grants = [given.grant for given in given_grants]
+    revocations = await _revocations(patient)
     restrictions = await _restrictions(patient)
     vocabulary = await _vocabulary(patient, grants)
-    live = {g.id for g in await patient.live_grants(now=now)}
     readers: list[GrantView] = []
     senders: list[GrantView] = []
     ended: list[str] = []
     devices = 0
-    for grant in sorted(grants, key=lambda g: (-g.record.iat, g.id)):
-        record = grant.record
+    for given in sorted(given_grants, key=lambda g: (-g.grant.record.iat, g.grant.id)):
+        grant, record = given.grant, given.grant.record
         name = await patient.peer_name(record.audience)
-        if grant.id not in live:
+        if not given.live(revocations, now=now):
             ended.append(
                 ended_sentence(
-                    record, name=name, revoked=grant.id in revoked, language=language, vocabulary=vocabulary
+                    record,
+                    name=name,
+                    revoked=given.revoked(revocations),
+                    language=language,
+                    vocabulary=vocabulary,
                 )
             )
             continue
-        if is_device_grant(record):
+        if _is_device(given):
             devices += 1
             continue
         view = GrantView(
@@ -259,12 +280,13 @@ async def sharing_page(request: web.Request) -> web.Response:
             sentence=grant_sentence(
                 record,
                 name=name,
-                hidden=hidden_from(grant.id, record, restrictions),
+                hidden=_hidden(given, restrictions),
                 language=language,
                 vocabulary=vocabulary,
             ),
             details=grant_details(record, language=language),
             delegable=Action.DELEGATE.value in record.actions,
+            by=await patient.peer_name(given.device.record.audience) if given.device is not None else None,
         )
         (readers if _is_reader(record) else senders).append(view)
     # The newest documents, and those the link preselects: one page of the store's indexed query.
@@ -285,7 +307,7 @@ async def sharing_page(request: web.Request) -> web.Response:
         senders=senders,
         ended=ended,
         devices=devices,
-        peers=await _peers(patient, grants),
+        peers=await _peers(patient, [given.grant for given in given_grants if given.device is None]),
         documents=[_choice(d, preselected) for d in offered],
         document_count=min(len(documents), DOCUMENT_CHOICES),
         preselected=preselected,
@@ -402,31 +424,34 @@ async def grant(request: web.Request) -> web.Response:
     except FedrecordError as error:
         notify(request, "sharing.failed", code=str(error.code))
         raise redirect("/sharing") from None
-    sentence = await sentence_for(patient, issued, language=language_of(request))
+    sentence = await sentence_for(patient, GivenGrant(issued), language=language_of(request))
     notify(request, "sharing.granted", sentence=sentence)
     raise redirect("/sharing")
 
 
-async def _live_grant(patient: PatientNode, text: str) -> Signed[Grant] | None:
+async def _live_grant(patient: PatientNode, text: str) -> GivenGrant | None:
+    """A live grant the page lists, the patient's own or one a device gave; None for any other id."""
     wanted = doc_id(text)  # grant ids are 32-byte ids written in hex, like documents'
     if wanted is None:
         return None
-    return next((g for g in await patient.live_grants(now=int(time.time())) if g.id == wanted), None)
+    live = await patient.live_given_grants(now=int(time.time()))
+    return next((given for given in live if given.grant.id == wanted and not _is_device(given)), None)
 
 
 async def revoke(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
     issued = await _live_grant(patient, request.match_info["grant"])
-    if issued is None or is_device_grant(issued.record):
+    if issued is None:
         notify(request, "sharing.gone")
         raise redirect("/sharing")
     try:
-        await patient.revoke(issued.id, now=int(time.time()))
+        await patient.revoke(issued.grant.id, now=int(time.time()))
     except FedrecordError as error:
         notify(request, "sharing.failed", code=str(error.code))
         raise redirect("/sharing") from None
-    name = await patient.peer_name(issued.record.audience)
-    notify(request, "sharing.revoked" if _is_reader(issued.record) else "sharing.stopped", name=name)
+    record = issued.grant.record
+    name = await patient.peer_name(record.audience)
+    notify(request, "sharing.revoked" if _is_reader(record) else "sharing.stopped", name=name)
     raise redirect("/sharing")
 
 
@@ -435,7 +460,7 @@ async def hide(request: web.Request) -> web.Response:
     patient = request.app[PATIENT]
     form = await request.post()
     issued = await _live_grant(patient, request.match_info["grant"])
-    if issued is None or not _is_reader(issued.record) or is_device_grant(issued.record):
+    if issued is None or not _is_reader(issued.grant.record):
         notify(request, "sharing.gone")
         raise redirect("/sharing")
     try:
@@ -447,7 +472,7 @@ async def hide(request: web.Request) -> web.Response:
         notify(request, "sharing.error.hide")
         raise redirect("/sharing")
     try:
-        await patient.restrict(grant=issued.id, labels=labels, now=int(time.time()))
+        await patient.restrict(grant=issued.grant.id, labels=labels, now=int(time.time()))
     except FedrecordError as error:
         notify(request, "sharing.failed", code=str(error.code))
         raise redirect("/sharing") from None
