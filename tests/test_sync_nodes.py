@@ -550,6 +550,54 @@ async def test_the_patient_sees_and_revokes_the_grants_its_device_gave(story: St
         await phone.stop()
 
 
+async def test_a_device_holds_the_documents_the_patient_hid_but_not_what_a_restriction_keeps_from_it(
+    story: Story, tmp_path: Path
+) -> None:
+    """US-12, [API-46], [API-22] step 6: hiding keeps a document from others, not from the patient's own
+    devices: a backup box lists, fetches and holds the hidden X-ray, and its sync reports no failure.  A
+    restriction naming the box keeps the lithium level from it on purpose: its entry is not in the box's
+    view, and a fetch of it is answered not-found, storing nothing."""
+    patient = story.patient
+    xray, lithium = story.docs["xray"], story.docs["lithium"]
+    await patient.patient.hide(xray)
+    box, device_grant = await _enrolled_phone(story, tmp_path, "backup box")
+    try:
+        await patient.patient.restrict(audience=box.did, labels=("PSY",), now=now())
+        report = await box.clinic.sync(patient.did, now=now())
+        assert report.documents_failed == [], report.documents_failed
+        entries = {e.record.doc for e in await box.h.store.records(AcceptedEntry, signer=patient.did)}
+        assert xray in entries and lithium not in entries
+        assert await box.h.store.held_copy(xray) is not None
+        await box.clinic.poll(patient.did, now=now())
+        assert await box.clinic.read_held(xray, now=now()) == b"No focal consolidation.\n"
+        answer = await send_signed(
+            story.session, box.identity, "POST", f"{patient.url}/v0/list", body(chain=[device_grant.encoded])
+        )
+        listed = {item["doc"] for item in answer.decoded["documents"]}
+        assert xray in listed and lithium not in listed
+        # Still hidden from everyone else: a grantee of the whole record neither lists nor fetches it.
+        lab = story.lab
+        whole = await patient.patient.grant(
+            audience=lab.did, scope=Scope(past=True, future=True), actions=("read",), purpose="treatment",
+            days=1, now=now(),
+        )  # fmt: skip
+        await lab.clinic.poll(patient.did, now=now())
+        answer = await send_signed(
+            story.session, lab.identity, "POST", f"{patient.url}/v0/list", body(chain=[whole.encoded])
+        )
+        assert xray not in {item["doc"] for item in answer.decoded["documents"]}
+        for reader, doc in ((lab, xray), (box, lithium)):
+            before = await snapshot(patient)
+            with pytest.raises(RemoteProtocolError) as caught:
+                await reader.clinic.fetch(patient.did, doc, now=now())
+            assert caught.value.code.value == "not-found"
+            await assert_unchanged(patient, before, nonce_spent=True)
+        await patient.patient.revoke(whole.id, now=now())
+    finally:
+        await patient.patient.hide(xray, False)
+        await box.stop()
+
+
 async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes]) -> list[Any]:
     """Every record a requester's chain reaches through ``/v0/sync`` and ``/v0/records``, opened."""
     reconciler = Reconciler(SortedItems())

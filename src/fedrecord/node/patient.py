@@ -62,7 +62,7 @@ from .home import INLINE_STREAM_MAX, NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
 from .store import AuditChainRow, AuditRow
-from .sync import ViewCache, device_grants, is_device_grant, is_device_issued, subject_of
+from .sync import ViewCache, device_grants, is_device_chain, is_device_grant, is_device_issued, subject_of
 from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation, check_profile_endpoints
 
 DAY = 86_400
@@ -901,14 +901,18 @@ class PatientNode:
     async def documents_for(
         self, requester: str, chain: Sequence[bytes], *, now: int
     ) -> list[dict[str, Any]]:
-        """The listing a grantee may see: only documents its chain reaches; hidden ones leave no trace."""
+        """The listing a grantee may see: only documents its chain reaches; hidden ones leave no trace.
+
+        A device grant sees the documents the patient hid too: hiding keeps documents from others,
+        not from the patient's own devices ([API-46]).
+        """
         grants = self._open_chain(chain)
         revocations, restrictions = await self._revocations(), await self._restrictions()
         (
             await self._decide(requester, grants, now=now, revocations=revocations, restrictions=restrictions)
         ).require()
         listing = []
-        for item in await self.documents(include_hidden=False):
+        for item in await self.documents(include_hidden=is_device_chain(grants, self.home.did)):
             if item["added"] is None:
                 continue
             # The listing's row holds the facts already: not read again, document by document.
@@ -1125,11 +1129,15 @@ class PatientNode:
     async def _require_servable(
         self, requester: str, decision: _ChainDecision, documents: Sequence[bytes], *, now: int
     ) -> None:
-        """Step 6 of [API-22]: ``not-found`` unless every document is accepted, shown and in the chain's reach."""
+        """Step 6 of [API-22]: ``not-found`` unless every document is accepted, shown and in the chain's reach.
+
+        A document the patient hid is shown to its device grants ([API-46]).
+        """
         grants, revocations, restrictions = decision
+        device = is_device_chain(grants, self.home.did)
         for doc in documents:
             facts = await self._facts(doc)
-            hidden = await self._is_hidden(doc)
+            hidden = not device and await self._is_hidden(doc)
             verdict = (
                 await self._decide(
                     requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions

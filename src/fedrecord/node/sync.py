@@ -10,6 +10,11 @@ nothing else --
   (in scope, not restricted, not hidden): the entry names the document, whose
   body the requester then fetches with a receipt like any other read.
 
+A device grant sees the whole record instead ([API-46]): every record the patient
+signed and every grant and revocation held; hidden documents are the device's
+too, and only a restriction naming the device keeps a document (and its entry)
+from it.
+
 Each item is (the record's ``iat``, its id); accepted entries carry no
 ``iat`` and sit at timestamp 0.  The view of one (requester, chain) is built
 once and kept until records or documents change (the ``view_epoch`` count that
@@ -196,6 +201,14 @@ async def patient_view(
             records[revocation.id] = revocation
         for grant in await node.store.records(Grant, signer=patient, subject=requester.encode(), verify=False):
             records[grant.id] = grant
+    if device:
+        # Hidden documents are the device's too; those a restriction naming the device keeps from it are
+        # not, and their entries stay out of its view as they would out of anyone's ([API-46]).
+        shown = await node.documents_for(requester, [g.encoded for g in grants], now=now)
+        kept_from = {item["doc"] for item in await node.documents()} - {item["doc"] for item in shown}
+        for record_id, signed in list(records.items()):
+            if isinstance(signed.record, AcceptedEntry) and signed.record.doc in kept_from:
+                del records[record_id]
     items = [item_of(s) for s in records.values()]
     encoded = {i: s.encoded for i, s in records.items()}
     if grants and not device:

@@ -701,9 +701,10 @@ async def restriction_on_parent(s: Session) -> None:
     await _like_missing(s, holder, chain, world.psy_note.doc, what="restricted on the grant itself")
 
 
-@case("capabilities.hidden-document", requires=["API-21", "API-22", "CAP-12"], adversarial=True)
+@case("capabilities.hidden-document", requires=["API-21", "API-22", "API-46", "CAP-12"], adversarial=True)
 async def hidden_document(s: Session) -> None:
-    """A document the patient hides is unlisted and fetched as missing under any grant; shown again, it reads."""
+    """A document the patient hides is unlisted and fetched as missing under any grant but a device grant,
+    which acts for the patient ([API-46]); shown again, it reads."""
     _lab, sealed = await _own_document(s, b"to be hidden")
     reader, grant = await s.reader()
     await _reads(s, reader, [grant], sealed)
@@ -711,6 +712,8 @@ async def hidden_document(s: Session) -> None:
     await _like_missing(s, reader, [grant], sealed.doc, what="a hidden document")
     by_id, id_grant = await s.reader(scope=Scope(ids=(sealed.doc,)))
     await _like_missing(s, by_id, [id_grant], sealed.doc, what="a hidden document named by id")
+    device, device_grant = await s.reader("Patient device", actions=DEVICE_ACTIONS, **_terms())
+    await _reads(s, device, [device_grant], sealed)
     await s.manage("hide", doc=sealed.doc, hidden=False)
     await _reads(s, reader, [grant], sealed)
 
