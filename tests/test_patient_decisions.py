@@ -292,3 +292,27 @@ async def test_state_and_views_are_for_nodes_the_patient_knows(story: Story) -> 
     )
     state = answered(await send_signed(story.session, stranger, "POST", f"{url}/v0/state", body()))
     assert len(state["grants"]) == 1
+
+
+async def test_the_inbox_names_a_grant_that_starts_tomorrow(story: Story) -> None:
+    """Before accepting, the patient sees which grants will read the document: one that starts tomorrow too."""
+    patient, t = story.patient, now() - 5  # issued a little before: the deposit is a future document
+    tomorrow = sign_record(
+        Grant(
+            audience=SigningIdentity.from_seed(os.urandom(32)).did,
+            scope=Scope(categories=("lab",), future=True),
+            actions=("read",),
+            purpose="treatment",
+            iat=t,
+            nbf=t + DAY,
+            exp=t + 30 * DAY,
+            nonce=os.urandom(16),
+        ),
+        patient.identity,
+    )
+    assert await patient.patient.keep_own([tomorrow.encoded], now=now()) == 1
+    doc = await story.lab.clinic.deposit(
+        patient.did, b"Ferritin 80 ug/L\n", title="Ferritin", category="lab", doc_type="lab-result", now=now()
+    )
+    await story.lab.clinic.flush_outbox()
+    assert tomorrow.id in {g.id for g in await patient.patient.grants_that_would_see(doc, now=now())}

@@ -488,7 +488,8 @@ class PatientNode:
     ) -> list[Signed[Grant]]:
         """The live grants that would let their audience read ``doc`` once accepted now (shown before accepting).
 
-        The grants the patient's devices gave are among them, each decided with its device grant.
+        The grants the patient's devices gave are among them, each decided with its device grant.  A
+        grant that starts later is decided as it will be then: it will read the document too.
         """
         facts = await self._facts(doc, extra_labels=labels, added=now)
         if facts is None:
@@ -503,7 +504,7 @@ class PatientNode:
                 patient=self.home.did,
                 requester=given.grant.record.audience,
                 action=Action.READ,
-                now=now,
+                now=max(now, *(link.record.nbf for link in given.chain)),
                 revocations=revocations,
                 document=facts,
                 restrictions=restrictions,
