@@ -36,6 +36,7 @@ from fedrecord.core import (
     sign_record,
 )
 from fedrecord.core.reconcile import Reconciler, SortedItems
+from fedrecord.core.sealed_box import open_sealed
 from fedrecord.node import sync
 from fedrecord.node.client import PeerUnreachable
 from fedrecord.node.sync import item_of, patient_view
@@ -44,6 +45,7 @@ from .node_helpers import (
     Impostor,
     ServedNode,
     Story,
+    answered,
     assert_unchanged,
     body,
     build_story,
@@ -295,7 +297,9 @@ async def _granted_node(
     return node, grant
 
 
-async def _enrolled_phone(story: Story, tmp_path: Path, name: str = "phone") -> tuple[ServedNode, Signed[Grant]]:
+async def _enrolled_phone(
+    story: Story, tmp_path: Path, name: str = "phone"
+) -> tuple[ServedNode, Signed[Grant]]:
     """A device of the patient, served, connected and holding a device grant (US-12); stop it when done."""
     return await _granted_node(
         story,
@@ -383,6 +387,33 @@ async def test_a_device_syncs_the_whole_record_and_what_it_issued_lapses_with_it
         await phone.stop()
 
 
+async def test_private_restrictions_travel_to_a_device_sealed(story: Story, tmp_path: Path) -> None:
+    """[CAP-15]: between the patient's nodes a private restriction travels encrypted, never readable on the path."""
+    patient = story.patient
+    phone, device_grant = await _enrolled_phone(story, tmp_path)
+    try:
+        (restriction,) = await patient.h.store.records(PrivateRestriction, signer=patient.did)
+        answer = await send_signed(
+            story.session,
+            phone.identity,
+            "POST",
+            f"{patient.url}/v0/records",
+            body(chain=[device_grant.encoded], ids=[restriction.id]),
+        )
+        fields = answered(answer)
+        assert restriction.encoded not in answer.body and b"PSY" not in answer.body
+        assert fields["records"] == []
+        (box,) = fields["sealed"]
+        assert open_sealed(box, phone.h.encryption) == restriction.encoded
+        # The device's sync opens it and keeps it as the patient signed it.
+        await phone.clinic.sync(patient.did, now=now())
+        assert [r.id for r in await phone.h.store.records(PrivateRestriction, signer=patient.did)] == [
+            restriction.id
+        ]
+    finally:
+        await phone.stop()
+
+
 async def test_a_device_syncs_the_grants_another_device_issued_and_nothing_else_signed_by_others(
     story: Story, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,7 +461,8 @@ async def test_a_device_syncs_the_grants_another_device_issued_and_nothing_else_
         t = now()
         forged = sign_record(dataclasses.replace(child.record, nonce=bytes(16), iat=t), lab.identity)
         stray = sign_record(
-            dataclasses.replace(child.record, parent=story.gp_grant.id, nonce=bytes(16), iat=t), phone.identity
+            dataclasses.replace(child.record, parent=story.gp_grant.id, nonce=bytes(16), iat=t),
+            phone.identity,
         )
         for record in (forged, stray):
             await tablet.clinic.sync(patient.did, now=now())  # the refused record is the only one it lacks
@@ -442,7 +474,9 @@ async def test_a_device_syncs_the_grants_another_device_issued_and_nothing_else_
                     await tablet.clinic.sync(patient.did, now=now())
                 assert caught.value.code.value == "bad-signature"
                 after = await snapshot(tablet)
-                changed = sorted(t for t in before.digest if t != "nonces" and before.digest[t] != after.digest[t])
+                changed = sorted(
+                    t for t in before.digest if t != "nonces" and before.digest[t] != after.digest[t]
+                )
                 assert changed == [], changed
             finally:
                 async with patient.h.store.transaction():
@@ -479,7 +513,9 @@ async def test_a_device_pushes_what_it_issued_in_pushes_of_at_most_512_records(
             )
             for i in range(513)
         ]
-        revocations = [sign_record(Revocation(grant=g.id, iat=t), phone.identity) for g in (issued[0], issued[-1])]
+        revocations = [
+            sign_record(Revocation(grant=g.id, iat=t), phone.identity) for g in (issued[0], issued[-1])
+        ]
         async with phone.h.store.transaction():  # as 513 calls of ClinicNode.delegate would keep them
             for grant in issued:
                 await phone.h.store.put_record(grant, now=t, subject=story.gp.did.encode())
@@ -524,11 +560,19 @@ async def test_the_patient_sees_and_revokes_the_grants_its_device_gave(story: St
         rows = {row["grant"]: row for row in await cli_json(patient, "grants")}
         row = rows[child.id.hex()]
         assert (row["by"], row["by_name"], row["to"], row["state"]) == (
-            phone.did, "Camille's phone", lab.did, "active"
+            phone.did,
+            "Camille's phone",
+            lab.did,
+            "active",
         )
         assert rows[story.gp_grant.id.hex()]["by"] is None
         doc = await lab.clinic.deposit(
-            patient.did, b"Ferritin 80 ug/L\n", title="Ferritin", category="lab", doc_type="lab-result", now=now()
+            patient.did,
+            b"Ferritin 80 ug/L\n",
+            title="Ferritin",
+            category="lab",
+            doc_type="lab-result",
+            now=now(),
         )
         await lab.clinic.flush_outbox()
         (waiting,) = [item for item in await cli_json(patient, "inbox") if item["doc"] == doc.hex()]
@@ -604,7 +648,11 @@ async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes
     message = reconciler.initiate()
     while message is not None:
         answer = await send_signed(
-            story.session, requester.identity, "POST", f"{story.patient.url}/v0/sync", body(chain=chain, message=message)
+            story.session,
+            requester.identity,
+            "POST",
+            f"{story.patient.url}/v0/sync",
+            body(chain=chain, message=message),
         )
         assert answer.status == 200, answer.body
         message = reconciler.receive(answer.decoded["message"])
@@ -619,7 +667,9 @@ async def _view_over_http(story: Story, requester: ServedNode, chain: list[bytes
     return [open_any_record(encoded) for encoded in answer.decoded["records"]]
 
 
-async def test_manage_outside_a_device_grant_gives_only_the_chains_scope(story: Story, tmp_path: Path) -> None:
+async def test_manage_outside_a_device_grant_gives_only_the_chains_scope(
+    story: Story, tmp_path: Path
+) -> None:
     """A narrow child that kept manage, or a patient's narrow grant with manage: no whole record, no push."""
     patient, lab = story.patient, story.lab
     phone, device_grant = await _enrolled_phone(story, tmp_path)
@@ -646,7 +696,10 @@ async def test_manage_outside_a_device_grant_gives_only_the_chains_scope(story: 
         for chain in ([device_grant.encoded, child.encoded], [patients_own.encoded]):
             records = await _view_over_http(story, lab, chain)
             entries = {r.record.doc for r in records if isinstance(r.record, AcceptedEntry)}
-            lab_results = {story.docs["cbc"], story.docs["lithium"]}  # category lab; no restriction names the lab
+            lab_results = {
+                story.docs["cbc"],
+                story.docs["lithium"],
+            }  # category lab; no restriction names the lab
             assert entries == lab_results, "the chain's scope, not the whole record"
             assert not [r for r in records if isinstance(r.record, PrivateRestriction)]
             assert story.gp_grant.id not in {r.id for r in records}, "nobody else's grants"
@@ -671,12 +724,20 @@ async def test_fedrecord_sync_command(story: Story) -> None:
     assert await story.gp.clinic.read_held(story.docs["cbc"], now=now())
 
 
-async def test_the_sync_that_brings_a_first_grant_also_syncs_what_it_opens(story: Story, tmp_path: Path) -> None:
+async def test_the_sync_that_brings_a_first_grant_also_syncs_what_it_opens(
+    story: Story, tmp_path: Path
+) -> None:
     """A clinic granted access since it last synced gets the documents in that same sync, not the next."""
     patient = story.patient
     lab_results = Scope(categories=("lab",), past=True, future=True)
     clinic, _grant = await _granted_node(
-        story, tmp_path / "radiology", "Radiologie", scope=lab_results, actions=("read",), purpose="treatment", days=30
+        story,
+        tmp_path / "radiology",
+        "Radiologie",
+        scope=lab_results,
+        actions=("read",),
+        purpose="treatment",
+        days=30,
     )
     try:
         report = await clinic.clinic.sync(patient.did, now=now())
@@ -701,7 +762,9 @@ async def test_a_clinic_whose_grant_lists_manage_syncs_without_pushing(story: St
     )
     try:
         await clinic.clinic.poll(patient.did, now=now())
-        await clinic.clinic.delegate(patient.did, to=story.gp.did, to_endpoint=story.gp.url, days=10, now=now())
+        await clinic.clinic.delegate(
+            patient.did, to=story.gp.did, to_endpoint=story.gp.url, days=10, now=now()
+        )
         report = await clinic.clinic.sync(patient.did, now=now())
         assert report.records_pushed == 0 and report.documents_fetched == 2 and not report.documents_failed
     finally:

@@ -329,9 +329,11 @@ async def records(request: web.Request) -> web.Response:
     ids = body["ids"]
     if type(ids) is not list:
         raise RemoteProtocolError(Code.MALFORMED, "ids is an array of record ids")
-    found = await records_by_id(
+    found, sealed = await records_by_id(
         request.app[PATIENT], signer, _chain(body, optional=True), ids, now=int(time.time())
     )
+    if sealed:
+        return answer(request, records=found, sealed=sealed)
     return answer(request, records=found)
 
 

@@ -39,6 +39,7 @@ interrupted at any point is finished by the next one.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -59,8 +60,10 @@ from fedrecord.core import (
     Tombstone,
     open_any_record,
 )
-from fedrecord.core.errors import AuthenticationError
+from fedrecord.core.errors import AuthenticationError, FedrecordError
+from fedrecord.core.identity import EncryptionKeyPair
 from fedrecord.core.reconcile import Item, Reconciler, SortedItems, respond
+from fedrecord.core.sealed_box import open_sealed, seal
 
 from .records_table import open_stored
 from .wire import BATCH_MAX_BYTES
@@ -113,6 +116,7 @@ class View:
     items: SortedItems
     records: dict[bytes, bytes]
     version: int
+    private: frozenset[bytes] = frozenset()  # ids of the private restrictions: sent sealed ([CAP-15])
 
 
 @dataclass
@@ -219,7 +223,8 @@ async def patient_view(
             if doc in reachable:
                 items.append((0, record_id))
                 encoded[record_id] = entry
-    view = View(SortedItems(items), encoded, version)
+    private = frozenset(i for i, s in records.items() if isinstance(s.record, PrivateRestriction))
+    view = View(SortedItems(items), encoded, version, private)
     if len(cache.views) >= cache.limit:
         cache.views.clear()
     cache.views[key] = view
@@ -240,8 +245,14 @@ async def answer_round(
 
 async def records_by_id(
     node: PatientNode, requester: str, chain: Sequence[bytes], ids: Sequence[bytes], *, now: int
-) -> list[bytes]:
+) -> tuple[list[bytes], list[bytes]]:
     """The records of ``ids`` that are in the requester's view; ids outside it are left out silently.
+
+    Returns:
+        The records sent as they are, and those sealed to the requester's current
+        encryption key: a device's private restrictions travel encrypted ([CAP-15],
+        [API-44]); without a known key for the device they are left out until it
+        shows its profile.
 
     Raises:
         RemoteProtocolError: the chain's refusal; ``malformed`` for more than
@@ -250,7 +261,16 @@ async def records_by_id(
     if len(ids) > MAX_IDS or not all(type(i) is bytes and len(i) == 32 for i in ids):
         raise RemoteProtocolError(Code.MALFORMED, f"ids is an array of at most {MAX_IDS} record ids")
     view = await patient_view(node, requester, await node.reading_chain(requester, chain, now=now), now=now)
-    return [view.records[i] for i in ids if i in view.records]
+    found = [i for i in ids if i in view.records]
+    private = {i for i in found if i in view.private}
+    plain = [view.records[i] for i in found if i not in private]
+    if not private:
+        return plain, []
+    profile = await node.peer_profile(requester)
+    key = profile.record.encryption_key_at(now) if profile is not None else None
+    if key is None:
+        return plain, []
+    return plain, [seal(view.records[i], key.key, os.urandom(32)) for i in found if i in private]
 
 
 # --- the clinic's side -------------------------------------------------------------------------------------
@@ -272,6 +292,28 @@ class SyncReport:
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as records and documents arrive."""
+
+
+def _opened(sealed: Any, keys: Sequence[EncryptionKeyPair]) -> list[bytes]:
+    """The records a records answer sealed to this node (a device's private restrictions, [CAP-15]).
+
+    Raises:
+        RemoteProtocolError: ``malformed`` for ``sealed`` that is not an array of byte
+            strings, or a box that opens with none of this node's keys.
+    """
+    if type(sealed) is not list or not all(type(box) is bytes for box in sealed):
+        raise RemoteProtocolError(Code.MALFORMED, "sealed is an array of sealed records")
+    opened = []
+    for box in sealed:
+        for pair in reversed(keys):  # the newest key first: the one the profile names now
+            try:
+                opened.append(open_sealed(box, pair))
+                break
+            except FedrecordError:
+                continue
+        else:
+            raise RemoteProtocolError(Code.MALFORMED, "a sealed record opens with none of this node's keys")
+    return opened
 
 
 async def sync_with_patient(
@@ -321,7 +363,10 @@ async def _sync_pass(
         answer = await clinic.client.call(
             "POST", f"{endpoint}/v0/records", expected_signer=patient, chain=chain, ids=batch
         )
-        records, later = _verified_batch(answer.get("records"), set(batch), expected, last=last)
+        plain = answer.get("records")
+        if "sealed" in answer and type(plain) is list:
+            plain = [*plain, *_opened(answer["sealed"], clinic.home.encryption_keys)]
+        records, later = _verified_batch(plain, set(batch), expected, last=last)
         report.records_fetched += len(records)
         report.records_stored += await clinic.keep_synced(patient, records, now=now)
         synced.extend(records)

@@ -50,6 +50,7 @@ from fedrecord.core.reconcile import (
     decode_message,
     fingerprint,
 )
+from fedrecord.core.sealed_box import open_sealed
 from fedrecord.vectors import sync_cases
 
 from ..actors import Actor, now
@@ -86,6 +87,8 @@ async def _sync(s: Session, actor: Actor, chain: Sequence[Signed[Grant]] | None,
 
 async def _round(s: Session, actor: Actor, chain: Sequence[Signed[Grant]] | None, message: bytes) -> bytes:
     """One reconciliation round: the target's answer message, checked as a signed sync-answer."""
+    if actor.profile.record.role == "device":
+        await s.make_known(actor)  # before its view is read: connecting adds a grant to it
     answer = await _sync(s, actor, chain, message)
     expect_status(answer, 200, what="sync")
     if not answer.signed_by(s.patient.did):
@@ -125,6 +128,9 @@ async def _records(
     s: Session, actor: Actor, chain: Sequence[Signed[Grant]] | None, ids: Sequence[bytes]
 ) -> dict[bytes, Signed[Any]]:
     """The records the target answers for ``ids``, verified, each one asked for."""
+    if actor.profile.record.role == "device":
+        # Its private restrictions come sealed to the key of its profile, which the target must hold.
+        await s.make_known(actor)
     found: dict[bytes, Signed[Any]] = {}
     ids = list(ids)
     for start in range(0, len(ids), MAX_IDS):
@@ -134,11 +140,22 @@ async def _records(
         records = answer.data.get("records")
         if type(records) is not list or not all(type(r) is bytes for r in records):
             raise Failed("the records answer is not an array of records")
-        for encoded in records:
+        sealed = answer.data.get("sealed", [])
+        if type(sealed) is not list or not all(type(r) is bytes for r in sealed):
+            raise Failed("the records answer's sealed is not an array of sealed boxes")
+        in_clear = len(records)
+        for box in sealed:
+            try:
+                records.append(open_sealed(box, actor.keys))
+            except FedrecordError:
+                raise Failed("a sealed record of the records answer does not open with the requester's key") from None
+        for position, encoded in enumerate(records):
             try:
                 signed = open_any_record(encoded)
             except FedrecordError as exc:
                 raise Failed(f"a record of the records answer does not open: {exc.code.value}") from None
+            if position < in_clear and isinstance(signed.record, PrivateRestriction):
+                raise Failed("a private restriction crossed the wire readable, not sealed ([CAP-15], [API-44])")
             if signed.id not in batch:
                 raise Failed(
                     f"the records answer holds a {type(signed.record).__name__} that was not asked for"
