@@ -606,3 +606,17 @@ async def route_gp_through_proxy(story: Story) -> FaultProxy:
             story.patient.did, endpoint=proxy.url, profile=story.patient.h.profile.encoded
         )
     return proxy
+
+
+async def enroll_device(patient: ServedNode, device: ServedNode) -> Signed[Grant]:
+    """Connect ``device`` to ``patient`` with an invitation and give it a device grant (US-12, [API-46])."""
+    invitation = await patient.patient.create_invitation(label=device.h.config.name, now=now())
+    await device.clinic.connect(invitation.url(), now=now())
+    return await patient.patient.grant(
+        audience=device.did,
+        scope=Scope(past=True, future=True),
+        actions=("read", "delegate", "manage"),
+        purpose="device",
+        days=365,
+        now=now(),
+    )

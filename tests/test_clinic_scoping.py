@@ -41,7 +41,7 @@ from fedrecord.node.store import SqliteNodeStore
 from fedrecord.node.sync import patient_view, subject_of
 from fedrecord.storage.sqlite import open_database, table_digest, transaction
 
-from .node_helpers import ServedNode, Story, build_story, node_tables, now
+from .node_helpers import ServedNode, Story, build_story, enroll_device, node_tables, now
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -264,16 +264,7 @@ async def test_a_devices_revocation_is_in_the_set_of_the_patient_whose_node_gave
     with the patient still agree in one round."""
     gp, patient, lab = story.gp, story.patient, story.lab
     async with ServedNode.running(tmp_path / "phone", role="clinic", name="Camille's phone") as phone:
-        invitation = await patient.patient.create_invitation(label="phone", now=now())
-        await phone.clinic.connect(invitation.url(), now=now())
-        await patient.patient.grant(
-            audience=phone.did,
-            scope=Scope(past=True, future=True),
-            actions=("read", "delegate", "manage"),
-            purpose="device",
-            days=365,
-            now=now(),
-        )
+        await enroll_device(patient, phone)
         await phone.clinic.poll(patient.did, now=now())
         child = await phone.clinic.delegate(patient.did, to=lab.did, to_endpoint=lab.url, days=30, now=now())
         revocation = sign_record(Revocation(grant=child.id, iat=now()), phone.identity)

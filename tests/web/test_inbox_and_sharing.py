@@ -50,7 +50,7 @@ from fedrecord.web.sentences import (
     long_date,
 )
 
-from ..node_helpers import ServedNode, Story, build_story, stored_stream
+from ..node_helpers import ServedNode, Story, build_story, enroll_device, stored_stream
 from .forms import csrf_of, forms_of
 
 PASSWORD = "correct horse battery staple"
@@ -584,16 +584,7 @@ async def test_what_a_device_gave_is_listed_hidden_from_and_revoked(page: Page, 
     patient, lab = page.story.patient, page.story.lab
     phone = await ServedNode.create(tmp_path / "phone", role="clinic", name="Camille's phone")
     try:
-        invitation = await page.patient.create_invitation(label="phone", now=now())
-        await phone.clinic.connect(invitation.url(), now=now())
-        await page.patient.grant(
-            audience=phone.did,
-            scope=Scope(past=True, future=True),
-            actions=("read", "delegate", "manage"),
-            purpose="device",
-            days=365,
-            now=now(),
-        )
+        await enroll_device(patient, phone)
         await phone.clinic.poll(patient.did, now=now())
         child = await phone.clinic.delegate(
             patient.did, to=lab.did, to_endpoint=lab.url, categories=("lab",), days=30, now=now()

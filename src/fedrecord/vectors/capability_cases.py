@@ -452,20 +452,14 @@ def build() -> VectorFile:
             )
         ],
     )
+    everything_to_specialist = grant(
+        issuer=GP, audience=SPECIALIST, parent=everything, scope=Scope(past=True, future=True), actions=("read",)
+    )
     case(
         "restriction of the parent applies to the delegate",
         "Restriction",
         "restricted",
-        [
-            everything,
-            grant(
-                issuer=GP,
-                audience=SPECIALIST,
-                parent=everything,
-                scope=Scope(past=True, future=True),
-                actions=("read",),
-            ),
-        ],
+        [everything, everything_to_specialist],
         requester=SPECIALIST,
         document=PSY_DOC,
         restrictions=[restrict],
@@ -474,16 +468,7 @@ def build() -> VectorFile:
         "restriction of the parent's audience applies to the delegate",
         "Restriction",
         "restricted",
-        [
-            everything,
-            grant(
-                issuer=GP,
-                audience=SPECIALIST,
-                parent=everything,
-                scope=Scope(past=True, future=True),
-                actions=("read",),
-            ),
-        ],
+        [everything, everything_to_specialist],
         requester=SPECIALIST,
         document=PSY_DOC,
         restrictions=[
