@@ -134,7 +134,9 @@ MIGRATIONS = (
         version=10,
         description="told: the nodes a deletion's tombstone goes to, those that read or deposited the document",
         statements=(
-            "CREATE TABLE told (doc BLOB NOT NULL, node TEXT NOT NULL, PRIMARY KEY (doc, node)) WITHOUT ROWID",
+            # By node first: every state answer reads what its requester is told.
+            "CREATE TABLE told (node TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (node, doc)) WITHOUT ROWID",
+            "CREATE INDEX told_by_doc ON told (doc)",
             # Tombstones of before: told, as they were then, to every clinic and to every reader.
             "INSERT OR IGNORE INTO told (doc, node) SELECT r.subject, p.did FROM records r, peers p"
             " WHERE r.typ = 'fedrecord/tombstone' AND p.role = 'clinic'",
