@@ -45,7 +45,7 @@ after the sync.
   ``records_stored`` counts every record the GP verified and stored: the
   accepted entry of each document, the state heads the patient signed (the
   view holds them all, [API-44]; one at the first state request, then one per
-  revocation or deletion -- none per accept, [API-18]) and its grants -- so
+  revocation -- none per accept or deletion, [API-17], [API-18]) and its grants -- so
   about N for N documents (``accepted_entries_stored`` and
   ``state_heads_stored`` say how many of each).
 * ``initial_sync_ratio_records_only``: the same with ``bodies=False`` by a

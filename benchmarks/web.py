@@ -514,7 +514,7 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
         large = await build_home(root, "large", *large_sizes)
         homes.append(large)
         for home in homes:
-            documents = len(await home.patient_home.store.accepted_ids())
+            documents = len(await home.patient_home.store.accepted_documents())
             if documents != home.documents:
                 raise SystemExit(
                     f"{home.name}: {documents} documents in the record, {home.documents} expected"

@@ -260,7 +260,7 @@ BROKEN: dict[str, tuple[list[str], list[str]]] = {
         ["capabilities.whole-record-read"],
     ),
     "key_wrap_binding": (["documents.fetch-key-wrap"], ["capabilities.whole-record-read"]),
-    "deletion": (["documents.delete", "capabilities.head-on-delete"], ["documents.attestation"]),
+    "deletion": (["documents.delete", "capabilities.no-head-on-delete"], ["documents.attestation"]),
     "size_cap": (["encoding.body-cap"], ["capabilities.whole-record-read"]),
 }
 

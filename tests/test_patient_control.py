@@ -275,12 +275,13 @@ async def test_delete_withdraws_a_document(story: Story) -> None:
     assert tombstone.signer == story.patient.did and tombstone.record.doc == doc
     assert await story.patient.h.store.document_state(doc) is None
     assert not story.patient.h.files.path_of(doc).exists()
-    assert (await newest_head(story)).record.seq == before.record.seq + 1
-    # The tombstone goes to the lab, which deposited the document; the GP never saw it ([API-16]).
+    assert (await newest_head(story)).id == before.id, "a deletion signs no head ([API-17])"
+    # The tombstone goes to the lab, which deposited the document, and to the GP, whose grant of lab results
+    # reaches it ([API-16]); a node whose grant does not reach it is not told.
     as_lab = await send_signed(story.session, story.lab.identity, "POST", story.patient.url + "/v0/state", body())
     assert tombstone.encoded in answered(as_lab)["tombstones"]
-    assert tombstone.encoded not in answered(await as_gp(story, "/v0/state"))["tombstones"]
-    assert await story.patient.patient.expected_attestations(doc) == [story.lab.did]
+    assert tombstone.encoded in answered(await as_gp(story, "/v0/state"))["tombstones"]
+    assert set(await story.patient.patient.expected_attestations(doc)) == {story.lab.did, story.gp.did}
     await refused_unchanged(story, "delete", 404, "not-found", doc=doc)
 
 

@@ -769,3 +769,21 @@ async def test_a_clinic_whose_grant_lists_manage_syncs_without_pushing(story: St
         assert report.records_pushed == 0 and report.documents_fetched == 2 and not report.documents_failed
     finally:
         await clinic.stop()
+
+
+async def test_a_grantee_that_synced_an_entry_is_told_of_its_deletion(story: Story) -> None:
+    """A grantee holding a document's entry without its body (a records-only sync) learns of its deletion:
+    the tombstone goes to the nodes whose grants reach it ([API-16]), and its syncs stop asking for the body."""
+    gp, patient = story.gp.clinic, story.patient.did
+    doc = await story.lab.clinic.deposit(
+        patient, b"Sodium 140 mmol/L\n", title="Sodium", category="lab", doc_type="lab-result", now=now()
+    )
+    await story.lab.clinic.flush_outbox()
+    await story.patient.patient.accept(doc, now=now())
+    await gp.sync(patient, now=now(), bodies=False)
+    assert doc in await gp.missing_bodies(patient)
+    await story.patient.patient.delete(doc, now=now())
+    assert story.gp.did in await story.patient.patient.expected_attestations(doc)
+    await gp.poll(patient, now=now())
+    report = await gp.sync(patient, now=now())
+    assert not report.documents_failed and doc not in await gp.missing_bodies(patient)

@@ -1,7 +1,7 @@
 """The reference node, except that deleting a document leaves it in place, listed and fetchable.
 
-The tombstone is still signed and stored and a new state head signed; the
-document's row, key and ciphertext are kept.
+The tombstone is still signed, stored and told to those who read the document;
+the document's row, key and ciphertext are kept.
 """
 
 from _broken import edit, serve

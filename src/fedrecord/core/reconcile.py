@@ -421,10 +421,11 @@ class Reconciler:
         self.rounds = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        # The ranges listed in the message last sent, by (lower, upper) bound: the ids a DIFF's bitmap
+        # The ranges listed in the message last sent, by (lower, upper) bound as compared ([SYNC-2]: a
+        # prefix padded with zero bytes is the same bound): the ids a DIFF's bitmap
         # refers to.  Only a diff for one of these is an answer; the next message starts a new table.
-        self._listed: dict[tuple[Bound, Bound], list[bytes]] = {}
-        self._answered: dict[tuple[Bound, Bound], list[bytes]] = {}
+        self._listed: dict[tuple[Item, Item], list[bytes]] = {}
+        self._answered: dict[tuple[Item, Item], list[bytes]] = {}
 
     def initiate(self) -> bytes:
         """The first message: the whole space as one fingerprint, or listed when it is small."""
@@ -485,7 +486,7 @@ class Reconciler:
             return (hi - lo) * ID_SIZE + len(r.payload) // 8 + _ID_RANGE_COST
         if r.mode is Mode.DIFF and self.initiator:
             # A diff whose check fails is answered with the whole ids of the range listed.
-            return len(self._answered.get((lower, r.upper), ())) * ID_SIZE + _ID_RANGE_COST
+            return len(self._answered.get((lower.key, r.upper.key), ())) * ID_SIZE + _ID_RANGE_COST
         return _ID_RANGE_COST
 
     def _too_many_to_list(self, count: int) -> bool:
@@ -519,7 +520,7 @@ class Reconciler:
             else:
                 # Two ids shared a prefix: the diff is wrong.  List the range again with whole ids.
                 ids = [item_id for _, item_id in self.items.items(lo, hi)]
-                self._listed[lower, r.upper] = ids
+                self._listed[lower.key, r.upper.key] = ids
                 writer.add(Range(r.upper, Mode.ID_LIST, b"".join(ids)))
 
     def _describe(
@@ -540,7 +541,7 @@ class Reconciler:
         if count < max(2, self.params.id_list_threshold):
             ids = [item_id for _, item_id in self.items.items(lo, hi)]
             if self.initiator:
-                self._listed[lower, upper] = ids
+                self._listed[lower.key, upper.key] = ids
                 writer.add(
                     Range(upper, Mode.ID_PREFIXES, b"".join(i[: writer.message.prefix_len] for i in ids))
                 )
@@ -594,7 +595,7 @@ class Reconciler:
 
     def _apply_diff(self, r: Range, lower: Bound, fp_len: int) -> bool:
         """Initiator: take a diff in; false (nothing taken) when it does not add up to the responder's range."""
-        listed = self._answered.pop((lower, r.upper), None)
+        listed = self._answered.pop((lower.key, r.upper.key), None)
         if listed is None:
             raise RemoteProtocolError(
                 Code.OUT_OF_ORDER, "a diff for a range this side did not list in its last message"

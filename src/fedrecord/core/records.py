@@ -375,10 +375,15 @@ class StateHead(Record):
     revocations: bytes = wire("revs", _ID)
     revocation_count: int = wire("nrevs", UInt())
     prev: bytes | None = wire("prev", _ID, optional=True)
+    # Written by nodes of before [API-18]: read, so that the heads they signed still open, and ignored.
+    legacy_records: bytes | None = wire("recs", _ID, optional=True)
+    legacy_record_count: int | None = wire("nrecs", UInt(), optional=True)
 
     def check_record(self) -> None:
         if (self.seq == 0) != (self.prev is None):
             raise _invalid(self, "every head but the first names its predecessor")
+        if (self.legacy_records is None) != (self.legacy_record_count is None):
+            raise _invalid(self, "recs and nrecs come together")
 
 
 # --- deletion, inbox decisions, audit -------------------------------------------------

@@ -383,13 +383,12 @@ class PatientNode:
         """The rest of :meth:`receive_deposit`, for one deposit of its document at a time."""
         record = signed.record
         known = await self.store.document_deposit(record.doc)
-        if known is not None:
-            if known[0] == signed.id:
-                return "known"
+        if known is not None and known[0] == signed.id:
+            return "known"
+        # Held, or rejected or deleted (the same document does not come back): one answer for all, or a
+        # node that listed a document would tell one hidden from it from one deleted ([CAP-12]).
+        if known is not None or await self.store.decided(record.doc):
             raise RemoteProtocolError(Code.REPLAY, "this document was already deposited")
-        if await self.store.decided(record.doc):
-            # Rejected or deleted: the patient decided; the same document does not come back.
-            raise RemoteProtocolError(Code.REPLAY, "this document was already rejected or deleted")
         if record.size > MAX_DOCUMENT:
             raise RemoteProtocolError(Code.TOO_LARGE, f"documents are capped at {MAX_DOCUMENT} bytes")
         keys = self.home.keys_for(record.recipient_key)
@@ -492,8 +491,10 @@ class PatientNode:
         grant that starts later is decided as it will be then: it will read the document too.
         """
         facts = await self._facts(doc, extra_labels=labels, added=now)
-        if facts is None:
-            return []
+        return [] if facts is None else await self._grants_reaching(facts, now=now)
+
+    async def _grants_reaching(self, facts: DocumentFacts, *, now: int) -> list[Signed[Grant]]:
+        """The live grants, the patient's and those its devices gave, that read the document of ``facts``."""
         revocations = await self._revocations()
         restrictions = await self._restrictions()
         return [
@@ -772,7 +773,12 @@ class PatientNode:
         """What a peer polls: the newest head, revocations, the tombstones it needs, the grants addressed to it."""
         head = await self.state_head(now=now)
         grants = await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
-        device = any(is_device_grant(g.record) for g in grants)
+        # A live device grant: a lost device, once revoked, is told only what any other node is.
+        revoked = await self._revocations()
+        device = any(
+            is_device_grant(g.record) and g.record.nbf <= now < g.record.exp and revoked.revoked_link([g]) is None
+            for g in grants
+        )
         return {
             "head": head.encoded,
             "revocations": [r.encoded for r in await self.store.records(Revocation)],
@@ -781,7 +787,7 @@ class PatientNode:
         }
 
     async def tombstones_for(self, requester: str, *, device: bool, verify: bool = True) -> list[Signed[Tombstone]]:
-        """The tombstones a requester is told of ([API-16]): those of documents it read or deposited.
+        """The tombstones a requester is told of ([API-16]): those of documents it read, deposited or could list.
 
         A tombstone of any other document would tell it of a document it never
         saw -- with a whole-record grant, one the patient kept from it ([CAP-15]).
@@ -1295,18 +1301,24 @@ class PatientNode:
     # --- deletion -----------------------------------------------------------------------
 
     async def delete(self, doc: bytes, *, now: int) -> Signed[Tombstone]:
-        """Withdraw a document: tombstone, key and ciphertext destroyed here, new state head (US-7)."""
+        """Withdraw a document: tombstone, key and ciphertext destroyed here (US-7).
+
+        No new state head: every node the patient knows receives the head, and one signed here would
+        tell them all that a document was deleted -- one kept from them too ([API-17]).
+        """
         if await self.store.document_state(doc) is None:
             raise _not_found()
         tombstone = sign_record(Tombstone(doc=doc, iat=now), self.home.identity)
         async with self.store.transaction():
-            # Those who may hold a copy, to whom the tombstone goes ([API-16]): its author, its readers.
+            # To whom the tombstone goes ([API-16]): those who may hold a copy, its author and its readers,
+            # and those whose grants reach it, who may hold its entry (told nothing they could not list).
             author = await self.store.document_author(doc)
             readers = await self.store.audit_readers_of(doc)
-            await self.store.tell_of_deletion(doc, [*readers, *([author] if author else [])])
+            facts = None if await self.store.is_hidden(doc) else await self._facts(doc)  # hidden: reaches none
+            reaching = [g.record.audience for g in await self._grants_reaching(facts, now=now)] if facts else []
+            await self.store.tell_of_deletion(doc, [*readers, *reaching, *([author] if author else [])])
             await self.store.put_record(tombstone, now=now, subject=doc)
             await self._forget_document(doc)
-            await self._sign_head(now)
         self._state_changed()
         await self.home.destroyed(doc)
         return tombstone

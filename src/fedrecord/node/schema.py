@@ -132,11 +132,15 @@ MIGRATIONS = (
     ),
     Migration(
         version=10,
-        description="told: the nodes a deletion's tombstone goes to, those that read or deposited the document",
+        description="told: the nodes a deletion's tombstone goes to, those that read, deposited or could list the document",
         statements=(
-            # By node first: every state answer reads what its requester is told.
-            "CREATE TABLE told (node TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (node, doc)) WITHOUT ROWID",
-            "CREATE INDEX told_by_doc ON told (doc)",
+            # By node first: every state answer reads what its requester is told.  IF NOT EXISTS: for a
+            # while this was migration 9, and a database made then has told and lacks record_sets.
+            "CREATE TABLE IF NOT EXISTS told (node TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (node, doc))"
+            " WITHOUT ROWID",
+            "CREATE INDEX IF NOT EXISTS told_by_doc ON told (doc)",
+            "CREATE TABLE IF NOT EXISTS record_sets (patient TEXT NOT NULL, id BLOB NOT NULL,"
+            " PRIMARY KEY (patient, id)) WITHOUT ROWID",
             # Tombstones of before: told, as they were then, to every clinic and to every reader.
             "INSERT OR IGNORE INTO told (doc, node) SELECT r.subject, p.did FROM records r, peers p"
             " WHERE r.typ = 'fedrecord/tombstone' AND p.role = 'clinic'",

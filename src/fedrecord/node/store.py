@@ -714,18 +714,20 @@ class SqliteNodeStore:
         given_by: str | None = None,
         verify: bool = True,
     ) -> list[Signed[R]]:
-        query = "SELECT encoded FROM records WHERE typ = ?"
-        params: list[object] = [cls.TYPE.value]
+        if given_by is not None:
+            # Driven from record_sets, one patient's few: not a walk over every record of the type.
+            query = "SELECT r.encoded FROM record_sets s JOIN records r ON r.id = s.id WHERE s.patient = ? AND r.typ = ?"
+            params: list[object] = [given_by, cls.TYPE.value]
+        else:
+            query = "SELECT r.encoded FROM records r WHERE r.typ = ?"
+            params = [cls.TYPE.value]
         if signer is not None:
-            query += " AND signer = ?"
+            query += " AND r.signer = ?"
             params.append(signer)
         if subject is not None:
-            query += " AND subject = ?"
+            query += " AND r.subject = ?"
             params.append(subject)
-        if given_by is not None:
-            query += " AND id IN (SELECT id FROM record_sets WHERE patient = ?)"
-            params.append(given_by)
-        rows = await self.db.execute_fetchall(query + " ORDER BY received, id", params)
+        rows = await self.db.execute_fetchall(query + " ORDER BY r.received, r.id", params)
         opened = [open_stored(row[0], cls, verify=verify) for row in rows]
         # The columns are indexes, not the signature: a row whose record another key signed, or a
         # grant's row whose subject is not the grant's audience, is not what the query asked for.

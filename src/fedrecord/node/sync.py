@@ -197,7 +197,7 @@ async def patient_view(
         # Passed on, not acted on: the requester verifies each record it takes ([API-45]).
         for head in await node.store.records(StateHead, signer=patient, verify=False):
             records[head.id] = head
-        # The tombstones its state answer holds: of documents it read or deposited ([API-16]).
+        # The tombstones its state answer holds: of documents it read, deposited or could list ([API-16]).
         for tombstone in await node.tombstones_for(requester, device=False, verify=False):
             records[tombstone.id] = tombstone
         # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated.
@@ -207,11 +207,11 @@ async def patient_view(
             records[grant.id] = grant
     if device:
         # Hidden documents are the device's too; those a restriction naming the device keeps from it are
-        # not, and their entries stay out of its view as they would out of anyone's ([API-46]).
+        # not: their entries and deposit decisions stay out of its view, which would name them ([API-46]).
         shown = await node.documents_for(requester, [g.encoded for g in grants], now=now)
         kept_from = {item["doc"] for item in await node.documents()} - {item["doc"] for item in shown}
         for record_id, signed in list(records.items()):
-            if isinstance(signed.record, AcceptedEntry) and signed.record.doc in kept_from:
+            if isinstance(signed.record, (AcceptedEntry, DepositDecision)) and signed.record.doc in kept_from:
                 del records[record_id]
     items = [item_of(s) for s in records.values()]
     encoded = {i: s.encoded for i, s in records.items()}

@@ -158,6 +158,19 @@ def sample_records() -> list[tuple[str, Record, SigningIdentity]]:
             ),
             PATIENT,
         ),
+        (
+            "state head signed before [API-18], with the legacy recs and nrecs",
+            StateHead(
+                seq=7,
+                iat=NOW,
+                revocations=fixed_seed("revocation-digest"),
+                revocation_count=1,
+                prev=fixed_seed("previous-head"),
+                legacy_records=fixed_seed("record-digest"),
+                legacy_record_count=12,
+            ),
+            PATIENT,
+        ),
         ("tombstone", Tombstone(doc=DOC_ID, iat=NOW), PATIENT),
         ("audit checkpoint", AuditCheckpoint(seq=42, entry_hash=fixed_seed("audit-entry"), iat=NOW), PATIENT),
         (

@@ -254,6 +254,7 @@ def build() -> VectorFile:
     assert mine[1][0] >= after_first  # the first half holds the first item alone
     split = [[after_first, b"", 1, bytes(12)], [None, b"", 1, bytes(12)]]
     first_half = fingerprint(int.from_bytes(ids[0], "little"), 1, 12)
+    rest = fingerprint(sum(int.from_bytes(i, "little") for i in ids[1:]), len(ids) - 1, 12)
     for comment, flags, error, replies in (
         ("a diff that completes", ["Valid"], None, [message([[None, b"", 4, b"", b"\x00", every]])]),
         (
@@ -271,6 +272,21 @@ def build() -> VectorFile:
                 message(split),  # both halves differ again: each half listed
                 message([[after_first, b"", 0], [None, b"", 1, bytes(12)]]),  # first left, second listed
                 message([[after_first, b"", 4, b"", b"\x00", first_half], [None, b"", 0]]),
+            ],
+        ),
+        (
+            "a diff whose bounds equal the listed ones once padded with zero bytes",
+            ["Valid"],
+            None,
+            [
+                message([[None, b"", 1, bytes(12)]]),  # differs: the 5 are listed
+                message(split),  # both halves differ again: each half listed
+                message(
+                    [
+                        [after_first, b"\x00\x00", 4, b"", b"\x00", first_half],
+                        [None, b"", 4, b"", b"\x00", rest],
+                    ]
+                ),
             ],
         ),
         (
