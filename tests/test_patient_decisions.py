@@ -316,3 +316,41 @@ async def test_the_inbox_names_a_grant_that_starts_tomorrow(story: Story) -> Non
     )
     await story.lab.clinic.flush_outbox()
     assert tomorrow.id in {g.id for g in await patient.patient.grants_that_would_see(doc, now=now())}
+
+
+async def test_a_head_signed_before_api_18_still_opens(story: Story) -> None:
+    """A node that signed heads with recs and nrecs, upgraded: its newest head opens, and the next one follows it."""
+    patient = story.patient.patient
+    newest = await newest_head(story)
+    legacy = sign_record(
+        StateHead(
+            seq=newest.record.seq + 1,
+            iat=now(),
+            revocations=newest.record.revocations,
+            revocation_count=newest.record.revocation_count,
+            prev=newest.id,
+            legacy_records=os.urandom(32),
+            legacy_record_count=3,
+        ),
+        story.patient.identity,
+    )
+    async with story.patient.h.store.transaction():
+        await story.patient.h.store.put_record(legacy, now=now())
+    assert answered(
+        await send_signed(story.session, story.gp.identity, "POST", f"{story.patient.url}/v0/state", body())
+    )
+    throwaway = await patient.grant(
+        audience=SigningIdentity.from_seed(os.urandom(32)).did,
+        scope=Scope(categories=("lab",), past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now(),
+    )
+    await patient.revoke(throwaway.id, now=now())
+    after = await newest_head(story)
+    assert (after.record.seq, after.record.prev, after.record.legacy_records) == (
+        legacy.record.seq + 1,
+        legacy.id,
+        None,
+    )
