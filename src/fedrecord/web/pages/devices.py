@@ -292,7 +292,9 @@ async def revoke(request: web.Request) -> web.Response:
     if device.state == "revoked":
         return await devices_page(request, error=("devices.error.cut", {}), status=409)
     try:
-        await patient.revoke(grant_id, now=int(time.time()), reason="device cut off by the patient")
+        # No reason: a revocation goes to every node the patient knows, and "device cut off" would tell
+        # them all that the patient lost a device.
+        await patient.revoke(grant_id, now=int(time.time()))
     except FedrecordError as exc:
         return await devices_page(
             request, error=("devices.error.node", {"code": exc.code.value}), status=refused_status(exc)
