@@ -299,7 +299,7 @@ def _opened(sealed: Any, keys: Sequence[EncryptionKeyPair]) -> list[bytes]:
 
     Raises:
         RemoteProtocolError: ``malformed`` for ``sealed`` that is not an array of byte
-            strings, or a box that opens with none of this node's keys.
+            strings; ``decrypt-failed`` for a box that opens with none of this node's keys ([SEAL-3]).
     """
     if type(sealed) is not list or not all(type(box) is bytes for box in sealed):
         raise RemoteProtocolError(Code.MALFORMED, "sealed is an array of sealed records")
@@ -312,7 +312,7 @@ def _opened(sealed: Any, keys: Sequence[EncryptionKeyPair]) -> list[bytes]:
             except FedrecordError:
                 continue
         else:
-            raise RemoteProtocolError(Code.MALFORMED, "a sealed record opens with none of this node's keys")
+            raise RemoteProtocolError(Code.DECRYPT_FAILED, "a sealed record opens with none of this node's keys")
     return opened
 
 
@@ -350,7 +350,14 @@ async def _sync_pass(
         # Our chain died (a revocation we have not learnt of yet): sync the control records without
         # it, which is how we learn of the revocation and destroy what it covered.
         chain = []
-        need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
+        try:
+            need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
+        except RemoteProtocolError as again:
+            if again.code is not Code.NOT_FOUND:
+                raise
+            # Not known to the patient's node (a delegate that never fetched there, [API-16]): it holds
+            # no copy under the dead chain, so there is nothing to learn or destroy.
+            return held
     device = bool(chain) and is_device_chain([open_stored(link, Grant) for link in chain], patient)
     # A device's view holds the grants the patient's other devices issued ([API-46]): each is checked
     # against its parent, a device grant of this patient, held already or brought by this sync.
