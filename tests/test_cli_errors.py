@@ -487,6 +487,14 @@ def test_attestations_take_the_short_id_delete_printed(tmp_path: Path) -> None:
     assert "not-found" in error_line(cli(homes.patient, "attestations", unknown))
 
 
+def test_json_delete_needs_yes(tmp_path: Path) -> None:
+    """A script cannot answer "Continue?": --json delete without --yes deletes nothing."""
+    homes = stopped_story(tmp_path / "story")
+    refused = cli(homes.patient, "--json", "delete", homes.docs["xray"].hex()[:8])
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    assert homes.docs["xray"].hex()[:8] in cli(homes.patient, "ls").stdout
+
+
 # --- 8. messages --------------------------------------------------------------------------------------
 
 

@@ -97,3 +97,14 @@ def test_init_home_takes_only_32_byte_seeds(tmp_path: Path) -> None:
             signing_seed=bytes(31),
         )
     assert not (tmp_path / "node").exists()
+
+
+def test_the_home_is_the_owners_alone(tmp_path: Path) -> None:
+    """The database holds titles and labels in the clear: the home is not readable by others, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        result = init(tmp_path / "home")
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home").stat().st_mode & 0o077 == 0

@@ -354,3 +354,22 @@ async def test_a_head_signed_before_api_18_still_opens(story: Story) -> None:
         legacy.id,
         None,
     )
+
+
+async def test_hiding_psy_in_lower_case_hides_what_the_lab_labelled_psy(story: Story) -> None:
+    """Labels match exactly ([REC-7]); the patient who writes ``psy`` means the lab's ``PSY``: it is hidden."""
+    reader = SigningIdentity.from_seed(os.urandom(32))
+    grant = await story.patient.patient.grant(
+        audience=reader.did,
+        scope=Scope(categories=("lab",), past=True, future=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now(),
+        hide_labels=("psy",),
+    )
+    listing = await send_signed(
+        story.session, reader, "POST", f"{story.patient.url}/v0/list", body(chain=[grant.encoded])
+    )
+    listed = {item["doc"] for item in answered(listing)["documents"]}
+    assert story.docs["cbc"] in listed and story.docs["lithium"] not in listed

@@ -730,7 +730,7 @@ async def grant(
 async def grants(ctx: Context) -> None:
     """Who can see what: every grant you or your devices issued, its scope, expiry, state and private restrictions."""
     from fedrecord.core import PrivateRestriction, Revocation, RevocationSet
-    from fedrecord.node.patient import PatientNode
+    from fedrecord.node.patient import PatientNode, distinct_labels
 
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
@@ -742,13 +742,11 @@ async def grants(ctx: Context) -> None:
             issued, record = given.grant, given.grant.record
             scope = record.scope
             links = {link.id for link in given.chain}
-            hidden = sorted(
-                {
-                    label
-                    for r in restrictions
-                    if links & set(r.record.grants or ())
-                    for label in (r.record.labels or ())
-                }
+            hidden = distinct_labels(
+                label
+                for r in restrictions
+                if links & set(r.record.grants or ())
+                for label in (r.record.labels or ())
             )
             state = (
                 "revoked" if given.revoked(revocations) else "expired" if now >= given.expires else "active"
@@ -809,8 +807,12 @@ async def revoke(ctx: Context, grant_id: str) -> None:
             from fedrecord.core.errors import Code, RemoteProtocolError
 
             raise RemoteProtocolError(Code.NOT_FOUND, f"no single grant starts with {grant_id!r}")
-        revocation = await patient.revoke(matches[0], now=int(time.time()))
-        ctx.emit({"revocation": revocation.id, "grant": matches[0]}, f"revoked {matches[0].hex()[:16]}")
+        now = int(time.time())
+        revocation = await patient.revoke(matches[0], now=now)
+        said = f"revoked {matches[0].hex()[:16]}"
+        if revocation.record.iat < now:
+            said = f"{matches[0].hex()[:16]} was revoked already, on {_date(revocation.record.iat)}"
+        ctx.emit({"revocation": revocation.id, "grant": matches[0]}, said)
 
 
 @main.command()
@@ -848,16 +850,19 @@ async def hide(ctx: Context, doc: str, unhide: bool) -> None:
 
 @main.command()
 @click.argument("doc")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required with --json: deletion cannot be undone).")
 @pass_context
 @fail_cleanly
 async def delete(ctx: Context, doc: str, yes: bool) -> None:
     """Delete a document: every node holding it through you destroys it and attests (US-7)."""
     from fedrecord.node.patient import PatientNode
 
+    if ctx.as_json and not yes:
+        # A script cannot answer the question: it says --yes, or nothing is deleted.
+        raise click.UsageError("--json delete needs --yes: deletion cannot be undone")
     async with opened(ctx, "patient") as home:
         doc_id = await _resolve(home, doc)
-        if not yes and not ctx.as_json:
+        if not yes:
             click.confirm(
                 "Deleting destroys the document here and on every node that holds it through you; "
                 "its author keeps its own legal copy. Continue?",

@@ -133,6 +133,9 @@ def init_home(
     if (home / "node.key").exists():
         raise HomeError(f"{home} already holds a node")
     home.mkdir(parents=True, exist_ok=True)
+    # The database holds titles and labels in the clear (documents are encrypted, their facts are not):
+    # the home is the owner's alone, whatever the umask.
+    home.chmod(0o700)
     seed = os.urandom(32) if signing_seed is None else signing_seed
     secrets = NodeSecrets(signing_seed=seed, encryption_seeds=(os.urandom(32),))
     extra = {} if kdf_limits is None else {"ops": kdf_limits[0], "mem": kdf_limits[1]}

@@ -665,7 +665,7 @@ class PatientNode:
             await self.store.put_record(grant, now=now, subject=audience.encode())
             if hide_labels:
                 restriction = sign_record(
-                    PrivateRestriction(grants=(grant.id,), labels=tuple(hide_labels), iat=now),
+                    PrivateRestriction(grants=(grant.id,), labels=await self._hidden_forms(hide_labels), iat=now),
                     self.home.identity,
                 )
                 await self.store.put_record(restriction, now=now, subject=grant.id)
@@ -685,7 +685,7 @@ class PatientNode:
             PrivateRestriction(
                 grants=(grant,) if grant else None,
                 audiences=(audience,) if audience else None,
-                labels=tuple(labels) or None,
+                labels=await self._hidden_forms(labels) or None,
                 categories=tuple(categories) or None,
                 iat=now,
             ),
@@ -694,6 +694,22 @@ class PatientNode:
         async with self.store.transaction():
             await self.store.put_record(restriction, now=now, subject=grant)
         return restriction
+
+    async def _hidden_forms(self, labels: Sequence[str]) -> tuple[str, ...]:
+        """The labels a restriction hides: those asked for, in upper and lower case, and every label of the
+        record or inbox that reads the same but for case.
+
+        Labels match exactly ([REC-7]), and the patient who writes ``psy`` means the ``PSY`` a lab wrote:
+        hiding too much is the safe side of that mistake, hiding nothing is not.
+        """
+        if not labels:
+            return ()
+        wanted = {label.casefold() for label in labels}
+        known = {label for item in await self.documents() for label in item["labels"]}
+        known |= {label for item in await self.inbox() for label in item.labels}
+        forms = {*labels, *(label.upper() for label in labels), *(label.lower() for label in labels)}
+        forms |= {label for label in known if label.casefold() in wanted}
+        return tuple(sorted(forms))
 
     async def live_grants(self, *, now: int) -> list[Signed[Grant]]:
         revoked = await self._revocations()
@@ -727,11 +743,18 @@ class PatientNode:
         return [given for given in await self.given_grants() if given.live(revocations, now=now)]
 
     async def revoke(self, grant_id: bytes, *, now: int, reason: str | None = None) -> Signed[Revocation]:
-        """Revoke a grant (and so every grant delegated from it) and sign a new state head (US-5)."""
+        """Revoke a grant (and so every grant delegated from it) and sign a new state head (US-5).
+
+        A grant the patient revoked already is answered with that revocation: no second record, no
+        new head.
+        """
         if await self.store.record(Grant, grant_id) is None:
             raise _not_found()
         revocation = sign_record(Revocation(grant=grant_id, iat=now, reason=reason), self.home.identity)
         async with self.store.transaction():
+            earlier = await self.store.records(Revocation, signer=self.home.did, subject=grant_id)
+            if earlier:
+                return earlier[0]
             await self.store.put_record(revocation, now=now, subject=grant_id)
             await self._sign_head(now)
         self._state_changed()
@@ -1465,6 +1488,15 @@ class PatientNode:
         """Who should answer the deletion of ``doc`` with an attestation: those its tombstone goes to,
         the nodes that read the document and its author ([API-16])."""
         return await self.store.told_nodes(doc)
+
+
+def distinct_labels(labels: Iterable[str]) -> list[str]:
+    """Labels as a patient reads them: once each whatever the case (a restriction hides every case of
+    what the patient asked, :meth:`PatientNode._hidden_forms`), the upper-case form first."""
+    shown: dict[str, str] = {}
+    for label in sorted(labels):  # upper case sorts first
+        shown.setdefault(label.casefold(), label)
+    return sorted(shown.values())
 
 
 def _own_subject(signed: Signed[Any]) -> bytes | None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedrecord.core import Action, Grant, PrivateRestriction
+from fedrecord.node.patient import distinct_labels
 
 __all__ = [
     "CATEGORY_PHRASES",
@@ -121,7 +122,7 @@ def hidden_from(
             labels.update(restriction.labels or ())
             categories.update(restriction.categories or ())
             documents.update(restriction.ids or ())
-    return Hidden(tuple(sorted(labels)), tuple(sorted(categories)), len(documents))
+    return Hidden(tuple(distinct_labels(labels)), tuple(sorted(categories)), len(documents))
 
 
 #: The last second of year 9999: times a peer signed beyond it are shown as unknown, never computed.
