@@ -533,3 +533,14 @@ def _no_debugging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A FEDRECORD_DEBUG set in the environment of the test run would show tracebacks."""
     monkeypatch.delenv("FEDRECORD_DEBUG", raising=False)
     yield
+
+
+async def test_a_deposit_refused_for_good_says_so(story: Story, tmp_path: Path) -> None:
+    """A deposit the patient's node refuses for good (its deposit grant revoked) is not "queued": exit 1, why."""
+    await story.patient.patient.revoke(story.deposit_grants[story.lab.did], now=now())
+    report = tmp_path / "tsh.txt"
+    report.write_text("TSH 2.1 mU/L\n")
+    refused = await run(
+        story.lab.path, "deposit", str(report), "--patient", story.patient.did, "--title", "TSH", "--category", "lab"
+    )
+    assert refused.status == 1 and "refused by the patient's node: revoked" in refused.err, refused.err

@@ -1018,6 +1018,10 @@ async def deposit(
                 f"deposit {doc.hex()[:16]} is stored and queued; `fedrecord serve` (or `fedrecord poll`) "
                 "sends it"
             ) from None
+        refusal = None if sent else await clinic.deposit_refusal(doc)
+        if refusal is not None:
+            # Refused for good (a revoked deposit grant, a document the patient rejected): not retried.
+            raise click.ClickException(f"deposit {doc.hex()[:16]} refused by the patient's node: {refusal}")
         state = "delivered to the patient's inbox" if sent else "queued; it will be retried until delivered"
         ctx.emit(
             {"doc": doc, "delivered": bool(sent), "pending": pending}, f"deposit {doc.hex()[:16]} {state}"

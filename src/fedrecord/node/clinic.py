@@ -272,6 +272,13 @@ class ClinicNode:
             await self.store.queue_outbox("deposit", target=patient, payload=deposit.encoded, now=now)
         return doc
 
+    async def deposit_refusal(self, doc: bytes) -> str | None:
+        """Why the patient's node refused the deposit of ``doc`` for good (the outbox stopped), or None."""
+        for payload, reason in await self.store.refused_outbox("deposit"):
+            if open_stored(payload, Deposit).record.doc == doc:
+                return reason
+        return None
+
     async def flush_outbox(
         self, *, now: int | None = None, progress: Progress | None = None
     ) -> tuple[int, int]:

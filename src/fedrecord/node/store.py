@@ -528,6 +528,10 @@ class NodeStore(Protocol):
         """Queue a message for ``target``, due now.  Call inside a transaction."""
         ...
 
+    async def refused_outbox(self, kind: str) -> list[tuple[bytes, str]]:
+        """(payload, reason) of the entries of ``kind`` the peer refused for good."""
+        ...
+
     async def due_outbox(self, now: int) -> list[OutboxItem]:
         """Queued messages due by ``now``, in queue order."""
         ...
@@ -1145,6 +1149,13 @@ class SqliteNodeStore:
             "INSERT INTO outbox (kind, target, payload, next_at) VALUES (?, ?, ?, ?)",
             (kind, target, payload, now),
         )
+
+    async def refused_outbox(self, kind: str) -> list[tuple[bytes, str]]:
+        rows = await self._all(
+            "SELECT payload, last_error FROM outbox WHERE kind = ? AND done = 1 AND last_error IS NOT NULL",
+            (kind,),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     async def due_outbox(self, now: int) -> list[OutboxItem]:
         rows = await self._all(
