@@ -544,3 +544,13 @@ async def test_a_deposit_refused_for_good_says_so(story: Story, tmp_path: Path) 
         story.lab.path, "deposit", str(report), "--patient", story.patient.did, "--title", "TSH", "--category", "lab"
     )
     assert refused.status == 1 and "refused by the patient's node: revoked" in refused.err, refused.err
+
+
+def test_mistakes_a_patient_makes_are_said_plainly(tmp_path: Path) -> None:
+    """A grant to one's own node, attestations of a document never deleted, no passphrase and no terminal."""
+    homes = stopped_story(tmp_path / "story")
+    assert "your own node" in error_line(cli(homes.patient, "grant", "--to", homes.patient_did))
+    kept = homes.docs["cbc"].hex()[:8]
+    assert "is not deleted" in error_line(cli(homes.patient, "attestations", kept))
+    unset = cli(homes.patient, "ls", FEDRECORD_PASSPHRASE="")
+    assert "set FEDRECORD_PASSPHRASE" in error_line(unset)

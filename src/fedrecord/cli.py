@@ -68,6 +68,11 @@ class Context:
         found = passphrase_from_environment(self.passphrase_file)
         if found is not None:
             return found
+        if not sys.stdin.isatty():
+            # Nobody to ask (a service, a script): say what to set rather than read a line from a pipe.
+            raise click.ClickException(
+                "no passphrase: set FEDRECORD_PASSPHRASE or use --passphrase-file (mode 0600)"
+            )
         return click.prompt("Passphrase", hide_input=True).encode()
 
     def emit(self, data: Any, text: str | Callable[[], None]) -> None:
@@ -886,6 +891,8 @@ async def attestations(ctx: Context, doc: str) -> None:
     async with opened(ctx, "patient") as home:
         patient = PatientNode(home)
         doc_id = await _resolve(home, doc, deleted=True)
+        if await patient.tombstone_of(doc_id) is None:
+            raise click.ClickException(f"{doc_id.hex()[:16]} is not deleted: attestations answer a deletion")
         found: list[dict[str, Any]] = [
             {
                 "node": a.signer,

@@ -647,7 +647,14 @@ class PatientNode:
         now: int,
         hide_labels: Sequence[str] = (),
     ) -> Signed[Grant]:
-        """Issue a grant, and the private restriction that hides ``hide_labels`` from it (US-4, US-6)."""
+        """Issue a grant, and the private restriction that hides ``hide_labels`` from it (US-4, US-6).
+
+        Raises:
+            LocalProtocolError: ``malformed`` for a grant to the patient's own node, which reads the
+                record without one (most likely a did pasted in the wrong place).
+        """
+        if audience == self.home.did:
+            raise LocalProtocolError(Code.MALFORMED, "this is your own node's id: it needs no grant")
         grant = sign_record(
             Grant(
                 audience=audience,
