@@ -554,3 +554,12 @@ def test_mistakes_a_patient_makes_are_said_plainly(tmp_path: Path) -> None:
     assert "is not deleted" in error_line(cli(homes.patient, "attestations", kept))
     unset = cli(homes.patient, "ls", FEDRECORD_PASSPHRASE="")
     assert "set FEDRECORD_PASSPHRASE" in error_line(unset)
+
+
+def test_sync_and_poll_exit_1_when_no_patient_node_answers(tmp_path: Path) -> None:
+    """A timer or a script running sync or poll sees that nothing could be done: exit 1, the reason said."""
+    homes = stopped_story(tmp_path / "story")
+    for verb in ("sync", "poll"):
+        result = cli(homes.gp, verb)
+        assert result.exit_code == 1, result.output
+        assert result.stdout.startswith(homes.patient_did[:32]) and "unreachable" in result.stdout

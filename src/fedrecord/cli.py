@@ -9,6 +9,7 @@ error is one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -1362,16 +1363,16 @@ async def poll(ctx: Context, patient: str | None) -> None:
                 # An offline patient node is normal (US-11): report it, send what can be sent.
                 unreachable[connection.patient] = _unreachable(exc, "the patient's node")
         sent, pending = await clinic.flush_outbox(now=now)
-        ctx.emit(
-            {"patients": results, "unreachable": unreachable, "sent": sent, "pending": pending},
-            "\n".join(
-                f"{p[:32]}...: head {r['seq']}, {r['destroyed']} copies destroyed, "
-                f"{r['attested']} deletions attested"
-                for p, r in results.items()
-            )
-            + "".join(f"\n{p[:32]}...: {why}; will retry" for p, why in unreachable.items())
-            + f"\noutbox: {sent} sent, {pending} pending",
-        )
+        lines = [
+            f"{p[:32]}...: head {r['seq']}, {_count(r['destroyed'], 'copy')} destroyed, "
+            f"{_count(r['attested'], 'deletion')} attested"
+            for p, r in results.items()
+        ]
+        lines += [f"{p[:32]}...: {why}; will retry" for p, why in unreachable.items()]
+        lines.append(f"outbox: {sent} sent, {pending} pending")
+        ctx.emit({"patients": results, "unreachable": unreachable, "sent": sent, "pending": pending}, "\n".join(lines))
+        if unreachable and not results:
+            raise SystemExit(1)  # no patient's node answered: a script or a timer must see it
 
 
 @main.command()
@@ -1398,16 +1399,27 @@ async def sync(ctx: Context, patient: str | None, records_only: bool) -> None:
                     unreachable[connection.patient] = _unreachable(exc, "the patient's node")
                     continue
                 reports[connection.patient] = dataclasses.asdict(report)
-        ctx.emit(
-            {"patients": reports, "unreachable": unreachable},
-            "\n".join(
-                f"{p[:32]}...: {r['rounds']} rounds, {r['bytes_sent'] + r['bytes_received']} bytes; "
-                f"{r['records_stored']} records and {r['documents_fetched']} documents fetched"
-                + (f"; {len(r['documents_failed'])} refused" if r["documents_failed"] else "")
-                for p, r in reports.items()
-            )
-            + "".join(f"\n{p[:32]}...: {why}; sync again later" for p, why in unreachable.items()),
-        )
+        lines = [
+            f"{p[:32]}...: {_count(r['rounds'], 'round')}, {r['bytes_sent'] + r['bytes_received']} bytes; "
+            f"{_count(r['records_stored'], 'record')} and {_count(r['documents_fetched'], 'document')} fetched"
+            + (f"; refused: {_refusals(r['documents_failed'])}" if r["documents_failed"] else "")
+            for p, r in reports.items()
+        ]
+        lines += [f"{p[:32]}...: {why}; sync again later" for p, why in unreachable.items()]
+        ctx.emit({"patients": reports, "unreachable": unreachable}, "\n".join(lines) or "no patient to sync with")
+        if unreachable and not reports:
+            # Nothing could be synced: a script or a timer must see it.
+            raise SystemExit(1)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+
+def _refusals(failed: list[str]) -> str:
+    """``doc: code`` entries of a sync report, as counts by code: "2 revoked", "1 not-found"."""
+    codes = collections.Counter(entry.rsplit(": ", 1)[-1] for entry in failed)
+    return ", ".join(f"{n} {code}" for code, n in sorted(codes.items()))
 
 
 async def _connections(clinic: Any, patient: str | None) -> list[Any]:
