@@ -190,6 +190,10 @@ async def _start_web_page(home: NodeHome, api: web.Application) -> web.AppRunner
         log.warning("no web page: port %d (the API's port plus one) is taken: %s; set web_port", port, exc)
         return None
     log.info("the patient's web page is at http://%s:%d/", home.config.web_host, port)
+    from fedrecord.web.auth import credential_stamp
+
+    if not credential_stamp(home.path):
+        log.info("its password is not set yet: run `fedrecord web-password`")
     return runner
 
 
