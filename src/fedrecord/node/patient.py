@@ -151,12 +151,7 @@ class GivenGrant:
 
     def revoked(self, revocations: RevocationSet) -> bool:
         """Whether a link is revoked by its issuer or an issuer above it ([CAP-7])."""
-        issuers: set[str] = set()
-        for link in self.chain:
-            issuers.add(link.signer)
-            if revocations.revoked_by(link.id) & issuers:
-                return True
-        return False
+        return revocations.revoked_link(self.chain) is not None
 
     def live(self, revocations: RevocationSet, *, now: int) -> bool:
         """Neither expired nor revoked (a grant that starts later is live)."""
@@ -712,8 +707,8 @@ class PatientNode:
         if not labels:
             return ()
         wanted = {label.casefold() for label in labels}
-        known = {label for item in await self.documents() for label in item["labels"]}
-        known |= {label for item in await self.inbox() for label in item.labels}
+        known = set((await self.store.record_facets()).labels)
+        known |= {label for row in await self.store.inbox_rows() for label in json.loads(row.labels)}
         forms = {*labels, *(label.upper() for label in labels), *(label.lower() for label in labels)}
         forms |= {label for label in known if label.casefold() in wanted}
         return tuple(sorted(forms))
@@ -757,11 +752,11 @@ class PatientNode:
         """
         if await self.store.record(Grant, grant_id) is None:
             raise _not_found()
-        revocation = sign_record(Revocation(grant=grant_id, iat=now, reason=reason), self.home.identity)
         async with self.store.transaction():
             earlier = await self.store.records(Revocation, signer=self.home.did, subject=grant_id)
             if earlier:
                 return earlier[0]
+            revocation = sign_record(Revocation(grant=grant_id, iat=now, reason=reason), self.home.identity)
             await self.store.put_record(revocation, now=now, subject=grant_id)
             await self._sign_head(now)
         self._state_changed()
@@ -804,9 +799,9 @@ class PatientNode:
         head = await self.state_head(now=now)
         grants = await self.store.records(Grant, signer=self.home.did, subject=requester.encode())
         # A live device grant: a lost device, once revoked, is told only what any other node is.
-        revoked = await self._revocations()
+        revocations = await self._revocations()
         device = any(
-            is_device_grant(g.record) and g.record.nbf <= now < g.record.exp and revoked.revoked_link([g]) is None
+            is_device_grant(g.record) and g.record.nbf <= now and GivenGrant(g).live(revocations, now=now)
             for g in grants
         )
         return {

@@ -787,7 +787,7 @@ class SqliteNodeStore:
         return row is not None
 
     async def attested(self, doc: bytes, *, patient: str) -> bool:
-        # Usually one row, verified once and then from the cache: every state answer repeats every tombstone.
+        # Usually one row, verified once and then from the cache: every state answer repeats its tombstones.
         return any(
             attestation.record.patient == patient
             for attestation in await self.records(DeletionAttestation, subject=doc)
