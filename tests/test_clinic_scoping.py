@@ -41,16 +41,9 @@ from fedrecord.node.store import SqliteNodeStore
 from fedrecord.node.sync import patient_view, subject_of
 from fedrecord.storage.sqlite import open_database, table_digest, transaction
 
-from .node_helpers import ServedNode, Story, build_story, enroll_device, node_tables, now
+from .node_helpers import ServedNode, Story, enroll_device, node_tables, now
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def story(tmp_path: Path) -> AsyncIterator[Story]:
-    built = await build_story(tmp_path)
-    yield built
-    await built.close()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from fedrecord.core import (
     DepositDecision,
@@ -40,7 +37,6 @@ from .node_helpers import (
     Story,
     answered,
     body,
-    build_story,
     deposit_record,
     now,
     seal_document,
@@ -51,13 +47,6 @@ from .node_helpers import (
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def story(tmp_path: Path) -> AsyncIterator[Story]:
-    built = await build_story(tmp_path)
-    yield built
-    await built.close()
 
 
 # --- helpers -----------------------------------------------------------------------------------------

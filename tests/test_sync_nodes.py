@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from fedrecord.core import (
     AcceptedEntry,
@@ -48,7 +46,6 @@ from .node_helpers import (
     answered,
     assert_unchanged,
     body,
-    build_story,
     cli_json,
     now,
     route_gp_through_proxy,
@@ -59,13 +56,6 @@ from .node_helpers import (
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def story(tmp_path: Path) -> AsyncIterator[Story]:
-    built = await build_story(tmp_path)
-    yield built
-    await built.close()
 
 
 async def entries_held(story: Story) -> set[bytes]:
