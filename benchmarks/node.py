@@ -29,7 +29,18 @@ has its own interpreter and the load generator's CPU is not the server's.
   same ciphertext files to a trivial aiohttp server that writes each to a file
   and fsyncs it, with the same client concurrency.  Target >= 0.5.
 
-Rounds alternate baseline and node; each figure is the best round.  The
+* ``authorized_get_ceiling`` and ``deposit_ceiling`` (no target; they say
+  what the targets can be): the same plain server and client, but before each
+  answer the server does the cryptography the spec requires of a node for
+  that request, and nothing else (``_Floor``: for a fetch two Ed25519
+  verifications and a countersignature; for a deposit three verifications, a
+  sealed box, the stream's hash, every chunk opened and a signed answer), on
+  prepared inputs.  Every other step of a node (nonce, decision, receipt,
+  database, CBOR, RFC 9421 parsing) costs more on top, so a node's ratio stays
+  below its ceiling: a target above the ceiling cannot be met by any
+  implementation of the spec on aiohttp and PyNaCl.
+
+Rounds alternate baseline, node and ceiling; each figure is the best round.  The
 server's CPU time per request is read from ``/proc`` where there is one.
 ``--profile DIR`` runs the patient node under cProfile, timed by its event-loop
 thread's CPU time (``benchmarks/cpu_profile.py``), and prints where that thread
@@ -41,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -158,12 +170,68 @@ def _write_and_fsync(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+class _Floor:
+    """The cryptography the spec requires of a node for every fetch and every deposit, and nothing else.
+
+    The ceilings (``--serve-plain``'s ``/doc-floor`` and ``/upload-floor``)
+    do this work on prepared inputs, then answer as the plain routes do: no
+    nonce, no decision, no database, no CBOR.  A node that follows the spec
+    cannot do less for a request, so no such node on aiohttp and PyNaCl can
+    reach a ratio above the ceiling's.
+
+    * A fetch (15.9): the request's signature and the reader's access receipt
+      verified; the audit entry countersigned.  (The chain and the key wrap
+      are the same for every fetch of a document by a reader: kept, not
+      redone.)
+    * A deposit (15.5): the request's signature, the deposit record and the
+      document's signed header verified; the deposit key's sealed box opened;
+      the stream hashed to its id and every 64 KiB chunk opened; the answer
+      signed.
+    """
+
+    def __init__(self, stream_size: int) -> None:
+        from nacl import bindings
+
+        self._b = bindings
+        self._public, self._secret = bindings.crypto_sign_keypair()
+        self._signed = [bindings.crypto_sign(os.urandom(n), self._secret) for n in (260, 330, 420)]
+        self._box_public, self._box_secret = bindings.crypto_box_keypair()
+        self._sealed_key = bindings.crypto_box_seal(os.urandom(32), self._box_public)
+        self._key, self._nonce = os.urandom(32), os.urandom(24)
+        chunk = 65536
+        self._chunks = [
+            bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(os.urandom(n), b"", self._nonce, self._key)
+            for n in [chunk] * (stream_size // chunk) + [stream_size % chunk]
+        ]
+
+    def fetch(self) -> None:
+        b = self._b
+        b.crypto_sign_open(self._signed[0], self._public)
+        b.crypto_sign_open(self._signed[1], self._public)
+        b.crypto_sign(os.urandom(32), self._secret)
+
+    def deposit(self, stream: bytes) -> None:
+        b = self._b
+        for signed in self._signed:
+            b.crypto_sign_open(signed, self._public)
+        b.crypto_box_seal_open(self._sealed_key, self._box_public, self._box_secret)
+        hashlib.sha256(stream).digest()
+        for sealed in self._chunks:
+            b.crypto_aead_xchacha20poly1305_ietf_decrypt(sealed, b"", self._nonce, self._key)
+        b.crypto_sign(os.urandom(32), self._secret)
+
+
 async def _serve_plain(port: int, size: int, directory: Path) -> None:
     from aiohttp import web
 
     body = os.urandom(size)
+    floor = _Floor(DEPOSIT_SIZE + 1024)
 
     async def get(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    async def get_floor(_request: web.Request) -> web.Response:
+        floor.fetch()
         return web.Response(body=body, content_type="application/octet-stream")
 
     async def put(request: web.Request) -> web.Response:
@@ -171,10 +239,18 @@ async def _serve_plain(port: int, size: int, directory: Path) -> None:
         await asyncio.to_thread(_write_and_fsync, directory / request.match_info["name"], data)
         return web.Response(status=201, body=b"stored")
 
+    async def put_floor(request: web.Request) -> web.Response:
+        data = await request.read()
+        floor.deposit(data)
+        await asyncio.to_thread(_write_and_fsync, directory / request.match_info["name"], data)
+        return web.Response(status=201, body=b"stored")
+
     app = web.Application(client_max_size=64 << 20)
     app.router.add_get("/doc", get)
     app.router.add_get("/v0/health", get)
     app.router.add_put("/upload/{name}", put)
+    app.router.add_get("/doc-floor", get_floor)
+    app.router.add_put("/upload-floor/{name}", put_floor)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -240,7 +316,8 @@ async def _http_load(
 
 
 async def _load_get(options: dict[str, Any]) -> dict[str, Any]:
-    request = f"GET /doc HTTP/1.1\r\nHost: 127.0.0.1:{options['port']}\r\n\r\n".encode()
+    path = options.get("path", "/doc")
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{options['port']}\r\n\r\n".encode()
     return await _http_load(
         options["port"],
         iter(lambda: request, None),
@@ -375,7 +452,7 @@ async def _load_upload(options: dict[str, Any]) -> dict[str, Any]:
     import aiohttp
 
     files = [Path(name) for name in options["files"]]
-    url = f"http://127.0.0.1:{options['port']}/upload/"
+    url = f"http://127.0.0.1:{options['port']}{options.get('path', '/upload/')}"
     async with aiohttp.ClientSession() as session:
 
         async def send(index: int) -> None:
@@ -551,6 +628,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rounds, duration, warmup = (2, 1.5, 0.3) if quick else (3, 4.0, 0.5)
             best_get: dict[str, Any] = {"per_s": 0.0}
             best_fetch: dict[str, Any] = {"per_s": 0.0}
+            best_floor_get: dict[str, Any] = {"per_s": 0.0}
             pool = 3000
             fetched = 0
             for _ in range(rounds):
@@ -570,8 +648,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     duration=duration,
                     warmup=warmup,
                 )
-                if got["errors"] or fetch["errors"]:
+                floor_get = _measured(
+                    plain,
+                    "get",
+                    port=plain_port,
+                    path="/doc-floor",
+                    concurrency=concurrency,
+                    duration=duration,
+                    warmup=warmup,
+                )
+                if got["errors"] or fetch["errors"] or floor_get["errors"]:
                     raise SystemExit(f"refused requests: plain {got['statuses']}, node {fetch['statuses']}")
+                best_floor_get = max(best_floor_get, floor_get, key=lambda r: r["per_s"])
                 fetched += fetch["ok"]
                 pool = max(pool, int(fetch["per_s"] * (duration + warmup) * 1.5))
                 best_get = max(best_get, got, key=lambda r: r["per_s"])
@@ -589,6 +677,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "node_cpu_us_per_fetch",
                 "plain_cpu_us_per_get",
             )
+            _ceiling(results, "authorized_get", best_floor_get, best_get)
             results["fetch_body_bytes"] = fetch_size
             results["receipts_committed"] = audit - 1
 
@@ -598,6 +687,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             deposit_rounds = 1 if quick else 2
             best_upload: dict[str, Any] = {"per_s": 0.0}
             best_deposit: dict[str, Any] = {"per_s": 0.0}
+            best_floor_upload: dict[str, Any] = {"per_s": 0.0}
             prepare_rates = []
             inbox_before = _count(
                 world["patient_home"], "SELECT count(*) FROM documents WHERE state = 'inbox'"
@@ -628,7 +718,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     payloads=prepared["payloads"],
                     concurrency=concurrency,
                 )
-                if upload["errors"] or deposit["errors"]:
+                floor_upload = _measured(
+                    plain,
+                    "upload",
+                    port=plain_port,
+                    path="/upload-floor/",
+                    files=prepared["files"],
+                    round=round_number,
+                    concurrency=concurrency,
+                )
+                best_floor_upload = max(best_floor_upload, floor_upload, key=lambda r: r["per_s"])
+                if upload["errors"] or deposit["errors"] or floor_upload["errors"]:
                     raise SystemExit(f"failed uploads: plain {upload['errors']}, node {deposit['errors']}")
                 best_upload = max(best_upload, upload, key=lambda r: r["per_s"])
                 best_deposit = max(best_deposit, deposit, key=lambda r: r["per_s"])
@@ -648,6 +748,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "node_cpu_us_per_deposit",
                 "plain_cpu_us_per_upload",
             )
+            _ceiling(results, "deposit", best_floor_upload, best_upload)
             results["lab_prepares_per_s"] = round(max(prepare_rates), 1)
             results["lab_cpu_us_per_deposit"] = best_deposit["load_cpu_us"]
             results["deposit_documents"] = count
@@ -674,6 +775,13 @@ def _record(results: dict[str, Any], node: dict[str, Any], plain: dict[str, Any]
     if "server_cpu_us" in node and "server_cpu_us" in plain:
         results[node_cpu] = round(node["server_cpu_us"])
         results[plain_cpu] = round(plain["server_cpu_us"])
+
+
+def _ceiling(results: dict[str, Any], name: str, floor: dict[str, Any], plain: dict[str, Any]) -> None:
+    """The ratio of the crypto-only server (:class:`_Floor`) to the plain one: the most any node could reach."""
+    results[f"{name}_ceiling"] = round(floor["per_s"] / plain["per_s"], 3)
+    if "server_cpu_us" in floor:
+        results[f"{name}_ceiling_cpu_us"] = round(floor["server_cpu_us"])
 
 
 def _print_profile(path: Path) -> None:
