@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from fedrecord.core.lifecycle import DocumentState
 from fedrecord.node.home import ORPHAN_AGE, NodeHome
 from fedrecord.node.runner import sweep_orphans
 
@@ -71,6 +72,7 @@ async def authored(lab: ServedNode, content: bytes) -> bytes:
             added=now(),
             size=len(content),
             sealed_key=os.urandom(73),
+            state=DocumentState.AUTHORED,
         )
     return doc
 

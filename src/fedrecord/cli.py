@@ -1263,10 +1263,11 @@ def _written_whole(out: Path) -> Iterator[BinaryIO]:
 
 async def _poll_holder(clinic: Any, doc: bytes) -> None:
     """Refresh the state head of the patient a shared copy came from, when that node answers."""
+    from fedrecord.core.lifecycle import DocumentState
     from fedrecord.node.client import PeerUnreachable
 
     held = await clinic.store.held_copy(doc)
-    if held is not None and held[2] == "shared":
+    if held is not None and held[2] == DocumentState.SHARED:
         with contextlib.suppress(PeerUnreachable):
             await clinic.poll(held[1], now=int(time.time()))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fedrecord.core import Deposit
+from fedrecord.core.lifecycle import DocumentState
 from fedrecord.node.schema import MIGRATIONS
 from fedrecord.node.store import RecordFacets, RecordFilter, SqliteNodeStore
 from fedrecord.storage.sqlite import Database, open_database
@@ -64,9 +65,12 @@ async def add(store: SqliteNodeStore, name: str, title: str, category: str, labe
             date=date,
             size=1000 + date,
             sealed_key=b"k" * 80,
+            state=DocumentState.INBOX,
         )
         if accepted:
-            await store.accept_document(doc(name), labels=json.dumps(sorted(labels)), added=date + 1)
+            await store.accept_document(
+                doc(name), labels=json.dumps(sorted(labels)), added=date + 1, state=DocumentState.ACCEPTED
+            )
 
 
 @pytest.fixture
@@ -171,7 +175,9 @@ async def test_kept_results_follow_changes_to_the_documents(store: SqliteNodeSto
         await store.record_page(where, limit=1, offset=0)
     await store.record_facets()
     async with store.transaction():
-        await store.accept_document(doc("waiting"), labels=json.dumps(["PSY", "VIO"]), added=700)
+        await store.accept_document(
+            doc("waiting"), labels=json.dumps(["PSY", "VIO"]), added=700, state=DocumentState.ACCEPTED
+        )
     assert (await store.record_page(everything, limit=1, offset=0)).matching == 7
     assert ids((await store.record_page(blood, limit=5, offset=0)).documents) == newest_first(
         ["waiting", "cbc", "note"]

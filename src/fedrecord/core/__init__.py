@@ -12,6 +12,7 @@ recipes:
 * :mod:`.schema`, :mod:`.records` -- the record types;
 * :mod:`.signed` -- signing and opening records;
 * :mod:`.capabilities` -- where grants are verified;
+* :mod:`.lifecycle` -- a document's states on a node and every move between them, as one table;
 * :mod:`.stream`, :mod:`.sealed_box`, :mod:`.key_wraps`, :mod:`.documents` --
   document encryption and key distribution.
 """

@@ -57,6 +57,7 @@ from fedrecord.core import (
 from fedrecord.core.documents import DocumentReader, DocumentWriter, check_whole_stream
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.key_wraps import make_deposit, unwrap_key, unwrap_keys
+from fedrecord.core.lifecycle import DocumentState, Event, kept_state, next_state
 from fedrecord.core.reconcile import SortedItems
 from fedrecord.core.signed import reopen_record
 from fedrecord.core.stream import CHUNK_SIZE, key_commitment
@@ -254,7 +255,9 @@ class ClinicNode:
             ephemeral_seed=os.urandom(32),
         )
         async with self.store.transaction():
+            state = kept_state(await self.store.document_state(doc), Event.AUTHOR)
             await self.store.insert_authored(
+                state=state,
                 doc=doc,
                 patient=patient,
                 author=self.home.did,
@@ -876,6 +879,7 @@ class ClinicNode:
 
         Call inside a transaction, once the document is known not to be tombstoned.
         """
+        kept_state(await self.store.document_state(doc), Event.FETCHED)  # the row keeps the state it has
         await self.store.upsert_shared(
             doc=doc,
             patient=patient,
@@ -898,7 +902,7 @@ class ClinicNode:
 
     async def _forget_copy(self, doc: bytes) -> None:
         state = await self.store.document_state(doc)
-        if state is None or state == "shared":
+        if state is None or state == DocumentState.SHARED:
             await self.home.files.destroy(doc)
 
     async def held(self) -> list[dict[str, Any]]:
@@ -950,7 +954,7 @@ class ClinicNode:
         sealed_key, patient, state, polled = row
         if sealed_key is None:
             raise RemoteProtocolError(Code.NOT_FOUND, "no such document")
-        if state == "shared" and (polled is None or now - polled > max_head_age):
+        if state == DocumentState.SHARED and (polled is None or now - polled > max_head_age):
             raise RemoteProtocolError(Code.STALE, "the patient's state head is too old to use a shared copy")
         key = unwrap_at_rest(sealed_key, self.home.encryption_keys, doc=doc)
         return DocumentReader(key, expected_patient=patient)
@@ -1265,7 +1269,9 @@ class ClinicNode:
             if await self.store.attested(doc, patient=patient):
                 return False
             state = await self.store.document_state(doc, patient=patient)
-            if state == "authored":
+            # A copy is destroyed, an authored document retained; one not held is attested destroyed.
+            destroyed = state is not None and next_state(state, Event.WITHDRAWN) is None
+            if state is not None and not destroyed:
                 outcome: dict[str, Any] = {
                     "outcome": "retained",
                     "retain_until": now + RETENTION,
@@ -1279,10 +1285,10 @@ class ClinicNode:
             )
             await self.store.put_record(tombstone, now=now, subject=doc)
             await self.store.put_record(attestation, now=now, subject=doc)
-            if state is not None and state != "authored":
+            if destroyed:
                 await self._forget_copy_records(doc)
             await self.store.queue_outbox("attestation", target=patient, payload=attestation.encoded, now=now)
-        if state is not None and state != "authored":
+        if destroyed:
             await self.home.destroyed(doc)
         return True
 

@@ -53,6 +53,7 @@ from fedrecord.core.documents import DocumentReader, check_whole_stream, padded_
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.identity import verify_ed25519
 from fedrecord.core.key_wraps import open_deposit_key, wrap_key, wrap_keys
+from fedrecord.core.lifecycle import REFUSALS, Event, kept_state, next_state
 from fedrecord.core.schema import Token
 from fedrecord.core.stream import HEADER_SIZE, MAGIC, PREFIX_SIZE, stream_header
 from fedrecord.keyed_locks import KeyedLocks
@@ -382,8 +383,9 @@ class PatientNode:
             return "known"
         # Held, or rejected or deleted (the same document does not come back): one answer for all, or a
         # node that listed a document would tell one hidden from it from one deleted ([CAP-12]).
-        if known is not None or await self.store.decided(record.doc):
-            raise RemoteProtocolError(Code.REPLAY, "this document was already deposited")
+        if await self.store.decided(record.doc):
+            raise RemoteProtocolError(*REFUSALS[Event.DEPOSITED])
+        state = kept_state(known[1] if known is not None else None, Event.DEPOSITED)
         if record.size > MAX_DOCUMENT:
             raise RemoteProtocolError(Code.TOO_LARGE, f"documents are capped at {MAX_DOCUMENT} bytes")
         keys = self.home.keys_for(record.recipient_key)
@@ -441,6 +443,7 @@ class PatientNode:
                     size=size,
                     sealed_key=self._seal_to_self(document_key, record.doc),
                     stream=stream,
+                    state=state,
                 )
         except BaseException:
             await self.home.files.destroy(record.doc)
@@ -516,6 +519,7 @@ class PatientNode:
         """
         _check_labels(labels)
         async with self.store.transaction():
+            state = kept_state(await self.store.document_state(doc), Event.ACCEPT)
             row = await self._inbox_row(doc)
             merged = sorted(set(json.loads(row["labels"])) | set(labels))
             decision = sign_record(
@@ -528,7 +532,7 @@ class PatientNode:
             )
             await self.store.put_record(decision, now=now, subject=doc)
             await self.store.put_record(entry, now=now, subject=doc)
-            await self.store.accept_document(doc, labels=json.dumps(merged), added=now)
+            await self.store.accept_document(doc, labels=json.dumps(merged), added=now, state=state)
             # No new state head: a head signed on each accept would tell every grantee when documents
             # arrive that it may not see ([API-18]).
         self._state_changed()
@@ -537,6 +541,7 @@ class PatientNode:
     async def reject(self, doc: bytes, *, now: int) -> Signed[DepositDecision]:
         """Reject a deposit: destroyed here, and the depositor is told through the outbox (US-3)."""
         async with self.store.transaction():
+            next_state(await self.store.document_state(doc), Event.REJECT)  # no row after: forgotten below
             row = await self._inbox_row(doc)
             decision = sign_record(
                 DepositDecision(deposit=row["deposit"], doc=doc, decision="rejected", iat=now),
@@ -1331,8 +1336,7 @@ class PatientNode:
         No new state head: every node the patient knows receives the head, and one signed here would
         tell them all that a document was deleted -- one kept from them too ([API-17]).
         """
-        if await self.store.document_state(doc) is None:
-            raise _not_found()
+        next_state(await self.store.document_state(doc), Event.DELETE)  # no row after: forgotten below
         tombstone = sign_record(Tombstone(doc=doc, iat=now), self.home.identity)
         async with self.store.transaction():
             # To whom the tombstone goes ([API-16]): those who may hold a copy, its author and its readers,

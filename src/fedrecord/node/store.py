@@ -32,6 +32,7 @@ from fedrecord.core import (
     StateHead,
     Tombstone,
 )
+from fedrecord.core.lifecycle import DocumentState
 from fedrecord.storage.sqlite import Database, transaction
 
 from .records_table import open_stored
@@ -313,8 +314,9 @@ class NodeStore(Protocol):
         size: int,
         sealed_key: bytes,
         stream: bytes | None = None,
+        state: DocumentState,
     ) -> None:
-        """Keep a deposited document in the patient's inbox (a small one with its ``stream``).
+        """Keep a deposited document in ``state`` (the inbox; a small one with its ``stream``).
 
         Call inside a transaction.
         """
@@ -339,8 +341,9 @@ class NodeStore(Protocol):
         added: int,
         size: int,
         sealed_key: bytes,
+        state: DocumentState,
     ) -> None:
-        """Keep a document the clinic authored.  Call inside a transaction."""
+        """Keep a document the clinic authored, in ``state``.  Call inside a transaction."""
         ...
 
     async def upsert_shared(
@@ -360,15 +363,17 @@ class NodeStore(Protocol):
         sealed_key: bytes,
         stream: bytes | None = None,
     ) -> None:
-        """Keep a copy fetched under ``grant_id`` (an existing row keeps its key and stream).
+        """Keep a copy fetched under ``grant_id`` as ``shared``; an existing row keeps its state, key and
+        stream (the lifecycle's ``fetched``: a copy stays shared, an authored document authored).
 
         ``stream``: the ciphertext of a small document, kept in the row instead of a file.
         Call inside a transaction.
         """
         ...
 
-    async def document_deposit(self, doc: bytes) -> tuple[bytes | None] | None:
-        """The deposit record id a document came with, in a 1-tuple; ``None`` when no such document."""
+    async def document_deposit(self, doc: bytes) -> tuple[bytes | None, str] | None:
+        """The deposit record id a document came with (``None`` for a copy) and its state; ``None``
+        when no such document."""
         ...
 
     async def document_state(self, doc: bytes, *, patient: str | None = None) -> str | None:
@@ -417,8 +422,8 @@ class NodeStore(Protocol):
         """An inbox document's deposit, labels, size and author; ``None`` when not in the inbox."""
         ...
 
-    async def accept_document(self, doc: bytes, *, labels: str, added: int) -> None:
-        """Move a document into the record with its labels.  Call inside a transaction."""
+    async def accept_document(self, doc: bytes, *, labels: str, added: int, state: DocumentState) -> None:
+        """Move a document into the record (``state``) with its labels.  Call inside a transaction."""
         ...
 
     async def accepted_documents(self) -> list[AcceptedRow]:
@@ -863,11 +868,26 @@ class SqliteNodeStore:
         size: int,
         sealed_key: bytes,
         stream: bytes | None = None,
+        state: DocumentState,
     ) -> None:
         await self.db.execute(
             "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category,"
-            " labels, date, size, sealed_key, stream) VALUES (?, ?, 'inbox', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (doc, patient, author, deposit, title, doc_type, category, labels, date, size, sealed_key, stream),
+            " labels, date, size, sealed_key, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                doc,
+                patient,
+                state.value,
+                author,
+                deposit,
+                title,
+                doc_type,
+                category,
+                labels,
+                date,
+                size,
+                sealed_key,
+                stream,
+            ),
         )
 
     async def document_stream(self, doc: bytes) -> bytes | None:
@@ -889,11 +909,26 @@ class SqliteNodeStore:
         added: int,
         size: int,
         sealed_key: bytes,
+        state: DocumentState,
     ) -> None:
         await self.db.execute(
             "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category, labels,"
-            " date, added, size, sealed_key) VALUES (?, ?, 'authored', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (doc, patient, author, deposit, title, doc_type, category, labels, date, added, size, sealed_key),
+            " date, added, size, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                doc,
+                patient,
+                state.value,
+                author,
+                deposit,
+                title,
+                doc_type,
+                category,
+                labels,
+                date,
+                added,
+                size,
+                sealed_key,
+            ),
         )
 
     async def upsert_shared(
@@ -936,9 +971,9 @@ class SqliteNodeStore:
             ),
         )
 
-    async def document_deposit(self, doc: bytes) -> tuple[bytes | None] | None:
-        row = await self._one("SELECT deposit FROM documents WHERE id = ?", (doc,))
-        return (row[0],) if row is not None else None
+    async def document_deposit(self, doc: bytes) -> tuple[bytes | None, str] | None:
+        row = await self._one("SELECT deposit, state FROM documents WHERE id = ?", (doc,))
+        return (row[0], str(row[1])) if row is not None else None
 
     async def document_state(self, doc: bytes, *, patient: str | None = None) -> str | None:
         row = await self._one("SELECT state, patient FROM documents WHERE id = ?", (doc,))
@@ -984,10 +1019,12 @@ class SqliteNodeStore:
         )
         return PendingDeposit(*row) if row is not None else None
 
-    async def accept_document(self, doc: bytes, *, labels: str, added: int) -> None:
+    async def accept_document(
+        self, doc: bytes, *, labels: str, added: int, state: DocumentState
+    ) -> None:
         await self.db.execute(
-            "UPDATE documents SET state = 'accepted', labels = ?, added = ? WHERE id = ?",
-            (labels, added, doc),
+            "UPDATE documents SET state = ?, labels = ?, added = ? WHERE id = ?",
+            (state.value, labels, added, doc),
         )
 
     async def accepted_documents(self) -> list[AcceptedRow]:
