@@ -870,24 +870,20 @@ class SqliteNodeStore:
         stream: bytes | None = None,
         state: DocumentState,
     ) -> None:
-        await self.db.execute(
-            "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category,"
-            " labels, date, size, sealed_key, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                doc,
-                patient,
-                state.value,
-                author,
-                deposit,
-                title,
-                doc_type,
-                category,
-                labels,
-                date,
-                size,
-                sealed_key,
-                stream,
-            ),
+        await self._insert_document_row(
+            id=doc,
+            patient=patient,
+            state=state.value,
+            author=author,
+            deposit=deposit,
+            title=title,
+            doc_type=doc_type,
+            category=category,
+            labels=labels,
+            date=date,
+            size=size,
+            sealed_key=sealed_key,
+            stream=stream,
         )
 
     async def document_stream(self, doc: bytes) -> bytes | None:
@@ -911,25 +907,26 @@ class SqliteNodeStore:
         sealed_key: bytes,
         state: DocumentState,
     ) -> None:
-        await self.db.execute(
-            "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category, labels,"
-            " date, added, size, sealed_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                doc,
-                patient,
-                state.value,
-                author,
-                deposit,
-                title,
-                doc_type,
-                category,
-                labels,
-                date,
-                added,
-                size,
-                sealed_key,
-            ),
+        await self._insert_document_row(
+            id=doc,
+            patient=patient,
+            state=state.value,
+            author=author,
+            deposit=deposit,
+            title=title,
+            doc_type=doc_type,
+            category=category,
+            labels=labels,
+            date=date,
+            added=added,
+            size=size,
+            sealed_key=sealed_key,
         )
+
+    async def _insert_document_row(self, **columns: object) -> None:
+        # The column names are this module's keyword arguments, never input: safe to splice.
+        names, marks = ", ".join(columns), ", ".join("?" * len(columns))
+        await self.db.execute(f"INSERT INTO documents ({names}) VALUES ({marks})", tuple(columns.values()))
 
     async def upsert_shared(
         self,
