@@ -1219,7 +1219,8 @@ class ClinicNode:
             # Every copy was kept under a chain held here: grants are never forgotten, nor delegations
             # while a copy is held under them.  Read in the transaction, this answer's grants included.
             chains = {chain[-1].id: chain for chain in await self._held_chains(patient)}
-            # A copy dies with any grant up its chain (US-9: revoking the parent kills the child).
+            # A copy dies with any grant up its chain (US-9: revoking the parent kills the child); only
+            # shared copies are read, an authored document is not (lifecycle: `revoked` moves `shared` only).
             doomed = [
                 doc for doc, grant_id in shared if revoked.revoked_link(chains.get(grant_id, ())) is not None
             ]
