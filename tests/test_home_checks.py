@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from nacl.pwhash import argon2id
 
-from fedrecord.node.home import DATABASE, HomeError, NodeHome, init_home
+from fedrecord.node.home import DATABASE, HomeError, NodeHome, backup_home, init_home
 
 PASSPHRASE = b"home checks, not a secret"
 FAST = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
@@ -61,3 +61,56 @@ async def test_a_home_whose_database_is_missing_is_refused(tmp_path: Path) -> No
     (tmp_path / "away.db").rename(home / DATABASE)
     opened = await NodeHome.open(home, PASSPHRASE)
     await opened.close()
+
+
+async def _row(home: NodeHome, doc: bytes) -> None:
+    """A documents row kept as a file (no stream in the row), as a clinic's copy is."""
+    async with home.store.transaction():
+        await home.db.execute(
+            "INSERT INTO documents (id, patient, state, author, title, doc_type, category, labels, date, size)"
+            " VALUES (?, 'did:key:z', 'held', 'did:key:z', 't', 'note', 'lab', '[]', 0, 3)",
+            (doc,),
+        )
+
+
+async def test_a_backup_of_a_running_node_holds_what_it_committed(tmp_path: Path) -> None:
+    """Commits still in the database's log (which a copy of node.db alone misses) are in the backup, and
+    the files its rows name; the copy opens as the same node, from another path."""
+    home, copy = tmp_path / "lab", tmp_path / "elsewhere" / "lab-copy"
+    _init(home)
+    opened = await NodeHome.open(home, PASSPHRASE)
+    try:
+        doc = bytes(range(32))
+        opened.files.path_of(doc).parent.mkdir(parents=True)
+        opened.files.path_of(doc).write_bytes(b"abc")
+        await _row(opened, doc)
+        assert (home / f"{DATABASE}-wal").stat().st_size > 0  # the row is in the log, node still open
+        result = backup_home(home, copy)
+        did = opened.did
+    finally:
+        await opened.close()
+    assert (result.documents, result.files, result.missing) == (1, 1, 0)
+    assert (copy / "node.key").stat().st_mode & 0o777 == 0o600
+    assert (copy / DATABASE).stat().st_mode & 0o777 == 0o600
+    restored = await NodeHome.open(copy, PASSPHRASE)
+    try:
+        assert await restored.store.documents_among([doc]) == {doc}
+        assert restored.files.path_of(doc).read_bytes() == b"abc"
+        assert restored.did == did
+    finally:
+        await restored.close()
+
+
+async def test_a_backup_counts_the_files_deleted_meanwhile_and_never_writes_into_a_full_directory(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "lab"
+    _init(home)
+    opened = await NodeHome.open(home, PASSPHRASE)
+    try:
+        await _row(opened, bytes(32))  # its file is gone, as after a deletion racing the backup
+    finally:
+        await opened.close()
+    assert backup_home(home, tmp_path / "b1").missing == 1
+    with pytest.raises(HomeError, match="not empty"):
+        backup_home(home, tmp_path / "b1")

@@ -470,6 +470,31 @@ async def serve(ctx: Context) -> None:
 
 
 @main.command()
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@pass_context
+@fail_cleanly
+async def backup(ctx: Context, dest: Path) -> None:
+    """Copy this node's home to DEST (a new directory), consistently, even while `serve` runs.
+
+    DEST holds a home to restore as it is: stop `serve`, put DEST in the home's place (or use
+    `--home DEST`), start again.  The key file is copied encrypted: keep its passphrase too.
+    No passphrase is needed to back up.
+    """
+    from fedrecord.node.home import backup_home
+
+    result = await asyncio.to_thread(backup_home, ctx.home, dest)
+    if result.missing:
+        raise click.ClickException(
+            f"{result.missing} document file(s) were deleted while the backup ran; run it again into a new directory"
+        )
+    ctx.emit(
+        {"dest": str(dest), **dataclasses.asdict(result)},
+        f"backed up {ctx.home} to {dest}: {result.documents} document(s), "
+        f"{result.files} document file(s), {result.size} bytes",
+    )
+
+
+@main.command()
 @pass_context
 @fail_cleanly
 async def status(ctx: Context) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -162,6 +163,82 @@ def read_signing_seed(path: Path) -> bytes:
     if len(content) > SEED_FILE_MAX or not _SEED_HEX.fullmatch(text):
         raise HomeError(f"{path} does not hold a signing seed: 64 hexadecimal digits are expected")
     return bytes.fromhex(text.decode("ascii"))
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What :func:`backup_home` copied."""
+
+    documents: int
+    """Documents the copied database holds (in their rows or as files)."""
+    files: int
+    """Document files copied."""
+    size: int
+    """Bytes copied: the database and the document files."""
+    missing: int
+    """Document files the copied database names that were gone when they were to be copied."""
+
+
+BACKUP_SIDE_FILES: Final = ("node.json", "web.json")
+"""Files of a home copied as they are besides the key file (the web page's credential if set)."""
+
+
+def backup_home(home: Path, dest: Path) -> BackupResult:
+    """Copy a node's home to ``dest``, consistently, whether or not the node is running.
+
+    The database is copied with SQLite's online backup (a snapshot of one moment, the log's
+    committed pages included, which a plain copy of ``node.db`` misses), then the document
+    files the copied database names; files written after the snapshot are not needed by it.
+    A file deleted between the two is counted in ``missing``: run the backup again.  Nothing
+    is decrypted, so no passphrase is needed; the key file is copied encrypted as it is.
+
+    Raises:
+        HomeError: ``home`` holds no node, or ``dest`` exists and is not an empty directory.
+        OSError, sqlite3.Error: reading or writing failed (``dest`` is then incomplete).
+    """
+    NodeConfig.load(home)
+    if not (home / DATABASE).is_file():
+        raise HomeError(f"{home / DATABASE} is missing: there is no database to back up")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise HomeError(f"{dest} already exists and is not empty: back up into a new directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o700)
+    shutil.copyfile(home / "node.key", dest / "node.key")
+    (dest / "node.key").chmod(0o600)
+    for name in BACKUP_SIDE_FILES:
+        if (home / name).is_file():
+            shutil.copyfile(home / name, dest / name)
+            (dest / name).chmod(0o600)
+    source = sqlite3.connect(home / DATABASE, timeout=30)
+    try:
+        target = sqlite3.connect(dest / DATABASE)
+        try:
+            source.backup(target)
+            rows = target.execute("SELECT id, stream IS NULL FROM documents").fetchall()
+        finally:
+            target.close()
+    finally:
+        source.close()
+    (dest / DATABASE).chmod(0o600)
+    size = (dest / DATABASE).stat().st_size
+    files = DocumentFiles(home / "documents")
+    copies = DocumentFiles(dest / "documents")
+    (dest / "documents").mkdir(mode=0o700, exist_ok=True)
+    copied = missing = 0
+    for doc, in_file in rows:
+        origin = files.path_of(bytes(doc))
+        copy = copies.path_of(bytes(doc))
+        try:
+            copy.parent.mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(origin, copy)
+        except FileNotFoundError:
+            if in_file:
+                missing += 1
+            continue
+        copy.chmod(0o600)
+        copied += 1
+        size += copy.stat().st_size
+    return BackupResult(documents=len(rows), files=copied, size=size, missing=missing)
 
 
 @dataclass
