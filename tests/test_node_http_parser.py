@@ -7,14 +7,19 @@ Found by the conformance case ``signatures.host-authority``: a request with two
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from fedrecord.core import cbor
+from fedrecord.core import SigningIdentity, cbor
+from fedrecord.http.aiohttp_signing import client_signing_headers
+from fedrecord.node.wire import CBOR_TYPE
 
 from .node_helpers import ServedNode, raw_request
 
@@ -101,3 +106,29 @@ async def test_an_expectation_or_transfer_coding_not_served_is_malformed(node: S
     head = f"POST /v0/state HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\n{field}\r\nConnection: close\r\n\r\n{body}"
     status, data = await raw_request(node.port, head)
     assert (status, _error(data)["code"]) == (400, "malformed")
+
+
+@pytest.mark.parametrize(("endpoint", "verifies"), [("https://patient.example", True), ("http://patient.example", False)])
+async def test_behind_a_tls_terminating_proxy_requests_signed_for_https_verify(
+    node: ServedNode, endpoint: str, verifies: bool
+) -> None:
+    """A node whose endpoint is https sits behind a proxy that ends TLS and passes on plain HTTP with the
+    same ``Host``: the request was signed for https://, so that is the target URI checked ([HTTP-9]).
+    A node whose endpoint is http takes no such request for https."""
+    assert node.home is not None
+    node.home.config = dataclasses.replace(node.home.config, endpoint=endpoint)
+    body = cbor.encode({})
+    fields = client_signing_headers(
+        identity=SigningIdentity.from_seed(os.urandom(32)),
+        method="POST",
+        url="https://patient.example/v0/state",
+        body=body,
+        now=int(time.time()),
+        nonce=os.urandom(16).hex(),
+        headers={"Content-Type": CBOR_TYPE},
+    )
+    fields["Content-Length"] = str(len(body))
+    fields["Connection"] = "close"
+    head = "POST /v0/state HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+    status, data = await raw_request(node.port, head, body)
+    assert (_error(data).get("code") != "bad-signature") is verifies, (status, data)

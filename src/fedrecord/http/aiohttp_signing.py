@@ -65,13 +65,18 @@ _SIGNATURE_FIELDS: Final = ("Signature", "Signature-Input", "Content-Digest", ST
 # Server side
 
 
-def target_uri(request: web.Request, *, authorities: Collection[str]) -> str:
+def target_uri(
+    request: web.Request, *, authorities: Collection[str], tls_authorities: Collection[str] = ()
+) -> str:
     """The target URI a signed request was made for, rebuilt from what was received.
 
     Args:
         request: the incoming request.
         authorities: this node's own ``host[:port]`` names (default ports may
             be written or left out).
+        tls_authorities: those of its names that clients reach over TLS through a
+            TLS-terminating proxy in front of the node: a request arriving in plain HTTP
+            with one of them in ``Host`` was sent as ``https`` ([HTTP-9]).
 
     Raises:
         AuthenticationError: ``bad-signature`` when there is not exactly one
@@ -83,6 +88,8 @@ def target_uri(request: web.Request, *, authorities: Collection[str]) -> str:
         raise AuthenticationError()
     host = hosts[0]
     scheme = request.scheme  # not request.url: it parses the Host header and raises on a bad port
+    if scheme == "http" and _authority(host, "https") in {_authority(name, "https") for name in tls_authorities}:
+        scheme = "https"
     if _authority(host, scheme) not in {_authority(name, scheme) for name in authorities}:
         raise AuthenticationError()
     target = request.raw_path
@@ -98,6 +105,7 @@ async def verified(
     now: int,
     nonces: NonceStore,
     authorities: Collection[str],
+    tls_authorities: Collection[str] = (),
     max_skew: int = DEFAULT_MAX_SKEW,
 ) -> VerifiedRequest:
     """Verify an incoming request's signature, then spend its nonce ([HTTP-7], [HTTP-9], [HTTP-10]).
@@ -111,6 +119,7 @@ async def verified(
         nonces: the node's durable nonce store; consulted only once the
             signature verified, so forged requests cannot fill it.
         authorities: this node's own ``host[:port]`` names.
+        tls_authorities: as for :func:`target_uri`.
         max_skew: tolerated clock skew for ``created``.
 
     Returns:
@@ -120,7 +129,7 @@ async def verified(
         RemoteProtocolError: any code of ``verify_request``; ``replay`` when
             the signer used this nonce before.
     """
-    url = target_uri(request, authorities=authorities)
+    url = target_uri(request, authorities=authorities, tls_authorities=tls_authorities)
     result = verify_request(
         method=request.method, url=url, headers=request.headers, body=body, now=now, max_skew=max_skew
     )

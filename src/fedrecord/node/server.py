@@ -21,6 +21,7 @@ from yarl import URL
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import signed_response, verified, was_verified
 from fedrecord.http.event_stream import EVENT_STREAM_TYPE, KEEP_ALIVE, encode_event
+from fedrecord.http.message_signatures import VerifiedRequest
 from fedrecord.storage.documents import CorruptDocumentError
 
 from .client import b64, unb64
@@ -66,6 +67,29 @@ def authorities(home: NodeHome) -> list[str]:
     if home.config.port:
         names.append(f"{home.config.host}:{home.config.port}")
     return [name for name in names if name]
+
+
+def tls_authorities(home: NodeHome) -> list[str]:
+    """The names clients reach over TLS although the node listens in plain HTTP: an ``https`` endpoint's.
+
+    The node never terminates TLS itself, so an ``https`` endpoint means a TLS-terminating proxy
+    in front of it, and what arrives under that name was signed as ``https`` ([HTTP-9]).
+    """
+    endpoint = URL(home.config.endpoint)
+    return [endpoint.host_port_subcomponent or ""] if endpoint.scheme == "https" else []
+
+
+async def verified_here(request: web.Request, body: bytes | None) -> VerifiedRequest:
+    """:func:`verified` with this node's nonce store, authorities and the time now."""
+    home = request.app[HOME]
+    return await verified(
+        request,
+        body,
+        now=int(time.time()),
+        nonces=DatabaseNonces(home),
+        authorities=authorities(home),
+        tls_authorities=tls_authorities(home),
+    )
 
 
 def cbor_response(http_status: int = 200, **fields: Any) -> web.Response:
@@ -146,10 +170,7 @@ async def read_capped(request: web.Request, cap: int = MAX_BODY) -> bytes:
 async def signed_body(request: web.Request, *required: str) -> tuple[str, dict[str, Any]]:
     """Verify the request's signature and nonce, then decode its CBOR body: (signer, body)."""
     data = await read_capped(request)
-    home = request.app[HOME]
-    check = await verified(
-        request, data, now=int(time.time()), nonces=DatabaseNonces(home), authorities=authorities(home)
-    )
+    check = await verified_here(request, data)
     return check.signer, decode_body(data, *required)
 
 
@@ -180,10 +201,7 @@ async def connect(request: web.Request) -> web.Response:
 async def deposit(request: web.Request) -> web.Response:
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise RemoteProtocolError(Code.MALFORMED, "compressed request bodies are refused")
-    home = request.app[HOME]
-    check = await verified(
-        request, None, now=int(time.time()), nonces=DatabaseNonces(home), authorities=authorities(home)
-    )
+    check = await verified_here(request, None)
     if not check.streamed:
         raise RemoteProtocolError(Code.MALFORMED, "a document body is signed as a stream")
     try:
