@@ -129,3 +129,18 @@ async def test_a_fetch_refusal_not_signed_by_the_node_is_no_answer(
             await client.download(f"{url}/v0/fetch", expected_signer=NODE.did, chain=[])
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("code", ["expired", "not-yet-valid"])
+async def test_an_unsigned_refusal_out_of_the_time_window_points_at_the_clock(serve: Serve, code: str) -> None:
+    """A node refuses a request signed out of its window (this machine's clock is off) without signing
+    its answer: still no answer, but the line says what it claims and what to check."""
+    url = await serve(401, cbor.encode({"code": code, "message": "<b>anything</b>"}), None)
+    client = PeerClient(OTHER)
+    try:
+        with pytest.raises(PeerUnreachable) as unreachable:
+            await client.call("POST", f"{url}/v0/state", expected_signer=NODE.did)
+    finally:
+        await client.close()
+    assert f"unsigned, it says {code}" in unreachable.value.reason
+    assert "clock" in unreachable.value.reason and "anything" not in unreachable.value.reason

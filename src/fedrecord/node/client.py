@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from multidict import CIMultiDict
@@ -313,11 +313,37 @@ def _checked(
                 now=int(time.time()),
             )
         except FedrecordError as exc:
-            # Anyone on the path can send an unsigned answer: it is no answer, never a refusal.
-            raise PeerUnreachable(url, f"the answer is not signed by the node asked ({exc.code.value})") from None
+            # Anyone on the path can send an unsigned answer: it is no answer, never a refusal.  What
+            # it claims is still said (its code only, never its text), as the likely cause: a node
+            # refuses a request out of its time window without signing its answer.
+            reason = f"the answer is not signed by the node asked ({exc.code.value})"
+            claimed = _claimed_code(data) if status >= 300 else None
+            if claimed is not None:
+                reason += f"; unsigned, it says {claimed.value}"
+            if exc.code in _CLOCK_CODES or claimed in _CLOCK_CODES:
+                reason += f"; check that this machine's clock is right: {_CLOCK_WINDOW}"
+            raise PeerUnreachable(url, reason) from None
     if status >= 300:
         raise _refusal(url, data, status)
     return decode_body(data)
+
+
+_CLOCK_CODES: Final = (Code.EXPIRED, Code.NOT_YET_VALID)
+_CLOCK_WINDOW: Final = "nodes take a signed request or answer for 60 seconds, and up to 30 seconds early"
+
+
+def _claimed_code(data: bytes) -> Code | None:
+    """The protocol code an error body names, if it is one; None for anything else."""
+    try:
+        body = cbor.decode(data)
+    except FedrecordError:
+        return None
+    if type(body) is not dict or type(body.get("code")) is not str:
+        return None
+    try:
+        return Code(body["code"])
+    except ValueError:
+        return None
 
 
 def _refusal(url: str, data: bytes, status: int) -> RemoteProtocolError:
