@@ -8,17 +8,23 @@ Found by the conformance case ``signatures.host-authority``: a request with two
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from fedrecord.core import SigningIdentity, cbor
 from fedrecord.http.aiohttp_signing import client_signing_headers
+from fedrecord.node.server import HOME, errors_as_cbor
 from fedrecord.node.wire import CBOR_TYPE
 
 from .node_helpers import ServedNode, raw_request
@@ -132,3 +138,26 @@ async def test_behind_a_tls_terminating_proxy_requests_signed_for_https_verify(
     head = "POST /v0/state HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
     status, data = await raw_request(node.port, head, body)
     assert (_error(data).get("code") != "bad-signature") is verifies, (status, data)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOSPC, "No space left on device"), sqlite3.OperationalError("database or disk is full")],
+    ids=["file", "database"],
+)
+async def test_a_full_disk_is_one_line_and_a_retry_later(
+    failure: Exception, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deposit meeting a full disk: the operator reads where, not a traceback; the sender gets a 503
+    (no answer: it keeps the deposit and retries)."""
+    app = web.Application()
+    app[HOME] = SimpleNamespace(path=tmp_path)  # type: ignore[misc]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise failure
+
+    caplog.set_level(logging.INFO)
+    answer = await errors_as_cbor(make_mocked_request("PUT", "/v0/documents/00", app=app), handler)
+    assert answer.status == 503
+    assert "Traceback" not in caplog.text and len(caplog.records) == 1
+    assert f"the disk of {tmp_path} is full" in caplog.text

@@ -10,7 +10,9 @@ message "internal error", never with a traceback.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -130,10 +132,32 @@ async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamRe
         log.info("connection lost during %s %s", request.method, request.path)
         refusal = RemoteProtocolError(Code.TRUNCATED, "the connection was lost before the request ended")
         return web.Response(status=refusal.status, body=error_body(refusal), content_type=CBOR_TYPE)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not _disk_full(exc):
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            body = error_body(RemoteProtocolError(Code.MALFORMED, "internal error"))
+            return web.Response(status=500, body=body, content_type=CBOR_TYPE)
+        # The operator's to fix, not a bug: one line saying where, and the sender retries later.
+        log.error(
+            "cannot answer %s %s: the disk of %s is full (%s); free space there, senders will retry",
+            request.method,
+            request.path,
+            request.app[HOME].path,
+            exc,
+        )
+        body = error_body(RemoteProtocolError(Code.MALFORMED, "out of storage space; try again later"))
+        return web.Response(status=503, body=body, content_type=CBOR_TYPE)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         body = error_body(RemoteProtocolError(Code.MALFORMED, "internal error"))
         return web.Response(status=500, body=body, content_type=CBOR_TYPE)
+
+
+def _disk_full(exc: OSError | sqlite3.OperationalError) -> bool:
+    """Whether an error says the node's storage is full (a file or the database)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 def _chunked_only(request: web.Request) -> None:
