@@ -470,6 +470,44 @@ async def serve(ctx: Context) -> None:
 
 
 @main.command()
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the new passphrase from this file (mode 0600) instead of asking "
+    "(FEDRECORD_NEW_PASSPHRASE works too).",
+)
+@pass_context
+@fail_cleanly
+async def passphrase(ctx: Context, new_passphrase_file: Path | None) -> None:
+    """Change the key file's passphrase (the current one as for every command, then the new one).
+
+    The key file is rewritten at once, in place; the keys stay the same.  A running `serve`
+    goes on; it needs the new passphrase when it next starts (update its passphrase file).
+    Backups made before keep the old passphrase.
+    """
+    from fedrecord.node.home import NodeConfig
+    from fedrecord.storage.keyfile import passphrase_from_environment, read_key_file, write_key_file
+
+    NodeConfig.load(ctx.home)
+    secrets = await asyncio.to_thread(read_key_file, ctx.home / "node.key", ctx.passphrase())
+    new = passphrase_from_environment(new_passphrase_file, "FEDRECORD_NEW_PASSPHRASE")
+    if new is None:
+        if not sys.stdin.isatty():
+            raise click.ClickException(
+                "no new passphrase: set FEDRECORD_NEW_PASSPHRASE or use --new-passphrase-file (mode 0600)"
+            )
+        new = click.prompt("New passphrase", hide_input=True, confirmation_prompt=True).encode()
+    limits = _kdf_limits()
+    extra = {} if limits is None else {"ops": limits[0], "mem": limits[1]}
+    await asyncio.to_thread(write_key_file, ctx.home / "node.key", secrets, new, **extra)
+    ctx.emit(
+        {"home": str(ctx.home), "changed": True},
+        f"the passphrase of {ctx.home / 'node.key'} is changed; update the passphrase file or "
+        "FEDRECORD_PASSPHRASE a service starts with",
+    )
+
+
+@main.command()
 @click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
 @pass_context
 @fail_cleanly
