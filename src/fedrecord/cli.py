@@ -305,6 +305,15 @@ async def _open(ctx: Context, role: str | None = None) -> Any:
 
     NodeConfig.load(ctx.home)  # a home that is no node is said before the passphrase is asked for
     home = await NodeHome.open(ctx.home, ctx.passphrase())
+    if home.db.upgraded:
+        # Said once, by whichever command opened the home first after an upgrade of fedrecord.
+        first, last = home.db.upgraded[0].version, home.db.upgraded[-1].version
+        click.echo(
+            f"upgraded the database of {ctx.home} to schema version {last} (migrations {first} to {last}: "
+            + "; ".join(m.description for m in home.db.upgraded)
+            + "); older fedrecord versions can no longer open it",
+            err=True,
+        )
     if role is not None and home.config.role != role:
         await home.close()
         raise HomeError(f"this command is for a {role} node; {ctx.home} is a {home.config.role} node")

@@ -188,6 +188,8 @@ class Database:
         self._thread_reader: sqlite3.Connection | None = None  # created, used and closed in the thread
         #: ``COMMIT``\ s issued so far (each one log sync), for benchmarks and tests of group commit.
         self.commits = 0
+        #: The migrations :func:`open_database` applied to a database that already had a schema.
+        self.upgraded: list[Migration] = []
 
     # --- statements
 
@@ -531,8 +533,8 @@ async def open_database(path: Path, migrations: Sequence[Migration]) -> Database
                 "knows; upgrade fedrecord (the database was left untouched)"
             )
         for migration in migrations:
-            if migration.version > current:
-                await _apply(db, migration)
+            if migration.version > current and await _apply(db, migration) and current > 0:
+                db.upgraded.append(migration)
     except BaseException:
         await db.close()
         raise
@@ -565,14 +567,16 @@ async def schema_version(db: Database) -> int:
     return int(row[0]) if row is not None else 0
 
 
-async def _apply(db: Database, migration: Migration) -> None:
+async def _apply(db: Database, migration: Migration) -> bool:
+    """Apply one migration unless another process did meanwhile; whether this one applied it."""
     async with db.transaction():
         # Re-read under the write lock: another process may have applied it meanwhile.
         if await schema_version(db) >= migration.version:
-            return
+            return False
         for statement in migration.statements:
             await db.execute(statement)
         await db.execute("INSERT INTO schema_version (version) VALUES (?)", (migration.version,))
+    return True
 
 
 async def integrity_check(db: Database) -> str:

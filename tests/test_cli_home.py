@@ -1,13 +1,17 @@
-"""``fedrecord passphrase``: the key file's passphrase changes, the node stays the same node."""
+"""Operating a node's home: ``fedrecord passphrase`` changes the key file's passphrase and the node
+stays the same node; a home an older fedrecord made is upgraded, and the command says so."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from fedrecord.cli import main
+from fedrecord.node import home as home_module
+from fedrecord.node.schema import MIGRATIONS
 
 OLD = {"FEDRECORD_PASSPHRASE": "the old one, not a secret", "FEDRECORD_KDF": "interactive"}
 
@@ -39,3 +43,19 @@ def test_a_wrong_current_passphrase_changes_nothing(tmp_path: Path) -> None:
     wrong = {**OLD, "FEDRECORD_PASSPHRASE": "wrong", "FEDRECORD_NEW_PASSPHRASE": "the new one"}
     assert run(home, "passphrase", env=wrong).exit_code == 1
     assert (home / "node.key").read_bytes() == before
+
+
+def test_a_home_made_by_an_older_fedrecord_is_upgraded_and_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first command after an upgrade applies the new migrations and says so on stderr, once."""
+    home = tmp_path / "lab"
+    with monkeypatch.context() as older:
+        older.setattr(home_module, "MIGRATIONS", MIGRATIONS[:7])
+        assert run(home, "init", "--role", "clinic", "--name", "Lab", env=OLD).exit_code == 0
+    first = run(home, "status", env=OLD)
+    assert first.exit_code == 0, first.output
+    assert f"to schema version {MIGRATIONS[-1].version} (migrations 8 to" in first.output
+    assert MIGRATIONS[7].description in first.output
+    again = run(home, "status", env=OLD)
+    assert again.exit_code == 0 and "upgraded" not in again.output
