@@ -291,3 +291,35 @@ async def test_a_stalling_patient_node_holds_up_no_other_poll(story: Story, monk
         assert held is not None and held.head_seq >= 0
     finally:
         trap.close()
+
+
+@ASYNC
+async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(caplog: pytest.LogCaptureFixture) -> None:
+    """Offline is normal (US-11): a clinic polling every 5 s says so once, not 17,000 times a day."""
+    from types import SimpleNamespace
+
+    from fedrecord.node.client import PeerUnreachable
+
+    offline = {"did:key:zPatient"}
+
+    async def poll(patient: str, *, now: int) -> None:
+        if patient in offline:
+            raise PeerUnreachable("http://127.0.0.1:1/v0/state", "connection refused")
+
+    async def connections() -> list[Any]:
+        return [SimpleNamespace(patient="did:key:zPatient")]
+
+    async def delegated_only() -> list[str]:
+        return []
+
+    clinic: Any = SimpleNamespace(poll=poll, connections=connections, store=SimpleNamespace(delegated_only=delegated_only))
+    failing: dict[str, str] = {}
+    caplog.set_level(logging.INFO, logger="fedrecord.node")
+    for _ in range(3):
+        await runner.poll_all(clinic, now=now(), failing=failing)
+    offline.clear()
+    await runner.poll_all(clinic, now=now(), failing=failing)
+    await runner.poll_all(clinic, now=now(), failing=failing)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "connection refused" in lines[0] and "answered again" in lines[1]

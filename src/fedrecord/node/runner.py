@@ -53,6 +53,7 @@ async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int
 
 
 async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, stop: asyncio.Event) -> None:
+    failing: dict[str, str] = {}  # patients whose polls fail, and what was said
     while not stop.is_set():
         now = int(time.time())
         # What another process (a `fedrecord delete` killed after its commit) left undone.
@@ -60,7 +61,7 @@ async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, 
         try:
             if clinic is not None:
                 await clinic.flush_outbox(now=now)
-                await poll_all(clinic, now=now)
+                await poll_all(clinic, now=now, failing=failing)
             else:
                 await deliver_patient_outbox(home, client, now=now)
         except Exception:
@@ -75,13 +76,26 @@ POLL_DEADLINE: Final = 15.0
 """Seconds one poll may take: a node that accepts and then stalls holds up no other."""
 
 
-async def poll_all(clinic: ClinicNode, *, now: int) -> None:
+async def poll_all(clinic: ClinicNode, *, now: int, failing: dict[str, str] | None = None) -> None:
     """Poll every connected patient's node, a few at a time, each within ``POLL_DEADLINE`` (logged, never raised).
 
     A connection may come from a delegation by a node never met, whose patient's endpoint that
     node chose (spec 15.18): one slow endpoint must not delay the others, nor the next outbox run.
+
+    Args:
+        failing: the last failure said for each patient whose polls fail, kept from one round to
+            the next by the caller: a patient's node offline for a day (normal, US-11) is one
+            warning and one line when it answers again, not a warning every poll interval.
     """
     turns = asyncio.Semaphore(POLLS_AT_ONCE)
+    said = {} if failing is None else failing
+
+    def failed(patient: str, why: str) -> None:
+        if said.get(patient) == why:
+            log.debug("polling %s: %s (still)", patient, why)
+            return
+        said[patient] = why
+        log.warning("polling %s: %s", patient, why)
 
     async def poll(patient: str) -> None:
         async with turns:
@@ -89,11 +103,16 @@ async def poll_all(clinic: ClinicNode, *, now: int) -> None:
                 async with asyncio.timeout(POLL_DEADLINE):
                     await clinic.poll(patient, now=now)
             except (FedrecordError, PeerUnreachable) as exc:
-                log.warning("polling %s: %s", patient, exc)
+                failed(patient, str(exc))
+                return
             except TimeoutError:
-                log.warning("polling %s: no state within %.0f s", patient, POLL_DEADLINE)
+                failed(patient, f"no state within {POLL_DEADLINE:.0f} s")
+                return
             except Exception:  # a busy database, a disk error: this poll only, the others go on
                 log.exception("polling %s", patient)
+                return
+            if said.pop(patient, None) is not None:
+                log.info("polling %s: answered again", patient)
 
     # Patients who invited this clinic first, then those known through delegations alone.
     delegated = set(await clinic.store.delegated_only())
