@@ -323,3 +323,17 @@ async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(capl
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert "connection refused" in lines[0] and "answered again" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [(None, logging.INFO), ("debug", logging.DEBUG), (" WARNING ", logging.WARNING), ("loud", logging.INFO)],
+)
+def test_serve_logs_at_the_level_the_operator_sets(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, level: int
+) -> None:
+    if value is None:
+        monkeypatch.delenv(runner.LOG_LEVEL_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(runner.LOG_LEVEL_VARIABLE, value)
+    assert runner.log_level() == level

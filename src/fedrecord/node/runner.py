@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import time
@@ -153,8 +154,19 @@ async def _housekeeping(step: Coroutine[Any, Any, int], *, failed: str, done: st
         log.info(done, count)
 
 
+LOG_LEVEL_VARIABLE: Final = "FEDRECORD_LOG_LEVEL"
+"""DEBUG, INFO (the default), WARNING or ERROR: how much ``serve`` logs."""
+
+
+def log_level() -> int:
+    """The level ``serve`` logs at, from :data:`LOG_LEVEL_VARIABLE`; INFO when unset or not a level."""
+    name = os.environ.get(LOG_LEVEL_VARIABLE, "").strip().upper()
+    level = logging.getLevelName(name) if name else logging.INFO
+    return level if isinstance(level, int) else logging.INFO
+
+
 async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Before anything is served or sent: an attestation queued by a process killed before it
     # destroyed the copy goes out only once the copy is gone.
     await finish_destruction(home)
