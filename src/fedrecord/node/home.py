@@ -214,7 +214,10 @@ def backup_home(home: Path, dest: Path) -> BackupResult:
         target = sqlite3.connect(dest / DATABASE)
         try:
             source.backup(target)
-            rows = target.execute("SELECT id, stream IS NULL FROM documents").fetchall()
+            # A home an older fedrecord made, not opened since the upgrade, has no stream column yet.
+            columns = {row[1] for row in target.execute("PRAGMA table_info(documents)")}
+            in_file = "stream IS NULL" if "stream" in columns else "1"
+            rows = target.execute(f"SELECT id, {in_file} FROM documents").fetchall()
         finally:
             target.close()
     finally:
