@@ -114,3 +114,16 @@ async def test_a_backup_counts_the_files_deleted_meanwhile_and_never_writes_into
     assert backup_home(home, tmp_path / "b1").missing == 1
     with pytest.raises(HomeError, match="not empty"):
         backup_home(home, tmp_path / "b1")
+
+
+async def test_a_home_not_yet_upgraded_is_backed_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made by a fedrecord whose documents had no stream column (before migration 6), not opened since."""
+    from fedrecord.node import home as home_module
+    from fedrecord.node.schema import MIGRATIONS
+
+    home = tmp_path / "lab"
+    _init(home)
+    monkeypatch.setattr(home_module, "MIGRATIONS", MIGRATIONS[:5])
+    opened = await NodeHome.open(home, PASSPHRASE)
+    await opened.close()
+    assert backup_home(home, tmp_path / "copy").documents == 0
