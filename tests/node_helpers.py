@@ -90,6 +90,8 @@ class ServedNode:
     app: web.Application | None = None
     client: PeerClient | None = None
     clinic_node: ClinicNode | None = None
+    base: str = ""
+    """The path of its endpoint (``/fedrecord``): the API is served under it."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -102,16 +104,16 @@ class ServedNode:
             await node.stop()
 
     @classmethod
-    async def create(cls, path: Path, *, role: str, name: str) -> ServedNode:
+    async def create(cls, path: Path, *, role: str, name: str, base: str = "") -> ServedNode:
         init_home(
             path,
             role=role,
             name=name,
-            endpoint="http://127.0.0.1:0",
+            endpoint=f"http://127.0.0.1:0{base}",
             passphrase=PASSPHRASE,
             kdf_limits=KDF_LIMITS,
         )
-        node = cls(path, role)
+        node = cls(path, role, base=base)
         await node.start()
         return node
 
@@ -127,7 +129,7 @@ class ServedNode:
         site = web.TCPSite(runner, "127.0.0.1", self.port)
         await site.start()
         self.port = int(runner.addresses[0][1])
-        home.with_endpoint(f"http://127.0.0.1:{self.port}")
+        home.with_endpoint(f"http://127.0.0.1:{self.port}{self.base}")
         self.home, self.client, self.clinic_node, self.app, self.runner = home, client, clinic, app, runner
 
     async def stop(self) -> None:

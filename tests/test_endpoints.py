@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -27,6 +28,7 @@ from fedrecord.node import runner
 from fedrecord.node.wire import Invitation
 
 from .node_helpers import (
+    ServedNode,
     Story,
     assert_unchanged,
     body,
@@ -337,3 +339,36 @@ def test_serve_logs_at_the_level_the_operator_sets(
     else:
         monkeypatch.setenv(runner.LOG_LEVEL_VARIABLE, value)
     assert runner.log_level() == level
+
+
+@ASYNC
+@pytest.mark.parametrize("base", ["/fedrecord", "/fedrecord/", "/"])
+async def test_a_node_whose_endpoint_has_a_path_serves_the_api_under_it(
+    tmp_path_factory: pytest.TempPathFactory, base: str
+) -> None:
+    """15.1: an endpoint's path is appended to the base URL as written there, without its trailing
+    ``/``.  A patient's node at ``http://host/fedrecord`` answers ``/fedrecord/v0/...`` (as a reverse
+    proxy passing paths on unchanged hands them over), and a clinic connects, deposits and polls
+    through it; a trailing ``/`` names the same node."""
+    root = tmp_path_factory.mktemp("base")
+    patient = await ServedNode.create(root / "patient", role="patient", name="Camille", base=base)
+    lab = await ServedNode.create(root / "lab", role="clinic", name="Laboratoire")
+    try:
+        invitation = await patient.patient.create_invitation(label="Laboratoire", now=now())
+        await lab.clinic.connect(invitation.url(), now=now())
+        doc = await lab.clinic.deposit(
+            patient.did, b"Ferritin 80 ug/L\n", title="Ferritin", category="lab", doc_type="lab-result", now=now()
+        )
+        assert await lab.clinic.flush_outbox() == (1, 0)
+        await patient.patient.accept(doc, now=now())
+        assert (await lab.clinic.poll(patient.did, now=now()))["seq"] >= 0
+        prefix = base.rstrip("/")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{patient.port}{prefix}/v0/profile") as served:
+                assert served.status == 200
+            if prefix:
+                async with session.get(f"http://127.0.0.1:{patient.port}/v0/profile") as elsewhere:
+                    assert elsewhere.status == 404
+    finally:
+        await lab.stop()
+        await patient.stop()

@@ -71,7 +71,7 @@ from .records_table import open_stored
 from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
 from .sync import DEVICE_TYPES, SyncReport, item_of, subject_of, sync_with_patient
 from .sync import Progress as SyncProgress
-from .wire import MAX_DOCUMENT, Invitation, StateAnswer, check_profile_endpoints
+from .wire import MAX_DOCUMENT, Invitation, StateAnswer, api_url, check_profile_endpoints
 
 log = logging.getLogger("fedrecord.node")
 R = TypeVar("R", bound=Record)
@@ -138,7 +138,7 @@ class ClinicNode:
         invitation = Invitation.parse(invitation_text)
         answer = await self.client.call(
             "POST",
-            f"{invitation.endpoint}/v0/connect",
+            api_url(invitation.endpoint, "/v0/connect"),
             expected_signer=invitation.node,
             token=invitation.token,
             profile=self.home.profile.encoded,
@@ -330,7 +330,7 @@ class ClinicNode:
             if chunks is None:
                 raise RemoteProtocolError(Code.NOT_FOUND, "the deposited document is gone")
             await self.client.upload(
-                f"{connection['endpoint']}/v0/documents/{deposit.record.doc.hex()}",
+                api_url(connection["endpoint"], f"/v0/documents/{deposit.record.doc.hex()}"),
                 chunks,
                 {"Fedrecord-Deposit": b64(payload)},
                 progress=progress,
@@ -345,7 +345,7 @@ class ClinicNode:
                 await self.home.destroyed(doc)
             await self.client.call(
                 "POST",
-                f"{connection['endpoint']}/v0/attestations",
+                api_url(connection["endpoint"], "/v0/attestations"),
                 expected_signer=target,
                 attestation=payload,
             )
@@ -441,7 +441,7 @@ class ClinicNode:
         for chain in await self.chains_from(patient, now=now):
             answer = await self.client.call(
                 "POST",
-                f"{connection['endpoint']}/v0/list",
+                api_url(connection["endpoint"], "/v0/list"),
                 expected_signer=patient,
                 chain=[link.encoded for link in chain],
                 profile=self.home.profile.encoded,
@@ -519,7 +519,7 @@ class ClinicNode:
         )
         answer = await self.client.call(
             "POST",
-            f"{endpoint}/v0/fetch-batch",
+            api_url(endpoint, "/v0/fetch-batch"),
             expected_signer=patient,
             chain=[link.encoded for link in chain],
             receipt=receipt.encoded,
@@ -668,7 +668,7 @@ class ClinicNode:
         full_chain = [*chain, child]
         await self.client.call(
             "POST",
-            f"{to_endpoint.rstrip('/')}/v0/grants",
+            api_url(to_endpoint, "/v0/grants"),
             expected_signer=to,
             patient=patient,
             endpoint=connection["endpoint"],
@@ -787,7 +787,7 @@ class ClinicNode:
             self.home.identity,
         )
         answer = await self.client.download(
-            f"{fetch.endpoint}/v0/fetch",
+            api_url(fetch.endpoint, "/v0/fetch"),
             start=start or None,
             expected_signer=fetch.patient,
             chain=[link.encoded for link in fetch.chain],
@@ -1119,7 +1119,7 @@ class ClinicNode:
         """
         connection = await self._connection(patient)
         try:
-            answer = await self.client.call("POST", f"{connection['endpoint']}/v0/state", expected_signer=patient)
+            answer = await self.client.call("POST", api_url(connection["endpoint"], "/v0/state"), expected_signer=patient)
         except RemoteProtocolError as exc:
             if exc.code is not Code.NOT_FOUND or connection["deposit_grant"] is not None:
                 raise

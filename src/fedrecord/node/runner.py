@@ -30,7 +30,7 @@ from .clinic import ClinicNode
 from .home import NodeHome
 from .server import PATIENT, make_app
 from .subscriptions import StateSubscriptions
-from .wire import CBOR_TYPE, error_body
+from .wire import CBOR_TYPE, api_url, error_body
 
 log = logging.getLogger("fedrecord.node")
 
@@ -40,7 +40,7 @@ async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int
     store = home.store
     for item_id, payload, attempts, endpoint, did in await store.due_decisions(now):
         try:
-            await client.call("POST", f"{endpoint}/v0/decisions", expected_signer=did, decision=payload)
+            await client.call("POST", api_url(endpoint, "/v0/decisions"), expected_signer=did, decision=payload)
         except PeerUnreachable as exc:
             async with store.transaction():
                 await store.outbox_retry(item_id, next_at=now + min(300, 2**attempts), error=str(exc))

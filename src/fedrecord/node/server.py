@@ -533,11 +533,20 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
             ("POST", "/v0/grants", delegation),
             ("POST", "/v0/manage", clinic_control),
         ]
+    # Served under the endpoint's own path (15.1: an endpoint's path is appended to the base URL as
+    # written there): a node at https://host/fedrecord answers /fedrecord/v0/..., as a reverse proxy
+    # that passes paths unchanged hands them on, and as they were signed ([HTTP-9]).
+    base = base_path(home.config.endpoint)
     for method, path, handler in routes:
-        app.router.add_route(method, path, handler, expect_handler=expect_continue)
+        app.router.add_route(method, base + path, handler, expect_handler=expect_continue)
         if method == "GET":
-            app.router.add_route("HEAD", path, handler, expect_handler=expect_continue)
+            app.router.add_route("HEAD", base + path, handler, expect_handler=expect_continue)
     return app
+
+
+def base_path(endpoint: str) -> str:
+    """The path of a node's own base URL, without its trailing ``/`` (empty at the host's root)."""
+    return URL(endpoint).raw_path.rstrip("/")
 
 
 async def expect_continue(request: web.Request) -> web.Response | None:

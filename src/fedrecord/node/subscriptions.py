@@ -29,7 +29,7 @@ from fedrecord.http.event_stream import ServerEvent
 
 from .client import PeerUnreachable, unb64
 from .clinic import ClinicNode
-from .wire import MAX_BODY, decode_body
+from .wire import MAX_BODY, api_url, decode_body
 
 __all__ = ["RECONNECT_MAX", "RECONNECT_MIN", "RESCAN_INTERVAL", "StateSubscriptions"]
 
@@ -82,7 +82,7 @@ class StateSubscriptions:
                 if connection is None:
                     return
                 stream = self.clinic.client.events(
-                    f"{connection.endpoint}/v0/events", expected_signer=patient, max_event=MAX_EVENT
+                    api_url(connection.endpoint, "/v0/events"), expected_signer=patient, max_event=MAX_EVENT
                 )
                 # Closed as soon as this block is left, whatever way: the connection is not kept waiting.
                 async with contextlib.aclosing(stream):

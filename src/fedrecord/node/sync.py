@@ -66,7 +66,7 @@ from fedrecord.core.reconcile import Item, Reconciler, SortedItems, respond
 from fedrecord.core.sealed_box import open_sealed, seal
 
 from .records_table import open_stored
-from .wire import BATCH_MAX_BYTES
+from .wire import BATCH_MAX_BYTES, api_url
 
 if TYPE_CHECKING:
     from .clinic import ClinicNode
@@ -368,7 +368,7 @@ async def _sync_pass(
     async def take(batch: list[bytes], *, last: bool) -> list[bytes]:
         """Fetch, verify and keep one batch of records; the ids left for later."""
         answer = await clinic.client.call(
-            "POST", f"{endpoint}/v0/records", expected_signer=patient, chain=chain, ids=batch
+            "POST", api_url(endpoint, "/v0/records"), expected_signer=patient, chain=chain, ids=batch
         )
         plain = answer.get("records")
         if "sealed" in answer and type(plain) is list:
@@ -483,7 +483,7 @@ async def _reconcile(
         if report.rounds >= MAX_ROUNDS:
             raise RemoteProtocolError(Code.MALFORMED, f"reconciliation did not end in {MAX_ROUNDS} rounds")
         answer = await clinic.client.call(
-            "POST", f"{endpoint}/v0/sync", expected_signer=patient, chain=chain, message=message
+            "POST", api_url(endpoint, "/v0/sync"), expected_signer=patient, chain=chain, message=message
         )
         reply = answer.get("message")
         if type(reply) is not bytes:
@@ -506,7 +506,7 @@ async def _push_own(
     stored = 0
     for piece in push_pieces(await clinic.issued_under(leaf.id, set(have))):
         answer = await clinic.client.call(
-            "POST", f"{endpoint}/v0/push", expected_signer=patient, chain=chain, records=[r.encoded for r in piece]
+            "POST", api_url(endpoint, "/v0/push"), expected_signer=patient, chain=chain, records=[r.encoded for r in piece]
         )
         count = answer.get("stored")
         stored += count if type(count) is int else 0

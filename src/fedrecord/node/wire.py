@@ -25,6 +25,13 @@ MAX_DOCUMENT: Final = 4 << 30  # 4 GiB; streams keep every path flat in memory [
 INVITATION_PREFIX: Final = "fr0-"
 
 
+def api_url(endpoint: str, path: str) -> str:
+    """The URL of an API path under a node's base URL: ``path`` appended without the base's trailing ``/``
+    (15.1), so ``http://host/`` and ``http://host`` name the same node, and ``https://host/fedrecord``
+    serves ``/fedrecord/v0/...``."""
+    return endpoint.rstrip("/") + path
+
+
 def encode_body(**fields: Any) -> bytes:
     return cbor.encode({"v": PROTOCOL_VERSION, **fields})
 
@@ -139,7 +146,7 @@ class Invitation:
         return INVITATION_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     def url(self) -> str:
-        return f"{self.endpoint.rstrip('/')}/v0/invitation?c={self.code()}"
+        return api_url(self.endpoint, f"/v0/invitation?c={self.code()}")
 
     @classmethod
     def parse(cls, text: str) -> Invitation:
