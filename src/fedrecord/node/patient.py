@@ -230,6 +230,8 @@ class PatientNode:
         self._batches = asyncio.Semaphore(BATCHES_IN_MEMORY)
         self._deposits_in_memory = DEPOSITS_IN_MEMORY
         self._deposit_locks: KeyedLocks[bytes] = KeyedLocks()
+        # Grants of this node's own that are known to be kept here (see _learn_own_grants).
+        self._own_grants_kept: set[bytes] = set()
 
     # --- connecting ----------------------------------------------------------------
 
@@ -933,7 +935,27 @@ class PatientNode:
             return []
         grants = self._open_chain(chain)
         (await self._decide(requester, grants, now=now)).require()
+        await self._learn_own_grants(grants, now=now)
         return grants
+
+    async def _learn_own_grants(self, grants: Sequence[Signed[Grant]], *, now: int) -> None:
+        """Keep a grant signed with this node's key that an allowed chain brought and this node lacks ([API-75]).
+
+        Only a node restored from an older copy of its home (or a key used elsewhere) lacks one: kept
+        as :meth:`keep_own` keeps it, the patient sees it in the listings and can revoke it.  Checked
+        once per grant and process: after that, from memory.
+        """
+        for grant in grants:
+            if grant.signer != self.home.did or grant.id in self._own_grants_kept:
+                continue
+            if await self.store.record(Grant, grant.id) is None:
+                async with self.store.transaction():
+                    await self.store.put_record(grant, now=now, subject=_own_subject(grant))
+                log.warning(
+                    "kept grant %s: signed by this node, not held here (restored from a backup?)", grant.id.hex()[:16]
+                )
+                self._state_changed()  # a grant is in the state answer of its audience
+            self._own_grants_kept.add(grant.id)
 
     async def documents_for(
         self, requester: str, chain: Sequence[bytes], *, now: int
@@ -948,6 +970,7 @@ class PatientNode:
         (
             await self._decide(requester, grants, now=now, revocations=revocations, restrictions=restrictions)
         ).require()
+        await self._learn_own_grants(grants, now=now)
         listing = []
         for item in await self.documents(include_hidden=is_device_chain(grants, self.home.did)):
             if item["added"] is None:
@@ -1005,6 +1028,7 @@ class PatientNode:
         # process) moves it, and the fetch is decided again where its receipt is logged.
         epoch = await self.store.view_epoch()
         signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
+        await self._learn_own_grants(decision.grants, now=now)
         request = signed_receipt.record
         await self._require_servable(requester, decision, request.documents, now=now)
         reader_key = await self._reader_key(requester, offered_profile, now=now)
@@ -1062,6 +1086,7 @@ class PatientNode:
         # hidden document) is caught by deciding again where the receipt is logged.
         epoch = await self.store.view_epoch()
         signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=True)
+        await self._learn_own_grants(decision.grants, now=now)
         request = signed_receipt.record
         documents = request.documents
         await self._require_servable(requester, decision, documents, now=now)
