@@ -10,6 +10,7 @@ it was, but for the spent nonce.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -325,6 +326,41 @@ async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(capl
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert "connection refused" in lines[0] and "answered again" in lines[1]
+
+
+async def test_an_event_stream_of_a_patient_away_is_one_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for polls: a clinic following the event stream of a patient's node that is away says so once,
+    not every minute of the backoff, and again only after the stream has opened."""
+    from types import SimpleNamespace
+
+    from fedrecord.node import subscriptions
+    from fedrecord.node.client import PeerUnreachable
+
+    attempts = 0
+
+    async def events(url: str, **_fields: Any) -> Any:
+        nonlocal attempts
+        attempts += 1
+        raise PeerUnreachable(url, "connection refused")
+        yield  # an async generator, as PeerClient.events is
+
+    async def connection(_patient: str) -> Any:
+        return SimpleNamespace(endpoint="http://127.0.0.1:1")
+
+    clinic: Any = SimpleNamespace(client=SimpleNamespace(events=events), store=SimpleNamespace(connection=connection))
+    monkeypatch.setattr(subscriptions, "RECONNECT_MIN", 0.001)
+    monkeypatch.setattr(subscriptions, "RECONNECT_MAX", 0.001)
+    caplog.set_level(logging.DEBUG, logger="fedrecord.node")
+    follower = asyncio.create_task(subscriptions.StateSubscriptions(clinic).follow("did:key:zPatient"))
+    while attempts < 4:
+        await asyncio.sleep(0.005)
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "connection refused" in warned[0].getMessage(), warned
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,29 @@ async def test_a_home_whose_database_is_missing_is_refused(tmp_path: Path) -> No
     (tmp_path / "away.db").rename(home / DATABASE)
     opened = await NodeHome.open(home, PASSPHRASE)
     await opened.close()
+
+
+async def test_the_database_and_its_log_are_the_owners_alone(tmp_path: Path) -> None:
+    """Titles and labels are in the clear in node.db: 0600 from init on, whatever the umask, and a
+    database an older fedrecord left readable by others is made the owner's alone when opened."""
+    home = tmp_path / "lab"
+    previous = os.umask(0o022)
+    try:
+        _init(home)
+        opened = await NodeHome.open(home, PASSPHRASE)
+        try:
+            async with opened.store.transaction():
+                await opened.db.execute("INSERT INTO nonces (signer, nonce, expires) VALUES ('did:key:z', 'n', 0)")
+            for name in (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm"):
+                assert (home / name).stat().st_mode & 0o777 == 0o600, name
+        finally:
+            await opened.close()
+        (home / DATABASE).chmod(0o644)
+        opened = await NodeHome.open(home, PASSPHRASE)
+        await opened.close()
+        assert (home / DATABASE).stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)
 
 
 async def _row(home: NodeHome, doc: bytes) -> None:

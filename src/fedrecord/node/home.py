@@ -11,6 +11,7 @@ Layout of ``<home>``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -142,8 +143,21 @@ def init_home(
     extra = {} if kdf_limits is None else {"ops": kdf_limits[0], "mem": kdf_limits[1]}
     write_key_file(home / "node.key", secrets, passphrase, **extra)
     NodeConfig(role=role, name=name, endpoint=endpoint, host=host, port=port).save(home)
+    # Made the owner's alone before SQLite opens it: its log and shared-memory files take its mode.
+    os.close(os.open(home / DATABASE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     sqlite3.connect(home / DATABASE).close()
     return secrets.identity
+
+
+def _owner_only(database: Path) -> None:
+    """Make a database made readable by others (by an older fedrecord, under the umask) its owner's alone.
+
+    Its titles and labels are in the clear; a copy of the home made with other tools keeps modes.
+    """
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
 
 
 def read_signing_seed(path: Path) -> bytes:
@@ -393,6 +407,7 @@ class NodeHome:
                 f"{path / DATABASE} is missing: this node's database was moved or deleted; "
                 "put it back (or restore it from a backup) before using the node"
             )
+        _owner_only(path / DATABASE)
         db = await open_database(path / DATABASE, MIGRATIONS)
         files = DocumentFiles(path / "documents")
         await files.sweep_temporary()

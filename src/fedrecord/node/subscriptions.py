@@ -75,6 +75,7 @@ class StateSubscriptions:
     async def follow(self, patient: str) -> None:
         """Hold ``patient``'s event stream open and apply its events, reconnecting with backoff, for ever."""
         delay = RECONNECT_MIN
+        failing = False
         while True:
             opened = False
             try:
@@ -88,12 +89,15 @@ class StateSubscriptions:
                 async with contextlib.aclosing(stream):
                     async for event in stream:
                         if not opened:
-                            opened, delay = True, RECONNECT_MIN
+                            opened, delay, failing = True, RECONNECT_MIN, False
                             log.info("following the event stream of %s", patient)
                         await self._apply(patient, event)
                 log.info("the event stream of %s ended", patient)
             except (FedrecordError, PeerUnreachable) as exc:
-                log.warning("the event stream of %s: %s; again in %.0f s", patient, exc, delay)
+                # A patient's node away is normal (US-11): said once, until its stream opens again.
+                level = logging.DEBUG if failing else logging.WARNING
+                log.log(level, "the event stream of %s: %s; again in %.0f s", patient, exc, delay)
+                failing = True
             except Exception:
                 log.exception("the event stream of %s; again in %.0f s", patient, delay)
             await asyncio.sleep(delay)
