@@ -376,6 +376,42 @@ def test_a_session_in_use_ends_after_its_absolute_lifetime():
     assert sessions.find(session.token, now=132.0) is None
 
 
+def test_sessions_whose_browser_never_came_back_are_forgotten(tmp_path):
+    # A sign-in a day for years, each browser closed without signing out (the cookie lives only
+    # while the browser does): the node must not keep every one of them for as long as it runs.
+    sessions = Sessions(idle_seconds=10.0, absolute_seconds=100.0)
+    for day in range(1000):
+        sessions.start(now=day * 20.0)
+    assert len(sessions._open) == 1, "only the last sign-in can still be used"
+    live = sessions.start(now=19_990.0)
+    assert len(sessions._open) == 2 and sessions.find(live.token, now=19_995.0) is live
+    # Opened under a credential set again since: ended too, and forgotten at the next sign-in.
+    set_password(tmp_path, PASSWORD, limits=WEB_KDF)
+    home_sessions = Sessions(home=tmp_path)
+    before = home_sessions.start(now=0.0)
+    set_password(tmp_path, PASSWORD, limits=WEB_KDF)
+    after = home_sessions.start(now=1.0)
+    assert len(home_sessions._open) == 1 and home_sessions.find(after.token, now=2.0) is after
+    assert home_sessions.find(before.token, now=2.0) is None
+
+
+def test_the_rate_limit_keeps_only_clients_with_recent_failures():
+    sessions = Sessions()
+    for i in range(1000):  # as many addresses asking, none failing: nothing to keep for them
+        assert sessions.wait_seconds(f"2001:db8::{i:x}", now=0.0) == 0
+    assert not sessions._failures
+    for i in range(40):
+        sessions.failed(f"2001:db8::{i:x}", now=float(i))
+    assert len(sessions._failures) == 40
+    assert sessions.wait_seconds("2001:db8::1", now=50.0) == 0
+    # A window later, one more failure: the clients whose failures aged out are forgotten.
+    sessions.failed("2001:db8::ffff", now=auth.WINDOW_SECONDS + 100.0)
+    assert list(sessions._failures) == ["2001:db8::ffff"]
+    for attempt in range(auth.MAX_FAILURES):
+        sessions.failed("2001:db8::ffff", now=auth.WINDOW_SECONDS + 101.0 + attempt)
+    assert sessions.wait_seconds("2001:db8::ffff", now=auth.WINDOW_SECONDS + 110.0) > 0, "still limited"
+
+
 async def test_a_password_change_ends_the_sessions_open_in_the_browser(live: LiveStory):
     node = live.new_patient("password-change")
     url = live.serve_page(node)  # the page's own sessions, as `fedrecord serve` makes them

@@ -130,11 +130,24 @@ class Sessions:
     def start(self, now: float | None = None, *, stamp: str | None = None) -> Session:
         """A new session, opened under ``stamp`` (default: the credential's stamp read in ``home``)."""
         now = time.monotonic() if now is None else now
+        current = self._stamp(stamp)
+        # A session whose browser never came back (closed, its cookie gone) is ended only here: the
+        # page forgets it once it could no longer be used, so sign-ins do not pile up for ever.
+        for token in [t for t, s in self._open.items() if self._ended(s, now, current)]:
+            del self._open[token]
         session = Session(
-            secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, started=now, stamp=self._stamp(stamp)
+            secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, started=now, stamp=current
         )
         self._open[session.token] = session
         return session
+
+    def _ended(self, session: Session, now: float, current: str | None) -> bool:
+        """Unused for :attr:`idle_seconds`, opened :attr:`absolute_seconds` ago, or under another credential."""
+        return (
+            now - session.last_seen > self.idle_seconds
+            or now - session.started > self.absolute_seconds
+            or (current is not None and not same_token(session.stamp, current))
+        )
 
     def find(self, token: str | None, now: float | None = None, *, stamp: str | None = None) -> Session | None:
         """The session of ``token`` if it is still open; touches it.
@@ -149,12 +162,7 @@ class Sessions:
         session = self._open.get(token)
         if session is None:
             return None
-        current = self._stamp(stamp)
-        if (
-            now - session.last_seen > self.idle_seconds
-            or now - session.started > self.absolute_seconds
-            or (current is not None and not same_token(session.stamp, current))
-        ):
+        if self._ended(session, now, self._stamp(stamp)):
             del self._open[token]
             return None
         session.last_seen = now
@@ -177,8 +185,8 @@ class Sessions:
     def wait_seconds(self, client: str, now: float | None = None) -> int:
         """Seconds before ``client`` may try a password again (0: now)."""
         now = time.monotonic() if now is None else now
-        mine = self._failures.setdefault(client, deque())
-        if self._recent(mine, now) >= MAX_FAILURES:
+        mine = self._failures.get(client)  # not kept for a client that has no failure to count
+        if mine is not None and self._recent(mine, now) >= MAX_FAILURES:
             return int(WINDOW_SECONDS - (now - mine[0])) + 1
         if self._recent(self._all_failures, now) >= MAX_FAILURES_ALL:
             return int(WINDOW_SECONDS - (now - self._all_failures[0])) + 1
@@ -186,6 +194,11 @@ class Sessions:
 
     def failed(self, client: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        if client not in self._failures:
+            # Clients whose failures are all out of the window are forgotten before another is kept:
+            # the table holds at most the clients with a failure in the window (MAX_FAILURES_ALL).
+            for stale in [c for c, queue in self._failures.items() if not self._recent(queue, now)]:
+                del self._failures[stale]
         self._failures.setdefault(client, deque()).append(now)
         self._all_failures.append(now)
 
