@@ -84,6 +84,31 @@ async def test_sync_brings_the_view_and_only_the_view(story: Story) -> None:
     assert (again.rounds, again.records_fetched, again.documents_fetched) == (1, 0, 0)
 
 
+async def test_views_of_an_earlier_state_are_not_kept(story: Story) -> None:
+    """A patient's node serving syncs for weeks keeps the views it can still use, not one per chain ever seen."""
+    patient, gp = story.patient.patient, story.gp.did
+    grants = [
+        await patient.grant(
+            audience=gp,
+            scope=Scope(categories=("lab",), past=True),
+            actions=("read",),
+            purpose="treatment",
+            days=1,
+            now=now(),
+        )
+        for _ in range(3)
+    ]
+    for grant in grants:
+        await patient_view(patient, gp, [grant], now=now())
+    assert len(patient.sync_views.views) == 3
+    # The record changes (a grant, a deposit, an acceptance...): those views will never be used again.
+    await patient.revoke(grants[0].id, now=now())
+    view = await patient_view(patient, gp, [story.gp_grant], now=now())
+    assert len(patient.sync_views.views) == 1, "the three views of the earlier state are dropped"
+    assert next(iter(patient.sync_views.views.values())) is view
+    assert await patient_view(patient, gp, [story.gp_grant], now=now()) is view, "the current one is kept"
+
+
 async def test_bodies_left_by_a_records_only_sync_are_fetched_by_the_next(story: Story) -> None:
     """Entries stored by an earlier sync (not decoded by this one) still have their bodies fetched."""
     gp, patient = story.gp.clinic, story.patient.did

@@ -121,7 +121,7 @@ class View:
 
 @dataclass
 class ViewCache:
-    """Views by (requester, chain), dropped when records or documents change."""
+    """Views by (requester, chain), dropped when records or documents change (at the next view built)."""
 
     views: dict[tuple[str, tuple[bytes, ...]], View] = field(default_factory=dict)
     limit: int = 64
@@ -225,6 +225,10 @@ async def patient_view(
                 encoded[record_id] = entry
     private = frozenset(i for i, s in records.items() if isinstance(s.record, PrivateRestriction))
     view = View(SortedItems(items), encoded, version, private)
+    # A view read at an earlier epoch is never used again (the epoch only moves on): each holds a copy
+    # of a whole view's records, so they are dropped now rather than kept until the cache is full.
+    for stale in [k for k, v in cache.views.items() if v.version < version]:
+        del cache.views[stale]
     if len(cache.views) >= cache.limit:
         cache.views.clear()
     cache.views[key] = view
