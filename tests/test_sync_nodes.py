@@ -109,6 +109,44 @@ async def test_views_of_an_earlier_state_are_not_kept(story: Story) -> None:
     assert await patient_view(patient, gp, [story.gp_grant], now=now()) is view, "the current one is kept"
 
 
+async def test_an_entry_no_longer_readable_does_not_turn_later_batches_into_single_fetches(story: Story) -> None:
+    """A clinic keeps the entries of documents it could once read; every later sync asks for their bodies.
+
+    The patient's node refuses a whole batch for one document it does not serve ([API-70]): the
+    batch is split until that document is alone, not fetched again one document at a time.
+    """
+    patient, gp, lab = story.patient.patient, story.gp.clinic, story.lab.clinic
+    grant_args: dict[str, Any] = {"audience": story.gp.did, "actions": ("read",), "purpose": "treatment", "days": 1}
+    # For a while the GP reads every lab result, the lithium level (PSY) included...
+    wide = await patient.grant(scope=Scope(categories=("lab",), past=True, future=True), now=now(), **grant_args)
+    await patient.revoke(story.gp_grant.id, now=now())
+    await gp.poll(story.patient.did, now=now())  # the grants come with the patient's state
+    await gp.sync(story.patient.did, now=now())
+    assert story.docs["lithium"] in {row.doc for row in await story.gp.h.store.held_documents()}
+    # ...then again without it: the copies are destroyed, the entries stay.
+    await patient.grant(
+        scope=Scope(categories=("lab",), past=True, future=True), hide_labels=("PSY",), now=now(), **grant_args
+    )
+    await patient.revoke(wide.id, now=now())
+    await gp.poll(story.patient.did, now=now())
+    assert not await story.gp.h.store.held_documents()
+    new = [
+        await lab.deposit(
+            story.patient.did, f"Potassium {i}\n".encode(), title="K", category="lab", doc_type="lab-result", now=now()
+        )
+        for i in range(40)
+    ]
+    assert (await lab.flush_outbox())[0] == len(new)
+    for doc in new:
+        await patient.accept(doc, now=now())
+    before = len(await patient.audit_log())
+    report = await gp.sync(story.patient.did, now=now())
+    assert report.documents_fetched == len(new) + 1, report  # the new results and the blood count
+    assert report.documents_failed == [f"{story.docs['lithium'].hex()}: not-found"]
+    reads = len(await patient.audit_log()) - before
+    assert reads <= 12, f"{reads} reads for {len(new) + 1} documents: the batch was fetched one by one"
+
+
 async def test_bodies_left_by_a_records_only_sync_are_fetched_by_the_next(story: Story) -> None:
     """Entries stored by an earlier sync (not decoded by this one) still have their bodies fetched."""
     gp, patient = story.gp.clinic, story.patient.did
