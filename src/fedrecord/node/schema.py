@@ -149,6 +149,16 @@ MIGRATIONS = (
             " (SELECT subject FROM records WHERE typ = 'fedrecord/tombstone')",
         ),
     ),
+    Migration(
+        version=11,
+        description="outbox_pending: the rows still to send, which every flush reads, apart from those delivered",
+        statements=(
+            # Delivered rows stay (done = 1; `fedrecord status` counts them, a refused deposit's reason is
+            # read from its row): a lab's outbox holds one per deposit ever made.  A flush every
+            # poll_interval, and each count and `owes`, read only these, in id order.
+            "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE done = 0",
+        ),
+    ),
 )
 
 TABLES = (
