@@ -393,7 +393,7 @@ class ClinicNode:
 
     async def _decided_chains(self, patient: str, *, now: int) -> list[tuple[list[Signed[Grant]], Decision]]:
         """Every chain held from ``patient``, with the decision of reading under it now."""
-        revocations = RevocationSet.from_records(await self.store.records(Revocation))
+        revocations = await self.store.revocation_set()
         # The same decision the patient's node makes, without a document: only revocations by an
         # issuer up the chain count [CAP-7].
         return [

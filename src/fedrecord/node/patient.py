@@ -770,7 +770,7 @@ class PatientNode:
         return revocation
 
     async def _revocations(self) -> RevocationSet:
-        return RevocationSet.from_records(await self.store.records(Revocation))
+        return await self.store.revocation_set()
 
     async def _restrictions(self) -> list[Signed[PrivateRestriction]]:
         return await self.store.records(PrivateRestriction, signer=self.home.did)

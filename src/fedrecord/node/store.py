@@ -28,6 +28,7 @@ from fedrecord.core import (
     NodeProfile,
     Record,
     Revocation,
+    RevocationSet,
     Signed,
     StateHead,
     Tombstone,
@@ -267,6 +268,10 @@ class NodeStore(Protocol):
     async def state_mark(self) -> tuple[int, int]:
         """A value that changes whenever a grant, revocation, state head or tombstone is kept, by this
         process or another one writing the same database (what the patient's event streams watch)."""
+        ...
+
+    async def revocation_set(self) -> RevocationSet:
+        """Every revocation this node holds, as a set (read again only after :meth:`state_mark` moved)."""
         ...
 
     # --- invitations and peers
@@ -688,6 +693,7 @@ class SqliteNodeStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._nonces_purged = 0
+        self._revocation_set: tuple[tuple[int, int], RevocationSet] | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -797,6 +803,18 @@ class SqliteNodeStore:
             attestation.record.patient == patient
             for attestation in await self.records(DeletionAttestation, subject=doc)
         )
+
+    async def revocation_set(self) -> RevocationSet:
+        # Every fetch and listing decides against the whole set: read and decoded again only when a
+        # revocation may have been kept since (by this process or another), not at each request.
+        # Inside the task's own transaction its uncommitted writes count, and the mark would not see
+        # them: read afresh there.
+        if not self.db.reads_committed:
+            return RevocationSet.from_records(await self.records(Revocation))
+        mark = await self.state_mark()
+        if self._revocation_set is None or self._revocation_set[0] != mark:
+            self._revocation_set = (mark, RevocationSet.from_records(await self.records(Revocation)))
+        return self._revocation_set[1]
 
     async def state_mark(self) -> tuple[int, int]:
         # These records are never deleted, so their count and highest rowid only grow.  Read on the

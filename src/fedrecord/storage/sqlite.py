@@ -202,6 +202,11 @@ class Database:
         """Whether the writer holds an open SQLite transaction (a group may be waiting for its commit)."""
         return self._writer.in_transaction
 
+    @property
+    def reads_committed(self) -> bool:
+        """Whether this task's reads see only what is committed (it holds no transaction of its own)."""
+        return not (self._owner is not None and self._owner is asyncio.current_task())
+
     def _connection(self) -> sqlite3.Connection:
         if self._owner is not None and self._owner is asyncio.current_task():
             return self._writer
