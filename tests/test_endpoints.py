@@ -378,14 +378,15 @@ def test_serve_logs_at_the_level_the_operator_sets(
 
 
 @ASYNC
-@pytest.mark.parametrize("base", ["/fedrecord", "/fedrecord/", "/"])
+@pytest.mark.parametrize("base", ["/fedrecord", "/fedrecord/", "/", "/clínica", "/my%20lab", "/{x}"])
 async def test_a_node_whose_endpoint_has_a_path_serves_the_api_under_it(
     tmp_path_factory: pytest.TempPathFactory, base: str
 ) -> None:
     """15.1: an endpoint's path is appended to the base URL as written there, without its trailing
     ``/``.  A patient's node at ``http://host/fedrecord`` answers ``/fedrecord/v0/...`` (as a reverse
     proxy passing paths on unchanged hands them over), and a clinic connects, deposits and polls
-    through it; a trailing ``/`` names the same node."""
+    through it; a trailing ``/`` names the same node, and a path with characters written
+    percent-encoded (non-ASCII ones always are) is served too."""
     root = tmp_path_factory.mktemp("base")
     patient = await ServedNode.create(root / "patient", role="patient", name="Camille", base=base)
     lab = await ServedNode.create(root / "lab", role="clinic", name="Laboratoire")
@@ -404,6 +405,9 @@ async def test_a_node_whose_endpoint_has_a_path_serves_the_api_under_it(
                 assert served.status == 200
             if prefix:
                 async with session.get(f"http://127.0.0.1:{patient.port}/v0/profile") as elsewhere:
+                    assert elsewhere.status == 404
+                # The base is matched as written: `{x}` in it is no pattern taking any segment.
+                async with session.get(f"http://127.0.0.1:{patient.port}/other/v0/profile") as elsewhere:
                     assert elsewhere.status == 404
     finally:
         await lab.stop()

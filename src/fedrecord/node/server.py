@@ -538,15 +538,34 @@ def make_app(home: NodeHome, *, clinic: ClinicNode | None = None) -> web.Applica
     # that passes paths unchanged hands them on, and as they were signed ([HTTP-9]).
     base = base_path(home.config.endpoint)
     for method, path, handler in routes:
-        app.router.add_route(method, base + path, handler, expect_handler=expect_continue)
+        resource = _served_at(base, path)
+        app.router.register_resource(resource)
+        resource.add_route(method, handler, expect_handler=expect_continue)
         if method == "GET":
-            app.router.add_route("HEAD", base + path, handler, expect_handler=expect_continue)
+            resource.add_route("HEAD", handler, expect_handler=expect_continue)
     return app
 
 
 def base_path(endpoint: str) -> str:
-    """The path of a node's own base URL, without its trailing ``/`` (empty at the host's root)."""
-    return URL(endpoint).raw_path.rstrip("/")
+    """The path of a node's own base URL, without its trailing ``/`` (empty at the host's root).
+
+    Decoded as aiohttp's router decodes a request's path before matching it (``path_safe``): a
+    route at the raw ``/cl%C3%ADnica`` would match no request, and the node answer 404 to all.
+    """
+    return URL(endpoint).path_safe.rstrip("/")
+
+
+def _served_at(base: str, path: str) -> web.Resource:
+    """The resource of an API ``path`` under ``base``, which is matched as written, character for character.
+
+    The base is added as a prefix, not written into the route: aiohttp would read ``{...}`` in it as a
+    variable (a node at ``/{x}`` then answering under any first segment, signed for any path there)
+    and re-encode a non-ASCII character it then compares with the decoded path (a 404 to every peer).
+    """
+    resource = web.DynamicResource(path) if "{" in path else web.PlainResource(path)
+    if base:
+        resource.add_prefix(base)
+    return resource
 
 
 async def expect_continue(request: web.Request) -> web.Response | None:
