@@ -64,6 +64,17 @@ async def test_a_home_whose_database_is_missing_is_refused(tmp_path: Path) -> No
     await opened.close()
 
 
+def test_init_over_a_database_left_without_its_key_file_writes_nothing(tmp_path: Path) -> None:
+    """A node's database whose key file is gone (a lost passphrase, the key file deleted) is refused
+    before anything is written: no new key file beside another node's records, no half-made node."""
+    home = tmp_path / "lab"
+    home.mkdir()
+    (home / DATABASE).write_bytes(b"")
+    with pytest.raises(HomeError, match="database"):
+        _init(home)
+    assert sorted(p.name for p in home.iterdir()) == [DATABASE]
+
+
 async def test_the_database_and_its_log_are_the_owners_alone(tmp_path: Path) -> None:
     """Titles and labels are in the clear in node.db: 0600 from init on, whatever the umask, and a
     database an older fedrecord left readable by others is made the owner's alone when opened."""

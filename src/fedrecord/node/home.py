@@ -116,7 +116,7 @@ def init_home(
     without it is a damaged one, which :meth:`NodeHome.open` refuses.
 
     Raises:
-        HomeError: when ``home`` already holds a node, ``role`` is unknown,
+        HomeError: when ``home`` already holds a node or a node's database, ``role`` is unknown,
             ``name`` is not 1 to 128 characters, ``endpoint`` is not an
             absolute http(s) base URL, ``port`` is not 0 to 65535, or
             ``signing_seed`` is not 32 bytes.
@@ -134,6 +134,9 @@ def init_home(
         raise HomeError("a port is a number from 0 to 65535")
     if (home / "node.key").exists():
         raise HomeError(f"{home} already holds a node")
+    if (home / DATABASE).exists():
+        # Another node's database, its key file gone: checked here, before the key file is written.
+        raise HomeError(f"{home} already holds a node's database ({DATABASE}); make the node in a new directory")
     home.mkdir(parents=True, exist_ok=True)
     # The database holds titles and labels in the clear (documents are encrypted, their facts are not):
     # the home is the owner's alone, whatever the umask.
