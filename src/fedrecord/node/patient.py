@@ -943,7 +943,11 @@ class PatientNode:
 
         Only a node restored from an older copy of its home (or a key used elsewhere) lacks one: kept
         as :meth:`keep_own` keeps it, the patient sees it in the listings and can revoke it.  Checked
-        once per grant and process: after that, from memory.
+        once per grant and process: after that, from memory.  Call outside a transaction: a grant
+        learned is committed in its own.
+
+        Raises:
+            StorageError, sqlite3.Error: the grant could not be committed (a busy or full database).
         """
         for grant in grants:
             if grant.signer != self.home.did or grant.id in self._own_grants_kept:

@@ -82,7 +82,12 @@ def tls_authorities(home: NodeHome) -> list[str]:
 
 
 async def verified_here(request: web.Request, body: bytes | None) -> VerifiedRequest:
-    """:func:`verified` with this node's nonce store, authorities and the time now."""
+    """:func:`verified` with this node's nonce store, authorities and the time now.
+
+    Raises:
+        AuthenticationError, RemoteProtocolError: as :func:`verified` (``bad-signature`` for a
+            ``Host`` that is not this node's, ``replay`` for a nonce spent before, ...).
+    """
     home = request.app[HOME]
     return await verified(
         request,
