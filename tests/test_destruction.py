@@ -222,3 +222,16 @@ async def test_an_attestation_goes_out_only_once_the_copy_is_destroyed(
     await gp.clinic.flush_outbox()
     assert not gp.h.files.path_of(doc).exists() and await gp.h.store.doomed() == []
     assert [o["done"] for o in await gp.clinic.outbox() if o["kind"] == "attestation"][-1]
+
+
+async def test_a_tombstone_for_a_copy_in_a_state_a_clinic_never_writes_destroys_it(story: Story) -> None:
+    """A damaged row (a state outside the life cycle table) does not fail every poll: destroyed, attested."""
+    gp, patient = story.gp, story.patient
+    doc = await _accepted(story, b"TSH 2.1 mU/L\n", "TSH")
+    await gp.clinic.fetch(patient.did, doc, now=now())
+    async with gp.h.store.transaction():
+        await gp.h.db.execute("UPDATE documents SET state = 'archived' WHERE id = ?", (doc,))
+    await patient.patient.delete(doc, now=now())
+    await gp.clinic.poll(patient.did, now=now())
+    assert await gp.h.store.attested(doc, patient=patient.did)
+    assert await gp.h.store.document_state(doc) is None

@@ -80,3 +80,35 @@ def test_kept_state_refuses_a_move_that_leaves_no_row() -> None:
     assert kept_state(None, Event.DEPOSITED) is DocumentState.INBOX
     with pytest.raises(LocalProtocolError):
         kept_state(DocumentState.INBOX, Event.REJECT)
+
+
+def test_the_spec_table_is_the_code_table() -> None:
+    """Spec 15.6's table of a document's states says what TRANSITIONS holds, row for row."""
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parent.parent / "spec" / "fedrecord.md").read_text()
+    header = "| state | event | state after | rule |"
+    rows = spec[spec.index(header) :].split("\n\n", 1)[0].splitlines()[2:]
+    events = {
+        "a deposit passes every check": Event.DEPOSITED,
+        "the patient accepts": Event.ACCEPT,
+        "the patient rejects": Event.REJECT,
+        "the patient deletes": Event.DELETE,
+        "a clinic writes a document": Event.AUTHOR,
+        "a copy is fetched and checked": Event.FETCHED,
+        "its own document is fetched under a grant": Event.FETCHED,
+        "the patient's tombstone arrives": Event.WITHDRAWN,
+        "a grant up its chain is revoked": Event.REVOKED,
+    }
+
+    def states(cell: str) -> list[DocumentState | None]:
+        words = cell.split(" (", maxsplit=1)[0].replace("`", "").split(" or ")
+        return [None if word.strip() == "none" else DocumentState(word.strip()) for word in words]
+
+    written = {}
+    for row in rows:
+        before, event, after, _rule = (cell.strip() for cell in row.strip("|").split("|"))
+        (after_state,) = states(after)
+        for state in states(before):
+            written[(state, events[event])] = after_state
+    assert written == dict(TRANSITIONS)

@@ -119,6 +119,7 @@ def next_state(state: DocumentState | str | None, event: Event) -> DocumentState
 
     Args:
         state: its state now (a row's ``state`` column as read), ``None`` for no row.
+        event: what happens to it.
 
     Raises:
         RemoteProtocolError: the code and message of :data:`REFUSALS` for the
