@@ -161,3 +161,17 @@ async def test_a_full_disk_is_one_line_and_a_retry_later(
     assert answer.status == 503
     assert "Traceback" not in caplog.text and len(caplog.records) == 1
     assert f"the disk of {tmp_path} is full" in caplog.text
+
+
+async def test_a_commit_undone_by_the_database_is_one_line_and_a_retry_later(caplog: pytest.LogCaptureFixture) -> None:
+    """A block of a group commit rolled back because another block of the group met a full disk: the
+    same answer as the block that met it (503, one line), not a 500 with a traceback."""
+    from fedrecord.storage.sqlite import StorageError
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise StorageError("the transaction was rolled back by the database")
+
+    caplog.set_level(logging.INFO)
+    answer = await errors_as_cbor(make_mocked_request("PUT", "/v0/documents/00"), handler)
+    assert answer.status == 503
+    assert "Traceback" not in caplog.text and len(caplog.records) == 1

@@ -25,6 +25,7 @@ from fedrecord.http.aiohttp_signing import signed_response, verified, was_verifi
 from fedrecord.http.event_stream import EVENT_STREAM_TYPE, KEEP_ALIVE, encode_event
 from fedrecord.http.message_signatures import VerifiedRequest
 from fedrecord.storage.documents import CorruptDocumentError
+from fedrecord.storage.sqlite import StorageError
 
 from .client import b64, unb64
 from .clinic import ClinicNode
@@ -151,6 +152,12 @@ async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamRe
             exc,
         )
         body = error_body(RemoteProtocolError(Code.MALFORMED, "out of storage space; try again later"))
+        return web.Response(status=503, body=body, content_type=CBOR_TYPE)
+    except StorageError as exc:
+        # A commit that did not complete: this request's, or its group's when another block of the same
+        # group commit failed (a full disk, mid-statement).  Nothing was acknowledged; the sender retries.
+        log.error("cannot answer %s %s: %s; senders will retry", request.method, request.path, exc)
+        body = error_body(RemoteProtocolError(Code.MALFORMED, "the node could not store this; try again later"))
         return web.Response(status=503, body=body, content_type=CBOR_TYPE)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
