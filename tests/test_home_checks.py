@@ -162,3 +162,23 @@ async def test_a_home_not_yet_upgraded_is_backed_up(tmp_path: Path, monkeypatch:
     opened = await NodeHome.open(home, PASSPHRASE)
     await opened.close()
     assert backup_home(home, tmp_path / "copy").documents == 0
+
+
+async def test_a_backup_makes_no_folder_for_a_document_kept_in_its_row(tmp_path: Path) -> None:
+    """A small document lives in its database row: the copied database holds it, and the backup's
+    ``documents/`` gets no empty folder for a file there is not."""
+    home = tmp_path / "patient"
+    _init(home, role="patient")
+    opened = await NodeHome.open(home, PASSPHRASE)
+    try:
+        async with opened.store.transaction():
+            await opened.db.execute(
+                "INSERT INTO documents (id, patient, state, author, title, doc_type, category, labels, date, size,"
+                " stream) VALUES (?, 'did:key:z', 'accepted', 'did:key:z', 't', 'note', 'lab', '[]', 0, 3, x'616263')",
+                (bytes(range(32)),),
+            )
+        result = backup_home(home, tmp_path / "copy")
+    finally:
+        await opened.close()
+    assert (result.documents, result.files, result.missing) == (1, 0, 0)
+    assert list((tmp_path / "copy" / "documents").iterdir()) == []

@@ -532,7 +532,8 @@ async def backup(ctx: Context, dest: Path) -> None:
     result = await asyncio.to_thread(backup_home, ctx.home, dest)
     if result.missing:
         raise click.ClickException(
-            f"{result.missing} document file(s) were deleted while the backup ran; run it again into a new directory"
+            f"{result.missing} document file(s) the database names were not found (deleted while the backup"
+            " ran, or already missing from the home); run it again into a new directory"
         )
     ctx.emit(
         {"dest": str(dest), **dataclasses.asdict(result)},

@@ -248,6 +248,8 @@ def backup_home(home: Path, dest: Path) -> BackupResult:
     for doc, in_file in rows:
         origin = files.path_of(bytes(doc))
         copy = copies.path_of(bytes(doc))
+        if not in_file and not origin.exists():
+            continue  # kept in its row (in the copied database): no file, no folder for one
         try:
             copy.parent.mkdir(mode=0o700, exist_ok=True)
             shutil.copyfile(origin, copy)
