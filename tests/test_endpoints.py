@@ -328,6 +328,33 @@ async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(capl
     assert "connection refused" in lines[0] and "answered again" in lines[1]
 
 
+async def test_a_poll_failure_whose_text_moves_is_still_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A restored patient's node answers heads older than the clinic's, with a number that moves at
+    each poll: the same failure going on, said once."""
+    from types import SimpleNamespace
+
+    polls = 0
+
+    async def poll(patient: str, *, now: int) -> None:
+        nonlocal polls
+        polls += 1
+        raise RemoteProtocolError(Code.ROLLBACK, f"state head 3 is older than {40 + polls}")
+
+    async def connections() -> list[Any]:
+        return [SimpleNamespace(patient="did:key:zPatient")]
+
+    async def delegated_only() -> list[str]:
+        return []
+
+    clinic: Any = SimpleNamespace(poll=poll, connections=connections, store=SimpleNamespace(delegated_only=delegated_only))
+    failing: dict[str, str] = {}
+    caplog.set_level(logging.INFO, logger="fedrecord.node")
+    for _ in range(3):
+        await runner.poll_all(clinic, now=now(), failing=failing)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == ["polling did:key:zPatient: rollback: state head 3 is older than 41"], warned
+
+
 async def test_an_event_stream_of_a_patient_away_is_one_warning(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

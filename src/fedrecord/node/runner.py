@@ -84,18 +84,20 @@ async def poll_all(clinic: ClinicNode, *, now: int, failing: dict[str, str] | No
     node chose (spec 15.18): one slow endpoint must not delay the others, nor the next outbox run.
 
     Args:
-        failing: the last failure said for each patient whose polls fail, kept from one round to
+        failing: the kind of the last failure said for each patient whose polls fail, kept from one round to
             the next by the caller: a patient's node offline for a day (normal, US-11) is one
             warning and one line when it answers again, not a warning every poll interval.
     """
     turns = asyncio.Semaphore(POLLS_AT_ONCE)
     said = {} if failing is None else failing
 
-    def failed(patient: str, why: str) -> None:
-        if said.get(patient) == why:
+    def failed(patient: str, why: str, kind: str) -> None:
+        # Compared by kind (a code, unreachable, timeout), not by text: a text that moves each time
+        # ("state head 3 is older than 41", then 42) is the same failure going on.
+        if said.get(patient) == kind:
             log.debug("polling %s: %s (still)", patient, why)
             return
-        said[patient] = why
+        said[patient] = kind
         log.warning("polling %s: %s", patient, why)
 
     async def poll(patient: str) -> None:
@@ -103,11 +105,14 @@ async def poll_all(clinic: ClinicNode, *, now: int, failing: dict[str, str] | No
             try:
                 async with asyncio.timeout(POLL_DEADLINE):
                     await clinic.poll(patient, now=now)
-            except (FedrecordError, PeerUnreachable) as exc:
-                failed(patient, str(exc))
+            except FedrecordError as exc:
+                failed(patient, str(exc), exc.code.value)
+                return
+            except PeerUnreachable as exc:
+                failed(patient, str(exc), "unreachable")
                 return
             except TimeoutError:
-                failed(patient, f"no state within {POLL_DEADLINE:.0f} s")
+                failed(patient, f"no state within {POLL_DEADLINE:.0f} s", "timeout")
                 return
             except Exception:  # a busy database, a disk error: this poll only, the others go on
                 log.exception("polling %s", patient)
