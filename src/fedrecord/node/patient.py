@@ -521,16 +521,17 @@ class PatientNode:
         """
         _check_labels(labels)
         async with self.store.transaction():
-            state = kept_state(await self.store.document_state(doc), Event.ACCEPT)
-            row = await self._inbox_row(doc)
-            merged = sorted(set(json.loads(row["labels"])) | set(labels))
+            row = await self.store.deposited_row(doc)
+            state = kept_state(row.state if row is not None else None, Event.ACCEPT)
+            assert row is not None  # the table moves no document on `accept` from no row
+            merged = sorted(set(json.loads(row.labels)) | set(labels))
             decision = sign_record(
-                DepositDecision(deposit=row["deposit"], doc=doc, decision="accepted", iat=now),
+                DepositDecision(deposit=row.deposit, doc=doc, decision="accepted", iat=now),
                 self.home.identity,
             )
             month = int(_month(now))
             entry = sign_record(
-                AcceptedEntry(doc=doc, padded_size=padded_size(row["size"]), month=month), self.home.identity
+                AcceptedEntry(doc=doc, padded_size=padded_size(row.size), month=month), self.home.identity
             )
             await self.store.put_record(decision, now=now, subject=doc)
             await self.store.put_record(entry, now=now, subject=doc)
@@ -543,15 +544,16 @@ class PatientNode:
     async def reject(self, doc: bytes, *, now: int) -> Signed[DepositDecision]:
         """Reject a deposit: destroyed here, and the depositor is told through the outbox (US-3)."""
         async with self.store.transaction():
-            next_state(await self.store.document_state(doc), Event.REJECT)  # no row after: forgotten below
-            row = await self._inbox_row(doc)
+            row = await self.store.deposited_row(doc)
+            next_state(row.state if row is not None else None, Event.REJECT)  # no row after: forgotten below
+            assert row is not None  # the table moves no document on `reject` from no row
             decision = sign_record(
-                DepositDecision(deposit=row["deposit"], doc=doc, decision="rejected", iat=now),
+                DepositDecision(deposit=row.deposit, doc=doc, decision="rejected", iat=now),
                 self.home.identity,
             )
             await self.store.put_record(decision, now=now, subject=doc)
             await self._forget_document(doc)
-            await self.store.queue_outbox("decision", target=row["author"], payload=decision.encoded, now=now)
+            await self.store.queue_outbox("decision", target=row.author, payload=decision.encoded, now=now)
         await self.home.destroyed(doc)
         return decision
 
@@ -559,12 +561,6 @@ class PatientNode:
         """Drop every copy of a document's key this node holds: its row and its deposit record (whose
         sealed box holds the key).  Decisions, tombstones and attestations stay.  In a transaction."""
         await self.store.forget_document(doc, Deposit)
-
-    async def _inbox_row(self, doc: bytes) -> dict[str, Any]:
-        row = await self.store.pending_deposit(doc)
-        if row is None:
-            raise _not_found()
-        return row._asdict()
 
     # --- the record ------------------------------------------------------------------
 

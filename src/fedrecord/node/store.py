@@ -58,13 +58,14 @@ class InboxRow(NamedTuple):
     size: int
 
 
-class PendingDeposit(NamedTuple):
-    """What accepting or rejecting an inbox document needs."""
+class DepositedRow(NamedTuple):
+    """What accepting or rejecting a deposited document needs, with its state (the life cycle's to judge)."""
 
     deposit: bytes
     labels: str  # JSON list
     size: int
     author: str
+    state: str
 
 
 class AcceptedRow(NamedTuple):
@@ -423,8 +424,8 @@ class NodeStore(Protocol):
         """The inbox, in arrival order."""
         ...
 
-    async def pending_deposit(self, doc: bytes) -> PendingDeposit | None:
-        """An inbox document's deposit, labels, size and author; ``None`` when not in the inbox."""
+    async def deposited_row(self, doc: bytes) -> DepositedRow | None:
+        """A deposited document's deposit, labels, size, author and state; ``None`` when not held."""
         ...
 
     async def accept_document(self, doc: bytes, *, labels: str, added: int, state: DocumentState) -> None:
@@ -1028,11 +1029,12 @@ class SqliteNodeStore:
         marks = ", ".join("?" * len(docs))
         return {row[0] for row in await self._all(f"{select} IN ({marks})", (*params, *docs))}
 
-    async def pending_deposit(self, doc: bytes) -> PendingDeposit | None:
+    async def deposited_row(self, doc: bytes) -> DepositedRow | None:
         row = await self._one(
-            "SELECT deposit, labels, size, author FROM documents WHERE id = ? AND state = 'inbox'", (doc,)
+            "SELECT deposit, labels, size, author, state FROM documents WHERE id = ? AND deposit IS NOT NULL",
+            (doc,),
         )
-        return PendingDeposit(*row) if row is not None else None
+        return DepositedRow(*row) if row is not None else None
 
     async def accept_document(
         self, doc: bytes, *, labels: str, added: int, state: DocumentState
