@@ -297,10 +297,22 @@ async def test_a_stalling_patient_node_holds_up_no_other_poll(story: Story, monk
 
 
 @ASYNC
-async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(caplog: pytest.LogCaptureFixture) -> None:
-    """Offline is normal (US-11): a clinic polling every 5 s says so once, not 17,000 times a day."""
+def _one_patient_clinic(poll: Any) -> Any:
+    """A clinic connected to one patient, ``did:key:zPatient``, whose polls are ``poll``: what
+    :func:`runner.poll_all` reads of it."""
     from types import SimpleNamespace
 
+    async def connections() -> list[Any]:
+        return [SimpleNamespace(patient="did:key:zPatient")]
+
+    async def delegated_only() -> list[str]:
+        return []
+
+    return SimpleNamespace(poll=poll, connections=connections, store=SimpleNamespace(delegated_only=delegated_only))
+
+
+async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(caplog: pytest.LogCaptureFixture) -> None:
+    """Offline is normal (US-11): a clinic polling every 5 s says so once, not 17,000 times a day."""
     from fedrecord.node.client import PeerUnreachable
 
     offline = {"did:key:zPatient"}
@@ -309,13 +321,7 @@ async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(capl
         if patient in offline:
             raise PeerUnreachable("http://127.0.0.1:1/v0/state", "connection refused")
 
-    async def connections() -> list[Any]:
-        return [SimpleNamespace(patient="did:key:zPatient")]
-
-    async def delegated_only() -> list[str]:
-        return []
-
-    clinic: Any = SimpleNamespace(poll=poll, connections=connections, store=SimpleNamespace(delegated_only=delegated_only))
+    clinic = _one_patient_clinic(poll)
     failing: dict[str, str] = {}
     caplog.set_level(logging.INFO, logger="fedrecord.node")
     for _ in range(3):
@@ -331,8 +337,6 @@ async def test_a_patient_node_offline_is_one_warning_until_it_answers_again(capl
 async def test_a_poll_failure_whose_text_moves_is_still_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     """A restored patient's node answers heads older than the clinic's, with a number that moves at
     each poll: the same failure going on, said once."""
-    from types import SimpleNamespace
-
     polls = 0
 
     async def poll(patient: str, *, now: int) -> None:
@@ -340,13 +344,7 @@ async def test_a_poll_failure_whose_text_moves_is_still_one_warning(caplog: pyte
         polls += 1
         raise RemoteProtocolError(Code.ROLLBACK, f"state head 3 is older than {40 + polls}")
 
-    async def connections() -> list[Any]:
-        return [SimpleNamespace(patient="did:key:zPatient")]
-
-    async def delegated_only() -> list[str]:
-        return []
-
-    clinic: Any = SimpleNamespace(poll=poll, connections=connections, store=SimpleNamespace(delegated_only=delegated_only))
+    clinic = _one_patient_clinic(poll)
     failing: dict[str, str] = {}
     caplog.set_level(logging.INFO, logger="fedrecord.node")
     for _ in range(3):
