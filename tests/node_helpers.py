@@ -484,7 +484,14 @@ def seal_document(
 
 async def issue_grant(story: Story, audience: str, *, issued: int | None = None, days: int = 90) -> Signed[Grant]:
     """A 90-day read grant to ``audience`` over the lab results, past and future."""
-    return await story.patient.patient.grant(
+    return await lab_read_grant(story.patient.patient, audience, issued=issued, days=days)
+
+
+async def lab_read_grant(
+    patient: PatientNode, audience: str, *, issued: int | None = None, days: int = 90
+) -> Signed[Grant]:
+    """As :func:`issue_grant`, from any patient's node."""
+    return await patient.grant(
         audience=audience,
         scope=Scope(categories=("lab",), past=True, future=True),
         actions=("read",),

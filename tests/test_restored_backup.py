@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fedrecord.core import Code, RemoteProtocolError, Scope
+from fedrecord.core import Code, RemoteProtocolError
 from fedrecord.node.home import backup_home
 
-from .node_helpers import DAY, ServedNode, now
+from .node_helpers import ServedNode, lab_read_grant, now
 
 
 async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be_revoked(tmp_path: Path) -> None:
@@ -25,14 +25,7 @@ async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be
         await gp.clinic.connect(invitation.url(), now=now())
         backup_home(patient.path, tmp_path / "backup")
 
-        grant = await patient.patient.grant(
-            audience=gp.did,
-            scope=Scope(categories=("lab",), since=now() - DAY, past=True, future=True),
-            actions=("read",),
-            purpose="treatment",
-            days=30,
-            now=now(),
-        )
+        grant = await lab_read_grant(patient.patient, gp.did, days=30)
         await gp.clinic.poll(patient.did, now=now())
 
         # The disk is lost; the operator restores yesterday's backup over the home.

@@ -10,25 +10,13 @@ from pathlib import Path
 
 from nacl.pwhash import argon2id
 
-from fedrecord.core import Revocation, Scope, SigningIdentity, sign_record
+from fedrecord.core import Revocation, SigningIdentity, sign_record
 from fedrecord.node.home import NodeHome, init_home
 from fedrecord.node.patient import PatientNode
 
-from .node_helpers import DAY, now
+from .node_helpers import lab_read_grant, now
 
 PASSPHRASE = b"revocation cache, not a secret"
-
-
-async def _grant(patient: PatientNode, audience: SigningIdentity) -> bytes:
-    grant = await patient.grant(
-        audience=audience.did,
-        scope=Scope(categories=("lab",), since=now() - DAY, past=True, future=True),
-        actions=("read",),
-        purpose="treatment",
-        days=30,
-        now=now(),
-    )
-    return grant.id
 
 
 async def test_a_revocation_committed_elsewhere_or_in_the_own_transaction_is_in_the_set(tmp_path: Path) -> None:
@@ -45,7 +33,8 @@ async def test_a_revocation_committed_elsewhere_or_in_the_own_transaction_is_in_
     try:
         served, cli = PatientNode(serve), PatientNode(command)
         reader = SigningIdentity.from_seed(bytes(32))
-        first, second = await _grant(served, reader), await _grant(served, reader)
+        first, second = [(await lab_read_grant(served, reader.did, days=30)).id for _ in range(2)]
+        assert first != second
 
         unchanged = await serve.store.revocation_set()
         assert unchanged.revokers == {}
