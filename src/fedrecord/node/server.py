@@ -138,31 +138,30 @@ async def errors_as_cbor(request: web.Request, handler: Handler) -> web.StreamRe
         log.info("connection lost during %s %s", request.method, request.path)
         refusal = RemoteProtocolError(Code.TRUNCATED, "the connection was lost before the request ended")
         return web.Response(status=refusal.status, body=error_body(refusal), content_type=CBOR_TYPE)
-    except (OSError, sqlite3.OperationalError) as exc:
-        if not _disk_full(exc):
-            log.exception("unexpected error answering %s %s", request.method, request.path)
-            body = error_body(RemoteProtocolError(Code.MALFORMED, "internal error"))
-            return web.Response(status=500, body=body, content_type=CBOR_TYPE)
-        # The operator's to fix, not a bug: one line saying where, and the sender retries later.
-        log.error(
-            "cannot answer %s %s: the disk of %s is full (%s); free space there, senders will retry",
-            request.method,
-            request.path,
-            request.app[HOME].path,
-            exc,
-        )
-        body = error_body(RemoteProtocolError(Code.MALFORMED, "out of storage space; try again later"))
-        return web.Response(status=503, body=body, content_type=CBOR_TYPE)
     except StorageError as exc:
         # A commit that did not complete: this request's, or its group's when another block of the same
         # group commit failed (a full disk, mid-statement).  Nothing was acknowledged; the sender retries.
         log.error("cannot answer %s %s: %s; senders will retry", request.method, request.path, exc)
-        body = error_body(RemoteProtocolError(Code.MALFORMED, "the node could not store this; try again later"))
-        return web.Response(status=503, body=body, content_type=CBOR_TYPE)
-    except Exception:
+        return _fault(503, "the node could not store this; try again later")
+    except Exception as exc:
+        if isinstance(exc, (OSError, sqlite3.OperationalError)) and _disk_full(exc):
+            # The operator's to fix, not a bug: one line saying where, and the sender retries later.
+            log.error(
+                "cannot answer %s %s: the disk of %s is full (%s); free space there, senders will retry",
+                request.method,
+                request.path,
+                request.app[HOME].path,
+                exc,
+            )
+            return _fault(503, "out of storage space; try again later")
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        body = error_body(RemoteProtocolError(Code.MALFORMED, "internal error"))
-        return web.Response(status=500, body=body, content_type=CBOR_TYPE)
+        return _fault(500, "internal error")
+
+
+def _fault(status: int, message: str) -> web.Response:
+    """The answer of a fault of this node's (5xx): an error body a sender may retry on, no detail."""
+    body = error_body(RemoteProtocolError(Code.MALFORMED, message))
+    return web.Response(status=status, body=body, content_type=CBOR_TYPE)
 
 
 def _disk_full(exc: OSError | sqlite3.OperationalError) -> bool:
