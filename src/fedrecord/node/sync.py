@@ -126,6 +126,21 @@ class ViewCache:
     views: dict[tuple[str, tuple[bytes, ...]], View] = field(default_factory=dict)
     limit: int = 64
 
+    def get(self, key: tuple[str, tuple[bytes, ...]], version: int) -> View | None:
+        """The view kept for ``key`` if it was read at ``version``; ``None`` otherwise."""
+        view = self.views.get(key)
+        return view if view is not None and view.version == version else None
+
+    def keep(self, key: tuple[str, tuple[bytes, ...]], view: View) -> None:
+        """Keep ``view``, dropping every view read at an earlier version, and all of them at the limit."""
+        # A view read at an earlier epoch is never used again (the epoch only moves on): each holds a copy
+        # of a whole view's records, so they are dropped now rather than kept until the cache is full.
+        for stale in [k for k, v in self.views.items() if v.version < view.version]:
+            del self.views[stale]
+        if len(self.views) >= self.limit:
+            self.views.clear()
+        self.views[key] = view
+
 
 def is_device_grant(grant: Grant) -> bool:
     """Whether a grant's terms are a device grant's ([API-46]): ``manage`` over the whole record."""
@@ -181,8 +196,8 @@ async def patient_view(
     version = await node.store.view_epoch()
     cache: ViewCache = node.sync_views
     key = (requester, tuple(g.id for g in grants))
-    view = cache.views.get(key)
-    if view is not None and view.version == version:
+    view = cache.get(key, version)
+    if view is not None:
         return view
     patient = node.home.did
     records: dict[bytes, Signed[Any]] = {}
@@ -225,13 +240,7 @@ async def patient_view(
                 encoded[record_id] = entry
     private = frozenset(i for i, s in records.items() if isinstance(s.record, PrivateRestriction))
     view = View(SortedItems(items), encoded, version, private)
-    # A view read at an earlier epoch is never used again (the epoch only moves on): each holds a copy
-    # of a whole view's records, so they are dropped now rather than kept until the cache is full.
-    for stale in [k for k, v in cache.views.items() if v.version < version]:
-        del cache.views[stale]
-    if len(cache.views) >= cache.limit:
-        cache.views.clear()
-    cache.views[key] = view
+    cache.keep(key, view)
     return view
 
 
