@@ -461,9 +461,9 @@ async def test_a_key_kept_as_a_legacy_sealed_box_is_still_served(setting: Settin
     story = setting.story
     patient = story.patient
     doc = setting.small[29]
-    row = await patient.h.store.key_and_size(doc)
-    assert row is not None and len(row[0]) == 73 and row[0][:1] == b"\x02", "kept with wrap_at_rest"
-    key = unwrap_at_rest(row[0], patient.h.encryption_keys, doc=doc)
+    sealed_key = (await patient.h.store.served_rows([doc]))[doc].sealed_key
+    assert len(sealed_key) == 73 and sealed_key[:1] == b"\x02", "kept with wrap_at_rest"
+    key = unwrap_at_rest(sealed_key, patient.h.encryption_keys, doc=doc)
     legacy = seal(key, patient.h.encryption.public_key, os.urandom(32))
     async with patient.h.store.transaction():
         await patient.h.db.execute("UPDATE documents SET sealed_key = ? WHERE id = ?", (legacy, doc))
@@ -822,11 +822,8 @@ async def test_streams_over_the_byte_cap(setting: Setting) -> None:
     story = setting.story
     contents = [os.urandom(300_000) for _ in range(3)]
     big = await deposit_and_accept(story, contents, title="Genome panel")
-    sizes = []
-    for doc in big:
-        row = await story.patient.h.store.key_and_size(doc)
-        assert row is not None
-        sizes.append(row[1])
+    rows = await story.patient.h.store.served_rows(big)
+    sizes = [rows[doc].size for doc in big]
     assert sum(sizes[:2]) <= BATCH_MAX_BYTES < sum(sizes)
     fields = answered(await fetch_batch_as(setting, big[:2]))
     assert opened_streams(setting, fields, big[:2]) == dict(zip(big[:2], contents[:2], strict=True))
@@ -845,11 +842,8 @@ async def test_byte_cap_is_at_most(setting: Setting, monkeypatch: pytest.MonkeyP
     """The streams may add up to exactly ``BATCH_MAX_BYTES``, not one byte more (cap lowered in process)."""
     story = setting.story
     docs = setting.small[5:9]
-    total = 0
-    for doc in docs:
-        row = await story.patient.h.store.key_and_size(doc)
-        assert row is not None
-        total += row[1]
+    rows = await story.patient.h.store.served_rows(docs)
+    total = sum(rows[doc].size for doc in docs)
     monkeypatch.setattr(patient_module, "BATCH_MAX_BYTES", total - 1)
     before = await snapshot(story.patient)
     refused(await fetch_batch_as(setting, docs), 413, "too-large")

@@ -58,7 +58,7 @@ async def test_a_change_while_a_batch_is_read_is_decided_again(
     story = setting.story
     patient = story.patient
     hidden = setting.small[2]
-    opened = patient.h.open_stream
+    opened = patient.h.whole_stream
     hid: list[bytes] = []
 
     async def hide_then_open(doc: bytes, **options: Any) -> Any:
@@ -68,7 +68,7 @@ async def test_a_change_while_a_batch_is_read_is_decided_again(
             await patient.patient.hide(hidden)
         return await opened(doc, **options)
 
-    monkeypatch.setattr(patient.h, "open_stream", hide_then_open)
+    monkeypatch.setattr(patient.h, "whole_stream", hide_then_open)
     entries = await audit_count(patient)
     before = await snapshot(patient)
     answer = await fetch_batch_as(setting, [setting.small[0], hidden, setting.small[3]])

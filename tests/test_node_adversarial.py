@@ -1108,18 +1108,18 @@ async def test_a_change_committed_while_a_fetch_is_decided_refuses_it(
     patient = story.patient
     grant = await issue_grant(story, story.gp.did)
     doc = story.docs["cbc"]
-    store_type = type(patient.h.store)
-    real = store_type.key_and_size
+    node_type = type(patient.patient)
+    real = node_type._reader_key  # called once the read is decided, before its receipt is logged
 
-    async def meanwhile(self: Any, wanted: bytes) -> Any:
-        monkeypatch.setattr(store_type, "key_and_size", real)
+    async def meanwhile(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(node_type, "_reader_key", real)
         if change == "revoke":
             await patient.patient.revoke(grant.id, now=now())
         else:
             await patient.patient.hide(doc)
-        return await real(self, wanted)
+        return await real(self, *args, **kwargs)
 
-    monkeypatch.setattr(store_type, "key_and_size", meanwhile)
+    monkeypatch.setattr(node_type, "_reader_key", meanwhile)
     before = await snapshot(patient)
     try:
         answer = await send_signed(

@@ -568,10 +568,19 @@ class ClinicNode:
             if await self._revoked_link(chain) is not None:
                 return dict.fromkeys(docs, Code.REVOKED.value)
             deleted = await self.store.tombstoned_among(docs, patient=patient)
+            states = await self.store.document_states(docs)
             for copy in checked:
                 if copy.doc not in deleted:
                     await self._upsert_copy(
-                        patient, chain[-1], copy.doc, copy.key, copy.header, copy.size, now=now, stream=copy.stream
+                        patient,
+                        chain[-1],
+                        copy.doc,
+                        copy.key,
+                        copy.header,
+                        copy.size,
+                        state=states.get(copy.doc),
+                        now=now,
+                        stream=copy.stream,
                     )
         return dict.fromkeys(deleted, Code.NOT_FOUND.value)
 
@@ -856,7 +865,8 @@ class ClinicNode:
                     # Revoked while it was fetched: a copy kept now would outlive the revocation
                     # applied, which destroyed the copies held under this chain ([API-19]).
                     raise RemoteProtocolError(Code.REVOKED, "the grant was revoked while the document was fetched")
-                await self._upsert_copy(patient, chain[-1], doc, key, header, size, now=now)
+                state = await self.store.document_state(doc)
+                await self._upsert_copy(patient, chain[-1], doc, key, header, size, state=state, now=now)
                 await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
             await self._forget_copy(doc)
@@ -872,14 +882,16 @@ class ClinicNode:
         header: Signed[DocumentHeader],
         size: int,
         *,
+        state: str | None,
         now: int,
         stream: bytes | None = None,
     ) -> None:
         """Keep the row of a fetched copy, its key wrapped at rest (and a small one's stream).
 
-        Call inside a transaction, once the document is known not to be tombstoned.
+        Call inside a transaction, once the document is known not to be tombstoned; ``state`` is its
+        row's state read in that transaction (``None`` when it has none).
         """
-        kept_state(await self.store.document_state(doc), Event.FETCHED)  # the row keeps the state it has
+        kept_state(state, Event.FETCHED)  # the row keeps the state it has
         await self.store.upsert_shared(
             doc=doc,
             patient=patient,

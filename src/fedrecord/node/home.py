@@ -391,9 +391,26 @@ class NodeHome:
         stream = await self.store.document_stream(doc)
         if stream is None:
             return await self.files.open(doc, start=start)
-        if stream_document_id(stream) != doc:
-            return _refused(CorruptDocumentError(f"stored document {doc.hex()} no longer matches its id"))
+        try:
+            _check_kept(doc, stream)
+        except CorruptDocumentError as exc:
+            return _refused(exc)
         return _pieces(stream[start:])
+
+    async def whole_stream(self, doc: bytes, *, kept: bytes | None) -> bytes | None:
+        """A stored document's whole ciphertext, checked against its id; None when absent.
+
+        Args:
+            kept: the stream its row holds, already read with the row (``None`` when kept as a file).
+
+        Raises:
+            CorruptDocumentError: the stored bytes no longer match the id.
+        """
+        if kept is not None:
+            _check_kept(doc, kept)
+            return kept
+        chunks = await self.files.open(doc)
+        return None if chunks is None else b"".join([chunk async for chunk in chunks])
 
     @classmethod
     async def open(cls, path: Path, passphrase: bytes, *, now: int | None = None) -> NodeHome:
@@ -466,6 +483,12 @@ directory -- more CPU than checking its signatures -- where in its row it rides 
 transaction that stores the row anyway (one log sync for a whole group).  Large ones are
 streamed to files and back, with flat memory, and can be resumed.
 """
+
+
+def _check_kept(doc: bytes, stream: bytes) -> None:
+    """Raises CorruptDocumentError when a stream kept in a row is not the document it is kept as."""
+    if stream_document_id(stream) != doc:
+        raise CorruptDocumentError(f"stored document {doc.hex()} no longer matches its id")
 
 
 async def _pieces(stream: bytes) -> AsyncIterator[bytes]:

@@ -62,7 +62,7 @@ from fedrecord.storage.documents import CorruptDocumentError
 from .home import INLINE_STREAM_MAX, NodeHome
 from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .records_table import open_stored
-from .store import AuditChainRow, AuditRow
+from .store import AuditChainRow, AuditRow, FactsRow, ServedRow
 from .sync import ViewCache, device_grants, is_device_chain, is_device_grant, is_device_issued, subject_of
 from .wire import BATCH_MAX_BYTES, MAX_DOCUMENT, Invitation, check_profile_endpoints
 
@@ -170,6 +170,17 @@ class _ChainDecision(NamedTuple):
 def _not_found() -> RemoteProtocolError:
     # One answer for "absent", "outside your grant" and "hidden from you" (spec [CAP-12]).
     return RemoteProtocolError(Code.NOT_FOUND, "no such document")
+
+
+def _facts_of(
+    doc: bytes, row: FactsRow, *, extra_labels: Sequence[str] = (), added: int | None = None
+) -> DocumentFacts | None:
+    """What a capability decision looks at of a document's row; ``None`` for one not accepted yet."""
+    when = added if added is not None else row.added
+    if when is None:
+        return None
+    labels = frozenset(json.loads(row.labels)) | frozenset(extra_labels)
+    return DocumentFacts(id=doc, category=row.category, labels=labels, date=row.date, added=when)
 
 
 def readable_name(name: str) -> str:
@@ -624,13 +635,7 @@ class PatientNode:
         self, doc: bytes, *, extra_labels: Sequence[str] = (), added: int | None = None
     ) -> DocumentFacts | None:
         row = await self.store.document_facts(doc)
-        if row is None:
-            return None
-        labels = frozenset(json.loads(row[1])) | frozenset(extra_labels)
-        when = added if added is not None else row[3]
-        if when is None:
-            return None
-        return DocumentFacts(id=doc, category=row[0], labels=labels, date=row[2], added=when)
+        return None if row is None else _facts_of(doc, row, extra_labels=extra_labels, added=added)
 
     # --- grants, restrictions, revocations, state ---------------------------------------
 
@@ -1030,14 +1035,12 @@ class PatientNode:
         signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
         await self._learn_own_grants(decision.grants, now=now)
         request = signed_receipt.record
-        await self._require_servable(requester, decision, request.documents, now=now)
+        row = (await self._require_servable(requester, decision, request.documents, now=now))[request.doc]
         reader_key = await self._reader_key(requester, offered_profile, now=now)
-        row = await self.store.key_and_size(request.doc)
-        assert row is not None
-        if start and start >= row[1]:
+        if start and start >= row.size:
             # Refused before the receipt is logged: a read that sends nothing leaves no entry [API-41].
             raise RemoteProtocolError(Code.BAD_RANGE, "the range starts at or past the end of the stream")
-        wrap = self._wrap_for(requester, reader_key, request, sealed_key=row[0], now=now)
+        wrap = self._wrap_for(requester, reader_key, request, sealed_key=row.sealed_key, now=now)
         # The first piece is read before the receipt is logged: a stream found damaged at rest then
         # (a small one is checked whole) logs nothing, as a read that sends nothing should not.
         chunks = await self.home.open_stream(request.doc, start=start)
@@ -1049,7 +1052,7 @@ class PatientNode:
             log.error("stored document %s no longer matches its id: not served", request.doc.hex())
             raise _not_found() from None
         await self._log_receipt(signed_receipt, epoch, requester, chain, receipt, now=now, batch=False)
-        return wrap, row[1], _after(first, chunks)
+        return wrap, row.size, _after(first, chunks)
 
     async def fetch_batch(
         self,
@@ -1089,12 +1092,10 @@ class PatientNode:
         await self._learn_own_grants(decision.grants, now=now)
         request = signed_receipt.record
         documents = request.documents
-        await self._require_servable(requester, decision, documents, now=now)
+        # One read for every document of the batch: its facts, key, size and (a small one's) stream.
+        rows = await self._require_servable(requester, decision, documents, now=now)
         reader_key = await self._reader_key(requester, offered_profile, now=now)
-        rows = [await self.store.key_and_size(doc) for doc in documents]
-        if any(row is None for row in rows):
-            raise _not_found()
-        if sum(row[1] for row in rows if row is not None) > BATCH_MAX_BYTES:
+        if sum(rows[doc].size for doc in documents) > BATCH_MAX_BYTES:
             raise RemoteProtocolError(
                 Code.TOO_LARGE, f"the documents of a batch add up to at most {BATCH_MAX_BYTES} bytes"
             )
@@ -1103,17 +1104,17 @@ class PatientNode:
             raise RemoteProtocolError(Code.REPLAY, "this access receipt was already used")
         streams = []
         for doc in documents:
-            chunks = await self.home.open_stream(doc)
-            if chunks is None:
-                raise _not_found()
             try:
-                streams.append(b"".join([chunk async for chunk in chunks]))
+                stream = await self.home.whole_stream(doc, kept=rows[doc].stream)
             except CorruptDocumentError:
                 # Read before anything is logged or sent: the batch is refused as if the document
                 # were missing, and the patient's node says why in its log.
                 log.error("stored document %s no longer matches its id: not served", doc.hex())
                 raise _not_found() from None
-        keys = [self._unseal(row[0], doc) for doc, row in zip(documents, rows, strict=True) if row]
+            if stream is None:
+                raise _not_found()
+            streams.append(stream)
+        keys = [self._unseal(rows[doc].sealed_key, doc) for doc in documents]
         for doc, key, stream in zip(documents, keys, streams, strict=True):
             # The stored key must be the one its stream commits to ([ENC-2]): a row given another
             # document's key is never wrapped for a reader.
@@ -1190,16 +1191,21 @@ class PatientNode:
 
     async def _require_servable(
         self, requester: str, decision: _ChainDecision, documents: Sequence[bytes], *, now: int
-    ) -> None:
+    ) -> dict[bytes, ServedRow]:
         """Step 6 of [API-22]: ``not-found`` unless every document is accepted, shown and in the chain's reach.
 
         A document the patient hid is shown to its device grants ([API-46]).
+
+        Returns:
+            The row of each document, read once for the decision and for serving it.
         """
         grants, revocations, restrictions = decision
         device = is_device_chain(grants, self.home.did)
+        rows = await self.store.served_rows(documents)
         for doc in documents:
-            facts = await self._facts(doc)
-            hidden = not device and await self._is_hidden(doc)
+            row = rows.get(doc)
+            facts = _facts_of(doc, row.facts) if row is not None else None
+            hidden = not device and row is not None and bool(row.facts.hidden)
             verdict = (
                 await self._decide(
                     requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
@@ -1210,6 +1216,7 @@ class PatientNode:
             if verdict is None or hidden or verdict.reason in (Code.OUT_OF_SCOPE, Code.RESTRICTED):
                 raise _not_found()
             verdict.require()
+        return rows
 
     async def _reader_key(self, requester: str, offered_profile: bytes | None, *, now: int) -> bytes:
         """Steps 7 and 8 of [API-22]: the requester's X25519 key valid at ``now``."""
@@ -1254,9 +1261,6 @@ class PatientNode:
         if len(self._wraps) > WRAP_CACHE_SIZE:
             self._wraps.popitem(last=False)
         return wrap
-
-    async def _is_hidden(self, doc: bytes) -> bool:
-        return await self.store.is_hidden(doc)
 
     async def hide(self, doc: bytes, hidden: bool = True) -> None:
         async with self.store.transaction():

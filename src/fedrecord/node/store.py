@@ -93,6 +93,15 @@ class FactsRow(NamedTuple):
     hidden: int
 
 
+class ServedRow(NamedTuple):
+    """What serving a document to a reader looks at: its facts, its key at rest and its stream."""
+
+    facts: FactsRow
+    sealed_key: bytes
+    size: int
+    stream: bytes | None  # the ciphertext of a small document kept in its row; None when kept as a file
+
+
 class HeldRow(NamedTuple):
     """A document a clinic holds (authored or shared)."""
 
@@ -391,6 +400,10 @@ class NodeStore(Protocol):
         """
         ...
 
+    async def document_states(self, docs: Sequence[bytes]) -> dict[bytes, str]:
+        """The state of each of ``docs`` that has a row, by id (at most ``MAX_IDS_PER_QUERY`` at a time)."""
+        ...
+
     async def document_author(self, doc: bytes) -> str | None:
         """The did of a document's author (its depositor, on a patient's node); ``None`` when absent."""
         ...
@@ -440,10 +453,6 @@ class NodeStore(Protocol):
         """A document's key, sealed to this node; ``None`` when absent (or held without a key)."""
         ...
 
-    async def key_and_size(self, doc: bytes) -> tuple[bytes, int] | None:
-        """A document's sealed key and size; ``None`` when absent."""
-        ...
-
     async def key_and_patient(self, doc: bytes) -> tuple[bytes | None, str] | None:
         """A held document's sealed key and patient; ``None`` when absent."""
         ...
@@ -466,6 +475,11 @@ class NodeStore(Protocol):
 
     async def is_hidden(self, doc: bytes) -> bool:
         """Whether the patient hid a document (false for an absent one)."""
+        ...
+
+    async def served_rows(self, docs: Sequence[bytes]) -> dict[bytes, ServedRow]:
+        """What serving each of ``docs`` looks at, by id, for those that have a row, in one read
+        (at most ``MAX_IDS_PER_QUERY`` at a time)."""
         ...
 
     async def set_hidden(self, doc: bytes, hidden: bool) -> bool:
@@ -997,6 +1011,14 @@ class SqliteNodeStore:
             return None
         return str(row[0])
 
+    async def document_states(self, docs: Sequence[bytes]) -> dict[bytes, str]:
+        if len(docs) > MAX_IDS_PER_QUERY:
+            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
+        if not docs:
+            return {}
+        marks = ", ".join("?" * len(docs))
+        return {row[0]: str(row[1]) for row in await self._all(f"SELECT id, state FROM documents WHERE id IN ({marks})", docs)}
+
     async def document_author(self, doc: bytes) -> str | None:
         row = await self._one("SELECT author FROM documents WHERE id = ?", (doc,))
         return str(row[0]) if row is not None else None
@@ -1055,10 +1077,6 @@ class SqliteNodeStore:
         row = await self._one("SELECT sealed_key FROM documents WHERE id = ?", (doc,))
         return row[0] if row is not None else None
 
-    async def key_and_size(self, doc: bytes) -> tuple[bytes, int] | None:
-        row = await self._one("SELECT sealed_key, size FROM documents WHERE id = ?", (doc,))
-        return (row[0], row[1]) if row is not None else None
-
     async def key_and_patient(self, doc: bytes) -> tuple[bytes | None, str] | None:
         row = await self._one("SELECT sealed_key, patient FROM documents WHERE id = ?", (doc,))
         return (row[0], row[1]) if row is not None else None
@@ -1087,6 +1105,21 @@ class SqliteNodeStore:
     async def is_hidden(self, doc: bytes) -> bool:
         row = await self._one("SELECT hidden FROM documents WHERE id = ?", (doc,))
         return bool(row and row[0])
+
+    async def served_rows(self, docs: Sequence[bytes]) -> dict[bytes, ServedRow]:
+        if len(docs) > MAX_IDS_PER_QUERY:
+            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
+        if not docs:
+            return {}
+        rows = await self._all(
+            "SELECT id, category, labels, date, added, hidden, sealed_key, size, stream FROM documents"
+            f" WHERE id IN ({', '.join('?' * len(docs))})",
+            docs,
+        )
+        return {
+            row[0]: ServedRow(FactsRow(*row[1:6]), row[6], row[7], bytes(row[8]) if row[8] is not None else None)
+            for row in rows
+        }
 
     async def set_hidden(self, doc: bytes, hidden: bool) -> bool:
         cursor = await self.db.execute("UPDATE documents SET hidden = ? WHERE id = ?", (int(hidden), doc))
