@@ -8,7 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedrecord.core import Code, Grant, PrivateRestriction, Revocation, Scope, StateHead, sign_record
-from fedrecord.core.capabilities import DocumentFacts, Freshness, RevocationSet, decide, narrowing_problem
+from fedrecord.core.capabilities import (
+    DocumentFacts,
+    Freshness,
+    RevocationSet,
+    decide,
+    document_refusal,
+    narrowing_problem,
+)
 
 from .conftest import DAY, NOW, identity, seed
 
@@ -209,6 +216,7 @@ def test_state_head_freshness_and_rollback():
 
 
 _tokens = st.sampled_from(["lab", "imaging", "note", "PSY", "HIV"])
+_RESTRICTED_LABELS = ("HIV", "PSY")
 
 
 @st.composite
@@ -258,3 +266,27 @@ def test_delegation_never_widens(parent_scope, child_scope, document, parent_iat
         return
     if check([root, child], requester=SPECIALIST, document=document).allowed:
         assert check([root], document=document).allowed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scope=scopes(),
+    document=documents(),
+    iat=st.integers(0, 200),
+    restricted=st.sampled_from(["none", "patient", "mallory"]),
+)
+def test_a_chain_decided_once_then_each_document_decides_as_decide_does(scope, document, iat, restricted):
+    """Property: for a chain allowed without a document, ``document_refusal`` refuses a document exactly
+    when ``decide`` with that document does, with the same code (a listing or a batch decides the chain once)."""
+    root = grant(scope=scope, iat=iat, nbf=0, exp=NOW + DAY)
+    signer = {"patient": PATIENT, "mallory": MALLORY}.get(restricted)
+    restrictions = (
+        [sign_record(PrivateRestriction(grants=(root.id,), labels=_RESTRICTED_LABELS, iat=NOW), signer)]
+        if signer is not None
+        else []
+    )
+    assert check([root], document=None, restrictions=restrictions).allowed
+    refusal = document_refusal([root], document, patient=PATIENT.did, restrictions=restrictions)
+    decision = check([root], document=document, restrictions=restrictions)
+    assert (refusal is None) == decision.allowed
+    assert refusal is None or refusal.reason is decision.reason

@@ -46,6 +46,7 @@ __all__ = [
     "RevocationSet",
     "decide",
     "decide_from_bytes",
+    "document_refusal",
     "scope_matches",
     "narrowing_problem",
 ]
@@ -199,20 +200,41 @@ def decide(
         return _deny(Code.ACTION_NOT_GRANTED, f"the grant does not allow {action!r}")
 
     if document is not None:
-        for link in chain:
-            if not scope_matches(link.record.scope, document, link.record.iat):
-                return _deny(Code.OUT_OF_SCOPE, "the document is outside the grant")
-        chain_ids = {link.id for link in chain}
-        # Every audience up the chain, not the requester alone: a restriction naming a node follows the
-        # grants it delegates, or the node could read what is hidden from it through a key of its own.
-        audiences = {link.record.audience for link in chain}
-        for signed_restriction in restrictions:
-            if signed_restriction.signer != patient:
-                continue
-            if _restriction_hides(signed_restriction.record, chain_ids, audiences, document):
-                return _deny(Code.RESTRICTED, "the patient keeps this document from this grant")
+        refusal = document_refusal(chain, document, patient=patient, restrictions=restrictions)
+        if refusal is not None:
+            return refusal
 
     return Decision(allowed=True, grant=leaf)
+
+
+def document_refusal(
+    chain: Sequence[Signed[Grant]],
+    document: DocumentFacts,
+    *,
+    patient: str,
+    restrictions: Sequence[Signed[PrivateRestriction]] = (),
+) -> Decision | None:
+    """The last step of :func:`decide`: why ``document`` is out of an allowed chain's reach, or None.
+
+    For a chain :func:`decide` allowed without a document, at the same time: a reader of many
+    documents (a listing, a batch) decides the chain once, then each document with this.
+
+    Returns:
+        A refusal (``out-of-scope`` or ``restricted``), or None when the chain reaches the document.
+    """
+    for link in chain:
+        if not scope_matches(link.record.scope, document, link.record.iat):
+            return _deny(Code.OUT_OF_SCOPE, "the document is outside the grant")
+    chain_ids = {link.id for link in chain}
+    # Every audience up the chain, not the requester alone: a restriction naming a node follows the
+    # grants it delegates, or the node could read what is hidden from it through a key of its own.
+    audiences = {link.record.audience for link in chain}
+    for signed_restriction in restrictions:
+        if signed_restriction.signer != patient:
+            continue
+        if _restriction_hides(signed_restriction.record, chain_ids, audiences, document):
+            return _deny(Code.RESTRICTED, "the patient keeps this document from this grant")
+    return None
 
 
 def decide_from_bytes(

@@ -48,7 +48,7 @@ from fedrecord.core import (
     open_record,
     sign_record,
 )
-from fedrecord.core.capabilities import Decision
+from fedrecord.core.capabilities import Decision, document_refusal
 from fedrecord.core.documents import DocumentReader, check_whole_stream, padded_size
 from fedrecord.core.errors import AuthenticationError, LocalProtocolError
 from fedrecord.core.identity import verify_ed25519
@@ -988,10 +988,8 @@ class PatientNode:
                 date=item["date"],
                 added=item["added"],
             )
-            decision = await self._decide(
-                requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
-            )
-            if decision.allowed:
+            # The chain was decided allowed above: each document only has to be in its reach.
+            if document_refusal(grants, facts, patient=self.home.did, restrictions=restrictions) is None:
                 listing.append(
                     {
                         "doc": item["doc"],
@@ -1199,23 +1197,18 @@ class PatientNode:
         Returns:
             The row of each document, read once for the decision and for serving it.
         """
-        grants, revocations, restrictions = decision
+        grants, _revocations, restrictions = decision
+        # The chain alone was decided allowed (steps 1 to 5, _checked_receipt) at this ``now``: each
+        # document only has to be in its reach.
         device = is_device_chain(grants, self.home.did)
         rows = await self.store.served_rows(documents)
         for doc in documents:
             row = rows.get(doc)
             facts = _facts_of(doc, row.facts) if row is not None else None
-            hidden = not device and row is not None and bool(row.facts.hidden)
-            verdict = (
-                await self._decide(
-                    requester, grants, now=now, document=facts, revocations=revocations, restrictions=restrictions
-                )
-                if facts
-                else None
-            )
-            if verdict is None or hidden or verdict.reason in (Code.OUT_OF_SCOPE, Code.RESTRICTED):
+            if facts is None or (row is not None and row.facts.hidden and not device):
                 raise _not_found()
-            verdict.require()
+            if document_refusal(grants, facts, patient=self.home.did, restrictions=restrictions) is not None:
+                raise _not_found()
         return rows
 
     async def _reader_key(self, requester: str, offered_profile: bytes | None, *, now: int) -> bytes:
