@@ -19,13 +19,24 @@ from .errors import Code, LocalProtocolError, RemoteProtocolError
 from .identity import SigningIdentity
 from .records import DocumentHeader
 from .signed import Signed, open_record, sign_record
-from .stream import MAGIC, PREFIX_SIZE, StreamDecryptor, StreamEncryptor, key_commitment, stream_document_id
+from .stream import (
+    HEADER_SIZE,
+    MAGIC,
+    PREFIX_SIZE,
+    StreamDecryptor,
+    StreamEncryptor,
+    decrypt_whole_stream,
+    key_commitment,
+    stream_document_id,
+)
 
 __all__ = ["MAX_HEADER_SIZE", "DocumentWriter", "DocumentReader", "check_whole_stream", "padded_size"]
 
 MAX_HEADER_SIZE: Final = 16_384
 _LENGTH_SIZE: Final = 4
-_STREAM_HEADER_SIZE: Final = len(MAGIC) + PREFIX_SIZE + 32
+_STREAM_HEADER_SIZE: Final = HEADER_SIZE
+# Where the key commitment sits in the stream header (spec [ENC-1]).
+_COMMITMENT_AT: Final = len(MAGIC) + PREFIX_SIZE
 
 
 def padded_size(size: int) -> int:
@@ -151,24 +162,56 @@ class DocumentReader:
 
     def _read_header(self, buffer: bytearray, stream_header: bytes) -> Signed[DocumentHeader] | None:
         """Parse the header once ``buffer`` holds it; leave only content in ``buffer``."""
-        if len(buffer) < _LENGTH_SIZE:
+        opened = _open_header(
+            buffer, stream_header[_COMMITMENT_AT:], self._expected_author, self._expected_patient
+        )
+        if opened is None:
             return None
-        length = int.from_bytes(buffer[:_LENGTH_SIZE], "big")
-        if length > MAX_HEADER_SIZE:
-            raise RemoteProtocolError(Code.TOO_LARGE, f"document header of {length} bytes")
-        if len(buffer) < _LENGTH_SIZE + length:
-            return None
-        header = open_record(bytes(buffer[_LENGTH_SIZE : _LENGTH_SIZE + length]), DocumentHeader)
-        prefix = stream_header[len(MAGIC) : len(MAGIC) + PREFIX_SIZE]
-        if header.record.commitment != key_commitment(self._key, prefix):
-            raise RemoteProtocolError(Code.BAD_COMMITMENT, "the signed header commits to another key")
-        if self._expected_author is not None and header.signer != self._expected_author:
-            raise RemoteProtocolError(Code.INVALID_RECORD, "the document is signed by another author")
-        if self._expected_patient is not None and header.record.patient != self._expected_patient:
-            raise RemoteProtocolError(Code.INVALID_RECORD, "the document is about another patient")
-        del buffer[: _LENGTH_SIZE + length]
-        self.header = header
-        return header
+        self.header, content_start = opened
+        del buffer[:content_start]
+        return self.header
+
+
+def _open_header(
+    plaintext: bytes | bytearray,
+    commitment: bytes,
+    expected_author: str | None,
+    expected_patient: str | None,
+) -> tuple[Signed[DocumentHeader], int] | None:
+    """Open the signed header at the start of a document's plaintext, once the plaintext holds it.
+
+    Args:
+        plaintext: the document's plaintext so far.
+        commitment: the key commitment of a stream header already checked
+            against the key ([ENC-2]), so equal to the key's own.
+
+    Returns:
+        The header and where the content starts in ``plaintext``, or None
+        while ``plaintext`` ends before the header does.
+
+    Raises:
+        RemoteProtocolError: ``too-large`` for a header length beyond
+            :data:`MAX_HEADER_SIZE`; the codes of
+            :func:`~fedrecord.core.signed.open_record`; ``bad-commitment``
+            when the header commits to another key ([DOC-4]);
+            ``invalid-record`` when it names another author or patient.
+    """
+    if len(plaintext) < _LENGTH_SIZE:
+        return None
+    length = int.from_bytes(plaintext[:_LENGTH_SIZE], "big")
+    if length > MAX_HEADER_SIZE:
+        raise RemoteProtocolError(Code.TOO_LARGE, f"document header of {length} bytes")
+    end = _LENGTH_SIZE + length
+    if len(plaintext) < end:
+        return None
+    header = open_record(bytes(plaintext[_LENGTH_SIZE:end]), DocumentHeader)
+    if header.record.commitment != commitment:
+        raise RemoteProtocolError(Code.BAD_COMMITMENT, "the signed header commits to another key")
+    if expected_author is not None and header.signer != expected_author:
+        raise RemoteProtocolError(Code.INVALID_RECORD, "the document is signed by another author")
+    if expected_patient is not None and header.record.patient != expected_patient:
+        raise RemoteProtocolError(Code.INVALID_RECORD, "the document is about another patient")
+    return header, end
 
 
 def check_whole_stream(
@@ -201,10 +244,30 @@ def check_whole_stream(
         raise RemoteProtocolError(Code.MALFORMED, "ciphertext does not match its document id")
     if size is not None and len(stream) != size:
         raise RemoteProtocolError(Code.TRUNCATED, "the document is shorter than its deposit says")
-    # The id was checked over the whole stream just now: the decryption need not hash it again.
-    reader = DocumentReader(
-        key, expected_author=expected_author, expected_patient=expected_patient, hash_stream=False
-    )
-    content = sum(len(piece) for piece in reader.decrypt((stream,)))
-    assert reader.header is not None
-    return reader.header, content
+    # What DocumentReader.decrypt does, without its generators and buffer: the
+    # chunks are sliced out of the stream, and the id was checked over the
+    # whole stream just now, so it is not hashed again.  The header is opened
+    # as soon as the plaintext holds it, before the next chunk is decrypted,
+    # so the first rule broken is the same on both paths.
+    header: Signed[DocumentHeader] | None = None
+    head = b""  # the plaintext while it may end inside the header
+    content = 0
+    for plaintext in decrypt_whole_stream(key, stream):
+        if header is not None:
+            content += len(plaintext)
+            continue
+        head += plaintext
+        # The first chunk opened: the stream header is checked, its commitment is the key's.
+        opened = _open_header(
+            head, bytes(stream[_COMMITMENT_AT:_STREAM_HEADER_SIZE]), expected_author, expected_patient
+        )
+        if opened is not None:
+            header, content_start = opened
+            content = len(head) - content_start
+    if header is None:
+        raise RemoteProtocolError(Code.TRUNCATED, "the document ends inside its header")
+    if content != header.record.size:
+        raise RemoteProtocolError(
+            Code.INVALID_RECORD, f"content is {content} bytes, header says {header.record.size}"
+        )
+    return header, content

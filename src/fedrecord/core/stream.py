@@ -58,6 +58,7 @@ __all__ = [
     "stream_document_id",
     "StreamEncryptor",
     "StreamDecryptor",
+    "decrypt_whole_stream",
     "encrypt_bytes",
     "decrypt_bytes",
     "aead_encrypt",
@@ -387,34 +388,74 @@ class StreamDecryptor:
         key = self._key
         pieces = iter(ciphertext)
         header, rest = _read_header(pieces)
-        prefix = header[len(MAGIC) : len(MAGIC) + PREFIX_SIZE]
-        # spec [ENC-2]: refuse a stream committing to another key before decrypting anything.
-        if not hmac.compare_digest(header[len(MAGIC) + PREFIX_SIZE :], key_commitment(key, prefix)):
-            raise RemoteProtocolError(Code.BAD_COMMITMENT, "the stream is committed to another key")
+        prefix = _checked_commitment(header, key)
         digest = hashlib.sha256(_DOCUMENT_ID_TAG) if self._hash_stream else None
         if digest is not None:
             digest.update(header)
-        max_chunks = _MAX_CHUNKS
         for counter, (sealed, last) in enumerate(_rechunk(chain((rest,), pieces), _SEALED_CHUNK_SIZE)):
-            if counter >= max_chunks:
-                raise RemoteProtocolError(Code.TOO_LARGE, "stream exceeds the STREAM chunk counter")
-            nonce_stem = prefix + counter.to_bytes(_COUNTER_SIZE, "big")
-            if last:
-                if len(sealed) < TAG_SIZE:
-                    # Includes a header with no chunk at all: even an empty document has one.
-                    raise RemoteProtocolError(Code.TRUNCATED, "the stream ends inside a chunk tag")
-                plaintext = _open_chunk(sealed, header, nonce_stem, key, last=True)
-                if not plaintext and counter:
-                    # spec [ENC-3]: only an empty document has an empty final chunk;
-                    # refusing the other spelling keeps one stream per plaintext.
-                    raise RemoteProtocolError(Code.MALFORMED, "empty final chunk after data")
-            else:
-                plaintext = _open_chunk(sealed, header, nonce_stem, key, last=False)
+            plaintext = _open_chunk(sealed, header, prefix, counter, key, last=last)
             if digest is not None:
                 digest.update(sealed)
                 if last:
                     self._document_id = digest.digest()
             yield plaintext
+
+
+def decrypt_whole_stream(key: bytes, stream: BytesLike) -> Iterator[bytes]:
+    """Decrypt a whole stream held in memory, chunk by chunk, without hashing it.
+
+    The same rules as :meth:`StreamDecryptor.decrypt`, applied in the same
+    order by the same helpers, but the chunks are sliced straight out of
+    ``stream`` instead of being re-cut from pieces: for a caller that holds
+    the stream already and has checked its id (:func:`stream_document_id`).
+
+    Returns:
+        An iterator yielding the plaintext of each chunk, as
+        :meth:`StreamDecryptor.decrypt` does.
+
+    Raises:
+        LocalProtocolError: ``bad-key`` for a key that is not 32 bytes (at once).
+
+    The iterator raises:
+        RemoteProtocolError, AuthenticationError: as :meth:`StreamDecryptor.decrypt`.
+    """
+    key = _checked_key(key)
+    if type(stream) is not bytes:
+        stream = bytes(stream)
+    return _decrypt_whole(key, stream)
+
+
+def _decrypt_whole(key: bytes, stream: bytes) -> Iterator[bytes]:
+    header, _rest = _read_header(iter((stream,)))
+    prefix = _checked_commitment(header, key)
+    # Read when called, as _decrypt passes it to _rechunk, so that both cut the same chunks.
+    sealed_size = _SEALED_CHUNK_SIZE
+    end = len(stream)
+    start = HEADER_SIZE
+    counter = 0
+    while True:
+        # As _rechunk cuts one buffer: full chunks, the last one is whatever
+        # remains (a full chunk when the body is a multiple, empty when there is no body).
+        stop = start + sealed_size
+        last = stop >= end
+        yield _open_chunk(stream[start:stop], header, prefix, counter, key, last=last)
+        if last:
+            return
+        start = stop
+        counter += 1
+
+
+def _checked_commitment(header: bytes, key: bytes) -> bytes:
+    """The nonce prefix of a stream header whose commitment names ``key``.
+
+    Raises:
+        RemoteProtocolError: ``bad-commitment`` when the header commits to another key.
+    """
+    prefix = header[len(MAGIC) : len(MAGIC) + PREFIX_SIZE]
+    # spec [ENC-2]: refuse a stream committing to another key before decrypting anything.
+    if not hmac.compare_digest(header[len(MAGIC) + PREFIX_SIZE :], key_commitment(key, prefix)):
+        raise RemoteProtocolError(Code.BAD_COMMITMENT, "the stream is committed to another key")
+    return prefix
 
 
 def _read_header(pieces: Iterator[BytesLike]) -> tuple[bytes, memoryview]:
@@ -444,23 +485,40 @@ def _read_header(pieces: Iterator[BytesLike]) -> tuple[bytes, memoryview]:
     raise RemoteProtocolError(Code.TRUNCATED, "the stream ends inside its header")
 
 
-def _open_chunk(sealed: bytes, header: bytes, nonce_stem: bytes, key: bytes, *, last: bool) -> bytes:
-    """Decrypt one chunk, telling truncation and extension apart from tampering (spec [ENC-5]).
+def _open_chunk(
+    sealed: bytes, header: bytes, prefix: bytes, counter: int, key: bytes, *, last: bool
+) -> bytes:
+    """Decrypt chunk number ``counter``, the final one when ``last`` (spec [ENC-3], [ENC-4], [ENC-5]).
 
-    When the chunk fails with the flag its position implies, the other flag is
-    tried: that only costs time on a path that fails anyway, and it names the
-    attack for the peer's error report.
+    Telling truncation and extension apart from tampering: when the chunk
+    fails with the flag its position implies, the other flag is tried.  That
+    only costs time on a path that fails anyway, and it names the attack for
+    the peer's error report.
 
     Raises:
-        RemoteProtocolError: ``truncated`` when the last chunk received was
-            sealed as a middle chunk; ``extended`` when a middle chunk was sealed
-            as the final one.
+        RemoteProtocolError: ``too-large`` past the chunk counter; ``truncated``
+            when the last chunk is shorter than a tag (a header with no chunk
+            at all included: even an empty document has one) or was sealed as
+            a middle chunk; ``extended`` when a middle chunk was sealed as the
+            final one; ``malformed`` for an empty final chunk after data.
         AuthenticationError: ``decrypt-failed`` otherwise.
     """
+    if counter >= _MAX_CHUNKS:
+        raise RemoteProtocolError(Code.TOO_LARGE, "stream exceeds the STREAM chunk counter")
+    # spec [ENC-4]: prefix || counter || final flag.
+    nonce_stem = prefix + counter.to_bytes(_COUNTER_SIZE, "big")
+    if last and len(sealed) < TAG_SIZE:
+        raise RemoteProtocolError(Code.TRUNCATED, "the stream ends inside a chunk tag")
     try:
-        return _decrypt_chunk(sealed, header, nonce_stem + (_LAST if last else _NOT_LAST), key)
+        plaintext: bytes = _decrypt_chunk(sealed, header, nonce_stem + (_LAST if last else _NOT_LAST), key)
     except CryptoError:
         pass
+    else:
+        if last and not plaintext and counter:
+            # spec [ENC-3]: only an empty document has an empty final chunk;
+            # refusing the other spelling keeps one stream per plaintext.
+            raise RemoteProtocolError(Code.MALFORMED, "empty final chunk after data")
+        return plaintext
     try:
         _decrypt_chunk(sealed, header, nonce_stem + (_NOT_LAST if last else _LAST), key)
     except CryptoError:
