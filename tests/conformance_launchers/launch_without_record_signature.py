@@ -9,5 +9,5 @@ from _broken import replace, serve
 
 from fedrecord.core import signed
 
-replace(signed, "verify_signature", lambda message, public_key: None)
+replace(signed, "verify_ed25519", lambda public_key, message, signature: None)
 serve()

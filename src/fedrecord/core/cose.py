@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import cbor2
 
@@ -29,6 +29,9 @@ __all__ = [
     "sig_structure",
     "sign1",
     "parse_sign1",
+    "parse_general_sign1",
+    "record_shaped",
+    "RecordSign1",
     "verify_signature",
     "verify_with_cose_key",
 ]
@@ -91,9 +94,26 @@ def parse_sign1(data: bytes, *, max_size: int = cbor.MAX_RECORD_SIZE) -> Sign1:
     """
     if len(data) > max_size:
         raise RemoteProtocolError(Code.TOO_LARGE, f"{len(data)} bytes exceeds the cap of {max_size}")
-    fast = _record_shaped(data)
+    fast = record_shaped(data)
     if fast is not None:
-        return fast
+        protected_bytes, kid, typ, payload, signature, to_be_signed = fast
+        return Sign1(
+            protected_bytes=protected_bytes,
+            protected={HEADER_ALG: ALG_EDDSA, HEADER_KID: kid, HEADER_TYP: typ},
+            unprotected={},
+            payload=payload,
+            signature=signature,
+            to_be_signed=to_be_signed,
+        )
+    return parse_general_sign1(data, max_size=max_size)
+
+
+def parse_general_sign1(data: bytes, *, max_size: int = cbor.MAX_RECORD_SIZE) -> Sign1:
+    """:func:`parse_sign1` through the strict decoder, for bytes :func:`record_shaped` did not take.
+
+    Raises:
+        RemoteProtocolError: as :func:`parse_sign1`.
+    """
     value = cbor.decode(data, max_size=max_size, allow_sign1_tag=True, int_keys=True)
     if not isinstance(value, cbor2.CBORTag):
         raise RemoteProtocolError(Code.BAD_HEADER, "COSE_Sign1 must carry tag 18")
@@ -127,68 +147,108 @@ def parse_sign1(data: bytes, *, max_size: int = cbor.MAX_RECORD_SIZE) -> Sign1:
     )
 
 
-def _byte_string(data: bytes, pos: int, major: int = 2) -> tuple[bytes, int] | None:
-    """A byte (or text, major 3) string at ``pos`` with a shortest-form head, or None."""
-    if pos >= len(data) or data[pos] >> 5 != major:
+_BYTES: Final = 0x40  # initial byte of a byte string of length 0; a text string's is 0x60
+_TEXT: Final = 0x60
+
+
+def _string_at(data: bytes, pos: int, end: int, initial: int) -> tuple[int, int] | None:
+    """Where the string with a shortest-form head at ``pos`` starts and ends, or None.
+
+    ``initial`` is :data:`_BYTES` or :data:`_TEXT`: the string's major type.
+    The string must end by ``end``.
+    """
+    if pos >= end:
         return None
-    info = data[pos] & 0x1F
-    if info < 24:
-        length, start = info, pos + 1
-    elif info == 24 and pos + 1 < len(data) and data[pos + 1] >= 24:
-        length, start = data[pos + 1], pos + 2
-    elif info == 25 and pos + 2 < len(data) and data[pos + 1]:
-        length, start = int.from_bytes(data[pos + 1 : pos + 3], "big"), pos + 3
+    info = data[pos] - initial
+    if 0 <= info < 24:
+        start = pos + 1
+        stop = start + info
+    elif info == 24:
+        # One length byte: below 24 it would fit in the initial byte.
+        if pos + 1 >= end or data[pos + 1] < 24:
+            return None
+        start = pos + 2
+        stop = start + data[pos + 1]
+    elif info == 25:
+        # Two length bytes: with a zero first one it would fit in one.
+        if pos + 2 >= end or not data[pos + 1]:
+            return None
+        start = pos + 3
+        stop = start + (data[pos + 1] << 8 | data[pos + 2])
     else:
         return None
-    end = start + length
-    return (data[start:end], end) if end <= len(data) else None
+    return (start, stop) if stop <= end else None
 
 
 _RECORD_PROTECTED_START: Final = bytes([0xA3, HEADER_ALG, 0x27, HEADER_KID])  # {1: -8, 4: ...
+_SIGN1_START: Final = b"\xd2\x84"  # tag 18, array of four
+# What cbor2 writes before the protected header in a Sig_structure: an array of four, "Signature1".
+_SIG_STRUCTURE_START: Final = b"\x84\x6a" + _SIGNATURE1.encode()
+_EMPTY_MAP: Final = 0xA0
+_EMPTY_BYTES: Final = b"\x40"
+
+RecordSign1: TypeAlias = tuple[bytes, bytes, str, bytes, bytes, bytes]
+"""protected header bytes, kid, typ, payload, signature, to-be-signed bytes."""
 
 
-def _record_shaped(data: bytes) -> Sign1 | None:
+def record_shaped(data: bytes) -> RecordSign1 | None:
     """Parse the one shape every signed record has, or None to take the general decoder.
 
     A tagged COSE_Sign1 with shortest heads, an empty unprotected map and the
     protected header {1: -8, 4: kid, 16: typ}.  Only bytes that the strict
     decoder would accept with exactly this result are accepted here; any
-    other input, valid or not, goes through :func:`cbor.decode`, which also
-    names the rule an invalid input breaks.  This path exists because every
-    record received goes through it (see benchmarks/core.py).
+    other input, valid or not, goes through :func:`parse_general_sign1`,
+    which also names the rule an invalid input breaks.  This path exists
+    because every record received goes through it (see benchmarks/core.py).
+
+    Returns:
+        ``(protected_bytes, kid, typ, payload, signature, to_be_signed)``:
+        the protected header is ``{1: -8, 4: kid, 16: typ}``, kid a byte
+        string and typ a text string.
     """
-    if data[:2] != b"\xd2\x84":
+    size = len(data)
+    if data[:2] != _SIGN1_START:
         return None
-    parts = _byte_string(data, 2)
-    if parts is None or parts[1] >= len(data) or data[parts[1]] != 0xA0:
+    protected = _string_at(data, 2, size, _BYTES)
+    if protected is None:
         return None
-    protected_bytes = parts[0]
-    payload_part = _byte_string(data, parts[1] + 1)
-    if payload_part is None:
+    protected_start, protected_end = protected
+    if protected_end >= size or data[protected_end] != _EMPTY_MAP:
         return None
-    signature_part = _byte_string(data, payload_part[1])
-    if signature_part is None or signature_part[1] != len(data):
+    payload = _string_at(data, protected_end + 1, size, _BYTES)
+    if payload is None:
         return None
-    if protected_bytes[:4] != _RECORD_PROTECTED_START:
+    signature = _string_at(data, payload[1], size, _BYTES)
+    if signature is None or signature[1] != size:
         return None
-    kid = _byte_string(protected_bytes, 4)
-    if kid is None or kid[1] >= len(protected_bytes) or protected_bytes[kid[1]] != HEADER_TYP:
+    if (
+        protected_end - protected_start < 4
+        or data[protected_start : protected_start + 4] != _RECORD_PROTECTED_START
+    ):
         return None
-    typ = _byte_string(protected_bytes, kid[1] + 1, major=3)
-    if typ is None or typ[1] != len(protected_bytes):
+    kid = _string_at(data, protected_start + 4, protected_end, _BYTES)
+    if kid is None or kid[1] >= protected_end or data[kid[1]] != HEADER_TYP:
+        return None
+    typ = _string_at(data, kid[1] + 1, protected_end, _TEXT)
+    if typ is None or typ[1] != protected_end:
         return None
     try:
-        typ_text = typ[0].decode("utf-8")
+        typ_text = data[typ[0] : typ[1]].decode("utf-8")
     except UnicodeDecodeError:
         return None
-    payload = payload_part[0]
-    return Sign1(
-        protected_bytes=protected_bytes,
-        protected={HEADER_ALG: ALG_EDDSA, HEADER_KID: kid[0], HEADER_TYP: typ_text},
-        unprotected={},
-        payload=payload,
-        signature=signature_part[0],
-        to_be_signed=sig_structure(protected_bytes, payload),
+    # The heads were checked to be shortest, as cbor2 writes them: the
+    # Sig_structure holds the received protected header and payload, heads
+    # included, so it is cut from the received bytes rather than encoded again.
+    to_be_signed = (
+        _SIG_STRUCTURE_START + data[2:protected_end] + _EMPTY_BYTES + data[protected_end + 1 : payload[1]]
+    )
+    return (
+        data[protected_start:protected_end],
+        data[kid[0] : kid[1]],
+        typ_text,
+        data[payload[0] : payload[1]],
+        data[signature[0] : signature[1]],
+        to_be_signed,
     )
 
 

@@ -24,13 +24,13 @@ from .cose import (
     HEADER_ALG,
     HEADER_KID,
     HEADER_TYP,
-    parse_sign1,
+    parse_general_sign1,
+    record_shaped,
     sig_structure,
     sign1,
-    verify_signature,
 )
 from .errors import Code, RemoteProtocolError
-from .identity import SigningIdentity, public_key_from_did
+from .identity import SigningIdentity, public_key_from_did, verify_ed25519
 from .records import RECORD_CLASSES, Record, RecordType
 from .schema import SUPPORTED_VERSIONS
 
@@ -138,25 +138,33 @@ def _verified_parts(data: bytes, max_size: int) -> tuple[Any, str, bytes, bytes]
 
 
 def _parts(data: bytes, max_size: int, *, verify: bool = False) -> tuple[Any, str, bytes, bytes]:
-    message = parse_sign1(data, max_size=max_size)
-    if message.unprotected:
-        raise RemoteProtocolError(Code.BAD_HEADER, "the unprotected header must be empty")
-    if message.protected.keys() != _HEADER_KEYS:
-        raise RemoteProtocolError(Code.BAD_HEADER, "the protected header holds exactly alg, kid and typ")
-    typ = message.protected[HEADER_TYP]
-    if type(typ) is not str:
-        raise RemoteProtocolError(Code.WRONG_TYPE, "typ must be a text string")
-    kid = message.protected[HEADER_KID]
-    if type(kid) is not bytes:
-        raise RemoteProtocolError(Code.BAD_HEADER, "kid must be a byte string")
+    if len(data) > max_size:
+        raise RemoteProtocolError(Code.TOO_LARGE, f"{len(data)} bytes exceeds the cap of {max_size}")
+    fast = record_shaped(data)
+    if fast is not None:
+        # The shape every record has: the header rules below hold by construction.
+        _protected, kid, typ, payload, signature, to_be_signed = fast
+    else:
+        message = parse_general_sign1(data, max_size=max_size)
+        if message.unprotected:
+            raise RemoteProtocolError(Code.BAD_HEADER, "the unprotected header must be empty")
+        if message.protected.keys() != _HEADER_KEYS:
+            raise RemoteProtocolError(Code.BAD_HEADER, "the protected header holds exactly alg, kid and typ")
+        typ = message.protected[HEADER_TYP]
+        if type(typ) is not str:
+            raise RemoteProtocolError(Code.WRONG_TYPE, "typ must be a text string")
+        kid = message.protected[HEADER_KID]
+        if type(kid) is not bytes:
+            raise RemoteProtocolError(Code.BAD_HEADER, "kid must be a byte string")
+        payload, signature, to_be_signed = message.payload, message.signature, message.to_be_signed
     try:
         signer = kid.decode("ascii")
     except UnicodeDecodeError:
         raise RemoteProtocolError(Code.BAD_KEY, "kid is not a did:key") from None
     public_key = public_key_from_did(signer)
     if verify:
-        verify_signature(message, public_key)
-    return typ, signer, message.payload, message.to_be_signed
+        verify_ed25519(public_key, to_be_signed, signature)
+    return typ, signer, payload, to_be_signed
 
 
 def _finish(cls: type[R], signer: str, payload_bytes: bytes, to_be_signed: bytes, data: bytes) -> Signed[R]:
