@@ -283,6 +283,24 @@ async def test_migrations_applied_once_and_idempotent_on_reopen(tmp_path: Path) 
         await db.close()
 
 
+async def test_executemany_writes_every_row_in_the_transaction_and_nothing_outside_one(tmp_path: Path) -> None:
+    """A batch's rows in one call: all kept with the transaction, none when it is undone, and refused
+    outside a transaction (reads outside one go to the read-only reader)."""
+    db = await open_database(tmp_path / "node.db", [M1])
+    try:
+        async with transaction(db):
+            await db.executemany("INSERT INTO notes (body) VALUES (?)", [("a",), ("b",), ("c",)])
+        with pytest.raises(RuntimeError, match="undone"):
+            async with transaction(db):
+                await db.executemany("INSERT INTO notes (body) VALUES (?)", [("d",), ("e",)])
+                raise RuntimeError("undone")
+        with pytest.raises(sqlite3.OperationalError):
+            await db.executemany("INSERT INTO notes (body) VALUES (?)", [("f",)])
+        assert [row[0] for row in await db.execute_fetchall("SELECT body FROM notes ORDER BY id")] == ["a", "b", "c"]
+    finally:
+        await db.close()
+
+
 async def test_database_newer_than_the_code_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
     db = await open_database(path, [M1, M2])

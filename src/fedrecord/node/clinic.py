@@ -69,6 +69,7 @@ from .keys_at_rest import unwrap_at_rest, wrap_at_rest
 from .patient import decrypt_stored, read_stored
 from .records_table import open_stored
 from .resume import RESTARTABLE, KeptStream, resume_point, stream_span
+from .store import SharedCopy
 from .sync import DEVICE_TYPES, SyncReport, item_of, subject_of, sync_with_patient
 from .sync import Progress as SyncProgress
 from .wire import MAX_DOCUMENT, Invitation, StateAnswer, api_url, check_profile_endpoints
@@ -569,9 +570,9 @@ class ClinicNode:
                 return dict.fromkeys(docs, Code.REVOKED.value)
             deleted = await self.store.tombstoned_among(docs, patient=patient)
             states = await self.store.document_states(docs)
-            for copy in checked:
-                if copy.doc not in deleted:
-                    await self._upsert_copy(
+            await self.store.upsert_shared(
+                [
+                    self._shared_copy(
                         patient,
                         chain[-1],
                         copy.doc,
@@ -582,6 +583,10 @@ class ClinicNode:
                         now=now,
                         stream=copy.stream,
                     )
+                    for copy in checked
+                    if copy.doc not in deleted
+                ]
+            )
         return dict.fromkeys(deleted, Code.NOT_FOUND.value)
 
     async def _revoked_link(self, chain: Sequence[Signed[Grant]]) -> Signed[Grant] | None:
@@ -866,14 +871,16 @@ class ClinicNode:
                     # applied, which destroyed the copies held under this chain ([API-19]).
                     raise RemoteProtocolError(Code.REVOKED, "the grant was revoked while the document was fetched")
                 state = await self.store.document_state(doc)
-                await self._upsert_copy(patient, chain[-1], doc, key, header, size, state=state, now=now)
+                await self.store.upsert_shared(
+                    [self._shared_copy(patient, chain[-1], doc, key, header, size, state=state, now=now)]
+                )
                 await self.store.put_record(wrap, now=now, subject=doc)
         except BaseException:
             await self._forget_copy(doc)
             raise
         return size
 
-    async def _upsert_copy(
+    def _shared_copy(
         self,
         patient: str,
         grant: Signed[Grant],
@@ -885,14 +892,18 @@ class ClinicNode:
         state: str | None,
         now: int,
         stream: bytes | None = None,
-    ) -> None:
-        """Keep the row of a fetched copy, its key wrapped at rest (and a small one's stream).
+    ) -> SharedCopy:
+        """The row of a fetched copy, its key wrapped at rest (and a small one's stream).
 
-        Call inside a transaction, once the document is known not to be tombstoned; ``state`` is its
-        row's state read in that transaction (``None`` when it has none).
+        For a document known not to be tombstoned, whose row's state (``None`` when it has none) was
+        read in the transaction that keeps it.
+
+        Raises:
+            RemoteProtocolError, LocalProtocolError: as :func:`~fedrecord.core.lifecycle.kept_state`
+                when that state does not take a fetched copy.
         """
         kept_state(state, Event.FETCHED)  # the row keeps the state it has
-        await self.store.upsert_shared(
+        return SharedCopy(
             doc=doc,
             patient=patient,
             author=header.signer,

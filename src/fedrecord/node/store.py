@@ -102,6 +102,24 @@ class ServedRow(NamedTuple):
     stream: bytes | None  # the ciphertext of a small document kept in its row; None when kept as a file
 
 
+class SharedCopy(NamedTuple):
+    """The row of a copy fetched from a patient's node, as :meth:`NodeStore.upsert_shared` keeps it."""
+
+    doc: bytes
+    patient: str
+    author: str
+    grant_id: bytes
+    title: str
+    doc_type: str
+    category: str
+    labels: str  # JSON list
+    date: int
+    added: int
+    size: int
+    sealed_key: bytes
+    stream: bytes | None  # the ciphertext of a small document, kept in the row instead of a file
+
+
 class HeldRow(NamedTuple):
     """A document a clinic holds (authored or shared)."""
 
@@ -361,27 +379,10 @@ class NodeStore(Protocol):
         """Keep a document the clinic authored, in ``state``.  Call inside a transaction."""
         ...
 
-    async def upsert_shared(
-        self,
-        *,
-        doc: bytes,
-        patient: str,
-        author: str,
-        grant_id: bytes,
-        title: str,
-        doc_type: str,
-        category: str,
-        labels: str,
-        date: int,
-        added: int,
-        size: int,
-        sealed_key: bytes,
-        stream: bytes | None = None,
-    ) -> None:
-        """Keep a copy fetched under ``grant_id`` as ``shared``; an existing row keeps its state, key and
-        stream (the lifecycle's ``fetched``: a copy stays shared, an authored document authored).
+    async def upsert_shared(self, copies: Sequence[SharedCopy]) -> None:
+        """Keep copies fetched under their ``grant_id`` as ``shared``; an existing row keeps its state, key
+        and stream (the lifecycle's ``fetched``: a copy stays shared, an authored document authored).
 
-        ``stream``: the ciphertext of a small document, kept in the row instead of a file.
         Call inside a transaction.
         """
         ...
@@ -961,44 +962,14 @@ class SqliteNodeStore:
         names, marks = ", ".join(columns), ", ".join("?" * len(columns))
         await self.db.execute(f"INSERT INTO documents ({names}) VALUES ({marks})", tuple(columns.values()))
 
-    async def upsert_shared(
-        self,
-        *,
-        doc: bytes,
-        patient: str,
-        author: str,
-        grant_id: bytes,
-        title: str,
-        doc_type: str,
-        category: str,
-        labels: str,
-        date: int,
-        added: int,
-        size: int,
-        sealed_key: bytes,
-        stream: bytes | None = None,
-    ) -> None:
-        await self.db.execute(
+    async def upsert_shared(self, copies: Sequence[SharedCopy]) -> None:
+        await self.db.executemany(
             "INSERT INTO documents (id, patient, state, author, grant_id, title, doc_type, category, labels,"
             " date, added, size, sealed_key, stream) VALUES (?, ?, 'shared', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET grant_id = excluded.grant_id,"
             " sealed_key = COALESCE(documents.sealed_key, excluded.sealed_key),"
             " stream = COALESCE(documents.stream, excluded.stream)",
-            (
-                doc,
-                patient,
-                author,
-                grant_id,
-                title,
-                doc_type,
-                category,
-                labels,
-                date,
-                added,
-                size,
-                sealed_key,
-                stream,
-            ),
+            copies,
         )
 
     async def document_deposit(self, doc: bytes) -> tuple[bytes | None, str] | None:
@@ -1192,8 +1163,9 @@ class SqliteNodeStore:
             ),
         )
         # Every document the receipt names, so that listings by document find a batch's entry too.
-        for doc in receipt.record.documents:
-            await self.db.execute("INSERT INTO audit_docs (doc, at, seq) VALUES (?, ?, ?)", (doc, at, seq))
+        await self.db.executemany(
+            "INSERT INTO audit_docs (doc, at, seq) VALUES (?, ?, ?)", [(doc, at, seq) for doc in receipt.record.documents]
+        )
 
     async def audit_entries(self) -> list[AuditRow]:
         rows = await self._all(

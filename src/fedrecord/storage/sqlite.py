@@ -43,7 +43,7 @@ import hashlib
 import itertools
 import sqlite3
 import struct
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -216,6 +216,17 @@ class Database:
         """Run one statement (on the writer inside this task's transaction, else on the reader)."""
         connection = self._connection()
         return _Statement(lambda: Cursor(connection.execute(sql, params)))
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        """Run one writing statement once per parameter row, in this task's transaction.
+
+        One call for many rows (a batch's), where a loop of :meth:`execute` would cost a
+        Python round per row.
+
+        Raises:
+            sqlite3.Error: as :meth:`execute`; a write outside a transaction fails (the reader is read-only).
+        """
+        self._connection().executemany(sql, rows).close()
 
     async def execute_fetchall(self, sql: str, params: Params = ()) -> list[Any]:
         """Run one statement and return all its rows."""
