@@ -26,7 +26,6 @@ from fedrecord.core.signed import sign_record
 from fedrecord.core.stream import (
     CHUNK_SIZE,
     HEADER_SIZE,
-    PREFIX_SIZE,
     TAG_SIZE,
     StreamDecryptor,
     StreamEncryptor,
@@ -36,9 +35,8 @@ from fedrecord.core.stream import (
     stream_header,
 )
 
-KEY = bytes(range(32))
-OTHER_KEY = bytes(range(1, 33))
-PREFIX = bytes(range(100, 100 + PREFIX_SIZE))
+from .test_stream import KEY, OTHER_KEY, PREFIX
+
 AUTHOR = SigningIdentity.from_seed(bytes([7]) * 32)
 PATIENT = SigningIdentity.from_seed(bytes([9]) * 32)
 # A small chunk size puts the signed header across several chunks, and makes many chunks cheap.
