@@ -62,9 +62,9 @@ After each sync the GP's database is checked: every accepted entry held, and
 with bodies every document held as a copy (``missing_bodies`` empty, one
 shared copy per document); the script fails loudly otherwise.
 
-Size.  The acceptance point is 20,000 documents, but its setup takes about
-10 minutes on a 2-core machine, against
-about 3 minutes for the default, 8,000 (``DEFAULT_COUNT``).  The figure is
+Size.  The acceptance point is 20,000 documents, but its setup takes 4 to 5
+minutes on a 2-core machine, against about 2 minutes for the default, 8,000
+(``DEFAULT_COUNT``).  The figure is
 per CPU-second, so sizes compare as far as the sync's own costs grow
 linearly; the printed ``n_documents`` says which size was measured, and
 ``--count 20000`` measures the acceptance point itself.  ``--quick``: 500
@@ -363,8 +363,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"n_documents": count, "document_bytes": DOCUMENT_SIZE}
     if count < FULL_COUNT:
         results["size_note"] = (
-            f"{count} documents, not the acceptance point's {FULL_COUNT}, whose setup takes about"
-            f" 10 minutes (--count {FULL_COUNT}): see the docstring"
+            f"{count} documents, not the acceptance point's {FULL_COUNT}, whose setup takes"
+            f" 4 to 5 minutes (--count {FULL_COUNT}): see the docstring"
         )
     started = time.perf_counter()
     try:
