@@ -354,6 +354,8 @@ async def test_pragmas_set(tmp_path: Path) -> None:
             row = await cursor.fetchone()
         assert row is not None and row[0] >= 1000
         assert db.isolation_level is None
+        # The writer keeps the undo logs of its savepoints (one per block of a group commit) in memory.
+        assert db._writer.execute("PRAGMA temp_store").fetchone()[0] == 2
     finally:
         await db.close()
 
