@@ -1067,8 +1067,7 @@ class ClinicNode:
         process of this node stored it meanwhile (then it is kept once).
         """
         async with self.store.transaction():
-            for signed in records:
-                await self.store.put_record(signed, now=now, subject=subject_of(signed))
+            await self.store.put_records([(signed, subject_of(signed)) for signed in records], now=now)
             await self.store.keep_given(patient, [s.id for s in records if s.signer != patient])
         return len(records)
 

@@ -225,6 +225,10 @@ class NodeStore(Protocol):
         """Keep a verified record (idempotent).  Call inside a transaction."""
         ...
 
+    async def put_records(self, kept: Sequence[tuple[Signed[Any], bytes | None]], *, now: int) -> None:
+        """Keep verified records, each with its subject, as :meth:`put_record` does one (in one call)."""
+        ...
+
     async def records(
         self,
         cls: type[R],
@@ -731,9 +735,12 @@ class SqliteNodeStore:
     # --- records
 
     async def put_record(self, signed: Signed[Any], *, now: int, subject: bytes | None = None) -> None:
-        await self.db.execute(
+        await self.put_records([(signed, subject)], now=now)
+
+    async def put_records(self, kept: Sequence[tuple[Signed[Any], bytes | None]], *, now: int) -> None:
+        await self.db.executemany(
             "INSERT OR IGNORE INTO records (id, typ, signer, subject, encoded, received) VALUES (?, ?, ?, ?, ?, ?)",
-            (signed.id, signed.record.TYPE.value, signed.signer, subject, signed.encoded, now),
+            [(signed.id, signed.record.TYPE.value, signed.signer, subject, signed.encoded, now) for signed, subject in kept],
         )
 
     async def records(
