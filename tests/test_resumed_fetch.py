@@ -56,6 +56,7 @@ from .node_helpers import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 DOCUMENT_SIZE = 4 << 20
+IN_FLIGHT = 1 << 20  # bytes a cut fetch may lose from the client's buffers (see cut_fetch)
 # What an answer adds to its stream (status line, header fields with the key wrap), generously.
 ANSWER_FIELDS = 8192
 
@@ -135,8 +136,10 @@ async def cut_fetch(setting: Setting, large: Large) -> tuple[int, int]:
     with pytest.raises(PeerUnreachable, match="cut"):
         await fetch_counted(setting, large)
     kept = held(setting.story.gp, large.doc)
-    # What arrived is kept, up to what was still in the client's buffers when the link went.
-    assert large.size // 2 - (512 << 10) < kept <= large.size // 2
+    # What arrived is kept, up to what was still in the client's buffers when the link went: the
+    # socket's receive buffer (which loopback grows to several hundred KiB under load) and the chunk
+    # being assembled.
+    assert large.size // 2 - IN_FLIGHT < kept <= large.size // 2
     return setting.proxy.downstream - before, kept
 
 
@@ -215,7 +218,7 @@ async def test_killed_fetch_process_is_resumed(setting: Setting) -> None:
         await process.wait()
     first = setting.proxy.downstream - before
     kept = held(gp, large.doc)
-    assert large.size // 2 - (512 << 10) < kept <= large.size // 2
+    assert large.size // 2 - IN_FLIGHT < kept <= large.size // 2
     assert not out.exists(), "nothing of an unfinished document under its name"
 
     second, content = await fetch_counted(setting, large)
