@@ -71,6 +71,14 @@ linearly; the printed ``n_documents`` says which size was measured, and
 documents.  ``--profile DIR`` runs the node and the GP's sync under cProfile,
 timed by the CPU time of their event-loop threads (``benchmarks/cpu_profile.py``;
 figures then inflated), and prints where each spends it.
+
+Comparing two versions of the code.  On a machine whose speed drifts (a VM),
+one run does not show a change of 20 %; alternate runs of both versions on the
+same homes instead.  ``--save-homes DIR`` saves the homes it set up, before
+any sync; ``--homes DIR`` then skips the setup and syncs fresh copies of them
+(the patient's node serves again on the port it was set up with).  For
+example, from two checkouts in turn: ``python benchmarks/initial_sync.py
+--homes DIR``.
 """
 
 from __future__ import annotations
@@ -81,12 +89,13 @@ import gc
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
@@ -356,10 +365,41 @@ def _measure_sync(
     return result
 
 
+SAVED: Final = "saved-homes.json"
+"""What ``--save-homes`` writes beside the homes: the patient's did and port, and the size."""
+
+
+def _reuse(saved: Path, root: Path) -> tuple[dict[str, Path], str, int, int]:
+    """Copy homes saved by ``--save-homes`` into ``root``: (homes, patient, port, count).
+
+    The patient's node serves on the port its profile names, so that port must be free again.
+    """
+    try:
+        meta = json.loads((saved / SAVED).read_text())
+    except (OSError, ValueError):
+        raise SystemExit(
+            f"{saved} holds no homes saved by --save-homes ({SAVED} is missing or unreadable)"
+        ) from None
+    port = int(meta["port"])
+    with socket.socket() as probe:
+        # As the node binds: connections of an earlier run still in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            # Another process there would answer the health check and the syncs in the node's stead.
+            raise SystemExit(f"port {port}, which the saved patient's node serves on, is in use") from None
+    shutil.copytree(saved, root, dirs_exist_ok=True)
+    homes = {name: root / name for name in ("patient", "lab", "gp", "gp-records-only")}
+    return homes, str(meta["patient"]), port, int(meta["count"])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     count = QUICK_COUNT if args.quick else args.count
     root = Path(tempfile.mkdtemp(prefix="fedrecord-bench-sync-"))
     port = free_port()
+    if args.homes is not None:
+        homes, patient, port, count = _reuse(args.homes, root)
     results: dict[str, Any] = {"n_documents": count, "document_bytes": DOCUMENT_SIZE}
     if count < FULL_COUNT:
         results["size_note"] = (
@@ -368,13 +408,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     started = time.perf_counter()
     try:
-        homes = _init_homes(root, port)
-        node = _serve(homes["patient"], port, root / "patient-node-setup.log", None)
-        try:
-            patient = asyncio.run(_populate(homes, count))
-        finally:
-            _stop(node)
-        results["setup_s"] = round(time.perf_counter() - started, 1)
+        if args.homes is None:
+            homes = _init_homes(root, port)
+            node = _serve(homes["patient"], port, root / "patient-node-setup.log", None)
+            try:
+                patient = asyncio.run(_populate(homes, count))
+            finally:
+                _stop(node)
+            results["setup_s"] = round(time.perf_counter() - started, 1)
+            if args.save_homes is not None:
+                # Before any sync: each later run syncs from the same starting point.
+                shutil.copytree(root, args.save_homes)
+                (args.save_homes / SAVED).write_text(
+                    json.dumps({"patient": patient, "port": port, "count": count})
+                )
+        else:
+            results["setup_s"] = f"none: homes copied from {args.homes}"
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
         verify_rate = raw_verifications_per_cpu_s()
@@ -441,8 +490,19 @@ def main() -> int:
         "--profile", type=Path, help="run the node and the GP's sync under cProfile, output here"
     )
     parser.add_argument("--keep", action="store_true", help="keep the nodes' temporary folder")
+    homes = parser.add_mutually_exclusive_group()
+    homes.add_argument(
+        "--save-homes", type=Path, help="also save the homes set up, before any sync, in this new folder"
+    )
+    homes.add_argument(
+        "--homes",
+        type=Path,
+        help="skip the setup: sync copies of homes saved by --save-homes (their size, not --count)",
+    )
     parser.add_argument("--sync-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.save_homes is not None and args.save_homes.exists():
+        parser.error(f"--save-homes {args.save_homes}: the folder exists already")
     if args.sync_child:
         print(json.dumps(asyncio.run(_sync_child(json.loads(sys.stdin.read())))))
         return 0
