@@ -990,12 +990,7 @@ class SqliteNodeStore:
         return str(row[0])
 
     async def document_states(self, docs: Sequence[bytes]) -> dict[bytes, str]:
-        if len(docs) > MAX_IDS_PER_QUERY:
-            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
-        if not docs:
-            return {}
-        marks = ", ".join("?" * len(docs))
-        return {row[0]: str(row[1]) for row in await self._all(f"SELECT id, state FROM documents WHERE id IN ({marks})", docs)}
+        return {row[0]: str(row[1]) for row in await self._rows_among("SELECT id, state FROM documents WHERE id", docs)}
 
     async def document_author(self, doc: bytes) -> str | None:
         row = await self._one("SELECT author FROM documents WHERE id = ?", (doc,))
@@ -1022,12 +1017,20 @@ class SqliteNodeStore:
 
     async def _among(self, select: str, docs: Sequence[bytes], *params: object) -> set[bytes]:
         """The ids ``select`` (ending in the column compared) finds among ``docs`` (at most MAX_IDS_PER_QUERY)."""
+        return {row[0] for row in await self._rows_among(select, docs, *params)}
+
+    async def _rows_among(self, select: str, docs: Sequence[bytes], *params: object) -> list[Any]:
+        """The rows ``select`` (ending in the column compared) finds among ``docs``, ``params`` bound first.
+
+        Raises:
+            ValueError: for more than ``MAX_IDS_PER_QUERY`` ids (SQLite's cap on bound parameters).
+        """
         if len(docs) > MAX_IDS_PER_QUERY:
             raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
         if not docs:
-            return set()
+            return []
         marks = ", ".join("?" * len(docs))
-        return {row[0] for row in await self._all(f"{select} IN ({marks})", (*params, *docs))}
+        return await self._all(f"{select} IN ({marks})", (*params, *docs))
 
     async def deposited_row(self, doc: bytes) -> DepositedRow | None:
         row = await self._one(
@@ -1085,13 +1088,8 @@ class SqliteNodeStore:
         return bool(row and row[0])
 
     async def served_rows(self, docs: Sequence[bytes]) -> dict[bytes, ServedRow]:
-        if len(docs) > MAX_IDS_PER_QUERY:
-            raise ValueError(f"at most {MAX_IDS_PER_QUERY} ids at a time")
-        if not docs:
-            return {}
-        rows = await self._all(
-            "SELECT id, category, labels, date, added, hidden, sealed_key, size, stream FROM documents"
-            f" WHERE id IN ({', '.join('?' * len(docs))})",
+        rows = await self._rows_among(
+            "SELECT id, category, labels, date, added, hidden, sealed_key, size, stream FROM documents WHERE id",
             docs,
         )
         return {
