@@ -1033,7 +1033,7 @@ class PatientNode:
         signed_receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=False)
         await self._learn_own_grants(decision.grants, now=now)
         request = signed_receipt.record
-        row = (await self._require_servable(requester, decision, request.documents, now=now))[request.doc]
+        row = (await self._require_servable(decision, request.documents))[request.doc]
         reader_key = await self._reader_key(requester, offered_profile, now=now)
         if start and start >= row.size:
             # Refused before the receipt is logged: a read that sends nothing leaves no entry [API-41].
@@ -1091,7 +1091,7 @@ class PatientNode:
         request = signed_receipt.record
         documents = request.documents
         # One read for every document of the batch: its facts, key, size and (a small one's) stream.
-        rows = await self._require_servable(requester, decision, documents, now=now)
+        rows = await self._require_servable(decision, documents)
         reader_key = await self._reader_key(requester, offered_profile, now=now)
         if sum(rows[doc].size for doc in documents) > BATCH_MAX_BYTES:
             raise RemoteProtocolError(
@@ -1156,7 +1156,7 @@ class PatientNode:
         async with self.store.transaction():
             if await self.store.view_epoch() != epoch:
                 _receipt, decision = await self._checked_receipt(requester, chain, receipt, now=now, batch=batch)
-                await self._require_servable(requester, decision, signed_receipt.record.documents, now=now)
+                await self._require_servable(decision, signed_receipt.record.documents)
             await self._append_audit(signed_receipt, now=now)
 
     async def _checked_receipt(
@@ -1187,9 +1187,7 @@ class PatientNode:
         ).require()
         return signed_receipt, decision
 
-    async def _require_servable(
-        self, requester: str, decision: _ChainDecision, documents: Sequence[bytes], *, now: int
-    ) -> dict[bytes, ServedRow]:
+    async def _require_servable(self, decision: _ChainDecision, documents: Sequence[bytes]) -> dict[bytes, ServedRow]:
         """Step 6 of [API-22]: ``not-found`` unless every document is accepted, shown and in the chain's reach.
 
         A document the patient hid is shown to its device grants ([API-46]).
@@ -1198,8 +1196,8 @@ class PatientNode:
             The row of each document, read once for the decision and for serving it.
         """
         grants, _revocations, restrictions = decision
-        # The chain alone was decided allowed (steps 1 to 5, _checked_receipt) at this ``now``: each
-        # document only has to be in its reach.
+        # The chain alone was decided allowed (steps 1 to 5, _checked_receipt) for this requester, now:
+        # each document only has to be in its reach.
         device = is_device_chain(grants, self.home.did)
         rows = await self.store.served_rows(documents)
         for doc in documents:

@@ -208,9 +208,7 @@ class Database:
         return not (self._owner is not None and self._owner is asyncio.current_task())
 
     def _connection(self) -> sqlite3.Connection:
-        if self._owner is not None and self._owner is asyncio.current_task():
-            return self._writer
-        return self._reader
+        return self._reader if self.reads_committed else self._writer
 
     def execute(self, sql: str, params: Params = ()) -> _Statement:
         """Run one statement (on the writer inside this task's transaction, else on the reader)."""
