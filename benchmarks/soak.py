@@ -69,9 +69,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
@@ -459,6 +460,28 @@ class Load:
         self.count(f"cli {args[0]}" + ("" if done.returncode == 0 else " failed"))
 
 
+Step = Callable[["Load"], Coroutine[Any, Any, Any]]
+
+TOGETHER: Final[tuple[tuple[int, str, Step], ...]] = (
+    (1, "deposit", Load.deposit),
+    (1, "gp_fetch", Load.gp_fetch),
+    (2, "decide", Load.decide_inbox),
+    (5, "subscriber", Load.subscriber),
+    (7, "delete", Load.delete_one),
+    (9, "rude_subscriber", Load.rude_subscriber),
+    (11, "gp_sync", Load.gp_sync),
+    (13, "doc_grant", Load.doc_grant_cycle),
+    (17, "web_signin", Load.web_signin),
+)
+"""The load's operations run at once each tick: (every how many ticks, name, operation)."""
+ALONE: Final[tuple[tuple[int, str, Step], ...]] = (
+    (40, "regrant", Load.regrant_gp),
+    (60, "cut_fetch", Load.cut_fetch),
+    (70, "cut_deposit", Load.cut_deposit),
+)
+"""Operations run after those, one at a time, in this order."""
+
+
 async def run_load(options: dict[str, Any]) -> dict[str, Any]:
     load = Load(options)
     deadline = time.monotonic() + options["seconds"]
@@ -475,28 +498,13 @@ async def run_load(options: dict[str, Any]) -> dict[str, Any]:
                 opened_at = time.monotonic()
                 load.count("reopen")
             # A few operations in flight at once, as several commands and pages would be.
-            steps = [load.guarded("deposit", load.deposit()), load.guarded("gp_fetch", load.gp_fetch())]
-            if tick % 2 == 0:
-                steps.append(load.guarded("decide", load.decide_inbox()))
-            if tick % 5 == 0:
-                steps.append(load.guarded("subscriber", load.subscriber()))
-            if tick % 7 == 0:
-                steps.append(load.guarded("delete", load.delete_one()))
-            if tick % 9 == 0:
-                steps.append(load.guarded("rude_subscriber", load.rude_subscriber()))
-            if tick % 11 == 0:
-                steps.append(load.guarded("gp_sync", load.gp_sync()))
-            if tick % 13 == 0:
-                steps.append(load.guarded("doc_grant", load.doc_grant_cycle()))
-            if tick % 17 == 0:
-                steps.append(load.guarded("web_signin", load.web_signin()))
-            await asyncio.gather(*steps, return_exceptions=False)
-            if tick % 40 == 0:
-                await load.guarded("regrant", load.regrant_gp())
-            if tick % 60 == 0:
-                await load.guarded("cut_fetch", load.cut_fetch())
-            if tick % 70 == 0:
-                await load.guarded("cut_deposit", load.cut_deposit())
+            await asyncio.gather(
+                *(load.guarded(name, step(load)) for every, name, step in TOGETHER if tick % every == 0),
+                return_exceptions=False,
+            )
+            for every, name, step in ALONE:
+                if tick % every == 0:
+                    await load.guarded(name, step(load))
             if time.monotonic() - measured >= 30:
                 measured = time.monotonic()
                 await load.guarded("measure", load.measure(started))
