@@ -39,9 +39,9 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Final, TypeAlias
 
-import nacl.bindings as sodium
 from nacl.exceptions import CryptoError
 
+from . import xchacha
 from .errors import AuthenticationError, Code, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -87,8 +87,8 @@ BytesLike: TypeAlias = bytes | bytearray | memoryview
 
 _NONCE_SIZE: Final = 24
 
-_encrypt_chunk = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
-_decrypt_chunk = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
+_encrypt_chunk = xchacha.encrypt
+_decrypt_chunk = xchacha.decrypt
 
 
 def _checked_key(key: bytes) -> bytes:

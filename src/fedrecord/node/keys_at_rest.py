@@ -40,7 +40,7 @@ from typing import Final
 import nacl.bindings as sodium
 from nacl.exceptions import CryptoError
 
-from fedrecord.core import Code, EncryptionKeyPair, LocalProtocolError, RemoteProtocolError
+from fedrecord.core import Code, EncryptionKeyPair, LocalProtocolError, RemoteProtocolError, xchacha
 from fedrecord.core.sealed_box import open_sealed
 
 __all__ = ["wrap_at_rest", "unwrap_at_rest"]
@@ -78,7 +78,7 @@ def wrap_at_rest(key: bytes, keys: EncryptionKeyPair, *, doc: bytes) -> bytes:
     if len(doc) != 32:
         raise LocalProtocolError(Code.MALFORMED, "a document id is 32 bytes")
     nonce = os.urandom(_NONCE_SIZE)
-    sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(key, _aad(keys, doc), nonce, _kek(keys.secret_key))
+    sealed = xchacha.encrypt(key, _aad(keys, doc), nonce, _kek(keys.secret_key))
     return _FORMAT + nonce + sealed
 
 
@@ -97,7 +97,7 @@ def unwrap_at_rest(wrapped: bytes, keys: Sequence[EncryptionKeyPair], *, doc: by
             nonce, sealed = wrapped[1 : 1 + _NONCE_SIZE], wrapped[1 + _NONCE_SIZE :]
             try:
                 return bytes(
-                    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    xchacha.decrypt(
                         sealed, _aad(pair, doc), nonce, _kek(pair.secret_key)
                     )
                 )
