@@ -59,7 +59,7 @@ async def authored(lab: ServedNode, content: bytes) -> bytes:
     # ClinicNode.deposit needs a connected patient; the file and the row are what matter here.
     doc = await orphan(home, content, age=0)
     async with home.store.transaction():
-        await home.store.insert_authored(
+        await home.store.insert_document(
             doc=doc,
             patient="did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
             author=home.did,

@@ -495,7 +495,7 @@ async def passphrase(ctx: Context, new_passphrase_file: Path | None) -> None:
     Backups made before keep the old passphrase.
     """
     from fedrecord.node.home import NodeConfig
-    from fedrecord.storage.keyfile import passphrase_from_environment, read_key_file, write_key_file
+    from fedrecord.storage.keyfile import kdf_cost, passphrase_from_environment, read_key_file, write_key_file
 
     NodeConfig.load(ctx.home)
     secrets = await asyncio.to_thread(read_key_file, ctx.home / "node.key", ctx.passphrase())
@@ -506,9 +506,7 @@ async def passphrase(ctx: Context, new_passphrase_file: Path | None) -> None:
                 "no new passphrase: set FEDRECORD_NEW_PASSPHRASE or use --new-passphrase-file (mode 0600)"
             )
         new = click.prompt("New passphrase", hide_input=True, confirmation_prompt=True).encode()
-    limits = _kdf_limits()
-    extra = {} if limits is None else {"ops": limits[0], "mem": limits[1]}
-    await asyncio.to_thread(write_key_file, ctx.home / "node.key", secrets, new, **extra)
+    await asyncio.to_thread(write_key_file, ctx.home / "node.key", secrets, new, **kdf_cost(_kdf_limits()))
     ctx.emit(
         {"home": str(ctx.home), "changed": True},
         f"the passphrase of {ctx.home / 'node.key'} is changed; update the passphrase file or "

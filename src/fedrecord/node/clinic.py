@@ -257,7 +257,7 @@ class ClinicNode:
         )
         async with self.store.transaction():
             state = kept_state(await self.store.document_state(doc), Event.AUTHOR)
-            await self.store.insert_authored(
+            await self.store.insert_document(
                 state=state,
                 doc=doc,
                 patient=patient,

@@ -28,7 +28,7 @@ from fedrecord.core.identity import EncryptionKeyPair
 from fedrecord.core.stream import stream_document_id
 from fedrecord.http.aiohttp_signing import endpoint_problem
 from fedrecord.storage.documents import CorruptDocumentError, DocumentFiles
-from fedrecord.storage.keyfile import NodeSecrets, read_key_file, write_key_file
+from fedrecord.storage.keyfile import NodeSecrets, kdf_cost, read_key_file, write_key_file
 from fedrecord.storage.partial import PartialDownloads
 from fedrecord.storage.sqlite import Database, open_database
 
@@ -143,8 +143,7 @@ def init_home(
     home.chmod(0o700)
     seed = os.urandom(32) if signing_seed is None else signing_seed
     secrets = NodeSecrets(signing_seed=seed, encryption_seeds=(os.urandom(32),))
-    extra = {} if kdf_limits is None else {"ops": kdf_limits[0], "mem": kdf_limits[1]}
-    write_key_file(home / "node.key", secrets, passphrase, **extra)
+    write_key_file(home / "node.key", secrets, passphrase, **kdf_cost(kdf_limits))
     NodeConfig(role=role, name=name, endpoint=endpoint, host=host, port=port).save(home)
     # Made the owner's alone before SQLite opens it: its log and shared-memory files take its mode.
     os.close(os.open(home / DATABASE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -351,9 +351,13 @@ class NodeStore(Protocol):
         size: int,
         sealed_key: bytes,
         stream: bytes | None = None,
+        added: int | None = None,
         state: DocumentState,
     ) -> None:
-        """Keep a deposited document in ``state`` (the inbox; a small one with its ``stream``).
+        """Keep a document that comes with its ``deposit``, in ``state``.
+
+        On a patient's node, a deposit received (the inbox; a small one with its ``stream``); on a
+        clinic's, a document it authored and deposits (``authored``, ``added`` when it was written).
 
         Call inside a transaction.
         """
@@ -361,26 +365,6 @@ class NodeStore(Protocol):
 
     async def document_stream(self, doc: bytes) -> bytes | None:
         """The ciphertext of a small document kept in its row; ``None`` when absent or kept as a file."""
-        ...
-
-    async def insert_authored(
-        self,
-        *,
-        doc: bytes,
-        patient: str,
-        author: str,
-        deposit: bytes,
-        title: str,
-        doc_type: str,
-        category: str,
-        labels: str,
-        date: int,
-        added: int,
-        size: int,
-        sealed_key: bytes,
-        state: DocumentState,
-    ) -> None:
-        """Keep a document the clinic authored, in ``state``.  Call inside a transaction."""
         ...
 
     async def upsert_shared(self, copies: Sequence[SharedCopy]) -> None:
@@ -909,65 +893,33 @@ class SqliteNodeStore:
         size: int,
         sealed_key: bytes,
         stream: bytes | None = None,
+        added: int | None = None,
         state: DocumentState,
     ) -> None:
-        await self._insert_document_row(
-            id=doc,
-            patient=patient,
-            state=state.value,
-            author=author,
-            deposit=deposit,
-            title=title,
-            doc_type=doc_type,
-            category=category,
-            labels=labels,
-            date=date,
-            size=size,
-            sealed_key=sealed_key,
-            stream=stream,
+        await self.db.execute(
+            "INSERT INTO documents (id, patient, state, author, deposit, title, doc_type, category, labels,"
+            " date, added, size, sealed_key, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                doc,
+                patient,
+                state.value,
+                author,
+                deposit,
+                title,
+                doc_type,
+                category,
+                labels,
+                date,
+                added,
+                size,
+                sealed_key,
+                stream,
+            ),
         )
 
     async def document_stream(self, doc: bytes) -> bytes | None:
         row = await self._one("SELECT stream FROM documents WHERE id = ?", (doc,))
         return bytes(row[0]) if row is not None and row[0] is not None else None
-
-    async def insert_authored(
-        self,
-        *,
-        doc: bytes,
-        patient: str,
-        author: str,
-        deposit: bytes,
-        title: str,
-        doc_type: str,
-        category: str,
-        labels: str,
-        date: int,
-        added: int,
-        size: int,
-        sealed_key: bytes,
-        state: DocumentState,
-    ) -> None:
-        await self._insert_document_row(
-            id=doc,
-            patient=patient,
-            state=state.value,
-            author=author,
-            deposit=deposit,
-            title=title,
-            doc_type=doc_type,
-            category=category,
-            labels=labels,
-            date=date,
-            added=added,
-            size=size,
-            sealed_key=sealed_key,
-        )
-
-    async def _insert_document_row(self, **columns: object) -> None:
-        # The column names are this module's keyword arguments, never input: safe to splice.
-        names, marks = ", ".join(columns), ", ".join("?" * len(columns))
-        await self.db.execute(f"INSERT INTO documents ({names}) VALUES ({marks})", tuple(columns.values()))
 
     async def upsert_shared(self, copies: Sequence[SharedCopy]) -> None:
         await self.db.executemany(

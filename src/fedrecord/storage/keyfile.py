@@ -50,6 +50,7 @@ __all__ = [
     "KeyFileError",
     "NodeSecrets",
     "write_key_file",
+    "kdf_cost",
     "read_key_file",
     "passphrase_from_environment",
     "write_private_file",
@@ -158,6 +159,11 @@ def _as_bytes(passphrase: bytes | str) -> bytes:
 def _derive_key(passphrase: bytes, salt: bytes, ops: int, mem: int) -> bytes:
     key: bytes = argon2id.kdf(SecretBox.KEY_SIZE, passphrase, salt, opslimit=ops, memlimit=mem)
     return key
+
+
+def kdf_cost(limits: tuple[int, int] | None) -> dict[str, int]:
+    """The cost arguments of :func:`write_key_file` for argon2id limits (ops, mem); none (its defaults) for None."""
+    return {} if limits is None else {"ops": limits[0], "mem": limits[1]}
 
 
 def write_key_file(
