@@ -84,6 +84,42 @@ async def test_sync_brings_the_view_and_only_the_view(story: Story) -> None:
     assert (again.rounds, again.records_fetched, again.documents_fetched) == (1, 0, 0)
 
 
+async def test_a_clinic_holding_two_grants_syncs_what_each_reaches(story: Story) -> None:
+    """A view per live chain: the records and bodies a second grant opens come with the first's ([SYNC-10])."""
+    gp, patient = story.gp.clinic, story.patient.did
+    await gp.sync(patient, now=now())
+    imaging = await story.patient.patient.grant(
+        audience=story.gp.did,
+        scope=Scope(categories=("imaging",), past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now(),
+    )
+    await gp.poll(patient, now=now())  # the new grant comes with the patient's state
+    # And a new lab result, which the first grant reaches.
+    lab = story.lab.clinic
+    potassium = await lab.deposit(patient, b"K 4.1 mmol/L\n", title="K", category="lab", doc_type="lab-result", now=now())
+    assert (await lab.flush_outbox())[0] == 1
+    await story.patient.patient.accept(potassium, now=now())
+    told: list[tuple[str, int, int]] = []
+    report = await gp.sync(patient, now=now(), progress=lambda *seen: told.append(seen))
+    assert await entries_held(story) == {story.docs["cbc"], story.docs["xray"], potassium}
+    assert report.documents_fetched == 2 and not report.documents_failed, report
+    # One bar for the documents of both views: counted up to both, never back.
+    documents = [(done, total) for stage, done, total in told if stage == "documents"]
+    assert documents[-1] == (2, 2) and [done for done, _ in documents] == sorted(done for done, _ in documents)
+    assert await gp.read_held(story.docs["xray"], now=now()) == b"No focal consolidation.\n"
+    # The X-ray was read under the grant that reaches it, as the patient's audit log says.
+    reads = [entry for entry in await story.patient.patient.audit_log() if story.docs["xray"] in entry.docs]
+    assert [entry.grant for entry in reads] == [imaging.id], reads
+    # Never the lithium level: no grant of the GP reaches it.
+    assert story.docs["lithium"] not in {row.doc for row in await story.gp.h.store.held_documents()}
+    assert await gp.read_held(potassium, now=now()) == b"K 4.1 mmol/L\n"
+    again = await gp.sync(patient, now=now())
+    assert (again.records_fetched, again.documents_fetched) == (0, 0), again
+
+
 async def test_views_of_an_earlier_state_are_not_kept(story: Story) -> None:
     """A patient's node serving syncs for weeks keeps the views it can still use, not one per chain ever seen."""
     patient, gp = story.patient.patient, story.gp.did

@@ -412,8 +412,11 @@ class ClinicNode:
             for chain in await self._held_chains(patient)
         ]
 
-    async def _chains_to_read(self, patient: str, *, now: int) -> list[list[Signed[Grant]]]:
-        """The live chains to read from ``patient`` under, as :meth:`chains_from`; never none.
+    async def _chains_to_read(
+        self, patient: str, *, now: int, under: bytes | None = None
+    ) -> list[list[Signed[Grant]]]:
+        """The live chains to read from ``patient`` under, as :meth:`chains_from` (the one whose last grant
+        is ``under`` first); never none.
 
         Raises:
             RemoteProtocolError: when none is live, the code the patient's node would refuse the
@@ -423,7 +426,7 @@ class ClinicNode:
         decided = await self._decided_chains(patient, now=now)
         chains = [chain for chain, decision in decided if decision.allowed]
         if chains:
-            return chains
+            return sorted(chains, key=lambda chain: chain[-1].id != under)  # stable: the others keep their order
         readers = [(chain, decision) for chain, decision in decided if Action.READ in chain[-1].record.actions]
         if not readers:
             raise RemoteProtocolError(Code.NOT_FOUND, "no read grant from this patient")
@@ -451,11 +454,17 @@ class ClinicNode:
                 result.append({**item, "grant": chain[-1].id})
         return result
 
-    async def fetch(self, patient: str, doc: bytes, *, now: int, progress: Progress | None = None) -> bytes:
+    async def fetch(
+        self, patient: str, doc: bytes, *, now: int, progress: Progress | None = None, under: bytes | None = None
+    ) -> bytes:
         """Fetch, verify and decrypt a document under a grant; the signed request is the receipt (US-4, US-8).
 
         A transfer cut short is resumed by the next fetch of the document
         ([API-42]); see :meth:`fetch_into` for documents too large to hold.
+
+        Args:
+            under: the id of the last grant of the chain to ask under first (a sync knows which view
+                holds the document's entry); the other live chains are tried after it.
 
         Raises:
             RemoteProtocolError: ``not-found`` when no grant lists ``read``; the decision's code
@@ -464,11 +473,14 @@ class ClinicNode:
             PeerUnreachable: the patient's node did not answer, or the transfer was cut.
         """
         pieces: list[bytes] = []
-        await self._fetch(patient, doc, pieces.append, now=now, progress=progress)
+        await self._fetch(patient, doc, pieces.append, now=now, progress=progress, under=under)
         return b"".join(pieces)
 
-    async def fetch_batch(self, patient: str, docs: Sequence[bytes], *, now: int) -> dict[bytes, str]:
-        """Fetch several small documents with one request, one receipt and one key wrap (15.21).
+    async def fetch_batch(
+        self, patient: str, docs: Sequence[bytes], *, now: int, under: bytes | None = None
+    ) -> dict[bytes, str]:
+        """Fetch several small documents with one request, one receipt and one key wrap (15.21), under the
+        first live chain that reaches them all (the one whose last grant is ``under`` first, as :meth:`fetch`).
 
         Every stream is checked on its own ([API-72]): a document whose stream
         or header fails is not kept, the others are, each as a copy as
@@ -488,7 +500,7 @@ class ClinicNode:
             PeerUnreachable: the patient's node did not answer.
         """
         connection = await self._connection(patient)
-        chains = await self._chains_to_read(patient, now=now)
+        chains = await self._chains_to_read(patient, now=now, under=under)
         last_error: RemoteProtocolError | None = None
         for chain in chains:
             # As a single fetch does: a chain the patient's node refuses gives way to the next one.
@@ -616,9 +628,10 @@ class ClinicNode:
         *,
         now: int,
         progress: Progress | None,
+        under: bytes | None = None,
     ) -> int:
         connection = await self._connection(patient)
-        chains = await self._chains_to_read(patient, now=now)
+        chains = await self._chains_to_read(patient, now=now, under=under)
         last_error: RemoteProtocolError | None = None
         for chain in chains:
             try:
@@ -994,15 +1007,16 @@ class ClinicNode:
         """
         return await sync_with_patient(self, patient, now=now, bodies=bodies, progress=progress)
 
-    async def sync_target(self, patient: str, *, now: int) -> tuple[str, list[bytes]]:
-        """The patient node's endpoint and the chain to sync under (none: the control records only).
+    async def sync_targets(self, patient: str, *, now: int) -> tuple[str, list[list[bytes]]]:
+        """The patient node's endpoint and each chain to sync under: every live one, as a view is one
+        chain's ([API-44]); one empty chain (the control records only) when none is live.
 
         Raises:
             RemoteProtocolError: ``not-found`` when not connected to ``patient``.
         """
         connection = await self._connection(patient)
         chains = await self.chains_from(patient, now=now)
-        return connection["endpoint"], [link.encoded for link in chains[0]] if chains else []
+        return connection["endpoint"], [[link.encoded for link in chain] for chain in chains] or [[]]
 
     async def sync_items(self, patient: str) -> SortedItems:
         """The reconciliation items of ``patient``'s records this node holds ([SYNC-1]).
@@ -1106,10 +1120,12 @@ class ClinicNode:
 
     async def missing_bodies(self, patient: str) -> list[bytes]:
         """Documents whose accepted entry was synced but whose body this node does not hold."""
-        return [entry.doc for entry in await self.missing_entries(patient)]
+        return [entry.doc for entry in (await self.missing_entries(patient)).values()]
 
-    async def missing_entries(self, patient: str, *, known: Iterable[Signed[Any]] = ()) -> list[AcceptedEntry]:
-        """The accepted entries of :meth:`missing_bodies`: with each document's padded size.
+    async def missing_entries(
+        self, patient: str, *, known: Iterable[Signed[Any]] = ()
+    ) -> dict[bytes, AcceptedEntry]:
+        """The accepted entries of :meth:`missing_bodies`, by record id: with each document's padded size.
 
         Args:
             known: records just verified and stored (a sync's): their entries
@@ -1120,11 +1136,11 @@ class ClinicNode:
         held = {row.doc for row in await self.store.held_documents()}
         entries = {s.id: s.record for s in known if isinstance(s.record, AcceptedEntry) and s.signer == patient}
         # Picked by subject (the document) first: only a missing entry not just synced is decoded.
-        return [
-            entries[record_id] if record_id in entries else reopen_record(encoded, AcceptedEntry).record
+        return {
+            record_id: entries[record_id] if record_id in entries else reopen_record(encoded, AcceptedEntry).record
             for record_id, doc, encoded in await self.store.record_rows(AcceptedEntry, signer=patient)
             if doc not in withdrawn and doc not in held
-        ]
+        }
 
     # --- the patient's state: polled, or pushed on its event stream -------------------------------
 

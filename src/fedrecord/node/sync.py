@@ -342,21 +342,71 @@ async def sync_with_patient(
         PeerUnreachable: the patient's node did not answer (what was stored so far stays).
     """
     report = SyncReport()
-    held = await _sync_pass(clinic, patient, report, now=now, bodies=bodies, progress=progress)
-    if not held and (await clinic.sync_target(patient, now=now))[1]:
-        # The pass brought this node its first grant: the view it opens is synced now, not next time.
-        await _sync_pass(clinic, patient, report, now=now, bodies=bodies, progress=progress)
+    endpoint, chains = await clinic.sync_targets(patient, now=now)
+    views = [await _sync_pass(clinic, patient, endpoint, chain, report, now=now, progress=progress) for chain in chains]
+    if chains == [[]]:
+        endpoint, chains = await clinic.sync_targets(patient, now=now)
+        if chains != [[]]:
+            # The pass brought this node its first grants: the views they open are synced now, not next time.
+            views += [
+                await _sync_pass(clinic, patient, endpoint, chain, report, now=now, progress=progress)
+                for chain in chains
+            ]
+    if bodies:
+        synced = [signed for view in views for signed in view.synced]
+        missing = await clinic.missing_entries(patient, known=synced)
+        # Each body under a chain whose view holds its entry: a batch one chain does not wholly reach is
+        # refused ([API-70]).  Then those no live view holds (entries of documents this node could read
+        # once): each is asked for still, and fails with the code the patient's node gives.
+        groups: list[tuple[bytes | None, list[AcceptedEntry]]] = [
+            (view.leaf, [missing.pop(entry) for entry in list(missing) if entry in view.ids])
+            for view in views
+            if view.leaf is not None
+        ]
+        groups.append((None, list(missing.values())))
+        total = sum(len(entries) for _, entries in groups)
+        done = 0
+        for under, entries in groups:
+            # One bar for the documents of every group: each group's counts start where the last ended.
+            shown = None if progress is None else _offset(progress, done, total)
+            await _fetch_bodies(clinic, patient, entries, report, now=now, progress=shown, under=under)
+            done += len(entries)
     return report
 
 
+def _offset(progress: Progress, before: int, total: int) -> Progress:
+    """``progress`` told of one part of a stage: its counts after the ``before`` done in earlier parts."""
+
+    def told(stage: str, done: int, _part_total: int) -> None:
+        progress(stage, before + done, total)
+
+    return told
+
+
+@dataclass
+class _SyncedView:
+    """What one pass of a sync reconciled: under which chain, the ids of the view, the records it stored."""
+
+    leaf: bytes | None
+    """The id of the chain's last grant; None for a pass without a chain (none held, or it died)."""
+    ids: set[bytes]
+    synced: list[Signed[Any]]
+
+
 async def _sync_pass(
-    clinic: ClinicNode, patient: str, report: SyncReport, *, now: int, bodies: bool, progress: Progress | None
-) -> bool:
-    """One sync under the chain this node holds now, counted into ``report``; whether it held one."""
-    endpoint, chain = await clinic.sync_target(patient, now=now)
-    held = bool(chain)
+    clinic: ClinicNode,
+    patient: str,
+    endpoint: str,
+    chain: list[bytes],
+    report: SyncReport,
+    *,
+    now: int,
+    progress: Progress | None,
+) -> _SyncedView:
+    """Reconcile with the view of one chain (none: the control records), and store the records it lacks."""
+    mine = await clinic.sync_items(patient)
     try:
-        need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
+        need, reconciler_have = await _reconcile(clinic, patient, endpoint, mine, chain, report)
     except RemoteProtocolError as exc:
         if not chain or exc.code not in CHAIN_REFUSALS:
             raise
@@ -364,14 +414,17 @@ async def _sync_pass(
         # it, which is how we learn of the revocation and destroy what it covered.
         chain = []
         try:
-            need, reconciler_have = await _reconcile(clinic, patient, endpoint, chain, report)
+            need, reconciler_have = await _reconcile(clinic, patient, endpoint, mine, chain, report)
         except RemoteProtocolError as again:
             if again.code is not Code.NOT_FOUND:
                 raise
             # Not known to the patient's node (a delegate that never fetched there, [API-16]): it holds
             # no copy under the dead chain, so there is nothing to learn or destroy.
-            return held
-    device = bool(chain) and is_device_chain([open_stored(link, Grant) for link in chain], patient)
+            return _SyncedView(None, set(), [])
+    # The view: what this node holds and the patient's node did not say it lacks, and what it lacks.
+    ids = {record_id for _, record_id in mine.items(0, len(mine))}.difference(reconciler_have).union(need)
+    links = [open_stored(link, Grant) for link in chain]
+    device = bool(links) and is_device_chain(links, patient)
     # A device's view holds the grants the patient's other devices issued ([API-46]): each is checked
     # against its parent, a device grant of this patient, held already or brought by this sync.
     devices = device_grants(await clinic.store.records(Grant, signer=patient), patient) if device else None
@@ -402,12 +455,8 @@ async def _sync_pass(
         await take(deferred[start : start + MAX_IDS], last=True)
     await clinic.apply_held_state(patient, now=now, synced=synced)
     if device and reconciler_have:
-        report.records_pushed = await _push_own(clinic, patient, endpoint, chain, reconciler_have)
-    if bodies:
-        await _fetch_bodies(
-            clinic, patient, await clinic.missing_entries(patient, known=synced), report, now=now, progress=progress
-        )
-    return held
+        report.records_pushed += await _push_own(clinic, patient, endpoint, chain, reconciler_have)
+    return _SyncedView(links[-1].id if links else None, ids, synced)
 
 
 async def _fetch_bodies(
@@ -418,8 +467,12 @@ async def _fetch_bodies(
     *,
     now: int,
     progress: Progress | None,
+    under: bytes | None,
 ) -> None:
     """Fetch the missing documents: the small ones in batches (15.21), the others one by one.
+
+    Each is asked for under the chain whose last grant is ``under`` first (the view that holds its
+    entry), then under the others, as :meth:`ClinicNode.fetch` does.
 
     A few requests run at once, so that their commits are grouped on both
     sides and their syncs overlap.  A batch the patient's node refuses for
@@ -440,7 +493,7 @@ async def _fetch_bodies(
 
     async def fetch_one(doc: bytes) -> None:
         try:
-            await clinic.fetch(patient, doc, now=now)
+            await clinic.fetch(patient, doc, now=now, under=under)
             report.documents_fetched += 1
         except RemoteProtocolError as exc:
             report.documents_failed.append(f"{doc.hex()}: {exc.code.value}")
@@ -451,7 +504,7 @@ async def _fetch_bodies(
             await fetch_one(docs[0])
             return
         try:
-            failed = await clinic.fetch_batch(patient, docs, now=now)
+            failed = await clinic.fetch_batch(patient, docs, now=now, under=under)
         except RemoteProtocolError as exc:
             if exc.code in CHAIN_REFUSALS:
                 report.documents_failed.extend(f"{doc.hex()}: {exc.code.value}" for doc in docs)
@@ -497,10 +550,14 @@ def _batches(entries: Sequence[AcceptedEntry]) -> list[list[bytes]]:
 
 
 async def _reconcile(
-    clinic: ClinicNode, patient: str, endpoint: str, chain: list[bytes], report: SyncReport
+    clinic: ClinicNode, patient: str, endpoint: str, mine: SortedItems, chain: list[bytes], report: SyncReport
 ) -> tuple[list[bytes], list[bytes]]:
-    """Run the reconciliation rounds: (ids the patient's node has and we lack, ids we have and it lacks)."""
-    reconciler = Reconciler(await clinic.sync_items(patient))
+    """Run the reconciliation rounds over ``mine``.
+
+    Returns:
+        The ids the patient's node has and we lack, and those we have and it lacks.
+    """
+    reconciler = Reconciler(mine)
     message: bytes | None = reconciler.initiate()
     while message is not None:
         if report.rounds >= MAX_ROUNDS:
