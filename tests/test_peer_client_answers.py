@@ -144,3 +144,34 @@ async def test_an_unsigned_refusal_out_of_the_time_window_points_at_the_clock(se
         await client.close()
     assert f"unsigned, it says {code}" in unreachable.value.reason
     assert "clock" in unreachable.value.reason and "anything" not in unreachable.value.reason
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        (NOT_FOUND, Code.NOT_FOUND),
+        # A readable error body with a code this node does not know is still a refusal ([ERR-5]).
+        (cbor.encode({"code": "no-such-code", "message": "later version"}), Code.MALFORMED),
+        # Not an error body at all ([API-5]): no answer.
+        (cbor.encode({"code": "not-found", "message": 7}), None),
+        (cbor.encode({"code": "not-found"}), None),
+        (cbor.encode({"code": 404, "message": "no such document"}), None),
+        (cbor.encode(["not-found", "no such document"]), None),
+        (b"\xff not cbor", None),
+    ],
+    ids=["refusal", "unknown-code", "message-not-text", "no-message", "code-not-text", "not-a-map", "not-cbor"],
+)
+async def test_a_signed_error_answer_is_read_once_for_its_code_and_message(
+    serve: Serve, body: bytes, refusal: Code | None
+) -> None:
+    url = await serve(404, body, NODE)
+    client = PeerClient(OTHER)
+    try:
+        with pytest.raises((RemoteProtocolError, PeerUnreachable)) as failed:
+            await client.call("POST", f"{url}/v0/state", expected_signer=NODE.did)
+    finally:
+        await client.close()
+    if refusal is None:
+        assert isinstance(failed.value, PeerUnreachable) and "readable error body" in failed.value.reason
+    else:
+        assert isinstance(failed.value, RemoteProtocolError) and failed.value.code is refusal

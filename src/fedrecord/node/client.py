@@ -21,14 +21,14 @@ from typing import Any, Final
 import aiohttp
 from multidict import CIMultiDict
 
-from fedrecord.core import SigningIdentity, cbor
+from fedrecord.core import SigningIdentity
 from fedrecord.core.errors import Code, FedrecordError, RemoteProtocolError
 from fedrecord.http.aiohttp_signing import client_signing_headers, signed_target_uri
 from fedrecord.http.event_stream import EVENT_STREAM_TYPE, EventStreamReader, ServerEvent
 from fedrecord.http.message_signatures import verify_response
 
 from .ranges import range_header
-from .wire import CBOR_TYPE, MAX_BODY, decode_body, encode_body, read_error
+from .wire import CBOR_TYPE, MAX_BODY, decode_body, encode_body, error_fields, read_error
 
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5, sock_read=30)
 
@@ -317,7 +317,8 @@ def _checked(
             # it claims is still said (its code only, never its text), as the likely cause: a node
             # refuses a request out of its time window without signing its answer.
             reason = f"the answer is not signed by the node asked ({exc.code.value})"
-            claimed = _claimed_code(data) if status >= 300 else None
+            fields = error_fields(data) if status >= 300 else None
+            claimed = fields[0] if fields is not None else None
             if claimed is not None:
                 reason += f"; unsigned, it says {claimed.value}"
             if exc.code in _CLOCK_CODES or claimed in _CLOCK_CODES:
@@ -332,31 +333,14 @@ _CLOCK_CODES: Final = (Code.EXPIRED, Code.NOT_YET_VALID)
 _CLOCK_WINDOW: Final = "nodes take a signed request or answer for 60 seconds, and up to 30 seconds early"
 
 
-def _claimed_code(data: bytes) -> Code | None:
-    """The protocol code an error body names, if it is one; None for anything else."""
-    try:
-        body = cbor.decode(data)
-    except FedrecordError:
-        return None
-    if type(body) is not dict or type(body.get("code")) is not str:
-        return None
-    try:
-        return Code(body["code"])
-    except ValueError:
-        return None
-
-
 def _refusal(url: str, data: bytes, status: int) -> RemoteProtocolError:
     """The peer's refusal in an error answer, to raise.
 
     Raises:
         PeerUnreachable: the body is not an error body at all ([API-5]: no answer).
     """
-    try:
-        body = cbor.decode(data)
-    except FedrecordError:
-        body = None
-    if type(body) is not dict or type(body.get("code")) is not str or type(body.get("message")) is not str:
+    fields = error_fields(data)
+    if fields is None or fields[1] is None:
         raise PeerUnreachable(url, f"HTTP {status} without a readable error body")
     # A readable body with a code we do not know is still a refusal ([ERR-5]): read_error says so.
     return read_error(data, status)

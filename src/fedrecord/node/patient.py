@@ -976,6 +976,18 @@ class PatientNode:
             await self._decide(requester, grants, now=now, revocations=revocations, restrictions=restrictions)
         ).require()
         await self._learn_own_grants(grants, now=now)
+        return await self.reachable_documents(grants, restrictions=restrictions)
+
+    async def reachable_documents(
+        self, grants: Sequence[Signed[Grant]], *, restrictions: Sequence[Signed[PrivateRestriction]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The listing of :meth:`documents_for` under a chain already decided allowed for reading.
+
+        Args:
+            restrictions: the patient's restrictions, when read already (else read here).
+        """
+        if restrictions is None:
+            restrictions = await self._restrictions()
         listing = []
         for item in await self.documents(include_hidden=is_device_chain(grants, self.home.did)):
             if item["added"] is None:

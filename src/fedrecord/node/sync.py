@@ -223,7 +223,7 @@ async def patient_view(
     if device:
         # Hidden documents are the device's too; those a restriction naming the device keeps from it are
         # not: their entries and deposit decisions stay out of its view, which would name them ([API-46]).
-        shown = await node.documents_for(requester, [g.encoded for g in grants], now=now)
+        shown = await node.reachable_documents(grants)
         kept_from = {item["doc"] for item in await node.documents()} - {item["doc"] for item in shown}
         for record_id, signed in list(records.items()):
             if isinstance(signed.record, (AcceptedEntry, DepositDecision)) and signed.record.doc in kept_from:
@@ -231,8 +231,8 @@ async def patient_view(
     items = [item_of(s) for s in records.values()]
     encoded = {i: s.encoded for i, s in records.items()}
     if grants and not device:
-        chain = [g.encoded for g in grants]
-        reachable = {item["doc"] for item in await node.documents_for(requester, chain, now=now)}
+        # The chain was decided allowed by the caller (reading_chain): only its reach is listed.
+        reachable = {item["doc"] for item in await node.reachable_documents(grants)}
         # Not decoded: an entry's subject is its document and, having no iat, its item is (0, id).
         for record_id, doc, entry in await node.store.record_rows(AcceptedEntry, signer=patient):
             if doc in reachable:

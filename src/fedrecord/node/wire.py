@@ -85,13 +85,32 @@ def error_body(error: FedrecordError) -> bytes:
     return cbor.encode({"code": error.code.value, "message": error.message})
 
 
-def read_error(data: bytes, status: int) -> RemoteProtocolError:
-    """The error a peer answered with, or a generic one when its body is unreadable."""
+def error_fields(data: bytes) -> tuple[Code | None, str | None] | None:
+    """The code and message of an error body ([API-5]); None for a body that is not one.
+
+    The code is None when it is text but not a code this node knows, the
+    message when it is missing or not text.
+    """
     try:
         body = cbor.decode(data)
-        return RemoteProtocolError(Code(body["code"]), str(body["message"]))
-    except (FedrecordError, KeyError, ValueError, TypeError):
+    except FedrecordError:
+        return None
+    if type(body) is not dict or type(body.get("code")) is not str:
+        return None
+    try:
+        code: Code | None = Code(body["code"])
+    except ValueError:
+        code = None
+    message = body.get("message")
+    return code, message if type(message) is str else None
+
+
+def read_error(data: bytes, status: int) -> RemoteProtocolError:
+    """The error a peer answered with, or a generic one when its body is unreadable or its code unknown."""
+    fields = error_fields(data)
+    if fields is None or fields[0] is None or fields[1] is None:
         return RemoteProtocolError(Code.MALFORMED, f"peer answered HTTP {status} without a readable error")
+    return RemoteProtocolError(fields[0], fields[1])
 
 
 @dataclass(frozen=True, kw_only=True)
