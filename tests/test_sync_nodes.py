@@ -21,6 +21,7 @@ import pytest
 from fedrecord.core import (
     AcceptedEntry,
     AuditCheckpoint,
+    Code,
     Grant,
     PrivateRestriction,
     RemoteProtocolError,
@@ -99,25 +100,81 @@ async def test_a_clinic_holding_two_grants_syncs_what_each_reaches(story: Story)
     await gp.poll(patient, now=now())  # the new grant comes with the patient's state
     # And a new lab result, which the first grant reaches.
     lab = story.lab.clinic
-    potassium = await lab.deposit(patient, b"K 4.1 mmol/L\n", title="K", category="lab", doc_type="lab-result", now=now())
+    potassium = await lab.deposit(
+        patient, b"K 4.1 mmol/L\n", title="K", category="lab", doc_type="lab-result", now=now()
+    )
     assert (await lab.flush_outbox())[0] == 1
     await story.patient.patient.accept(potassium, now=now())
     told: list[tuple[str, int, int]] = []
     report = await gp.sync(patient, now=now(), progress=lambda *seen: told.append(seen))
     assert await entries_held(story) == {story.docs["cbc"], story.docs["xray"], potassium}
     assert report.documents_fetched == 2 and not report.documents_failed, report
-    # One bar for the documents of both views: counted up to both, never back.
-    documents = [(done, total) for stage, done, total in told if stage == "documents"]
-    assert documents[-1] == (2, 2) and [done for done, _ in documents] == sorted(done for done, _ in documents)
+    # One bar a stage for both views: counted up to both, never back.
+    for stage in ("records", "documents"):
+        counts = [(done, total) for seen, done, total in told if seen == stage]
+        assert counts == sorted(counts) and counts[-1][0] == counts[-1][1], (stage, counts)
+    assert [(done, total) for seen, done, total in told if seen == "documents"][-1] == (2, 2)
     assert await gp.read_held(story.docs["xray"], now=now()) == b"No focal consolidation.\n"
     # The X-ray was read under the grant that reaches it, as the patient's audit log says.
-    reads = [entry for entry in await story.patient.patient.audit_log() if story.docs["xray"] in entry.docs]
+    audit = await story.patient.patient.audit_log()
+    reads = [entry for entry in audit if story.docs["xray"] in entry.docs]
     assert [entry.grant for entry in reads] == [imaging.id], reads
     # Never the lithium level: no grant of the GP reaches it.
     assert story.docs["lithium"] not in {row.doc for row in await story.gp.h.store.held_documents()}
     assert await gp.read_held(potassium, now=now()) == b"K 4.1 mmol/L\n"
     again = await gp.sync(patient, now=now())
     assert (again.records_fetched, again.documents_fetched) == (0, 0), again
+
+
+async def test_a_clinic_with_many_grants_reconciles_each_view_in_its_own_rounds(story: Story) -> None:
+    """The cap on rounds is a reconciliation's: seventy views of one or two rounds each make one sync."""
+    gp, patient = story.gp.clinic, story.patient.did
+    for _ in range(70):
+        await story.patient.patient.grant(
+            audience=story.gp.did,
+            scope=Scope(categories=("imaging",), past=True),
+            actions=("read",),
+            purpose="treatment",
+            days=1,
+            now=now(),
+        )
+    await gp.poll(patient, now=now())
+    report = await gp.sync(patient, now=now())
+    assert report.rounds > sync.MAX_ROUNDS, report
+    assert await entries_held(story) == {story.docs["cbc"], story.docs["xray"]}
+    assert report.documents_fetched == 2 and not report.documents_failed, report
+
+
+async def test_a_view_refused_leaves_the_others_synced_then_says_so(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal of one view (a fault injected: no such refusal is easy to cause) stops neither the
+    records nor the bodies of the others; the sync then raises it."""
+    gp, patient = story.gp.clinic, story.patient.did
+    imaging = await story.patient.patient.grant(
+        audience=story.gp.did,
+        scope=Scope(categories=("imaging",), past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now(),
+    )
+    await gp.poll(patient, now=now())
+    reconcile = sync._reconcile
+
+    async def refusing(clinic: Any, patient: str, endpoint: str, mine: Any, chain: list[bytes], report: Any) -> Any:
+        if chain and chain[-1] == story.gp_grant.encoded:
+            raise RemoteProtocolError(Code.STALE, "injected: this view is refused")
+        return await reconcile(clinic, patient, endpoint, mine, chain, report)
+
+    monkeypatch.setattr(sync, "_reconcile", refusing)
+    with pytest.raises(RemoteProtocolError) as refused:
+        await gp.sync(patient, now=now())
+    assert refused.value.code is Code.STALE
+    # The imaging view was synced all the same, its body fetched under its grant; not the lab view.
+    assert await entries_held(story) == {story.docs["xray"]}
+    assert {row.doc for row in await story.gp.h.store.held_documents()} == {story.docs["xray"]}
+    assert imaging.id in {g.id for g in await gp.grants_from(patient, now=now())}
 
 
 async def test_views_of_an_earlier_state_are_not_kept(story: Story) -> None:

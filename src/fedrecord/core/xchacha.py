@@ -9,8 +9,10 @@ a document besides its signature.
 
 The functions below call the same C functions of the same library, through the cffi module
 ``nacl._sodium`` that ``nacl.bindings`` itself is written over, with the checks libsodium cannot make
-(a key and a nonce too short would be read past their end) and the same contract: bytes in, bytes
-out, :class:`nacl.exceptions.CryptoError` when a ciphertext does not open.  Should a PyNaCl release
+(a key and a nonce too short would be read past their end) and the same contract: bytes-like in,
+bytes out, :class:`nacl.exceptions.CryptoError` when a ciphertext does not open, and the bindings'
+``nacl.exceptions.TypeError`` or ``ValueError`` (both ``CryptoError`` too) for arguments of the
+wrong type or size.  Should a PyNaCl release
 move that module, the import falls back to ``nacl.bindings`` (same results, its cost);
 ``tests/test_xchacha.py`` holds both to the published vectors and to each other.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 import nacl.bindings as sodium
+from nacl import exceptions
 from nacl.exceptions import CryptoError
 
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "encrypt", "decrypt"]
@@ -39,10 +42,10 @@ def _checked(data: bytes, what: str, size: int | None = None) -> bytes:
     # fixed sizes, so a shorter one would be read past its end.
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"{what} must be bytes")
+            raise exceptions.TypeError(f"{what} must be bytes")
         data = bytes(data)
     if size is not None and len(data) != size:
-        raise ValueError(f"{what} must be {size} bytes")
+        raise exceptions.ValueError(f"{what} must be {size} bytes")
     return data
 
 
@@ -50,8 +53,8 @@ def _encrypt_lib(message: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:
     """``message`` sealed under ``key`` and ``nonce``, bound to ``aad``: ciphertext || 16-byte tag.
 
     Raises:
-        TypeError, ValueError: for arguments that are not bytes, a key that is not 32 bytes or a
-            nonce that is not 24.
+        nacl.exceptions.TypeError, nacl.exceptions.ValueError: for arguments that are not bytes-like,
+            a key that is not 32 bytes or a nonce that is not 24.
     """
     message = _checked(message, "message")
     aad = _checked(aad, "associated data")
@@ -92,7 +95,10 @@ def _decrypt_lib(ciphertext: bytes, aad: bytes, nonce: bytes, key: bytes) -> byt
 
 def _encrypt_bindings(message: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:
     result: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        _checked(message, "message"), _checked(aad, "associated data"), nonce, key
+        _checked(message, "message"),
+        _checked(aad, "associated data"),
+        _checked(nonce, "nonce", NONCE_SIZE),
+        _checked(key, "key", KEY_SIZE),
     )
     return result
 
@@ -103,7 +109,10 @@ def _decrypt_bindings(ciphertext: bytes, aad: bytes, nonce: bytes, key: bytes) -
         # The bindings would raise ValueError (a negative length), not the refusal it is.
         raise CryptoError("Decryption failed.")
     result: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-        ciphertext, _checked(aad, "associated data"), nonce, key
+        ciphertext,
+        _checked(aad, "associated data"),
+        _checked(nonce, "nonce", NONCE_SIZE),
+        _checked(key, "key", KEY_SIZE),
     )
     return result
 

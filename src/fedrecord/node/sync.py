@@ -348,28 +348,42 @@ async def sync_with_patient(
         PeerUnreachable: the patient's node did not answer (what was stored so far stays).
     """
     report = SyncReport()
-    endpoint, chains = await clinic.sync_targets(patient, now=now)
-    views = [await _sync_pass(clinic, patient, endpoint, chain, report, now=now, progress=progress) for chain in chains]
-    if chains == [[]]:
+    views: list[_SyncedView] = []
+    passed: set[tuple[bytes, ...]] = set()  # the chains synced under (the empty one: the control records)
+    refused: RemoteProtocolError | None = None
+    # The chains held, then those the first passes brought (a first grant, a grant given meanwhile):
+    # the views they open are synced now, not at the next sync.
+    for _ in range(2):
         endpoint, chains = await clinic.sync_targets(patient, now=now)
-        if chains != [[]]:
-            # The pass brought this node its first grants: the views they open are synced now, not next time.
-            views += [
-                await _sync_pass(clinic, patient, endpoint, chain, report, now=now, progress=progress)
-                for chain in chains
-            ]
-    if bodies:
+        for chain in chains:
+            if tuple(chain) in passed:
+                continue
+            passed.add(tuple(chain))
+            before = report.records_fetched
+            shown = None if progress is None else _offset(progress, before)
+            try:
+                view = await _sync_pass(clinic, patient, endpoint, chain, report, now=now, progress=shown)
+            except RemoteProtocolError as exc:
+                # One view refused (say its chain was narrowed past what it held): the others still sync,
+                # and the refusal is raised once they have.
+                refused = refused or exc
+                continue
+            views.append(view)
+            if view.leaf is None:
+                passed.add(())  # its chain died: it synced the control records instead
+    if bodies and views:
         synced = [signed for view in views for signed in view.synced]
         missing = await clinic.missing_entries(patient, known=synced)
         # Each body under a chain whose view holds its entry: a batch one chain does not wholly reach is
-        # refused ([API-70]).  Then those no live view holds (entries of documents this node could read
-        # once): each is asked for still, and fails with the code the patient's node gives.
+        # refused ([API-70]).  Then, when no view was refused, those no live view holds (entries of
+        # documents this node could read once): each is asked for still, and fails with its code.
         groups: list[tuple[bytes | None, list[AcceptedEntry]]] = [
             (view.leaf, [missing.pop(entry) for entry in list(missing) if entry in view.ids])
             for view in views
             if view.leaf is not None
         ]
-        groups.append((None, list(missing.values())))
+        if refused is None:
+            groups.append((None, list(missing.values())))
         total = sum(len(entries) for _, entries in groups)
         done = 0
         for under, entries in groups:
@@ -377,14 +391,20 @@ async def sync_with_patient(
             shown = None if progress is None else _offset(progress, done, total)
             await _fetch_bodies(clinic, patient, entries, report, now=now, progress=shown, under=under)
             done += len(entries)
+    if refused is not None:
+        raise refused
     return report
 
 
-def _offset(progress: Progress, before: int, total: int) -> Progress:
-    """``progress`` told of one part of a stage: its counts after the ``before`` done in earlier parts."""
+def _offset(progress: Progress, before: int, total: int | None = None) -> Progress:
+    """``progress`` told of one part of a stage: its counts after the ``before`` done in earlier parts.
 
-    def told(stage: str, done: int, _part_total: int) -> None:
-        progress(stage, before + done, total)
+    Args:
+        total: the whole stage's, when known; else the part's own after ``before``.
+    """
+
+    def told(stage: str, done: int, part_total: int) -> None:
+        progress(stage, before + done, total if total is not None else before + part_total)
 
     return told
 
@@ -565,8 +585,9 @@ async def _reconcile(
     """
     reconciler = Reconciler(mine)
     message: bytes | None = reconciler.initiate()
+    rounds = 0  # of this view's reconciliation: a sync reconciles once per chain
     while message is not None:
-        if report.rounds >= MAX_ROUNDS:
+        if rounds >= MAX_ROUNDS:
             raise RemoteProtocolError(Code.MALFORMED, f"reconciliation did not end in {MAX_ROUNDS} rounds")
         answer = await clinic.client.call(
             "POST", api_url(endpoint, "/v0/sync"), expected_signer=patient, chain=chain, message=message
@@ -574,6 +595,7 @@ async def _reconcile(
         reply = answer.get("message")
         if type(reply) is not bytes:
             raise RemoteProtocolError(Code.MALFORMED, "a sync answer carries a message")
+        rounds += 1
         report.rounds += 1
         message = reconciler.receive(reply)
     report.bytes_sent += reconciler.bytes_sent
