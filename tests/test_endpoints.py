@@ -374,7 +374,12 @@ async def test_an_event_stream_of_a_patient_away_is_one_warning(
     async def connection(_patient: str) -> Any:
         return SimpleNamespace(endpoint="http://127.0.0.1:1")
 
-    clinic: Any = SimpleNamespace(client=SimpleNamespace(events=events), store=SimpleNamespace(connection=connection))
+    async def held_head(_patient: str) -> dict[str, bytes]:
+        return {}
+
+    clinic: Any = SimpleNamespace(
+        client=SimpleNamespace(events=events), store=SimpleNamespace(connection=connection), held_head=held_head
+    )
     monkeypatch.setattr(subscriptions, "RECONNECT_MIN", 0.001)
     monkeypatch.setattr(subscriptions, "RECONNECT_MAX", 0.001)
     caplog.set_level(logging.DEBUG, logger="fedrecord.node")

@@ -240,7 +240,7 @@ def _sample_bodies() -> dict[str, list[bytes]]:
         "connect-request": [encode_body(token=bytes(32), profile=s["node-profile"].encoded)],
         "connect-answer": [encode_body(grant=s["grant"].encoded, profile=s["node-profile"].encoded)],
         "deposit-answer": [encode_body(status="inbox"), encode_body(status="known")],
-        "state-request": [encode_body()],
+        "state-request": [encode_body(), encode_body(head=s["state-head"].encoded)],
         "state-answer": [
             encode_body(head=s["state-head"].encoded, revocations=[], tombstones=[], grants=[]),
             encode_body(
@@ -490,6 +490,7 @@ BROKEN = [
     ("state-request", cbor.encode({"v": 1}), "another version"),
     ("state-request", cbor.encode({"v": False}), "a boolean v"),
     ("state-request", cbor.encode({"v": 0, "since": 3}), "a field the spec does not define"),
+    ("state-request", cbor.encode({"v": 0, "head": "text"}), "a head that is not a byte string"),
     ("connect-request", _with(_sample_bodies()["connect-request"][0], token=bytes(31)), "31-byte token"),
     ("connect-request", _with(_sample_bodies()["connect-request"][0], token="abc"), "text token"),
     ("connect-request", _with(_sample_bodies()["connect-request"][0], profile=None), "no profile"),

@@ -6,15 +6,17 @@ patient's node serves, and restored over its home as an operator would.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
-from fedrecord.core import Code, RemoteProtocolError
+from fedrecord.core import Code, RemoteProtocolError, open_any_record, sign_record
 from fedrecord.node.home import backup_home
+from fedrecord.node.wire import api_url
 
-from .node_helpers import ServedNode, lab_read_grant, now
+from .node_helpers import ServedNode, assert_unchanged, lab_read_grant, now, snapshot
 
 
 async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be_revoked(tmp_path: Path) -> None:
@@ -49,6 +51,78 @@ async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be
         with pytest.raises(RemoteProtocolError) as refused:
             await patient.patient.reading_chain(gp.did, [grant.encoded], now=now())
         assert refused.value.code is Code.REVOKED
+    finally:
+        await gp.stop()
+        await patient.stop()
+
+
+async def test_a_restored_node_goes_on_from_the_newest_head_its_clinics_saw(tmp_path: Path) -> None:
+    """Heads signed after the backup are lost with it; the GP saw them and shows the newest in its state
+    requests ([API-16]): the restored node keeps it and signs the next head after it, so the GP takes
+    the revocation made after the restore instead of refusing its head as a rollback."""
+    patient = await ServedNode.create(tmp_path / "patient", role="patient", name="Camille")
+    gp = await ServedNode.create(tmp_path / "gp", role="clinic", name="Cabinet")
+    try:
+        invitation = await patient.patient.create_invitation(label="Cabinet", now=now())
+        await gp.clinic.connect(invitation.url(), now=now())
+        kept = await lab_read_grant(patient.patient, gp.did, days=30)
+        await gp.clinic.poll(patient.did, now=now())
+        backup_home(patient.path, tmp_path / "backup")
+        # Two revocations after the backup, two heads the GP sees.
+        for _ in range(2):
+            await patient.patient.revoke((await lab_read_grant(patient.patient, gp.did, days=30)).id, now=now())
+        seen = (await gp.clinic.poll(patient.did, now=now()))["seq"]
+        held = await gp.h.store.held_head(patient.did)
+        assert held is not None and seen >= 2
+
+        await patient.stop()
+        shutil.rmtree(patient.path)
+        shutil.copytree(tmp_path / "backup", patient.path)
+        await patient.start()
+        assert (await patient.patient.state_head(now=now())).record.seq < seen
+
+        # The patient revokes again what it holds: alone, its next head would be older than the GP's.
+        await patient.patient.revoke(kept.id, now=now())
+        assert (await gp.clinic.poll(patient.did, now=now()))["seq"] == seen + 1
+        head = await patient.patient.state_head(now=now())
+        assert (head.record.seq, head.record.prev) == (seen + 1, open_any_record(held).id)
+        assert await gp.clinic.chains_from(patient.did, now=now()) == [], "the revocation was applied"
+        # Shown again, the same head changes nothing.
+        assert (await gp.clinic.poll(patient.did, now=now()))["seq"] == seen + 1
+    finally:
+        await gp.stop()
+        await patient.stop()
+
+
+@pytest.mark.parametrize(
+    ("what", "code"),
+    [("another signer", Code.BAD_SIGNATURE), ("text", Code.MALFORMED), ("not a head", Code.WRONG_TYPE)],
+)
+async def test_a_head_that_is_not_the_patients_is_refused_and_changes_nothing(
+    tmp_path: Path, what: str, code: Code
+) -> None:
+    patient = await ServedNode.create(tmp_path / "patient", role="patient", name="Camille")
+    gp = await ServedNode.create(tmp_path / "gp", role="clinic", name="Cabinet")
+    try:
+        invitation = await patient.patient.create_invitation(label="Cabinet", now=now())
+        await gp.clinic.connect(invitation.url(), now=now())
+        grant = await lab_read_grant(patient.patient, gp.did, days=30)
+        head = (await patient.patient.state_head(now=now())).record
+        # A head of a far greater seq, signed by the GP: it would make the patient's node skip ahead.
+        forged = sign_record(dataclasses.replace(head, seq=head.seq + 1000, prev=bytes(32)), gp.identity)
+        offered: object = {
+            "another signer": forged.encoded,
+            "text": "a head",
+            "not a head": grant.encoded,
+        }[what]
+        endpoint = (await gp.h.store.connection(patient.did)).endpoint  # type: ignore[union-attr]
+        before = await snapshot(patient)
+        with pytest.raises(RemoteProtocolError) as refused:
+            await gp.clinic.client.call(
+                "POST", api_url(endpoint, "/v0/state"), expected_signer=patient.did, head=offered
+            )
+        assert refused.value.code is code
+        await assert_unchanged(patient, before, nonce_spent=True)
     finally:
         await gp.stop()
         await patient.stop()

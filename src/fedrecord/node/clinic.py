@@ -1157,7 +1157,12 @@ class ClinicNode:
         """
         connection = await self._connection(patient)
         try:
-            answer = await self.client.call("POST", api_url(connection["endpoint"], "/v0/state"), expected_signer=patient)
+            answer = await self.client.call(
+                "POST",
+                api_url(connection["endpoint"], "/v0/state"),
+                expected_signer=patient,
+                **await self.held_head(patient),
+            )
         except RemoteProtocolError as exc:
             if exc.code is not Code.NOT_FOUND or connection["deposit_grant"] is not None:
                 raise
@@ -1165,6 +1170,12 @@ class ClinicNode:
             # fetched there ([API-16]).  Before that it holds no copy, and there is nothing to apply.
             return {"seq": connection["head_seq"], "destroyed": 0, "attested": 0, "grants": 0}
         return await self.apply_state(patient, answer, now=now, polled=True)
+
+    async def held_head(self, patient: str) -> dict[str, bytes]:
+        """The fields of a state request that show ``patient``'s node the newest of its heads this node holds
+        ([API-16]: a node restored from an older copy goes on from it); none before any head."""
+        head = await self.store.held_head(patient)
+        return {"head": head} if head is not None else {}
 
     async def apply_state(
         self, patient: str, answer: dict[str, Any], *, now: int, polled: bool

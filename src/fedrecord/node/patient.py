@@ -831,6 +831,46 @@ class PatientNode:
         await self.store.put_record(head, now=now)
         return head
 
+    async def catch_up_head(self, offered: object, *, requester: str, now: int) -> None:
+        """Take the newest head a requester holds of this patient's ([API-16]): after a restore, go on from it.
+
+        A node restored from an older copy of its home lost the heads it signed since: every node
+        that saw them would refuse its next heads as a rollback ([HEAD-3]) until it had signed as
+        many again, and would learn of no revocation meanwhile.  A head this patient signed with a
+        greater ``seq`` than this node's newest is such a head: it is kept, and the next head is
+        signed after it (``prev`` its id, [HEAD-2]) over the revocation set, in one transaction.
+        A head not newer changes nothing.
+
+        Raises:
+            RemoteProtocolError: ``malformed`` for ``offered`` that is not a byte string; the codes of
+                :func:`~fedrecord.core.open_record` for one that is not a state head.
+            AuthenticationError: ``bad-signature`` for a head this patient did not sign.
+        """
+        if type(offered) is not bytes:
+            raise RemoteProtocolError(Code.MALFORMED, "head is an encoded state head")
+        head = open_record(offered, StateHead)
+        if head.signer != self.home.did:
+            raise AuthenticationError()
+        newest = await self.state_head(now=now)
+        if head.record.seq <= newest.record.seq:
+            return
+        async with self.store.transaction():
+            # Read again under the write lock: another request may have caught up meanwhile.
+            newest = await self.state_head(now=now)
+            if head.record.seq <= newest.record.seq:
+                return
+            await self.store.put_record(head, now=now)
+            signed = await self._sign_head(now)
+        log.warning(
+            "%s holds state head %d of this patient, newer than this node's %d: this home was restored from"
+            " an older copy; head %d is signed after it (revoke again what was revoked since that copy)",
+            requester,
+            head.record.seq,
+            newest.record.seq,
+            signed.record.seq,
+        )
+        self._state_changed()
+
     async def state_for(self, requester: str, *, now: int) -> dict[str, Any]:
         """What a peer polls: the newest head, revocations, the tombstones it needs, the grants addressed to it."""
         head = await self.state_head(now=now)

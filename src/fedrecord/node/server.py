@@ -282,10 +282,13 @@ async def state(request: web.Request) -> web.Response:
         RemoteProtocolError: the codes of a signed request; ``not-found`` for a
             requester this node does not know.
     """
-    signer, _body = await signed_body(request)
+    signer, body = await signed_body(request)
     patient = request.app[PATIENT]
     await patient.require_known(signer)
-    return answer(request, **await patient.state_for(signer, now=int(time.time())))
+    now = int(time.time())
+    if "head" in body:
+        await patient.catch_up_head(body["head"], requester=signer, now=now)
+    return answer(request, **await patient.state_for(signer, now=now))
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -296,9 +299,11 @@ async def events(request: web.Request) -> web.StreamResponse:
             requester this node does not know; ``too-many`` beyond the limits of
             :class:`StateFeed`.  Nothing is raised once the stream has begun.
     """
-    signer, _body = await signed_body(request)
+    signer, body = await signed_body(request)
     patient, feed = request.app[PATIENT], request.app[FEED]
     await patient.require_known(signer)
+    if "head" in body:
+        await patient.catch_up_head(body["head"], requester=signer, now=int(time.time()))
     with feed.subscribe(signer) as subscription:
         response = web.StreamResponse(
             headers={"Content-Type": EVENT_STREAM_TYPE, "Cache-Control": "no-store"}

@@ -626,6 +626,10 @@ class NodeStore(Protocol):
         """
         ...
 
+    async def held_head(self, patient: str) -> bytes | None:
+        """The newest state head of ``patient`` this node applied, as it was received; None before any."""
+        ...
+
     async def delegations(self, patient: str) -> list[tuple[bytes, bytes]]:
         """(leaf grant id, encoded chain) of each chain from ``patient`` delegated to this node."""
         ...
@@ -1292,6 +1296,10 @@ class SqliteNodeStore:
             " WHERE patient = ? AND head_seq <= ?",
             (seq, head, polled, patient, seq),
         )
+
+    async def held_head(self, patient: str) -> bytes | None:
+        row = await self._one("SELECT head FROM connections WHERE patient = ?", (patient,))
+        return bytes(row[0]) if row is not None and row[0] is not None else None
 
     async def delegations(self, patient: str) -> list[tuple[bytes, bytes]]:
         rows = await self._all("SELECT leaf, chain FROM delegations WHERE patient = ?", (patient,))

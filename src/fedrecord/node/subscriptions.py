@@ -83,7 +83,10 @@ class StateSubscriptions:
                 if connection is None:
                     return
                 stream = self.clinic.client.events(
-                    api_url(connection.endpoint, "/v0/events"), expected_signer=patient, max_event=MAX_EVENT
+                    api_url(connection.endpoint, "/v0/events"),
+                    expected_signer=patient,
+                    max_event=MAX_EVENT,
+                    **await self.clinic.held_head(patient),
                 )
                 # Closed as soon as this block is left, whatever way: the connection is not kept waiting.
                 async with contextlib.aclosing(stream):
