@@ -97,12 +97,6 @@ class InboxItem:
 
 log = logging.getLogger("fedrecord.node")
 
-LAPSED_AFTER: Final = DAY
-"""How long after a grant expired the patient's node sets aside its revocation (``set_aside_lapsed_revocations``).
-
-A day, not at once: a node whose clock is behind may still take the grant for live a while, and
-it should still be told of the revocation then.
-"""
 BATCHES_IN_MEMORY: Final = 8
 """Batch fetches served at once: each holds its streams (up to ``BATCH_MAX_BYTES``) in memory."""
 DEPOSITS_IN_MEMORY: Final = 16
@@ -776,29 +770,6 @@ class PatientNode:
         self._state_changed()
         return revocation
 
-    async def set_aside_lapsed_revocations(self, *, now: int) -> int:
-        """Take out of the revocation set the revocations this patient signed of grants expired for a day.
-
-        A chain through an expired grant is refused as expired (Section 7.8), whatever else is known:
-        the revocation of such a grant decides nothing any more.  Left in the set, it would still go
-        in every state answer and every view ([API-16], [API-44]), so that after some thousands of
-        revocations over the years a state answer would pass the 1 MiB cap of a body, and no node
-        could poll this patient or learn of a new revocation.  Set aside, its record stays (the
-        patient's page still says the patient revoked the grant, and decisions still find it); the
-        change of the set is signed as a new head in the same transaction ([API-17]).
-
-        Returns:
-            How many were set aside (none: no new head).
-        """
-        async with self.store.transaction():
-            lapsed = await self.store.lapsing_revocations(signer=self.home.did, expired_before=now - LAPSED_AFTER)
-            if not lapsed:
-                return 0
-            await self.store.set_aside_revocations(lapsed)
-            await self._sign_head(now)
-        self._state_changed()
-        return len(lapsed)
-
     async def _revocations(self) -> RevocationSet:
         return await self.store.revocation_set()
 
@@ -817,7 +788,7 @@ class PatientNode:
     async def _sign_head(self, now: int) -> Signed[StateHead]:
         """A new head summarising the revocations.  Call inside a transaction."""
         previous = await self.store.newest_record(StateHead, signer=self.home.did)
-        revoked = sorted(r.record.grant for r in await self.store.told_revocations())
+        revoked = sorted(r.record.grant for r in await self.store.records(Revocation))
         head = sign_record(
             StateHead(
                 seq=previous.record.seq + 1 if previous else 0,
@@ -884,7 +855,7 @@ class PatientNode:
         )
         return {
             "head": head.encoded,
-            "revocations": [r.encoded for r in await self.store.told_revocations()],
+            "revocations": [r.encoded for r in await self.store.records(Revocation)],
             "tombstones": [t.encoded for t in await self.tombstones_for(requester, device=device)],
             "grants": [g.encoded for g in grants],
         }

@@ -28,7 +28,6 @@ from fedrecord.core.errors import AuthenticationError, Code, FedrecordError, Rem
 from .client import PeerClient, PeerUnreachable
 from .clinic import ClinicNode
 from .home import NodeHome
-from .patient import PatientNode
 from .server import PATIENT, make_app
 from .subscriptions import StateSubscriptions
 from .wire import CBOR_TYPE, api_url, error_body
@@ -54,16 +53,8 @@ async def deliver_patient_outbox(home: NodeHome, client: PeerClient, *, now: int
             await store.outbox_done(item_id, keep_error=True)
 
 
-async def duties(
-    home: NodeHome,
-    clinic: ClinicNode | None,
-    client: PeerClient,
-    stop: asyncio.Event,
-    *,
-    patient: PatientNode | None = None,
-) -> None:
+async def duties(home: NodeHome, clinic: ClinicNode | None, client: PeerClient, stop: asyncio.Event) -> None:
     failing: dict[str, str] = {}  # patients whose polls fail, and what was said
-    lapses_looked_at = 0
     while not stop.is_set():
         now = int(time.time())
         # What another process (a `fedrecord delete` killed after its commit) left undone.
@@ -74,19 +65,12 @@ async def duties(
                 await poll_all(clinic, now=now, failing=failing)
             else:
                 await deliver_patient_outbox(home, client, now=now)
-            if patient is not None and now - lapses_looked_at >= LAPSES_EVERY:
-                lapses_looked_at = now
-                lapsed = await patient.set_aside_lapsed_revocations(now=now)
-                if lapsed:
-                    log.info("set aside %d revocation(s) of grants expired for a day; new state head signed", lapsed)
         except Exception:
             log.exception("background duties")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=home.config.poll_interval)
 
 
-LAPSES_EVERY: Final = 3600
-"""Seconds between two looks for revocations to set aside (``PatientNode.set_aside_lapsed_revocations``)."""
 POLLS_AT_ONCE: Final = 8
 """Patients' nodes a clinic polls at the same time."""
 POLL_DEADLINE: Final = 15.0
@@ -209,7 +193,7 @@ async def run_node(home: NodeHome, *, announce: Callable[[str], None] = print) -
         # Inside the try: a web port already taken still closes the API and the database cleanly.
         web_runner = await _start_web_page(home, app)
         background.append(asyncio.create_task(sweep_orphans(home)))
-        background.append(asyncio.create_task(duties(home, clinic, client, stop, patient=app.get(PATIENT))))
+        background.append(asyncio.create_task(duties(home, clinic, client, stop)))
         if clinic is not None:
             background.append(asyncio.create_task(StateSubscriptions(clinic).run(stop)))
         await stop.wait()

@@ -182,15 +182,6 @@ MIGRATIONS = (
             "CREATE INDEX documents_shared_by_patient ON documents (patient) WHERE state = 'shared'",
         ),
     ),
-    Migration(
-        version=13,
-        description="lapsed_revocations: revocations of grants expired for a day, out of the revocation set",
-        statements=(
-            # Kept as records (the patient's page still says who it revoked), but no longer in the
-            # heads' digest, the state answers or the views: see PatientNode.set_aside_lapsed_revocations.
-            "CREATE TABLE IF NOT EXISTS lapsed_revocations (id BLOB PRIMARY KEY) WITHOUT ROWID",
-        ),
-    ),
 )
 
 TABLES = (
@@ -209,5 +200,4 @@ TABLES = (
     "doomed",
     "record_sets",
     "told",
-    "lapsed_revocations",
 )

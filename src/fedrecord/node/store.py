@@ -306,20 +306,6 @@ class NodeStore(Protocol):
         """Every revocation this node holds, as a set (read again only after :meth:`state_mark` moved)."""
         ...
 
-    async def told_revocations(self, *, verify: bool = True) -> list[Signed[Revocation]]:
-        """A patient's node's revocation set ([API-16], [API-17]): every revocation held but those set aside
-        (:meth:`set_aside_revocations`), in the order they were kept."""
-        ...
-
-    async def lapsing_revocations(self, *, signer: str, expired_before: int) -> list[bytes]:
-        """The ids of the revocations ``signer`` signed, not set aside, whose grant this node holds and
-        which expired before ``expired_before``."""
-        ...
-
-    async def set_aside_revocations(self, revocation_ids: Sequence[bytes]) -> None:
-        """Take revocations out of the revocation set, keeping their records.  Call inside a transaction."""
-        ...
-
     # --- invitations and peers
     async def create_invitation(self, token_hash: bytes, *, label: str, expires: int) -> None:
         """Keep an invitation (by its token's hash).  Call inside a transaction."""
@@ -840,28 +826,6 @@ class SqliteNodeStore:
         if self._revocation_set is None or self._revocation_set[0] != mark:
             self._revocation_set = (mark, RevocationSet.from_records(await self.records(Revocation)))
         return self._revocation_set[1]
-
-    async def told_revocations(self, *, verify: bool = True) -> list[Signed[Revocation]]:
-        rows = await self.db.execute_fetchall(
-            "SELECT encoded FROM records WHERE typ = ? AND id NOT IN (SELECT id FROM lapsed_revocations)"
-            " ORDER BY received, id",
-            (Revocation.TYPE.value,),
-        )
-        return [open_stored(row[0], Revocation, verify=verify) for row in rows]
-
-    async def lapsing_revocations(self, *, signer: str, expired_before: int) -> list[bytes]:
-        rows = await self.db.execute_fetchall(
-            "SELECT r.id, g.encoded FROM records r JOIN records g ON g.id = r.subject AND g.typ = ?"
-            " WHERE r.typ = ? AND r.signer = ? AND r.id NOT IN (SELECT id FROM lapsed_revocations)",
-            (Grant.TYPE.value, Revocation.TYPE.value, signer),
-        )
-        # Read for its expiry only: the grant was verified when it was kept.
-        return [row[0] for row in rows if open_stored(row[1], Grant, verify=False).record.exp < expired_before]
-
-    async def set_aside_revocations(self, revocation_ids: Sequence[bytes]) -> None:
-        await self.db.executemany(
-            "INSERT OR IGNORE INTO lapsed_revocations (id) VALUES (?)", [(i,) for i in revocation_ids]
-        )
 
     async def state_mark(self) -> tuple[int, int]:
         # These records are never deleted, so their count and highest rowid only grow.  Read on the

@@ -205,14 +205,8 @@ async def patient_view(
         # One of the patient's devices: the whole record ([API-46]).
         for cls in DEVICE_TYPES:
             # Grants and revocations whoever signed them: a device's own are part of the record ([API-48]).
-            # The revocations of the revocation set only, as a state answer has them ([API-17]).
             anyone = cls in (Revocation, Grant)
-            held = (
-                await node.store.told_revocations(verify=False)
-                if cls is Revocation
-                else await node.store.records(cls, signer=None if anyone else patient, verify=False)
-            )
-            for signed in held:
+            for signed in await node.store.records(cls, signer=None if anyone else patient, verify=False):
                 records[signed.id] = signed
     else:
         # Passed on, not acted on: the requester verifies each record it takes ([API-45]).
@@ -222,7 +216,7 @@ async def patient_view(
         for tombstone in await node.tombstones_for(requester, device=False, verify=False):
             records[tombstone.id] = tombstone
         # Every revocation, as a state answer has them: a delegating clinic revokes what it delegated.
-        for revocation in await node.store.told_revocations(verify=False):
+        for revocation in await node.store.records(Revocation, verify=False):
             records[revocation.id] = revocation
         for grant in await node.store.records(Grant, signer=patient, subject=requester.encode(), verify=False):
             records[grant.id] = grant
