@@ -827,9 +827,10 @@ class PatientNode:
         if head.record.seq <= newest.record.seq:
             return
         async with self.store.transaction():
-            # Read again under the write lock: another request may have caught up meanwhile.
-            newest = await self.state_head(now=now)
-            if head.record.seq <= newest.record.seq:
+            # Read again under the write lock: another request may have caught up meanwhile.  A head
+            # is held by now (state_head above signed the first one if there was none).
+            newest_now = await self.store.newest_record(StateHead, signer=self.home.did)
+            if newest_now is not None and head.record.seq <= newest_now.record.seq:
                 return
             await self.store.put_record(head, now=now)
             signed = await self._sign_head(now)

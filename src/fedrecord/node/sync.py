@@ -92,6 +92,22 @@ CHAIN_REFUSALS: Final = frozenset(
 )
 
 
+VIEW_REFUSALS: Final = frozenset(
+    {
+        Code.ACTION_NOT_GRANTED,
+        Code.NOT_DELEGABLE,
+        Code.OUT_OF_SCOPE,
+        Code.RESTRICTED,
+        Code.ROLLBACK,
+        Code.STALE,
+        Code.WRONG_AUDIENCE,
+        Code.NOT_FOUND,
+    }
+)
+"""Refusals of one view by the patient's node's decision on its chain (those of CHAIN_REFUSALS aside, which a
+pass answers by syncing the control records instead): the other views of the sync go on."""
+
+
 def subject_of(signed: Signed[Any]) -> bytes | None:
     """What a synced record is kept under (``records.subject``), as the node keeps it when it makes it."""
     record = signed.record
@@ -358,8 +374,10 @@ async def sync_with_patient(
             try:
                 view = await _sync_pass(clinic, patient, endpoint, chain, report, now=now, progress=shown)
             except RemoteProtocolError as exc:
-                # One view refused (say its chain was narrowed past what it held): the others still sync,
-                # and the refusal is raised once they have.
+                if exc.code not in VIEW_REFUSALS:
+                    raise  # an answer that does not hold together, or not signed by the patient: stop
+                # The patient's node refused this view (say its chain was narrowed past what it holds):
+                # the others still sync, and the refusal is raised once they have.
                 refused = refused or exc
                 continue
             views.append(view)
