@@ -6,8 +6,10 @@ patient's node serves, and restored over its home as an operator would.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,22 @@ from fedrecord.node.wire import api_url
 from .node_helpers import ServedNode, assert_unchanged, lab_read_grant, now, snapshot
 
 
-async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be_revoked(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _connected(tmp_path: Path) -> AsyncIterator[tuple[ServedNode, ServedNode]]:
+    """Camille's node and her GP's, served, the GP connected by invitation; both stopped after."""
     patient = await ServedNode.create(tmp_path / "patient", role="patient", name="Camille")
     gp = await ServedNode.create(tmp_path / "gp", role="clinic", name="Cabinet")
     try:
         invitation = await patient.patient.create_invitation(label="Cabinet", now=now())
         await gp.clinic.connect(invitation.url(), now=now())
+        yield patient, gp
+    finally:
+        await gp.stop()
+        await patient.stop()
+
+
+async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be_revoked(tmp_path: Path) -> None:
+    async with _connected(tmp_path) as (patient, gp):
         backup_home(patient.path, tmp_path / "backup")
 
         grant = await lab_read_grant(patient.patient, gp.did, days=30)
@@ -51,20 +63,13 @@ async def test_a_grant_signed_after_the_backup_is_kept_when_presented_and_can_be
         with pytest.raises(RemoteProtocolError) as refused:
             await patient.patient.reading_chain(gp.did, [grant.encoded], now=now())
         assert refused.value.code is Code.REVOKED
-    finally:
-        await gp.stop()
-        await patient.stop()
 
 
 async def test_a_restored_node_goes_on_from_the_newest_head_its_clinics_saw(tmp_path: Path) -> None:
     """Heads signed after the backup are lost with it; the GP saw them and shows the newest in its state
     requests ([API-16]): the restored node keeps it and signs the next head after it, so the GP takes
     the revocation made after the restore instead of refusing its head as a rollback."""
-    patient = await ServedNode.create(tmp_path / "patient", role="patient", name="Camille")
-    gp = await ServedNode.create(tmp_path / "gp", role="clinic", name="Cabinet")
-    try:
-        invitation = await patient.patient.create_invitation(label="Cabinet", now=now())
-        await gp.clinic.connect(invitation.url(), now=now())
+    async with _connected(tmp_path) as (patient, gp):
         kept = await lab_read_grant(patient.patient, gp.did, days=30)
         await gp.clinic.poll(patient.did, now=now())
         backup_home(patient.path, tmp_path / "backup")
@@ -89,9 +94,6 @@ async def test_a_restored_node_goes_on_from_the_newest_head_its_clinics_saw(tmp_
         assert await gp.clinic.chains_from(patient.did, now=now()) == [], "the revocation was applied"
         # Shown again, the same head changes nothing.
         assert (await gp.clinic.poll(patient.did, now=now()))["seq"] == seen + 1
-    finally:
-        await gp.stop()
-        await patient.stop()
 
 
 @pytest.mark.parametrize(
@@ -101,11 +103,7 @@ async def test_a_restored_node_goes_on_from_the_newest_head_its_clinics_saw(tmp_
 async def test_a_head_that_is_not_the_patients_is_refused_and_changes_nothing(
     tmp_path: Path, what: str, code: Code
 ) -> None:
-    patient = await ServedNode.create(tmp_path / "patient", role="patient", name="Camille")
-    gp = await ServedNode.create(tmp_path / "gp", role="clinic", name="Cabinet")
-    try:
-        invitation = await patient.patient.create_invitation(label="Cabinet", now=now())
-        await gp.clinic.connect(invitation.url(), now=now())
+    async with _connected(tmp_path) as (patient, gp):
         grant = await lab_read_grant(patient.patient, gp.did, days=30)
         head = (await patient.patient.state_head(now=now())).record
         # A head of a far greater seq, signed by the GP: it would make the patient's node skip ahead.
@@ -123,6 +121,3 @@ async def test_a_head_that_is_not_the_patients_is_refused_and_changes_nothing(
             )
         assert refused.value.code is code
         await assert_unchanged(patient, before, nonce_spent=True)
-    finally:
-        await gp.stop()
-        await patient.stop()

@@ -59,6 +59,18 @@ from .node_helpers import (
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
+async def imaging_grant(story: Story) -> Signed[Grant]:
+    """A second grant to the GP, for a day: the imaging results, past ones included."""
+    return await story.patient.patient.grant(
+        audience=story.gp.did,
+        scope=Scope(categories=("imaging",), past=True),
+        actions=("read",),
+        purpose="treatment",
+        days=1,
+        now=now(),
+    )
+
+
 async def entries_held(story: Story) -> set[bytes]:
     return {e.record.doc for e in await story.gp.h.store.records(AcceptedEntry, signer=story.patient.did)}
 
@@ -89,14 +101,7 @@ async def test_a_clinic_holding_two_grants_syncs_what_each_reaches(story: Story)
     """A view per live chain: the records and bodies a second grant opens come with the first's ([SYNC-10])."""
     gp, patient = story.gp.clinic, story.patient.did
     await gp.sync(patient, now=now())
-    imaging = await story.patient.patient.grant(
-        audience=story.gp.did,
-        scope=Scope(categories=("imaging",), past=True),
-        actions=("read",),
-        purpose="treatment",
-        days=1,
-        now=now(),
-    )
+    imaging = await imaging_grant(story)
     await gp.poll(patient, now=now())  # the new grant comes with the patient's state
     # And a new lab result, which the first grant reaches.
     lab = story.lab.clinic
@@ -130,14 +135,7 @@ async def test_a_clinic_with_many_grants_reconciles_each_view_in_its_own_rounds(
     """The cap on rounds is a reconciliation's: seventy views of one or two rounds each make one sync."""
     gp, patient = story.gp.clinic, story.patient.did
     for _ in range(70):
-        await story.patient.patient.grant(
-            audience=story.gp.did,
-            scope=Scope(categories=("imaging",), past=True),
-            actions=("read",),
-            purpose="treatment",
-            days=1,
-            now=now(),
-        )
+        await imaging_grant(story)
     await gp.poll(patient, now=now())
     report = await gp.sync(patient, now=now())
     assert report.rounds > sync.MAX_ROUNDS, report
@@ -151,14 +149,7 @@ async def test_a_view_refused_leaves_the_others_synced_then_says_so(
     """A refusal of one view (a fault injected: no such refusal is easy to cause) stops neither the
     records nor the bodies of the others; the sync then raises it."""
     gp, patient = story.gp.clinic, story.patient.did
-    imaging = await story.patient.patient.grant(
-        audience=story.gp.did,
-        scope=Scope(categories=("imaging",), past=True),
-        actions=("read",),
-        purpose="treatment",
-        days=1,
-        now=now(),
-    )
+    imaging = await imaging_grant(story)
     await gp.poll(patient, now=now())
     reconcile = sync._reconcile
 
