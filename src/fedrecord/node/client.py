@@ -343,7 +343,7 @@ def _refusal(url: str, data: bytes, status: int) -> RemoteProtocolError:
     if fields is None or fields[1] is None:
         raise PeerUnreachable(url, f"HTTP {status} without a readable error body")
     # A readable body with a code we do not know is still a refusal ([ERR-5]): read_error says so.
-    return read_error(data, status)
+    return read_error(fields, status)
 
 
 Progress = Callable[[int, int | None], None]

@@ -282,13 +282,24 @@ async def state(request: web.Request) -> web.Response:
         RemoteProtocolError: the codes of a signed request; ``not-found`` for a
             requester this node does not know.
     """
+    signer = await _state_requester(request)
+    return answer(request, **await request.app[PATIENT].state_for(signer, now=int(time.time())))
+
+
+async def _state_requester(request: web.Request) -> str:
+    """The signer of a state or event stream request: a node the patient's node knows, whose ``head``,
+    if it shows one, was taken ([API-16]: a node restored from an older copy goes on from it).
+
+    Raises:
+        RemoteProtocolError, AuthenticationError: the codes of a signed request; ``not-found`` for a
+            node not known; those of :meth:`PatientNode.catch_up_head`.
+    """
     signer, body = await signed_body(request)
     patient = request.app[PATIENT]
     await patient.require_known(signer)
-    now = int(time.time())
     if "head" in body:
-        await patient.catch_up_head(body["head"], requester=signer, now=now)
-    return answer(request, **await patient.state_for(signer, now=now))
+        await patient.catch_up_head(body["head"], requester=signer, now=int(time.time()))
+    return signer
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -299,11 +310,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             requester this node does not know; ``too-many`` beyond the limits of
             :class:`StateFeed`.  Nothing is raised once the stream has begun.
     """
-    signer, body = await signed_body(request)
+    signer = await _state_requester(request)
     patient, feed = request.app[PATIENT], request.app[FEED]
-    await patient.require_known(signer)
-    if "head" in body:
-        await patient.catch_up_head(body["head"], requester=signer, now=int(time.time()))
     with feed.subscribe(signer) as subscription:
         response = web.StreamResponse(
             headers={"Content-Type": EVENT_STREAM_TYPE, "Cache-Control": "no-store"}

@@ -105,9 +105,9 @@ def error_fields(data: bytes) -> tuple[Code | None, str | None] | None:
     return code, message if type(message) is str else None
 
 
-def read_error(data: bytes, status: int) -> RemoteProtocolError:
-    """The error a peer answered with, or a generic one when its body is unreadable or its code unknown."""
-    fields = error_fields(data)
+def read_error(fields: tuple[Code | None, str | None] | None, status: int) -> RemoteProtocolError:
+    """The error a peer answered with (its body's :func:`error_fields`), or a generic one when the body is
+    unreadable or its code unknown."""
     if fields is None or fields[0] is None or fields[1] is None:
         return RemoteProtocolError(Code.MALFORMED, f"peer answered HTTP {status} without a readable error")
     return RemoteProtocolError(fields[0], fields[1])
