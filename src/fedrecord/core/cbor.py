@@ -80,13 +80,18 @@ def _check_encodable(value: Any, int_keys: bool, depth: int) -> None:
         return
     if isinstance(value, (list, tuple)):
         for item in value:
-            _check_encodable(item, int_keys, depth + 1)
+            # Byte and text strings inline: an answer's array holds hundreds of them (records, streams).
+            kind = type(item)
+            if kind is not bytes and kind is not str:
+                _check_encodable(item, int_keys, depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not _is_allowed_key(key, int_keys):
                 raise LocalProtocolError(Code.INVALID_MAP_KEY, f"map key {key!r} not allowed")
-            _check_encodable(item, int_keys, depth + 1)
+            kind = type(item)
+            if kind is not bytes and kind is not str:
+                _check_encodable(item, int_keys, depth + 1)
         return
     if isinstance(value, cbor2.CBORTag) and value.tag == COSE_SIGN1_TAG and depth == 0:
         _check_encodable(value.value, int_keys, depth)

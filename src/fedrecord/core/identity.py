@@ -21,6 +21,14 @@ from typing import Final
 import nacl.bindings as sodium
 from nacl.exceptions import BadSignatureError
 
+try:
+    # The cffi module nacl.bindings is written over: verify_ed25519 calls libsodium's
+    # crypto_sign_open through it, as fedrecord.core.xchacha does its AEAD (see there why).
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without its cffi module under this name
+    _ffi = _lib = None
+
 from .errors import (
     AuthenticationError,
     Code,
@@ -117,14 +125,28 @@ def verify_ed25519(public_key: bytes, message: bytes, signature: bytes) -> None:
     check_ed25519_public_key(public_key)
     if len(signature) != 64:
         raise AuthenticationError()
-    try:
-        sodium.crypto_sign_open(signature + message, public_key)
-    except BadSignatureError:
+    if not _signature_opens(bytes(signature) + bytes(message), bytes(public_key)):
         # Only on failure do we pay for the full point check, to tell a key
         # that can never verify anything from a signature that is wrong.
         if not sodium.crypto_core_ed25519_is_valid_point(public_key):
-            raise RemoteProtocolError(Code.BAD_KEY, "Ed25519 public key is not a valid point") from None
-        raise AuthenticationError() from None
+            raise RemoteProtocolError(Code.BAD_KEY, "Ed25519 public key is not a valid point")
+        raise AuthenticationError()
+
+
+def _signature_opens(signed: bytes, public_key: bytes) -> bool:
+    """libsodium's ``crypto_sign_open`` on signature || message, for a 32-byte key: whether it verifies.
+
+    Straight through cffi: the bindings' checks and copy of the message cost about 1.5 us of the 54 a
+    verification takes, on a path every record received goes through.
+    """
+    if _lib is None:  # pragma: no cover - see the import
+        try:
+            sodium.crypto_sign_open(signed, public_key)
+        except BadSignatureError:
+            return False
+        return True
+    opened = _ffi.new("unsigned char[]", len(signed))
+    return bool(_lib.crypto_sign_open(opened, _ffi.NULL, signed, len(signed), public_key) == 0)
 
 
 def x25519_shared_secret(secret_key: bytes, public_key: bytes) -> bytes:

@@ -87,6 +87,11 @@ class Text(Kind):
             return f"expected a non-empty text of at most {self.max_length} characters"
         return None
 
+    def read(self, value: Any) -> Any:
+        if type(value) is str and 0 < len(value) <= self.max_length:
+            return value
+        return super().read(value)
+
 
 _TOKEN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 

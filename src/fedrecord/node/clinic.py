@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -924,7 +925,7 @@ class ClinicNode:
             title=header.record.title,
             doc_type=header.record.doc_type,
             category=header.record.category,
-            labels=json.dumps(list(header.record.labels)),
+            labels=_stored_labels(header.record.labels),
             date=header.record.date,
             added=now,
             size=size,
@@ -1357,6 +1358,12 @@ class _CheckedCopy(NamedTuple):
     key: bytes
     header: Signed[DocumentHeader]
     size: int
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_labels(labels: tuple[str, ...]) -> str:
+    # A header's labels as a row keeps them (a JSON array): the documents of a sync share a few sets.
+    return json.dumps(list(labels))
 
 
 async def _checked_copies(

@@ -179,8 +179,17 @@ def _facts_of(
     when = added if added is not None else row.added
     if when is None:
         return None
-    labels = frozenset(json.loads(row.labels)) | frozenset(extra_labels)
+    labels = _labels_of(row.labels)
+    if extra_labels:
+        labels = labels | frozenset(extra_labels)
     return DocumentFacts(id=doc, category=row.category, labels=labels, date=row.date, added=when)
+
+
+@functools.lru_cache(maxsize=1024)
+def _labels_of(stored: str) -> frozenset[str]:
+    # A row's labels as stored (a JSON array): a patient's documents share a few sets of labels, and
+    # every document of a listing or a batch is decided on them.
+    return frozenset(json.loads(stored))
 
 
 def readable_name(name: str) -> str:

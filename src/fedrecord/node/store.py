@@ -261,7 +261,7 @@ class NodeStore(Protocol):
         ...
 
     async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
-        """(id, subject, encoded) of the kept records of one type by ``signer``, in :meth:`records`' order.
+        """(id, subject, encoded) of the kept records of one type by ``signer``, in the order they were kept.
 
         Nothing is decoded nor verified: for records passed on as they are (a sync
         view's), or picked by subject before any is decoded.
@@ -781,7 +781,9 @@ class SqliteNodeStore:
 
     async def record_rows(self, cls: type[R], *, signer: str) -> list[tuple[bytes, bytes | None, bytes]]:
         rows = await self.db.execute_fetchall(
-            "SELECT id, subject, encoded FROM records WHERE typ = ? AND signer = ? ORDER BY received, id",
+            # The order of records_by_type's rows (rowid within a type and signer): no sort of every row,
+            # as ORDER BY received would need.
+            "SELECT id, subject, encoded FROM records WHERE typ = ? AND signer = ? ORDER BY rowid",
             (cls.TYPE.value, signer),
         )
         return [(row[0], row[1], row[2]) for row in rows]
