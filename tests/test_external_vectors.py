@@ -21,7 +21,7 @@ from typing import Any
 import nacl.bindings as sodium
 import pytest
 
-from fedrecord.core import cbor, cose
+from fedrecord.core import cbor, cose, identity
 from fedrecord.core.errors import (
     AuthenticationError,
     Code,
@@ -349,6 +349,23 @@ def test_wycheproof_ed25519(public_key: str, test: dict[str, Any]) -> None:
             assert isinstance(error, AuthenticationError)
     else:
         assert test["result"] == "acceptable", "an invalid signature verified"
+
+
+def _verification(key: bytes, message: bytes, signature: bytes) -> str:
+    try:
+        verify_ed25519(key, message, signature)
+    except FedrecordError as error:
+        return error.code.value
+    return "verified"
+
+
+def test_wycheproof_ed25519_without_the_cffi_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify_ed25519 calls libsodium through PyNaCl's cffi module; its fallback, the bindings, agrees."""
+    cases = [(bytes.fromhex(k), bytes.fromhex(t["msg"]), bytes.fromhex(t["sig"])) for k, t in ED25519_CASES]
+    direct = [_verification(*case) for case in cases]
+    monkeypatch.setattr(identity, "_lib", None)
+    assert [_verification(*case) for case in cases] == direct
+    assert direct.count("verified") >= sum(1 for _, t in ED25519_CASES if t["result"] == "valid")
 
 
 # --------------------------------------------------------------------------
