@@ -6,7 +6,9 @@ Real processes on loopback, as in ``benchmarks/node.py``: the patient's node
 is ``python -m fedrecord serve`` (its own SQLite database, WAL,
 ``synchronous=FULL``; its own document files), and the GP's side of the sync
 runs in a process of its own (this script in ``--sync-child`` mode), so each
-side has its own interpreter and cold caches, as after a restart.
+side has its own interpreter and cold caches, as after a restart.  That
+process sets the garbage collector as the ``fedrecord`` command does
+(``fedrecord.cli.collect_less_often``).
 
 Setup (not measured).  Homes for the patient, a lab and two GPs (argon2id at
 its interactive cost).  The patient's node is served; the lab connects from an
@@ -256,9 +258,12 @@ async def _sync_child(options: dict[str, Any]) -> dict[str, Any]:
     """One sync of the GP with the patient's node; CPU of both processes around it, then the checks."""
     import cProfile
 
+    from fedrecord.cli import collect_less_often
     from fedrecord.core import AcceptedEntry, StateHead
     from fedrecord.node.clinic import ClinicNode
     from fedrecord.node.home import NodeHome
+
+    collect_less_often()  # as the fedrecord command does (fedrecord sync), and so the node serving
 
     home = await NodeHome.open(Path(options["home"]), PASSPHRASE.encode())
     clinic = ClinicNode(home)

@@ -1039,28 +1039,18 @@ class PatientNode:
         """
         if restrictions is None:
             restrictions = await self._restrictions()
+        include_hidden = is_device_chain(grants, self.home.did)
         listing = []
-        for item in await self.documents(include_hidden=is_device_chain(grants, self.home.did)):
-            if item["added"] is None:
+        for row in await self.store.accepted_documents():
+            if row.added is None or (row.hidden and not include_hidden):
                 continue
             # The listing's row holds the facts already: not read again, document by document.
             facts = DocumentFacts(
-                id=item["doc"],
-                category=item["category"],
-                labels=frozenset(item["labels"]),
-                date=item["date"],
-                added=item["added"],
+                id=row.doc, category=row.category, labels=_labels_of(row.labels), date=row.date, added=row.added
             )
             # The chain was decided allowed above: each document only has to be in its reach.
             if document_refusal(grants, facts, patient=self.home.did, restrictions=restrictions) is None:
-                listing.append(
-                    {
-                        "doc": item["doc"],
-                        "size": item["size"],
-                        "category": item["category"],
-                        "date": item["date"],
-                    }
-                )
+                listing.append({"doc": row.doc, "size": row.size, "category": row.category, "date": row.date})
         return listing
 
     async def fetch(
