@@ -195,6 +195,12 @@ class ArrayOf(Kind):
     def read(self, value: Any) -> Any:
         if type(value) is not list and type(value) is not tuple:
             raise RemoteProtocolError(Code.INVALID_RECORD, "expected an array")
+        if not value:
+            items: tuple[Any, ...] = ()  # most labels are none: no list built, no set rules to walk
+            problem = self.shape_problem(items)
+            if problem is not None:
+                raise RemoteProtocolError(Code.INVALID_RECORD, problem)
+            return items
         read_item = self.item.read
         items = tuple([read_item(item) for item in value])
         problem = self.shape_problem(items)
@@ -216,7 +222,7 @@ class SetOf(ArrayOf):
 
     def shape_problem(self, items: tuple[Any, ...] | list[Any]) -> str | None:
         problem = super().shape_problem(items)
-        if problem is None and any(a >= b for a, b in pairwise(items)):
+        if problem is None and len(items) > 1 and any(a >= b for a, b in pairwise(items)):
             return "set items must be in ascending order without duplicates"
         return problem
 
