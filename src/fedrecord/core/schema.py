@@ -195,14 +195,8 @@ class ArrayOf(Kind):
     def read(self, value: Any) -> Any:
         if type(value) is not list and type(value) is not tuple:
             raise RemoteProtocolError(Code.INVALID_RECORD, "expected an array")
-        if not value:
-            items: tuple[Any, ...] = ()  # most labels are none: no list built, no set rules to walk
-            problem = self.shape_problem(items)
-            if problem is not None:
-                raise RemoteProtocolError(Code.INVALID_RECORD, problem)
-            return items
         read_item = self.item.read
-        items = tuple([read_item(item) for item in value])
+        items = tuple([read_item(item) for item in value]) if value else ()  # most labels are none
         problem = self.shape_problem(items)
         if problem is not None:
             raise RemoteProtocolError(Code.INVALID_RECORD, problem)
