@@ -1037,12 +1037,25 @@ class PatientNode:
         Args:
             restrictions: the patient's restrictions, when read already (else read here).
         """
+        listing, _out_of_reach = await self.document_reach(grants, restrictions=restrictions)
+        return listing
+
+    async def document_reach(
+        self, grants: Sequence[Signed[Grant]], *, restrictions: Sequence[Signed[PrivateRestriction]] | None = None
+    ) -> tuple[list[dict[str, Any]], set[bytes]]:
+        """:meth:`reachable_documents`, and the ids of the record's other documents, from one read of the record.
+
+        Args:
+            restrictions: the patient's restrictions, when read already (else read here).
+        """
         if restrictions is None:
             restrictions = await self._restrictions()
         include_hidden = is_device_chain(grants, self.home.did)
         listing = []
+        out_of_reach = set()
         for row in await self.store.accepted_documents():
             if row.added is None or (row.hidden and not include_hidden):
+                out_of_reach.add(row.doc)
                 continue
             # The listing's row holds the facts already: not read again, document by document.
             facts = DocumentFacts(
@@ -1051,7 +1064,9 @@ class PatientNode:
             # The chain was decided allowed above: each document only has to be in its reach.
             if document_refusal(grants, facts, patient=self.home.did, restrictions=restrictions) is None:
                 listing.append({"doc": row.doc, "size": row.size, "category": row.category, "date": row.date})
-        return listing
+            else:
+                out_of_reach.add(row.doc)
+        return listing, out_of_reach
 
     async def fetch(
         self,

@@ -764,14 +764,15 @@ class SqliteNodeStore:
         return opened
 
     async def keep_given(self, patient: str, record_ids: Sequence[bytes]) -> None:
-        for record_id in record_ids:
-            await self.db.execute(
-                "INSERT OR IGNORE INTO record_sets (patient, id) VALUES (?, ?)", (patient, record_id)
-            )
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO record_sets (patient, id) VALUES (?, ?)",
+            [(patient, record_id) for record_id in record_ids],
+        )
 
     async def tell_of_deletion(self, doc: bytes, nodes: Iterable[str]) -> None:
-        for node in nodes:
-            await self.db.execute("INSERT OR IGNORE INTO told (doc, node) VALUES (?, ?)", (doc, node))
+        await self.db.executemany(
+            "INSERT OR IGNORE INTO told (doc, node) VALUES (?, ?)", [(doc, node) for node in nodes]
+        )
 
     async def told_docs(self, node: str) -> set[bytes]:
         return {row[0] for row in await self._all("SELECT doc FROM told WHERE node = ?", (node,))}

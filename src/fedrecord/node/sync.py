@@ -239,8 +239,7 @@ async def patient_view(
     if device:
         # Hidden documents are the device's too; those a restriction naming the device keeps from it are
         # not: their entries and deposit decisions stay out of its view, which would name them ([API-46]).
-        shown = await node.reachable_documents(grants)
-        kept_from = {item["doc"] for item in await node.documents()} - {item["doc"] for item in shown}
+        _shown, kept_from = await node.document_reach(grants)
         for record_id, signed in list(records.items()):
             if isinstance(signed.record, (AcceptedEntry, DepositDecision)) and signed.record.doc in kept_from:
                 del records[record_id]
