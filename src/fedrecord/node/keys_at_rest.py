@@ -96,11 +96,7 @@ def unwrap_at_rest(wrapped: bytes, keys: Sequence[EncryptionKeyPair], *, doc: by
         if len(wrapped) == _WRAPPED_SIZE and wrapped[:1] == _FORMAT:
             nonce, sealed = wrapped[1 : 1 + _NONCE_SIZE], wrapped[1 + _NONCE_SIZE :]
             try:
-                return bytes(
-                    xchacha.decrypt(
-                        sealed, _aad(pair, doc), nonce, _kek(pair.secret_key)
-                    )
-                )
+                return xchacha.decrypt(sealed, _aad(pair, doc), nonce, _kek(pair.secret_key))
             except CryptoError:
                 continue
         if len(wrapped) == _LEGACY_SEALED_SIZE:
